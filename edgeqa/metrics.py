@@ -1,0 +1,46 @@
+"""ROUGE as fine-tuning and the parity gate report it (rouge_score, imported on first use).
+
+Scores are deterministic means of per-example F1 (no bootstrap). ROUGE-Lsum needs one sentence
+per line: nltk's sentence splitter where its `punkt_tab` data is installed, else a regex
+splitter, so nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Callable
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@lru_cache(maxsize=1)
+def sentence_splitter() -> Callable[[str], list[str]]:
+    """nltk's `sent_tokenize` when its data is present, else a split after . ! ? and white space."""
+    try:
+        import nltk
+
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return nltk.sent_tokenize
+    except (ImportError, LookupError):
+        return lambda text: [s for s in _SENTENCE_END.split(text) if s]
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F1 of predictions against references, in [0, 1]."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        return {key: 0.0 for key in ROUGE_KEYS}
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    split = sentence_splitter()
+    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
+    for prediction, reference in zip(predictions, references):
+        result = scorer.score("\n".join(split(reference.strip())), "\n".join(split(prediction.strip())))
+        for key in ROUGE_KEYS:
+            totals[key] += result[key].fmeasure
+    return {key: totals[key] / len(predictions) for key in ROUGE_KEYS}

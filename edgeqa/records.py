@@ -1,0 +1,75 @@
+"""Question/answer records from JSONL, JSON or CSV files, and the bundled sample data (stdlib only)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from edgeqa.errors import DataError
+
+ASSETS = Path(str(resources.files("edgeqa") / "assets"))
+BUNDLED_TOKENIZER = ASSETS / "flan-t5-tokenizer"
+BUNDLED_QA = ASSETS / "qa"
+
+
+def sample_data(split: str = "validation") -> Path:
+    """Path of a split (train / validation / test) of the bundled open QA sample."""
+    return BUNDLED_QA / f"{split}.jsonl"
+
+
+@dataclass(frozen=True)
+class QARecord:
+    question: str
+    answer: str
+
+
+def read_records(path: Path, question_key: str = "question", answer_key: str = "answer") -> list[QARecord]:
+    """Read (question, answer) pairs; every record must have both, non-empty.
+
+    Raises:
+        DataError: the file is missing, unreadable, empty, or a record lacks a field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    rows = _rows(path)
+    if not rows:
+        raise DataError(f"data file {path} holds no records")
+    records = []
+    for number, row in enumerate(rows, start=1):
+        missing = [key for key in (question_key, answer_key) if not str(row.get(key) or "").strip()]
+        if missing:
+            available = ", ".join(sorted(row)) or "none"
+            raise DataError(
+                f"record {number} of {path} has no {' or '.join(missing)}; fields available: {available}"
+            )
+        records.append(QARecord(str(row[question_key]).strip(), str(row[answer_key]).strip()))
+    return records
+
+
+def _rows(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".csv":
+            return list(csv.DictReader(text.splitlines()))
+        if suffix == ".json":
+            data = json.loads(text)
+            if isinstance(data, dict):
+                data = next((v for v in data.values() if isinstance(v, list)), [data])
+            return [row for row in data if isinstance(row, dict)]
+        if suffix == ".jsonl":
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"line {number} of {path} is not valid JSON: {e.msg}") from e
+            return rows
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    raise DataError(f"{path} has an unsupported type {suffix or '(none)'}; use .jsonl, .json or .csv")

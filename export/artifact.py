@@ -1,0 +1,237 @@
+"""`export_artifact`: checkpoint -> ONNX graphs (optionally int8) + tokenizer + manifest, atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from edgeqa import __version__
+from edgeqa.errors import ConfigError, ExportError, ModelError
+from edgeqa.export.parity import ParityReport, check_tokenizer, run_parity
+from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
+from edgeqa.manifest import Manifest, ModelDims, SpecialTokens, file_entry
+from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
+from edgeqa.records import read_records, sample_data
+
+logger = logging.getLogger(__name__)
+
+#: Written by `edgeqa finetune` next to each saved model.
+TRAINING_CONFIG = "edgeqa_config.json"
+#: Held-out questions saved by `edgeqa finetune`, the parity gate's default data.
+HELDOUT = "edgeqa_heldout.jsonl"
+GRAPHS = {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
+OPTIMUM_FILES = {"config": "config.json", "generation_config": "generation_config.json"}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `edgeqa export` does.
+
+    Attributes:
+        checkpoint: A T5 checkpoint folder (e.g. `finetune`'s `final/`) or hub name.
+        output: The artifact folder to create.
+        quantize: None for float graphs, "int8" for dynamic int8.
+        preset: Quantization preset (`auto` reads the CPU's flags).
+        keep_fp32: Node-name parts to keep in float when quantizing (e.g. lm_head).
+        parity: Run the parity gate.
+        parity_data: JSONL/CSV of held-out questions; default: the checkpoint's held-out
+            split, else the bundled validation sample.
+        parity_samples: Questions the gate answers.
+        parity_max_new_tokens: Answer length limit during the gate.
+        allow_parity_failure: Write the artifact even if the gate fails.
+        force: Replace an existing non-empty output folder.
+        threads: Runtime threads during the gate.
+    """
+
+    checkpoint: str
+    output: Path
+    quantize: str | None = None
+    preset: str = "auto"
+    keep_fp32: tuple[str, ...] = ()
+    parity: bool = True
+    parity_data: Path | None = None
+    parity_samples: int = 200
+    parity_max_new_tokens: int = 64
+    allow_parity_failure: bool = False
+    force: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.quantize not in (None, "int8"):
+            raise ConfigError(f"quantize must be int8 or unset, got {self.quantize!r} (T5 must not run in fp16)")
+        if self.parity_samples < 1:
+            raise ConfigError("parity_samples must be at least 1")
+        if self.keep_fp32 and not self.quantize:
+            raise ConfigError("--keep-fp32 only applies with --quantize")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    output: Path
+    manifest: Manifest
+    parity: ParityReport | None
+    fp32_bytes: int
+
+
+def export_artifact(config: ExportConfig) -> ExportResult:
+    """Export, quantize, check parity, then move the finished folder into place.
+
+    Nothing is written at `config.output` unless every stage succeeds (or the gate fails
+    with `allow_parity_failure`).
+
+    Raises:
+        ExportError: export, quantization or the parity gate failed.
+        ModelError: the checkpoint cannot be loaded.
+    """
+    output = Path(config.output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not config.force:
+        raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
+    try:
+        result = _build(config, staging)
+        if output.exists():
+            trash = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
+            output.rename(trash / "old")
+            staging.rename(output)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(output)
+        return replace(result, output=output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build(config: ExportConfig, staging: Path) -> ExportResult:
+    with tempfile.TemporaryDirectory(prefix="edgeqa-onnx-") as raw_dir:
+        raw = Path(raw_dir)
+        _onnx_export(config.checkpoint, raw)
+        fp32_bytes = sum((raw / name).stat().st_size for name in GRAPHS.values())
+        settings = settings_for(config.preset, config.keep_fp32) if config.quantize else None
+        for name in GRAPHS.values():
+            if settings:
+                quantize_graph(raw / name, staging / name, settings)
+                logger.info("quantize: %s %s -> %s", name, _mb(raw / name), _mb(staging / name))
+            else:
+                shutil.copy2(raw / name, staging / name)
+        for name in OPTIMUM_FILES.values():
+            if (raw / name).exists():
+                shutil.copy2(raw / name, staging / name)
+    _save_tokenizer(config.checkpoint, staging)
+    manifest = _manifest(config, staging, settings)
+    manifest.write(staging)
+
+    report = None
+    if config.parity:
+        records = _parity_records(config)
+        check_tokenizer(config.checkpoint, staging, [r.question for r in records])
+        report = run_parity(config.checkpoint, staging, records, config.parity_max_new_tokens, threads=config.threads)
+        manifest = replace(manifest, parity=report.to_dict())
+        manifest.write(staging)
+        if not report.passed and not config.allow_parity_failure:
+            hint = " (try --keep-fp32 lm_head, or --preset avx2 for 7-bit weights)" if config.quantize else ""
+            raise ExportError(f"parity gate failed; no artifact written{hint}\n\n{report.table()}")
+    return ExportResult(output=staging, manifest=manifest, parity=report, fp32_bytes=fp32_bytes)
+
+
+def _mb(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
+def _onnx_export(checkpoint: str, raw: Path) -> None:
+    from optimum.exporters.onnx import main_export
+
+    logger.info("export: %s -> ONNX (encoder + merged decoder with cache)", checkpoint)
+    try:
+        main_export(checkpoint, output=raw, task="text2text-generation-with-past", do_validation=False)
+    except OSError as e:
+        raise ModelError(
+            f"cannot load checkpoint {checkpoint!r}: {e}. Offline, pass a local checkpoint folder "
+            "(e.g. OUTPUT/final from `edgeqa finetune`)"
+        ) from e
+    except Exception as e:  # the exporter raises ValueError, RuntimeError, KeyError, ...
+        raise ExportError(f"ONNX export of {checkpoint!r} failed: {e}") from e
+    missing = [name for name in GRAPHS.values() if not (raw / name).exists()]
+    if missing:
+        raise ExportError(f"the ONNX exporter wrote no {', '.join(missing)}; is {checkpoint!r} a T5 model?")
+
+
+def _save_tokenizer(checkpoint: str, staging: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    if not tokenizer.is_fast:
+        raise ExportError(f"{checkpoint!r} has no fast tokenizer; install `tokenizers` and save it again")
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        shutil.copy2(Path(tmp) / "tokenizer.json", staging / "tokenizer.json")
+
+
+def _training_config(checkpoint: str) -> dict:
+    path = Path(checkpoint) / TRAINING_CONFIG
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    return {}
+
+
+def _parity_records(config: ExportConfig) -> list:
+    path = config.parity_data
+    if path is None:
+        heldout = Path(config.checkpoint) / HELDOUT
+        path = heldout if heldout.is_file() else sample_data("validation")
+    records = read_records(path)[: config.parity_samples]
+    logger.info("parity: %d questions from %s", len(records), path)
+    return records
+
+
+def _versions() -> dict[str, str]:
+    found = {"edgeqa": __version__}
+    for package in ("onnxruntime", "onnx", "optimum", "optimum-onnx", "transformers", "torch", "tokenizers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _manifest(config: ExportConfig, staging: Path, settings: QuantizeSettings | None) -> Manifest:
+    from tokenizers import Tokenizer
+
+    model_config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
+    trained = _training_config(config.checkpoint)
+    dims = ModelDims(
+        num_layers=model_config["num_layers"],
+        num_decoder_layers=model_config.get("num_decoder_layers") or model_config["num_layers"],
+        num_heads=model_config["num_heads"],
+        d_kv=model_config["d_kv"],
+        d_model=model_config["d_model"],
+        vocab_size=model_config["vocab_size"],
+    )
+    special = SpecialTokens(
+        pad=model_config.get("pad_token_id", 0),
+        eos=model_config.get("eos_token_id", 1),
+        decoder_start=model_config.get("decoder_start_token_id", 0),
+    )
+    files = {role: file_entry(staging, name) for role, name in GRAPHS.items()}
+    files["tokenizer"] = file_entry(staging, "tokenizer.json")
+    files.update({role: file_entry(staging, name) for role, name in OPTIMUM_FILES.items() if (staging / name).exists()})
+    max_answer = int(trained.get("max_target_tokens", DEFAULT_MAX_ANSWER_TOKENS))
+    return Manifest(
+        files=files,
+        dims=dims,
+        model_name=str(trained.get("model", config.checkpoint)),
+        special_tokens=special,
+        tokenizer_vocab_size=Tokenizer.from_file(str(staging / "tokenizer.json")).get_vocab_size(True),
+        prompt_template=check_template(trained.get("prompt_template", PROMPT_TEMPLATE)),
+        max_input_tokens=int(trained.get("max_source_tokens", DEFAULT_MAX_INPUT_TOKENS)),
+        max_answer_tokens=max_answer,
+        generation={"max_new_tokens": int(trained.get("generation_max_new_tokens", min(max_answer, 256)))},
+        quantization=settings.to_dict() if settings else None,
+        versions=_versions(),
+    )

@@ -1,0 +1,166 @@
+"""Parity of an artifact against its PyTorch checkpoint: same questions, same greedy settings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeqa.errors import ExportError, ModelError
+from edgeqa.metrics import rouge
+from edgeqa.records import QARecord
+
+logger = logging.getLogger(__name__)
+
+FP32_MIN_EXACT = 0.99
+INT8_MAX_ROUGE_L_DELTA = 0.01
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """PyTorch (`reference`) against the artifact on the same questions.
+
+    Attributes:
+        samples: Questions answered by both.
+        quantized: Whether the artifact is int8 (which sets the gate).
+        reference_rouge / artifact_rouge: ROUGE-1/2/L/Lsum of each against the references.
+        rouge_l_delta: artifact ROUGE-L minus reference ROUGE-L.
+        exact_match: Share of questions whose two answers are token-identical.
+        token_agreement: Share of answer positions where both chose the same token.
+        reference_ms / artifact_ms: Mean latency per question (batched), milliseconds.
+        passed: Whether the gate passed.
+        gate: The rule applied.
+        max_new_tokens: Answer length limit of both.
+    """
+
+    samples: int
+    quantized: bool
+    reference_rouge: dict[str, float]
+    artifact_rouge: dict[str, float]
+    rouge_l_delta: float
+    exact_match: float
+    token_agreement: float
+    reference_ms: float
+    artifact_ms: float
+    passed: bool
+    gate: str
+    max_new_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        """A Markdown table of the figures."""
+        rows = ["| metric | PyTorch | artifact | difference |", "| --- | --- | --- | --- |"]
+        for key, value in self.reference_rouge.items():
+            other = self.artifact_rouge[key]
+            rows.append(f"| {key} | {value * 100:.2f} | {other * 100:.2f} | {(other - value) * 100:+.2f} |")
+        rows.append(f"| mean latency ms | {self.reference_ms:.1f} | {self.artifact_ms:.1f} | "
+                    f"x{self.reference_ms / max(self.artifact_ms, 1e-9):.2f} faster |")
+        verdict = "PASS" if self.passed else "FAIL"
+        return "\n".join(rows) + (
+            f"\n\n{self.samples} questions, {self.max_new_tokens} new tokens at most; identical answers "
+            f"{self.exact_match * 100:.1f}%, token agreement {self.token_agreement * 100:.1f}%; "
+            f"gate ({self.gate}): {verdict}"
+        )
+
+
+def _token_agreement(a: list[int], b: list[int]) -> tuple[int, int]:
+    same = sum(x == y for x, y in zip(a, b))
+    return same, max(len(a), len(b), 1)
+
+
+def reference_answers(
+    checkpoint: str, prompts: list[str], max_input_tokens: int, max_new_tokens: int, batch_size: int
+) -> tuple[list[list[int]], float]:
+    """Greedy answers of the PyTorch checkpoint (token ids, end-of-answer included) and ms per question."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint).eval()
+    except OSError as e:
+        raise ModelError(f"cannot load the reference checkpoint {checkpoint!r}: {e}") from e
+    eos = model.config.eos_token_id
+    answers: list[list[int]] = []
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for first in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[first : first + batch_size], padding=True, truncation=True,
+                              max_length=max_input_tokens, return_tensors="pt")
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+            for row in output[:, 1:].tolist():
+                answers.append(row[: row.index(eos) + 1] if eos in row else row)
+    return answers, (time.perf_counter() - started) * 1000 / max(len(prompts), 1)
+
+
+def check_tokenizer(checkpoint: str, artifact: Path, questions: list[str]) -> None:
+    """Fail unless the artifact's tokenizer.json gives the checkpoint tokenizer's ids on every prompt."""
+    from transformers import AutoTokenizer
+
+    from edgeqa.runtime import QAModel
+
+    model = QAModel.load(artifact, verify=False)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    prompts = [model.manifest.prompt_template.replace("{question}", q.strip()) for q in questions]
+    expected = tokenizer(prompts, truncation=True, max_length=model.manifest.max_input_tokens)["input_ids"]
+    actual = model.tokenizer.encode(questions)
+    differ = sum(a != b for a, b in zip(actual, expected))
+    if differ:
+        raise ExportError(
+            f"tokenizer.json gives other ids than the checkpoint's tokenizer on {differ} of {len(questions)} "
+            "prompts; save the checkpoint with a fast tokenizer (tokenizer.json) and export again"
+        )
+
+
+def run_parity(
+    checkpoint: str,
+    artifact: Path,
+    records: list[QARecord],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    threads: int | None = None,
+) -> ParityReport:
+    """Answer `records` with the checkpoint and with the artifact, and apply the gate."""
+    from edgeqa.runtime import QAModel
+
+    model = QAModel.load(artifact, threads=threads, verify=False)
+    questions = [r.question for r in records]
+    references = [r.answer for r in records]
+    template = model.manifest.prompt_template
+    prompts = [template.replace("{question}", q.strip()) for q in questions]
+    logger.info("parity: PyTorch answers %d questions", len(records))
+    expected, reference_ms = reference_answers(
+        checkpoint, prompts, model.manifest.max_input_tokens, max_new_tokens, batch_size
+    )
+    logger.info("parity: the artifact answers %d questions", len(records))
+    started = time.perf_counter()
+    answers = model.answer_batch(questions, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                 num_beams=1, do_sample=False, min_new_tokens=0,
+                                 no_repeat_ngram_size=0, repetition_penalty=1.0)
+    artifact_ms = (time.perf_counter() - started) * 1000 / max(len(records), 1)
+
+    reference_rouge = rouge([model.tokenizer.decode(ids) for ids in expected], references)
+    artifact_rouge = rouge([a.text for a in answers], references)
+    exact = sum(a.tokens == e for a, e in zip(answers, expected)) / len(records)
+    same = total = 0
+    for a, e in zip(answers, expected):
+        s, t = _token_agreement(a.tokens, e)
+        same, total = same + s, total + t
+    delta = artifact_rouge["rougeL"] - reference_rouge["rougeL"]
+    quantized = model.manifest.quantization is not None
+    if quantized:
+        gate = f"int8: |ROUGE-L difference| <= {INT8_MAX_ROUGE_L_DELTA * 100:.1f} points"
+        passed = abs(delta) <= INT8_MAX_ROUGE_L_DELTA
+    else:
+        gate = f"fp32: identical answers >= {FP32_MIN_EXACT * 100:.0f}%"
+        passed = exact >= FP32_MIN_EXACT
+    return ParityReport(
+        samples=len(records), quantized=quantized, reference_rouge=reference_rouge, artifact_rouge=artifact_rouge,
+        rouge_l_delta=delta, exact_match=exact, token_agreement=same / max(total, 1),
+        reference_ms=reference_ms, artifact_ms=artifact_ms, passed=passed, gate=gate,
+        max_new_tokens=max_new_tokens,
+    )

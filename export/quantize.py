@@ -1,0 +1,114 @@
+"""Dynamic int8 quantization of the exported graphs with onnxruntime's quantizer."""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgeqa.errors import ConfigError, ExportError
+
+logger = logging.getLogger(__name__)
+
+PRESETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """How weights are quantized.
+
+    Attributes:
+        preset: CPU family the settings target.
+        per_channel: One scale per output channel instead of one per tensor.
+        reduce_range: 7-bit weights, so that u8 x s8 products cannot saturate int16 sums on
+            CPUs without VNNI (AVX2 / AVX-512 `vpmaddubsw`).
+        op_types: ONNX ops quantized: weight MatMuls (activation x activation products of
+            attention stay float) and the embedding Gather.
+        keep_fp32: Node-name components left in float (e.g. `lm_head`, `wo`).
+    """
+
+    preset: str
+    per_channel: bool = True
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = ("MatMul", "Gather")
+    keep_fp32: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "dynamic-int8", "weight_type": "int8", "activation_type": "uint8", **asdict(self)}
+
+
+def detect_preset() -> str:
+    """The preset for this CPU: arm64, avx512_vnni, avx512 or avx2."""
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def settings_for(preset: str = "auto", keep_fp32: tuple[str, ...] = ()) -> QuantizeSettings:
+    if preset not in PRESETS:
+        raise ConfigError(f"quantization preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+    if preset == "auto":
+        preset = detect_preset()
+    # Without VNNI, int8 dot products go through saturating 16-bit adds: use 7-bit weights.
+    reduce_range = preset in ("avx2", "avx512")
+    return QuantizeSettings(preset=preset, per_channel=True, reduce_range=reduce_range, keep_fp32=tuple(keep_fp32))
+
+
+def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Every node of a graph and of its subgraphs (the merged decoder's If branches)."""
+    found = []
+    for node in graph.node:
+        found.append(node)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                found += _nodes(attribute.g)
+    return found
+
+
+def count_ops(path: Path) -> Counter[str]:
+    """Op types of a graph file, subgraphs included."""
+    model = onnx.load(str(path), load_external_data=False)
+    return Counter(node.op_type for node in _nodes(model.graph))
+
+
+def quantize_graph(source: Path, target: Path, settings: QuantizeSettings) -> None:
+    """Quantize one graph file; the merged decoder's subgraphs are quantized too."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(source), load_external_data=False)
+    excluded = sorted(
+        {node.name for node in _nodes(model.graph) if set(node.name.split("/")) & set(settings.keep_fp32)}
+    )
+    if settings.keep_fp32 and not excluded:
+        raise ConfigError(
+            f"--keep-fp32 {','.join(settings.keep_fp32)} matches no node of {source.name}; "
+            "use node-name parts such as lm_head, wo, wi_0, q, k, v, o"
+        )
+    try:
+        quantize_dynamic(
+            source,
+            target,
+            op_types_to_quantize=list(settings.op_types),
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True},
+        )
+    except Exception as e:  # onnxruntime's quantizer raises assorted types
+        raise ExportError(f"int8 quantization of {source.name} failed: {e}") from e
+    logger.info("quantized %s: %s excluded nodes", source.name, len(excluded))

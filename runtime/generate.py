@@ -1,0 +1,164 @@
+"""Greedy search, sampling and beam search in numpy over `T5Graphs`.
+
+The search rules follow transformers' `generate` (4.57) step for step, so that float graphs
+give the same tokens as the PyTorch model: same logits processors in the same order, same
+beam bookkeeping (2 * num_beams candidates, length-normalised finished hypotheses, the same
+early-stopping heuristic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from edgeqa.runtime.graphs import DecoderState, T5Graphs
+from edgeqa.runtime.options import GenerationOptions
+
+_NEG = np.float32(-1.0e9)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def process_scores(sequences: np.ndarray, scores: np.ndarray, opts: GenerationOptions, eos: int) -> np.ndarray:
+    """Apply repetition penalty, n-gram blocking and the minimum length, in transformers' order.
+
+    Args:
+        sequences: Decoder tokens so far (rows, length), start token included.
+        scores: Logits or log-probabilities (rows, vocab); modified in place.
+    """
+    if opts.repetition_penalty != 1.0:
+        seen = np.take_along_axis(scores, sequences, axis=1)
+        seen = np.where(seen < 0, seen * opts.repetition_penalty, seen / opts.repetition_penalty)
+        np.put_along_axis(scores, sequences, seen.astype(scores.dtype), axis=1)
+    n = opts.no_repeat_ngram_size
+    if n and sequences.shape[1] + 1 >= n:
+        for row, tokens in enumerate(sequences.tolist()):
+            prefix = tuple(tokens[len(tokens) - n + 1 :]) if n > 1 else ()
+            banned = [tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i : i + n - 1]) == prefix]
+            scores[row, banned] = -np.inf
+    if sequences.shape[1] - 1 < opts.min_new_tokens:
+        scores[:, eos] = -np.inf
+    return scores
+
+
+def _warp_and_sample(scores: np.ndarray, opts: GenerationOptions, rng: np.random.Generator) -> np.ndarray:
+    """Temperature, top-k, top-p (transformers' warpers, same order), then one draw per row."""
+    scores = scores / np.float32(opts.temperature)
+    if 0 < opts.top_k < scores.shape[-1]:
+        kth = -np.partition(-scores, opts.top_k - 1, axis=-1)[:, opts.top_k - 1 : opts.top_k]
+        scores = np.where(scores < kth, -np.inf, scores)
+    if opts.top_p < 1.0:
+        order = np.argsort(scores, axis=-1, kind="stable")
+        ascending = np.take_along_axis(scores, order, axis=-1)
+        probs = np.exp(ascending - ascending[:, -1:])
+        cumulative = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)
+        remove = cumulative <= 1 - opts.top_p
+        remove[:, -1] = False
+        np.put_along_axis(scores, order, np.where(remove, -np.inf, ascending), axis=-1)
+    probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    cumulative = np.cumsum(probs, axis=-1)
+    draws = rng.random((scores.shape[0], 1)) * cumulative[:, -1:]
+    return np.minimum((cumulative < draws).sum(axis=-1), scores.shape[-1] - 1)
+
+
+def greedy_tokens(
+    graphs: T5Graphs, state: DecoderState, opts: GenerationOptions, start: int, eos: int, pad: int
+) -> Iterator[np.ndarray]:
+    """Yield the next token of every row, step by step (greedy, or sampling with `do_sample`).
+
+    Rows that have finished get `pad`; the iterator ends when every row has produced `eos`
+    or `max_new_tokens` were generated.
+    """
+    rows = state.encoder_hidden.shape[0]
+    sequences = np.full((rows, 1), start, dtype=np.int64)
+    unfinished = np.ones(rows, dtype=bool)
+    rng = np.random.default_rng(opts.seed)
+    for _ in range(opts.max_new_tokens):
+        scores = graphs.step(state, sequences[:, -1]).astype(np.float32, copy=True)
+        scores = process_scores(sequences, scores, opts, eos)
+        if opts.do_sample:
+            tokens = _warp_and_sample(scores, opts, rng)
+        else:
+            tokens = scores.argmax(axis=-1)
+        tokens = np.where(unfinished, tokens, pad).astype(np.int64)
+        sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
+        unfinished &= tokens != eos
+        yield tokens
+        if not unfinished.any():
+            return
+
+
+def beam_search(
+    graphs: T5Graphs, state: DecoderState, opts: GenerationOptions, start: int, eos: int
+) -> list[list[int]]:
+    """The best beam of every row, start token excluded, ending at `eos` where one was produced."""
+    batch, beams = state.encoder_hidden.shape[0], opts.num_beams
+    keep = 2 * beams  # transformers keeps (1 + number of eos ids) * num_beams candidates, at least 2 * num_beams
+    top_mask = np.arange(keep) < beams
+    max_length = 1 + opts.max_new_tokens
+    state.repeat(beams)
+
+    running = np.full((batch, beams, max_length), eos, dtype=np.int64)
+    running[:, :, 0] = start
+    finished_seqs = running.copy()
+    running_scores = np.zeros((batch, beams), dtype=np.float32)
+    running_scores[:, 1:] = _NEG
+    finished_scores = np.full((batch, beams), _NEG, dtype=np.float32)
+    is_finished = np.zeros((batch, beams), dtype=bool)
+    improvable = np.ones((batch, 1), dtype=bool)
+    rows = np.arange(batch)[:, None]
+    cur_len = 1
+    while True:
+        flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)
+        logits = graphs.step(state, flat[:, -1]).astype(np.float32)
+        log_probs = process_scores(flat, log_softmax(logits), opts, eos)
+        vocab = log_probs.shape[-1]
+        log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
+
+        top = np.argsort(-log_probs, axis=1, kind="stable")[:, :keep]
+        top_scores = np.take_along_axis(log_probs, top, axis=1)
+        source_beam, token = top // vocab, top % vocab
+        candidates = running[rows, source_beam]
+        candidates[:, :, cur_len] = token
+        hits = (token == eos) | (cur_len + 1 >= max_length)
+
+        # the best candidates that did not just finish keep running
+        alive_scores = top_scores + hits.astype(np.float32) * _NEG
+        best = np.argsort(-alive_scores, axis=1, kind="stable")[:, :beams]
+        running = candidates[rows, best]
+        running_scores = np.take_along_axis(alive_scores, best, axis=1)
+        parents = np.take_along_axis(source_beam, best, axis=1)
+
+        # the candidates that did finish compete, length-normalised, for the finished slots
+        just_finished = hits & top_mask[None, :]
+        done_scores = top_scores / np.float32(cur_len ** opts.length_penalty)
+        full = is_finished.all(axis=-1, keepdims=True) & opts.early_stopping
+        done_scores = done_scores + full.astype(np.float32) * _NEG
+        done_scores = done_scores + (~improvable).astype(np.float32) * _NEG
+        done_scores = done_scores + (~just_finished).astype(np.float32) * _NEG
+        merged_scores = np.concatenate([finished_scores, done_scores], axis=1)
+        pick = np.argsort(-merged_scores, axis=1, kind="stable")[:, :beams]
+        finished_seqs = np.concatenate([finished_seqs, candidates], axis=1)[rows, pick]
+        finished_scores = np.take_along_axis(merged_scores, pick, axis=1)
+        is_finished = np.take_along_axis(np.concatenate([is_finished, just_finished], axis=1), pick, axis=1)
+
+        state.reorder((parents + np.arange(batch)[:, None] * beams).reshape(-1))
+        cur_len += 1
+        best_length = max_length - 1 if opts.early_stopping == "never" and opts.length_penalty > 0 else cur_len - 1
+        best_running = running_scores[:, :1] / np.float32(best_length**opts.length_penalty)
+        worst_finished = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), np.float32(-1.0e9))
+        improvable = improvable & (best_running > worst_finished).any(axis=-1, keepdims=True)
+        open_beams = not (is_finished.all() and opts.early_stopping is True)
+        if not (improvable.any() and open_beams and not hits.all()):
+            break
+
+    answers = []
+    for tokens in finished_seqs[:, 0, 1:].tolist():
+        end = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+        answers.append(tokens[:end])
+    return answers

@@ -1,0 +1,164 @@
+"""`QAModel`: answers questions from an artifact folder with onnxruntime, tokenizers and numpy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeqa.errors import InputError
+from edgeqa.manifest import Manifest
+from edgeqa.runtime.generate import beam_search, greedy_tokens
+from edgeqa.runtime.graphs import T5Graphs
+from edgeqa.runtime.options import GenerationOptions
+from edgeqa.runtime.tokenizer import PromptTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One generated answer.
+
+    Attributes:
+        text: The answer, special tokens removed.
+        tokens: Answer token ids (end-of-answer included when the model produced it).
+        prompt_tokens: Prompt length in tokens after truncation.
+        encode_ms: Encoder time (for a batch: the batch's, shared by its answers).
+        generate_ms: Decoder time (likewise shared in a batch).
+    """
+
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    encode_ms: float
+    generate_ms: float
+
+    @property
+    def answer_tokens(self) -> int:
+        return len(self.tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "answer_tokens": self.answer_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "encode_ms": round(self.encode_ms, 2),
+            "generate_ms": round(self.generate_ms, 2),
+        }
+
+
+class QAModel:
+    """A loaded artifact. One instance can serve several threads at once."""
+
+    def __init__(self, folder: Path, manifest: Manifest, graphs: T5Graphs, tokenizer: PromptTokenizer):
+        self.folder = folder
+        self.manifest = manifest
+        self.graphs = graphs
+        self.tokenizer = tokenizer
+        self.defaults = GenerationOptions.from_dict(
+            {"max_new_tokens": manifest.max_answer_tokens, **manifest.generation}
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int | None = None, verify: bool = True) -> QAModel:
+        """Load an artifact folder written by `edgeqa export`.
+
+        Args:
+            path: The artifact folder.
+            threads: Threads per graph; default: the machine's physical cores.
+            verify: Check every file's sha256 against the manifest (sizes are always checked).
+
+        Raises:
+            ArtifactError: the folder is not a complete, intact artifact of a supported format.
+        """
+        folder = Path(path)
+        manifest = Manifest.read(folder)
+        manifest.verify_files(folder, checksums=verify)
+        tokenizer = PromptTokenizer(folder / manifest.files["tokenizer"].path, manifest)
+        graphs = T5Graphs(folder, manifest, threads=threads)
+        return cls(folder, manifest, graphs, tokenizer)
+
+    def options(self, **overrides: Any) -> GenerationOptions:
+        """The artifact's default options with `overrides` applied (None keeps a default)."""
+        return self.defaults.updated(**overrides)
+
+    def answer(self, question: str, **options: Any) -> Answer:
+        """Answer one question. Options are `GenerationOptions` fields."""
+        return self._generate([question], self.options(**options))[0]
+
+    def answer_batch(self, questions: Sequence[str], batch_size: int = 8, **options: Any) -> list[Answer]:
+        """Answer many questions, `batch_size` at a time (rows stop at their own end-of-answer)."""
+        if batch_size < 1:
+            raise InputError("batch_size must be at least 1")
+        opts = self.options(**options)
+        answers: list[Answer] = []
+        for first in range(0, len(questions), batch_size):
+            answers += self._generate(list(questions[first : first + batch_size]), opts)
+        return answers
+
+    def stream(self, question: str, **options: Any) -> Iterator[str]:
+        """Yield the answer's text piece by piece as tokens are generated.
+
+        Beam search only knows its answer at the end, so it yields it once.
+        """
+        opts = self.options(**options)
+        if opts.num_beams > 1:
+            yield self._generate([question], opts)[0].text
+            return
+        ids, mask = self._encode_inputs([question])
+        state = self.graphs.encode(ids, mask)
+        special = self.manifest.special_tokens
+        tokens: list[int] = []
+        shown = ""
+        for step in greedy_tokens(self.graphs, state, opts, special.decoder_start, special.eos, special.pad):
+            tokens.append(int(step[0]))
+            text = self.tokenizer.decode(tokens)
+            if text.startswith(shown) and len(text) > len(shown):
+                yield text[len(shown) :]
+                shown = text
+
+    def _encode_inputs(self, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = self.tokenizer.encode(questions)
+        width = max(len(ids) for ids in encoded)
+        pad = self.manifest.special_tokens.pad
+        input_ids = np.full((len(encoded), width), pad, dtype=np.int64)
+        mask = np.zeros((len(encoded), width), dtype=np.int64)
+        for row, ids in enumerate(encoded):
+            input_ids[row, : len(ids)] = ids
+            mask[row, : len(ids)] = 1
+        return input_ids, mask
+
+    def _generate(self, questions: list[str], opts: GenerationOptions) -> list[Answer]:
+        if not questions:
+            return []
+        special = self.manifest.special_tokens
+        started = time.perf_counter()
+        input_ids, mask = self._encode_inputs(questions)
+        state = self.graphs.encode(input_ids, mask)
+        encoded = time.perf_counter()
+        if opts.num_beams > 1:
+            sequences = beam_search(self.graphs, state, opts, special.decoder_start, special.eos)
+        else:
+            steps = list(greedy_tokens(self.graphs, state, opts, special.decoder_start, special.eos, special.pad))
+            sequences = [_until_eos(row, special.eos) for row in np.stack(steps, axis=1).tolist()]
+        finished = time.perf_counter()
+        return [
+            Answer(
+                text=self.tokenizer.decode(tokens),
+                tokens=tokens,
+                prompt_tokens=int(prompt_mask.sum()),
+                encode_ms=(encoded - started) * 1000,
+                generate_ms=(finished - encoded) * 1000,
+            )
+            for tokens, prompt_mask in zip(sequences, mask)
+        ]
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens

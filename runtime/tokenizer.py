@@ -1,0 +1,79 @@
+"""Prompt encoding and answer decoding with `tokenizers` (no transformers)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from edgeqa.errors import ArtifactError, InputError
+from edgeqa.manifest import Manifest
+from edgeqa.prompt import format_prompt
+
+logger = logging.getLogger(__name__)
+
+# transformers' `clean_up_tokenization`, applied when the tokenizer config asks for it.
+_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+
+
+class PromptTokenizer:
+    """Turns questions into prompt ids and answer ids into text, as training did."""
+
+    def __init__(self, path: Path, manifest: Manifest):
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+            raise ArtifactError(f"{path.name} cannot be read as a tokenizer ({e}); re-export the artifact") from e
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(manifest.max_input_tokens)
+        self._template = manifest.prompt_template
+        self._cleanup = manifest.clean_up_tokenization_spaces
+        self.max_input_tokens = manifest.max_input_tokens
+        self._check_vocabulary(manifest)
+
+    def _check_vocabulary(self, manifest: Manifest) -> None:
+        vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
+        special = manifest.special_tokens
+        problems = []
+        if manifest.tokenizer_vocab_size and vocab != manifest.tokenizer_vocab_size:
+            problems.append(f"it has {vocab} tokens, the manifest says {manifest.tokenizer_vocab_size}")
+        if vocab > manifest.dims.vocab_size:
+            problems.append(f"it has {vocab} tokens but the model only {manifest.dims.vocab_size} outputs")
+        if self._tokenizer.id_to_token(special.eos) != "</s>" or self._tokenizer.id_to_token(special.pad) != "<pad>":
+            problems.append(f"ids {special.pad}/{special.eos} are not <pad>/</s>")
+        if problems:
+            raise ArtifactError(
+                "the artifact's tokenizer does not match its model: " + "; ".join(problems)
+                + "; re-export with the checkpoint's own tokenizer"
+            )
+
+    def encode(self, questions: list[str]) -> list[list[int]]:
+        """Prompt ids for each question, truncated to `max_input_tokens` (with a warning)."""
+        prompts = []
+        for question in questions:
+            if not isinstance(question, str):
+                raise InputError(f"a question must be a string, got {type(question).__name__}")
+            if not question.strip():
+                raise InputError("the question is empty; ask something, e.g. \"What is the capital of France?\"")
+            prompts.append(format_prompt(question, self._template))
+        encodings = self._tokenizer.encode_batch(prompts)
+        ids = []
+        for question, encoding in zip(questions, encodings):
+            if encoding.overflowing:
+                logger.warning(
+                    "question of %d characters was truncated to the model's %d input tokens",
+                    len(question), self.max_input_tokens,
+                )
+            if len(encoding.ids) <= 1:
+                raise InputError("the question has no text the tokenizer can read; ask in words")
+            ids.append(encoding.ids)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        text = self._tokenizer.decode(ids, skip_special_tokens=True)
+        if self._cleanup:
+            for before, after in _CLEANUPS:
+                text = text.replace(before, after)
+        return text.strip()
