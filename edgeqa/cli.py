@@ -1,2 +1,284 @@
-def main():
-    pass
+"""The `edgeqa` command: a thin layer over the library. Heavy imports happen inside commands,
+so `edgeqa --help` and `edgeqa ask` never load torch."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from edgeqa.errors import EdgeQAError
+
+app = typer.Typer(
+    name="edgeqa",
+    help="Fine-tune FLAN-T5 for question answering, export it to quantized ONNX, answer on a CPU.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ArtifactArg = Annotated[Path, typer.Argument(help="Artifact folder written by `edgeqa export`.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+
+
+def _setup_logging(quiet: bool = False) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("edgeqa").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def handle_errors(command: F) -> F:
+    """Turn `EdgeQAError` into `error: <message>` and exit code 1 (traceback with EDGEQA_DEBUG=1)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EdgeQAError as e:
+            if os.environ.get("EDGEQA_DEBUG") == "1":
+                traceback.print_exc()
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- ask / info
+
+
+@app.command()
+@handle_errors
+def ask(
+    artifact: ArtifactArg,
+    question: Annotated[str | None, typer.Argument(help="The question; omit it for an interactive prompt.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Questions: .jsonl ({\"question\": ...}) or .txt.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write --file answers here (JSONL).")] = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Questions per batch with --file.")] = 8,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Most answer tokens.")] = None,
+    min_new_tokens: Annotated[int | None, typer.Option(help="No end-of-answer before this many tokens.")] = None,
+    num_beams: Annotated[int | None, typer.Option(help="Beam search with this many beams.")] = None,
+    length_penalty: Annotated[float | None, typer.Option(help="Beam scores / length ** this.")] = None,
+    early_stopping: Annotated[bool | None, typer.Option(help="Stop beams once enough answers finished.")] = None,
+    do_sample: Annotated[bool | None, typer.Option("--sample/--greedy", help="Sample instead of greedy.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    no_repeat_ngram_size: Annotated[int | None, typer.Option(help="Forbid repeated n-grams of this size.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="> 1 discourages repeated tokens.")] = None,
+    verify: Annotated[bool, typer.Option(help="Check file checksums on load.")] = True,
+) -> None:
+    """Answer questions from an artifact on the CPU.
+
+    Example: edgeqa ask ./model-int8 "What is the capital of France?"
+    """
+    from edgeqa.runtime import QAModel
+    from edgeqa.runtime.questions import answer_file, read_questions
+
+    _setup_logging(quiet=True)
+    options = dict(
+        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
+        length_penalty=length_penalty, early_stopping=early_stopping, do_sample=do_sample,
+        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+    )
+    model = QAModel.load(artifact, threads=threads, verify=verify)
+    model.options(**options)  # validate flags before any work
+    if file is not None:
+        total = len(read_questions(file)[0])
+        with typer.progressbar(length=total, label="answering", file=sys.stderr) as bar:
+            answered, problems = answer_file(model, file, output, batch_size, options, progress=bar.update)
+        for problem in problems:
+            typer.echo(f"warning: {file}: {problem}", err=True)
+        typer.echo(f"answered {answered} of {total + len(problems)} questions"
+                   + (f" -> {output}" if output else ""), err=True)
+    elif question is not None:
+        if stream and not as_json:
+            for piece in model.stream(question, **options):
+                typer.echo(piece, nl=False)
+            typer.echo()
+        else:
+            result = model.answer(question, **options)
+            typer.echo(json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False) if as_json
+                       else result.text)
+    elif sys.stdin.isatty():
+        _interactive(model, options)
+    else:
+        raise EdgeQAError("no question given: pass one as an argument, use --file, or run in a terminal")
+
+
+@app.command()
+@handle_errors
+def info(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
+    """Show what an artifact's manifest says: model, sizes, quantization, prompt, parity.
+
+    Example: edgeqa info ./model-int8
+    """
+    from edgeqa.manifest import Manifest
+
+    manifest = Manifest.read(artifact)
+    typer.echo(manifest.to_json() if as_json else manifest.describe(), nl=not as_json)
+
+
+def _interactive(model: Any, options: dict[str, Any]) -> None:
+    """A prompt loop with line editing and history; Ctrl-D quits."""
+    try:
+        import readline  # noqa: F401  (enables history and editing for input())
+    except ImportError:
+        pass
+    typer.echo("Ask a question (Ctrl-D to quit).", err=True)
+    while True:
+        try:
+            question = input("? ")
+        except (EOFError, KeyboardInterrupt):
+            typer.echo(err=True)
+            return
+        if not question.strip():
+            continue
+        try:
+            for piece in model.stream(question, **options):
+                typer.echo(piece, nl=False)
+            typer.echo()
+        except EdgeQAError as e:
+            typer.echo(f"error: {e}", err=True)
+
+
+# ---------------------------------------------------------------- finetune
+
+
+@app.command()
+@handle_errors
+def finetune(
+    model: Annotated[str | None, typer.Option(help="T5 checkpoint name or folder [google/flan-t5-base].")] = None,
+    data: Annotated[str | None, typer.Option(help="Hub dataset or local JSONL/JSON/CSV/Parquet file or folder "
+                                                  "[yahoo_answers_qa].")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder [edgeqa-run].")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with FinetuneConfig fields.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer name or folder [the model's].")] = None,
+    question_column: Annotated[str | None, typer.Option(help="Question column [question].")] = None,
+    answer_column: Annotated[str | None, typer.Option(help="Answer column [answer].")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs [3].")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate [3e-4].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size per device [8].")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
+    max_train_samples: Annotated[int | None, typer.Option(help="Use only this many training records.")] = None,
+    max_eval_samples: Annotated[int | None, typer.Option(help="Use only this many validation records.")] = None,
+    max_source_tokens: Annotated[int | None, typer.Option(help="Prompt tokens kept [128].")] = None,
+    max_target_tokens: Annotated[int | None, typer.Option(help="Answer tokens kept [512].")] = None,
+    eval_max_new_tokens: Annotated[int | None, typer.Option(help="Answer length when evaluating [256].")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [auto].")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 where supported), fp32 or bf16.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed [42].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete a non-empty --output first.")] = False,
+) -> None:
+    """Fine-tune a T5 checkpoint for question answering (GPU if present; torchrun for several).
+
+    Example: edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa
+    """
+    from edgeqa.finetune import FinetuneConfig
+    from edgeqa.finetune import finetune as run
+    from edgeqa.finetune import metrics_table
+
+    _setup_logging()
+    base = FinetuneConfig.from_toml(config) if config else FinetuneConfig()
+    settings = base.updated(
+        model=model, data=data, output_dir=output, tokenizer=tokenizer, question_column=question_column,
+        answer_column=answer_column, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        max_steps=max_steps, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+        max_source_tokens=max_source_tokens, max_target_tokens=max_target_tokens,
+        eval_max_new_tokens=eval_max_new_tokens, device=device, precision=precision, seed=seed,
+        resume=resume or None, overwrite=overwrite or None,
+    )
+    result = run(settings)
+    typer.echo(metrics_table(result.history))
+    typer.echo(f"\nbest checkpoint: {result.best_checkpoint}; final model: {result.final_dir} "
+               f"(step {result.global_step})")
+    typer.echo(f"next: edgeqa export {result.final_dir} model-int8 --quantize")
+
+
+# ---------------------------------------------------------------- export / parity
+
+
+@app.command()
+@handle_errors
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (e.g. RUN/final) or hub name.")],
+    output: Annotated[Path, typer.Argument(help="Artifact folder to create.")],
+    quantize: Annotated[bool, typer.Option("--quantize", help="Dynamic int8 weights (about 4x smaller).")] = False,
+    preset: Annotated[str, typer.Option(help="auto, avx2, avx512, avx512_vnni or arm64.")] = "auto",
+    keep_fp32: Annotated[str, typer.Option(help="Comma-separated node names to keep float, e.g. lm_head,wo.")] = "",
+    parity: Annotated[bool, typer.Option(help="Run the parity gate against the checkpoint.")] = True,
+    parity_data: Annotated[Path | None, typer.Option(help="Held-out questions (JSONL/CSV) for the gate.")] = None,
+    parity_samples: Annotated[int, typer.Option(help="Questions the gate answers.")] = 200,
+    parity_max_new_tokens: Annotated[int, typer.Option(help="Answer length during the gate.")] = 64,
+    allow_parity_failure: Annotated[bool, typer.Option(help="Write the artifact even if the gate fails.")] = False,
+    force: Annotated[bool, typer.Option(help="Replace an existing OUTPUT.")] = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Export a checkpoint to an ONNX artifact folder, optionally int8, checked by the parity gate.
+
+    Example: edgeqa export runs/qa/final model-int8 --quantize
+    """
+    from edgeqa.export import ExportConfig, export_artifact
+
+    _setup_logging()
+    result = export_artifact(ExportConfig(
+        checkpoint=checkpoint, output=output, quantize="int8" if quantize else None, preset=preset,
+        keep_fp32=tuple(p for p in keep_fp32.split(",") if p), parity=parity, parity_data=parity_data,
+        parity_samples=parity_samples, parity_max_new_tokens=parity_max_new_tokens,
+        allow_parity_failure=allow_parity_failure, force=force, threads=threads,
+    ))
+    if result.parity:
+        typer.echo(result.parity.table())
+    size = sum(entry.size for entry in result.manifest.files.values())
+    typer.echo(f"\nartifact: {result.output} ({size / 1e6:.1f} MB; float graphs were {result.fp32_bytes / 1e6:.1f} MB)")
+    typer.echo(f'next: edgeqa ask {result.output} "your question"')
+
+
+@app.command("parity")
+@handle_errors
+def parity_command(
+    artifact: ArtifactArg,
+    reference: Annotated[str, typer.Option(help="The PyTorch checkpoint the artifact came from.")],
+    data: Annotated[Path | None, typer.Option(help="Questions with answers (JSONL/CSV) [bundled validation].")] = None,
+    samples: Annotated[int, typer.Option(help="Questions to answer.")] = 200,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 64,
+    as_json: JsonOpt = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Compare an artifact's answers with its PyTorch checkpoint's (ROUGE, agreement, latency); exit 1 on failure.
+
+    Example: edgeqa parity model-int8 --reference runs/qa/final --data heldout.jsonl
+    """
+    from edgeqa.export import run_parity
+    from edgeqa.records import read_records, sample_data
+
+    _setup_logging()
+    records = read_records(data or sample_data("validation"))[:samples]
+    report = run_parity(reference, artifact, records, max_new_tokens=max_new_tokens, threads=threads)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

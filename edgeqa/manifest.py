@@ -101,6 +101,42 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
 
+    def describe(self) -> str:
+        """A human-readable summary, as `edgeqa info` prints it."""
+        d = self.dims
+        size = sum(entry.size for entry in self.files.values())
+        lines = [
+            f"model           {self.model_name}",
+            f"format          {self.format_version} (edgeqa {self.versions.get('edgeqa', '?')}, "
+            f"onnxruntime {self.versions.get('onnxruntime', '?')})",
+            f"shape           {d.num_layers}+{d.num_decoder_layers} layers, {d.num_heads} heads x {d.d_kv}, "
+            f"d_model {d.d_model}, vocab {d.vocab_size}",
+            f"size            {size / 1e6:.1f} MB in {len(self.files)} files",
+        ]
+        lines += [f"  {role:<13} {e.path} ({e.size / 1e6:.1f} MB)" for role, e in self.files.items()]
+        if self.quantization:
+            q = self.quantization
+            lines.append(f"quantization    {q.get('method')} preset {q.get('preset')}, per-channel {q.get('per_channel')}, "
+                         f"reduce-range {q.get('reduce_range')}, float nodes: {','.join(q.get('keep_fp32', [])) or 'none'}")
+        else:
+            lines.append("quantization    none (float32)")
+        lines += [
+            f"prompt          {self.prompt_template!r}",
+            f"limits          {self.max_input_tokens} input tokens, {self.max_answer_tokens} answer tokens",
+            f"generation      {self.generation}",
+        ]
+        if self.parity:
+            p = self.parity
+            lines.append(
+                f"parity          {'PASS' if p['passed'] else 'FAIL'} on {p['samples']} questions: ROUGE-L "
+                f"{p['reference_rouge']['rougeL'] * 100:.2f} (PyTorch) vs {p['artifact_rouge']['rougeL'] * 100:.2f}, "
+                f"identical answers {p['exact_match'] * 100:.1f}%, latency {p['reference_ms']:.1f} vs "
+                f"{p['artifact_ms']:.1f} ms"
+            )
+        else:
+            lines.append("parity          not checked")
+        return "\n".join(lines)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 

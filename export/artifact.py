@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgeqa import __version__
+from edgeqa.checkpoint import heldout_path, read_training_config
 from edgeqa.errors import ConfigError, ExportError, ModelError
 from edgeqa.export.parity import ParityReport, check_tokenizer, run_parity
 from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
@@ -20,10 +21,6 @@ from edgeqa.records import read_records, sample_data
 
 logger = logging.getLogger(__name__)
 
-#: Written by `edgeqa finetune` next to each saved model.
-TRAINING_CONFIG = "edgeqa_config.json"
-#: Held-out questions saved by `edgeqa finetune`, the parity gate's default data.
-HELDOUT = "edgeqa_heldout.jsonl"
 GRAPHS = {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
 OPTIMUM_FILES = {"config": "config.json", "generation_config": "generation_config.json"}
 
@@ -173,18 +170,10 @@ def _save_tokenizer(checkpoint: str, staging: Path) -> None:
         shutil.copy2(Path(tmp) / "tokenizer.json", staging / "tokenizer.json")
 
 
-def _training_config(checkpoint: str) -> dict:
-    path = Path(checkpoint) / TRAINING_CONFIG
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    return {}
-
-
 def _parity_records(config: ExportConfig) -> list:
     path = config.parity_data
     if path is None:
-        heldout = Path(config.checkpoint) / HELDOUT
-        path = heldout if heldout.is_file() else sample_data("validation")
+        path = heldout_path(config.checkpoint) or sample_data("validation")
     records = read_records(path)[: config.parity_samples]
     logger.info("parity: %d questions from %s", len(records), path)
     return records
@@ -204,7 +193,7 @@ def _manifest(config: ExportConfig, staging: Path, settings: QuantizeSettings | 
     from tokenizers import Tokenizer
 
     model_config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
-    trained = _training_config(config.checkpoint)
+    trained = read_training_config(config.checkpoint)
     dims = ModelDims(
         num_layers=model_config["num_layers"],
         num_decoder_layers=model_config.get("num_decoder_layers") or model_config["num_layers"],

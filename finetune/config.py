@@ -1,0 +1,124 @@
+"""`FinetuneConfig`: every setting of a fine-tuning run, validated once, loadable from TOML."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from edgeqa.errors import ConfigError
+from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """A fine-tuning run. Defaults are the original tutorial's hyper-parameters.
+
+    Attributes:
+        model: T5 checkpoint name on the hub or a local folder.
+        data: Hub dataset name, or a local JSONL/JSON/CSV/Parquet file or a folder with
+            train/validation/test files.
+        output_dir: Run folder: checkpoints, metrics.json and `final/`.
+        tokenizer: Tokenizer name or folder; default: the model's.
+        question_column: Column holding the question.
+        answer_column: Column holding the answer.
+        prompt_template: Prompt with one `{question}` field; saved for export and runtime.
+        max_source_tokens: Prompt tokens kept (truncation).
+        max_target_tokens: Answer tokens kept (truncation).
+        validation_fraction: Share held out when the data has no validation split.
+        seed: Seed of the split, the initialisation and the data order.
+        max_train_samples: Use only this many training records (smoke runs).
+        max_eval_samples: Use only this many validation records.
+        learning_rate: AdamW learning rate.
+        batch_size: Training batch size per device.
+        eval_batch_size: Evaluation batch size per device.
+        weight_decay: AdamW weight decay.
+        epochs: Training epochs.
+        max_steps: Stop after this many optimizer steps (None: run all epochs).
+        save_total_limit: Checkpoints kept (the best one is always kept).
+        eval_max_new_tokens: Answer length when generating for ROUGE at each evaluation.
+        eval_num_beams: Beams when generating for ROUGE.
+        device: auto (CUDA when present), cpu or cuda.
+        precision: auto (bf16 on CUDA devices that support it, else fp32), fp32 or bf16.
+            Never fp16: T5's feed-forward outputs overflow it.
+        logging_steps: Steps between loss logs.
+        resume: Continue from the last checkpoint in output_dir.
+        overwrite: Delete a non-empty output_dir first.
+    """
+
+    model: str = "google/flan-t5-base"
+    data: str = "yahoo_answers_qa"
+    output_dir: Path = Path("edgeqa-run")
+    tokenizer: str | None = None
+    question_column: str = "question"
+    answer_column: str = "answer"
+    prompt_template: str = PROMPT_TEMPLATE
+    max_source_tokens: int = DEFAULT_MAX_INPUT_TOKENS
+    max_target_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
+    validation_fraction: float = 0.3
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    eval_batch_size: int = 8
+    weight_decay: float = 0.01
+    epochs: float = 3.0
+    max_steps: int | None = None
+    save_total_limit: int = 3
+    eval_max_new_tokens: int = 256
+    eval_num_beams: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+    logging_steps: int = 50
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        check_template(self.prompt_template)
+        if self.device not in DEVICES:
+            raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)} (fp16 overflows in T5)"
+            )
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
+        positive = ("max_source_tokens", "max_target_tokens", "batch_size", "eval_batch_size", "save_total_limit",
+                    "eval_max_new_tokens", "eval_num_beams", "logging_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_train_samples", "max_eval_samples", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be at least 1 when set, got {value}")
+        if self.learning_rate <= 0 or self.epochs <= 0:
+            raise ConfigError("learning_rate and epochs must be greater than 0")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pick one")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    def updated(self, **overrides: Any) -> FinetuneConfig:
+        """A copy with the given fields replaced; None values keep the current field."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def from_toml(cls, path: Path) -> FinetuneConfig:
+        """Load a config file; an unknown key is an error that lists the valid ones."""
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(unknown)} in {path}; valid: {', '.join(sorted(known))}")
+        return cls(**values)

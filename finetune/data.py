@@ -1,0 +1,134 @@
+"""Question-answering data: load from the hub or local files, check columns, split, tokenize."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgeqa.errors import DataError
+from edgeqa.finetune.config import FinetuneConfig
+from edgeqa.prompt import format_prompt
+
+logger = logging.getLogger(__name__)
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+
+
+def _local_files(path: Path) -> dict[str, str]:
+    """Split name -> file, for one file (all train) or a folder of train/validation/test files."""
+    if path.is_file():
+        if path.suffix.lower() not in FORMATS:
+            raise DataError(f"{path} has an unsupported type; use one of {', '.join(FORMATS)}")
+        if path.stat().st_size == 0:
+            raise DataError(f"data file {path} is empty")
+        return {"train": str(path)}
+    found: dict[str, str] = {}
+    for child in sorted(path.iterdir()):
+        for split, names in SPLIT_NAMES.items():
+            if child.stem.lower() in names and child.suffix.lower() in FORMATS:
+                if child.stat().st_size == 0:
+                    raise DataError(f"data file {child} is empty")
+                found.setdefault(split, str(child))
+    if "train" not in found:
+        raise DataError(
+            f"folder {path} has no train file; expected train.jsonl / train.csv / train.parquet "
+            "(and optionally validation.* and test.*)"
+        )
+    return found
+
+
+def load_raw(config: FinetuneConfig) -> Any:
+    """Load the data as a `datasets.DatasetDict` with at least a train split."""
+    import datasets
+
+    path = Path(config.data)
+    try:
+        if path.exists():
+            files = _local_files(path)
+            kinds = {FORMATS[Path(f).suffix.lower()] for f in files.values()}
+            if len(kinds) > 1:
+                raise DataError(f"files in {path} mix formats ({', '.join(sorted(kinds))}); use one format")
+            raw = datasets.load_dataset(kinds.pop(), data_files=files)
+        elif path.suffix.lower() in FORMATS:
+            raise DataError(f"data file {config.data} does not exist")
+        else:
+            raw = datasets.load_dataset(config.data)
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types for unreadable or unreachable data
+        raise DataError(_explain_load_failure(config.data, e)) from e
+    if not isinstance(raw, datasets.DatasetDict) or "train" not in raw:
+        raise DataError(f"{config.data} has no train split")
+    if len(raw["train"]) == 0:
+        raise DataError(f"{config.data} holds no training records")
+    return raw
+
+
+def _explain_load_failure(name: str, error: Exception) -> str:
+    message = str(error)
+    if "script" in message.lower():
+        return (
+            f"{name} is a loading-script dataset, which datasets 4+ refuses to run. Download its data file "
+            "instead (for yahoo_answers_qa: nfL6.json from the dataset's repository) and pass "
+            "--data nfL6.json"
+        )
+    if Path(name).exists():
+        return f"cannot read {name}: {message.splitlines()[0] if message else type(error).__name__}"
+    return (
+        f"cannot load dataset {name!r} from the hub ({type(error).__name__}: {message.splitlines()[0] if message else ''}). "
+        "Offline, pass a local file or folder: --data train.jsonl (JSONL, JSON, CSV or Parquet with "
+        "question and answer columns)"
+    )
+
+
+def check_columns(raw: Any, config: FinetuneConfig) -> None:
+    columns = raw["train"].column_names
+    for flag, column in (("--question-column", config.question_column), ("--answer-column", config.answer_column)):
+        if column not in columns:
+            raise DataError(
+                f"column {column!r} ({flag}) is not in {config.data}; it needs to be one of: {', '.join(columns)}"
+            )
+
+
+def prepare_splits(raw: Any, config: FinetuneConfig) -> tuple[Any, Any]:
+    """Train and validation splits: the data's own validation split, else a seeded hold-out."""
+    check_columns(raw, config)
+    keep = [config.question_column, config.answer_column]
+    train = raw["train"]
+    if "validation" in raw:
+        validation = raw["validation"]
+    else:
+        if len(train) < 2:
+            raise DataError(f"{config.data} has {len(train)} record(s); at least 2 are needed to hold some out")
+        parts = train.train_test_split(test_size=config.validation_fraction, seed=config.seed)
+        train, validation = parts["train"], parts["test"]
+    train = train.select_columns(keep).filter(_complete, fn_kwargs={"keep": keep})
+    validation = validation.select_columns(keep).filter(_complete, fn_kwargs={"keep": keep})
+    if config.max_train_samples:
+        train = train.select(range(min(config.max_train_samples, len(train))))
+    if config.max_eval_samples:
+        validation = validation.select(range(min(config.max_eval_samples, len(validation))))
+    if len(train) == 0 or len(validation) == 0:
+        raise DataError(f"{config.data} leaves no usable train or validation records after removing empty ones")
+    logger.info("data: %d training and %d validation records", len(train), len(validation))
+    return train, validation
+
+
+def _complete(row: dict, keep: list[str]) -> bool:
+    return all(isinstance(row[k], str) and row[k].strip() for k in keep)
+
+
+def tokenize(split: Any, tokenizer: Any, config: FinetuneConfig) -> Any:
+    """Prompt ids and label ids (truncated; padding is left to the collator)."""
+
+    def encode(batch: dict[str, list[str]]) -> dict[str, Any]:
+        prompts = [format_prompt(q, config.prompt_template) for q in batch[config.question_column]]
+        features = tokenizer(prompts, max_length=config.max_source_tokens, truncation=True)
+        labels = tokenizer(text_target=batch[config.answer_column], max_length=config.max_target_tokens,
+                           truncation=True)
+        features["labels"] = labels["input_ids"]
+        return features
+
+    return split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenizing")

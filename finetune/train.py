@@ -1,0 +1,220 @@
+"""`finetune`: Seq2SeqTrainer on a T5 checkpoint, ROUGE each epoch, best model kept, resumable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import (
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    GenerationConfig,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from edgeqa.checkpoint import HELDOUT, TRAINING_CONFIG
+from edgeqa.errors import ConfigError, ModelError
+from edgeqa.finetune.config import FinetuneConfig
+from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
+from edgeqa.metrics import rouge
+
+logger = logging.getLogger(__name__)
+
+FINAL = "final"
+METRICS = "metrics.json"
+MAX_HELDOUT = 1000
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    final_dir: Path
+    global_step: int
+    history: list[dict[str, float]]
+    best_checkpoint: str | None
+
+
+def check_output_dir(config: FinetuneConfig) -> str | None:
+    """Refuse a non-empty output folder unless resuming or overwriting; return the checkpoint to resume."""
+    out = config.output_dir
+    busy = out.is_dir() and any(out.iterdir())
+    if config.resume:
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if last is None:
+            raise ConfigError(f"--resume: {out} holds no checkpoint-* folder to resume from")
+        logger.info("resuming from %s", last)
+        return last
+    if busy:
+        if not config.overwrite:
+            raise ConfigError(f"output folder {out} is not empty; pass --resume to continue it or --overwrite")
+        shutil.rmtree(out)
+    return None
+
+
+def resolve_precision(config: FinetuneConfig) -> tuple[bool, bool, bool]:
+    """(use_cpu, bf16, tf32) for this machine."""
+    cuda = torch.cuda.is_available()
+    if config.device == "cuda" and not cuda:
+        raise ConfigError("--device cuda, but no CUDA device is visible; use --device auto or cpu")
+    use_cpu = config.device == "cpu" or not cuda
+    bf16_ok = not use_cpu and torch.cuda.is_bf16_supported()
+    if config.precision == "bf16" and not bf16_ok:
+        raise ConfigError("--precision bf16 needs a CUDA device that supports bf16; use --precision fp32")
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_ok)
+    tf32 = not use_cpu and torch.cuda.get_device_capability()[0] >= 8
+    return use_cpu, bf16, tf32
+
+
+def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
+        model = AutoModelForSeq2SeqLM.from_pretrained(config.model)
+    except OSError as e:
+        raise ModelError(
+            f"cannot load model {config.model!r}: {str(e).splitlines()[0]}. Offline or without a cached copy, "
+            "pass a local checkpoint folder: --model path/to/flan-t5-base"
+        ) from e
+    if model.config.model_type not in ("t5", "mt5"):
+        raise ModelError(f"{config.model!r} is a {model.config.model_type} model; edgeqa fine-tunes T5 checkpoints")
+    return model, tokenizer
+
+
+def finetune(config: FinetuneConfig, callbacks: list | None = None) -> FinetuneResult:
+    """Fine-tune, evaluate ROUGE each epoch, keep the best checkpoint and save it as `final/`.
+
+    Args:
+        config: The run.
+        callbacks: Extra `transformers.TrainerCallback`s.
+    """
+    resume_from = check_output_dir(config)
+    use_cpu, bf16, tf32 = resolve_precision(config)
+    raw = load_raw(config)
+    train_split, eval_split = prepare_splits(raw, config)
+    model, tokenizer = load_model(config)
+    train_set = tokenize(train_split, tokenizer, config)
+    eval_set = tokenize(eval_split, tokenizer, config)
+
+    generation = GenerationConfig.from_model_config(model.config)
+    generation.max_new_tokens = config.eval_max_new_tokens
+    generation.num_beams = config.eval_num_beams
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(config.output_dir),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="rougeL",
+        greater_is_better=True,
+        predict_with_generate=True,
+        generation_config=generation,
+        group_by_length=True,
+        bf16=bf16,
+        tf32=tf32 or None,
+        use_cpu=use_cpu,
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        report_to=[],
+        save_safetensors=True,
+    )
+    history = MetricsHistory(config.output_dir / METRICS)
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        compute_metrics=RougeMetrics(tokenizer),
+        callbacks=[history, *(callbacks or [])],
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    final_dir = config.output_dir / FINAL
+    if trainer.is_world_process_zero():
+        save_final(trainer, tokenizer, config, eval_split, final_dir)
+    return FinetuneResult(final_dir, trainer.state.global_step, history.load(), trainer.state.best_model_checkpoint)
+
+
+def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split: Any, final_dir: Path) -> None:
+    """Write the best model with its tokenizer, training config and held-out questions, atomically."""
+    staging = final_dir.with_name(final_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    trainer.save_model(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    settings = config.to_dict() | {"global_step": trainer.state.global_step}
+    (staging / TRAINING_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    with open(staging / HELDOUT, "w", encoding="utf-8") as f:
+        for row in eval_split.select(range(min(MAX_HELDOUT, len(eval_split)))):
+            record = {"question": row[config.question_column], "answer": row[config.answer_column]}
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    staging.rename(final_dir)
+    logger.info("saved the best model to %s", final_dir)
+
+
+class RougeMetrics:
+    """`compute_metrics` for generated predictions: ROUGE-1/2/L/Lsum and mean generated length."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def __call__(self, eval_prediction: Any) -> dict[str, float]:
+        predictions, labels = eval_prediction.predictions, eval_prediction.label_ids
+        if isinstance(predictions, tuple):
+            predictions = predictions[0]
+        pad = self.tokenizer.pad_token_id
+        predictions = np.where(predictions < 0, pad, predictions)
+        labels = np.where(labels < 0, pad, labels)
+        decoded = self.tokenizer.batch_decode(predictions, skip_special_tokens=True)
+        references = self.tokenizer.batch_decode(labels, skip_special_tokens=True)
+        scores = {key: round(value * 100, 4) for key, value in rouge(decoded, references).items()}
+        lengths = [int(np.count_nonzero((row != pad) & (row != self.tokenizer.eos_token_id))) for row in predictions]
+        scores["gen_len"] = float(np.mean(lengths)) if lengths else 0.0
+        return scores
+
+
+class MetricsHistory(TrainerCallback):
+    """Appends each evaluation's metrics to `metrics.json` (kept across resumed runs)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self) -> list[dict[str, float]]:
+        if self.path.is_file():
+            return json.loads(self.path.read_text(encoding="utf-8"))
+        return []
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any):
+        if not state.is_world_process_zero or not metrics:
+            return
+        entries = [e for e in self.load() if e.get("step") != state.global_step]
+        entries.append({"epoch": round(state.epoch or 0, 2), "step": state.global_step, **metrics})
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.path)
+
+
+def metrics_table(history: list[dict[str, float]]) -> str:
+    """A Markdown table of ROUGE and generated length per evaluation."""
+    keys = ["eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len", "eval_loss"]
+    header = "| epoch | step | " + " | ".join(k.removeprefix("eval_") for k in keys) + " |"
+    rows = [header, "|" + " --- |" * (len(keys) + 2)]
+    for entry in history:
+        values = " | ".join(f"{entry[k]:.2f}" if k in entry else "-" for k in keys)
+        rows.append(f"| {entry.get('epoch', 0):.2f} | {entry.get('step', 0)} | {values} |")
+    return "\n".join(rows)

@@ -1,0 +1,125 @@
+"""Shared fixtures: tiny FLAN-T5-shaped models built from a T5Config, trained and exported once.
+
+Nothing here touches the network: the tokenizer and the data are the bundled ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from edgeqa.records import BUNDLED_TOKENIZER, sample_data  # noqa: E402
+
+# transformers' T5ModelTester sizes, with FLAN-T5's vocabulary and feed-forward.
+TINY = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=4,
+            relative_attention_num_buckets=8)
+# google/flan-t5-small's public config (d_kv 64 != d_model / heads).
+SMALL = dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6,
+             relative_attention_num_buckets=32)
+
+
+def build_t5(folder: Path, seed: int = 0, **sizes: int) -> Path:
+    """Save a seeded, randomly initialised FLAN-T5-shaped model with the bundled tokenizer."""
+    torch = pytest.importorskip("torch")
+    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
+
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **sizes)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(folder)
+    return folder
+
+
+def short_records(count: int, max_chars: int = 60) -> list[dict]:
+    rows = [json.loads(line) for line in sample_data("train").read_text(encoding="utf-8").splitlines()]
+    return [r for r in rows if len(r["answer"]) <= max_chars][:count]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_t5(tmp_path_factory.mktemp("tiny"), **TINY)
+
+
+@pytest.fixture(scope="session")
+def memo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 short-answer training records, as both train and validation split (a memorisation task)."""
+    folder = tmp_path_factory.mktemp("memo-data")
+    rows = short_records(64)
+    write_jsonl(folder / "train.jsonl", rows)
+    write_jsonl(folder / "validation.jsonl", rows)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, memo_data: Path) -> Path:
+    """A tiny model fine-tuned with `edgeqa.finetune` for 96 steps; returns the run folder."""
+    from edgeqa.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=out, epochs=12,
+                            learning_rate=1.5e-2, eval_max_new_tokens=16, logging_steps=50, device="cpu"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained_run: Path) -> Path:
+    return trained_run / "final"
+
+
+def _export(checkpoint: Path, output: Path, **options) -> Path:
+    from edgeqa.export import ExportConfig, export_artifact
+
+    export_artifact(ExportConfig(checkpoint=str(checkpoint), output=output, parity_samples=48,
+                                 parity_max_new_tokens=16, **options))
+    return output
+
+
+@pytest.fixture(scope="session")
+def artifact_fp32(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
+    return _export(trained_model, tmp_path_factory.mktemp("art") / "fp32")
+
+
+@pytest.fixture(scope="session")
+def artifact_int8(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
+    return _export(trained_model, tmp_path_factory.mktemp("art") / "int8", quantize="int8")
+
+
+@pytest.fixture(scope="session")
+def questions() -> list[str]:
+    """Validation questions of varied length (a few long ones are truncated)."""
+    rows = [json.loads(line) for line in sample_data("validation").read_text(encoding="utf-8").splitlines()]
+    picked = [r["question"] for r in rows[:96]]
+    return picked + [" ".join(r["question"] for r in rows[i : i + 12]) for i in range(0, 48, 12)]
+
+
+def hf_generate(checkpoint: Path, questions: list[str], batch_size: int, max_input_tokens: int = 128,
+                **options) -> list[list[int]]:
+    """transformers' `generate` on the same prompts: answer ids, end-of-answer included."""
+    import torch
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval()
+    prompts = [f"Please answer this question: {q.strip()}" for q in questions]
+    answers = []
+    with torch.inference_mode():
+        for first in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[first : first + batch_size], padding=True, truncation=True,
+                              max_length=max_input_tokens, return_tensors="pt")
+            for row in model.generate(**batch, **options)[:, 1:].tolist():
+                answers.append(row[: row.index(1) + 1] if 1 in row else row)
+    return answers

@@ -1,0 +1,220 @@
+"""The numpy runtime: token-exact with transformers, robust to bad input, light to import."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import SMALL, _export, build_t5, hf_generate
+from edgeqa.errors import ArtifactError, InputError
+from edgeqa.manifest import Manifest, file_entry
+from edgeqa.runtime import GenerationOptions, QAModel
+
+SEARCHES = [
+    pytest.param(dict(num_beams=1), id="greedy"),
+    pytest.param(dict(num_beams=4), id="beam4"),
+    pytest.param(dict(num_beams=3, length_penalty=0.6, early_stopping=True), id="beam3-lp-early"),
+    pytest.param(dict(num_beams=1, repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=3),
+                 id="greedy-penalties"),
+]
+
+
+@pytest.fixture(scope="module")
+def model(artifact_fp32: Path) -> QAModel:
+    return QAModel.load(artifact_fp32, threads=2)
+
+
+@pytest.mark.parametrize("options", SEARCHES)
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_tokens_equal_transformers_generate(model, trained_model, questions, options, batch_size):
+    expected = hf_generate(trained_model, questions, batch_size, max_new_tokens=16, **options)
+    answers = model.answer_batch(questions, batch_size=batch_size, max_new_tokens=16, **options)
+    assert [a.tokens for a in answers] == expected
+    assert len(questions) >= 100
+
+
+def test_trained_model_stops_at_its_own_eos(model, trained_model, questions):
+    answers = model.answer_batch(questions[:32], batch_size=8, max_new_tokens=16)
+    ended = [a for a in answers if a.tokens and a.tokens[-1] == 1]
+    assert ended, "the trained test model should end some answers before the limit"
+    assert any(len(a.tokens) < 16 for a in ended)
+    assert all("<pad>" not in a.text and "</s>" not in a.text for a in answers)
+
+
+@pytest.mark.slow
+def test_small_shaped_model_is_token_exact(tmp_path, questions):
+    """flan-t5-small's shapes (d_kv 64 while d_model / heads is 85), random weights."""
+    checkpoint = build_t5(tmp_path / "small", seed=1, **SMALL)
+    artifact = _export(checkpoint, tmp_path / "small-fp32", parity=False)
+    model = QAModel.load(artifact, threads=2)
+    for options in (dict(num_beams=1), dict(num_beams=4)):
+        expected = hf_generate(checkpoint, questions, 10, max_new_tokens=6, **options)
+        answers = model.answer_batch(questions, batch_size=10, max_new_tokens=6, **options)
+        assert [a.tokens for a in answers] == expected, options
+
+
+def test_stream_yields_the_greedy_answer(model):
+    pieces = list(model.stream("Who wrote Hamlet?", max_new_tokens=12))
+    assert "".join(pieces) == model.answer("Who wrote Hamlet?", max_new_tokens=12).text
+
+
+def test_sampling_is_seeded(model):
+    first = model.answer("Name a planet.", do_sample=True, seed=3, top_k=20, top_p=0.9, temperature=1.5)
+    again = model.answer("Name a planet.", do_sample=True, seed=3, top_k=20, top_p=0.9, temperature=1.5)
+    assert first.tokens == again.tokens
+    assert first.answer_tokens >= 1
+
+
+def test_min_new_tokens_and_limits(model):
+    answer = model.answer("What is the capital of France?", min_new_tokens=10, max_new_tokens=10)
+    assert answer.answer_tokens == 10
+    assert answer.prompt_tokens > 5
+
+
+def test_answer_carries_timings(model):
+    answer = model.answer("What is the capital of France?", max_new_tokens=4)
+    assert answer.encode_ms > 0 and answer.generate_ms > 0
+    assert set(answer.to_dict()) == {"answer", "answer_tokens", "prompt_tokens", "encode_ms", "generate_ms"}
+
+
+def test_concurrent_answers_match_sequential(model, questions):
+    expected = [model.answer(q, max_new_tokens=8).tokens for q in questions[:12]]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda q: model.answer(q, max_new_tokens=8).tokens, questions[:12]))
+    assert got == expected
+
+
+@pytest.mark.parametrize("bad", [dict(num_beams=0), dict(max_new_tokens=0), dict(temperature=0.0),
+                                 dict(top_p=1.5), dict(do_sample=True, num_beams=2), dict(min_new_tokens=-1)])
+def test_bad_options_are_input_errors(model, bad):
+    with pytest.raises(InputError):
+        model.answer("What is AI?", **bad)
+
+
+def test_unknown_option_names_valid_ones(model):
+    with pytest.raises(InputError, match="valid: .*max_new_tokens"):
+        model.answer("What is AI?", beams=3)
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\n\t"])
+def test_empty_question_is_refused(model, question):
+    with pytest.raises(InputError, match="empty"):
+        model.answer(question)
+
+
+def test_very_long_question_is_truncated_with_warning(model, caplog):
+    with caplog.at_level(logging.WARNING, logger="edgeqa"):
+        answer = model.answer("why " * 25_000, max_new_tokens=4)
+    assert answer.prompt_tokens == model.manifest.max_input_tokens
+    assert "truncated" in caplog.text
+
+
+@pytest.mark.parametrize("question", ["¿Qué es 🤖 AI? 🚀🚀", "ما هي عاصمة فرنسا؟", "e\u0301\u0301\u0301 n\u0303",
+                                      "null\x00byte", "中文问题是什么", "\u202eRTL override"])
+def test_any_unicode_gets_an_answer(model, question):
+    assert isinstance(model.answer(question, max_new_tokens=4).text, str)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=300))
+def test_random_strings_answer_or_raise_input_error(model, text):
+    try:
+        result = model.answer(text, max_new_tokens=3)
+    except InputError:
+        assert not text.strip()
+    else:
+        assert isinstance(result.text, str)
+
+
+def test_options_default_from_manifest(model):
+    assert model.defaults == GenerationOptions.from_dict({"max_new_tokens": 512, **model.manifest.generation})
+
+
+# ------------------------------------------------------------------ damaged artifacts
+
+
+@pytest.fixture
+def copy_of(artifact_fp32, tmp_path) -> Path:
+    target = tmp_path / "artifact"
+    shutil.copytree(artifact_fp32, target)
+    return target
+
+
+def test_missing_file_is_named(copy_of):
+    (copy_of / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match="missing tokenizer.json"):
+        QAModel.load(copy_of)
+
+
+def test_extra_file_is_named(copy_of):
+    (copy_of / "notes.txt").write_text("hello")
+    with pytest.raises(ArtifactError, match="notes.txt"):
+        QAModel.load(copy_of)
+
+
+def test_newer_manifest_version_is_refused(copy_of):
+    data = json.loads((copy_of / "manifest.json").read_text())
+    data["format_version"] = 99
+    (copy_of / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="manifest format 99 is newer than this edgeqa supports"):
+        QAModel.load(copy_of)
+
+
+def test_corrupted_graph_is_refused_naming_the_file(copy_of):
+    path = copy_of / "decoder_model_merged.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="decoder_model_merged.onnx .*sha256"):
+        QAModel.load(copy_of)
+
+
+def test_garbage_graph_without_checksums_is_an_artifact_error(copy_of):
+    manifest = Manifest.read(copy_of)
+    (copy_of / "encoder_model.onnx").write_bytes(b"not an onnx graph" * 10)
+    files = dict(manifest.files, encoder=file_entry(copy_of, "encoder_model.onnx"))
+    Manifest(**{**manifest.__dict__, "files": files}).write(copy_of)
+    with pytest.raises(ArtifactError, match="encoder_model.onnx .*not a loadable ONNX graph"):
+        QAModel.load(copy_of, verify=False)
+
+
+def test_mismatched_tokenizer_is_refused(copy_of):
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2, "hello": 3}, unk_token="<unk>")).save(
+        str(copy_of / "tokenizer.json"))
+    manifest = Manifest.read(copy_of)
+    files = dict(manifest.files, tokenizer=file_entry(copy_of, "tokenizer.json"))
+    Manifest(**{**manifest.__dict__, "files": files}).write(copy_of)
+    with pytest.raises(ArtifactError, match="tokenizer does not match its model"):
+        QAModel.load(copy_of)
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        QAModel.load(tmp_path)
+    with pytest.raises(ArtifactError, match="does not exist"):
+        QAModel.load(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------ light means light
+
+
+def test_runtime_import_pulls_no_torch(artifact_int8):
+    code = (
+        "import sys; from edgeqa.runtime import QAModel;"
+        f"m = QAModel.load({str(artifact_int8)!r}); print(m.answer('What is AI?', max_new_tokens=4).text);"
+        "heavy = [n for n in ('torch', 'transformers', 'optimum') if n in sys.modules];"
+        "sys.exit(f'heavy modules imported: {heavy}' if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
