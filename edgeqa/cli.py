@@ -205,6 +205,8 @@ def finetune(
         resume=resume or None, overwrite=overwrite or None,
     )
     result = run(settings)
+    if not result.main_process:  # under torchrun, one process reports
+        return
     typer.echo(metrics_table(result.history))
     typer.echo(f"\nbest checkpoint: {result.best_checkpoint}; final model: {result.final_dir} "
                f"(step {result.global_step})")

@@ -111,12 +111,18 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
         _onnx_export(config.checkpoint, raw)
         fp32_bytes = sum((raw / name).stat().st_size for name in GRAPHS.values())
         settings = settings_for(config.preset, config.keep_fp32) if config.quantize else None
+        kept_float = 0
         for name in GRAPHS.values():
             if settings:
-                quantize_graph(raw / name, staging / name, settings)
+                kept_float += quantize_graph(raw / name, staging / name, settings)
                 logger.info("quantize: %s %s -> %s", name, _mb(raw / name), _mb(staging / name))
             else:
                 shutil.copy2(raw / name, staging / name)
+        if settings and settings.keep_fp32 and not kept_float:
+            raise ConfigError(
+                f"--keep-fp32 {','.join(settings.keep_fp32)} matches no node; "
+                "use node-name parts such as lm_head, wo, wi_0, wi_1, q, k, v, o"
+            )
         for name in OPTIMUM_FILES.values():
             if (raw / name).exists():
                 shutil.copy2(raw / name, staging / name)

@@ -41,6 +41,7 @@ class FinetuneResult:
     global_step: int
     history: list[dict[str, float]]
     best_checkpoint: str | None
+    main_process: bool = True
 
 
 def check_output_dir(config: FinetuneConfig) -> str | None:
@@ -146,7 +147,8 @@ def finetune(config: FinetuneConfig, callbacks: list | None = None) -> FinetuneR
     final_dir = config.output_dir / FINAL
     if trainer.is_world_process_zero():
         save_final(trainer, tokenizer, config, eval_split, final_dir)
-    return FinetuneResult(final_dir, trainer.state.global_step, history.load(), trainer.state.best_model_checkpoint)
+    return FinetuneResult(final_dir, trainer.state.global_step, history.load(), trainer.state.best_model_checkpoint,
+                          trainer.is_world_process_zero())
 
 
 def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split: Any, final_dir: Path) -> None:

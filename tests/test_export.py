@@ -1,0 +1,180 @@
+"""Export: graphs, int8, manifest, atomic writes, the parity gate, Optimum interop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import SMALL, build_t5
+from edgeqa.cli import app
+from edgeqa.errors import ConfigError, ExportError
+from edgeqa.export import ExportConfig, export_artifact
+from edgeqa.export.quantize import count_ops, detect_preset, settings_for
+from edgeqa.manifest import Manifest, sha256_of
+from edgeqa.runtime import QAModel
+
+runner = CliRunner()
+
+
+def test_int8_graphs_hold_quantized_matmuls(artifact_int8, artifact_fp32):
+    for graph in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+        ops = count_ops(artifact_int8 / graph)
+        assert ops["MatMulInteger"] >= 14, ops
+        assert count_ops(artifact_fp32 / graph)["MatMulInteger"] == 0
+    decoder = count_ops(artifact_int8 / "decoder_model_merged.onnx")
+    # attention's activation x activation products (QK^T, attention x V) stay float: 2 per attention block
+    assert decoder["MatMul"] == 16
+
+
+def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
+    manifest = Manifest.read(artifact_int8)
+    assert set(manifest.files) >= {"encoder", "decoder", "tokenizer", "config"}
+    for entry in manifest.files.values():
+        assert sha256_of(artifact_int8 / entry.path) == entry.sha256
+        assert (artifact_int8 / entry.path).stat().st_size == entry.size
+    assert (manifest.dims.d_kv, manifest.dims.num_heads, manifest.dims.vocab_size) == (8, 4, 32128)
+    assert manifest.prompt_template == "Please answer this question: {question}"
+    assert manifest.quantization["preset"] == detect_preset()
+    assert manifest.parity["passed"] and manifest.parity["samples"] == 48
+    assert manifest.versions["onnxruntime"]
+    assert sorted(p.name for p in artifact_int8.iterdir()) == sorted(
+        [e.path for e in manifest.files.values()] + ["manifest.json"])
+
+
+def test_fp32_artifact_passes_exact_gate(artifact_fp32):
+    parity = Manifest.read(artifact_fp32).parity
+    assert parity["exact_match"] >= 0.99 and parity["passed"]
+
+
+def test_int8_gate_is_rouge_within_one_point(artifact_int8):
+    parity = Manifest.read(artifact_int8).parity
+    assert abs(parity["rouge_l_delta"]) <= 0.01
+    assert "ROUGE-L" in parity["gate"]
+
+
+def test_presets():
+    assert settings_for("avx2").reduce_range and settings_for("avx512").reduce_range
+    assert not settings_for("avx512_vnni").reduce_range and not settings_for("arm64").reduce_range
+    assert settings_for("auto").preset == detect_preset()
+    with pytest.raises(ConfigError, match="choose one of"):
+        settings_for("sse2")
+
+
+def test_keep_fp32_leaves_lm_head_float(trained_model, tmp_path):
+    out = tmp_path / "keep"
+    export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, quantize="int8",
+                                 keep_fp32=("lm_head",), parity=False))
+    # lm_head stays float in both branches of the merged decoder (16 attention products + 2)
+    assert count_ops(out / "decoder_model_merged.onnx")["MatMul"] == 18
+    assert Manifest.read(out).quantization["keep_fp32"] == ["lm_head"]
+    with pytest.raises(ConfigError, match="matches no node"):
+        export_artifact(ExportConfig(checkpoint=str(trained_model), output=tmp_path / "x", quantize="int8",
+                                     keep_fp32=("nonexistent",), parity=False))
+
+
+def test_existing_output_is_refused_without_force(trained_model, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="--force"):
+        export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False))
+    assert (out / "keep.txt").read_text() == "mine"
+    export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False, force=True))
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
+def test_failed_export_leaves_nothing(trained_model, tmp_path, monkeypatch):
+    import edgeqa.export.artifact as artifact
+
+    def broken(*args, **kwargs):
+        raise ExportError("quantizer exploded")
+
+    monkeypatch.setattr(artifact, "quantize_graph", broken)
+    with pytest.raises(ExportError, match="exploded"):
+        export_artifact(ExportConfig(checkpoint=str(trained_model), output=tmp_path / "out", quantize="int8"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_export_leaves_no_output(trained_model, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeqa.cli", "export", str(trained_model), str(out),
+                             "--quantize", "--parity-samples", "48"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(p.name.startswith(".out.partial-") and any(p.iterdir())
+                                             for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+
+
+def test_parity_gate_fails_on_a_damaged_artifact(artifact_fp32, tmp_path):
+    other = build_t5(tmp_path / "other", seed=7, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2,
+                     num_heads=4, relative_attention_num_buckets=8)
+    result = runner.invoke(app, ["parity", str(artifact_fp32), "--reference", str(other), "--samples", "24",
+                                 "--max-new-tokens", "8"])
+    assert result.exit_code == 1
+    assert "FAIL" in result.output and "identical answers" in result.output
+
+
+def test_parity_command_passes_on_a_healthy_artifact(artifact_fp32, trained_model):
+    result = runner.invoke(app, ["parity", str(artifact_fp32), "--reference", str(trained_model), "--samples", "24",
+                                 "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.output and "rougeL" in result.output
+
+
+def test_export_fails_the_gate_with_exit_1_and_writes_nothing(trained_model, tmp_path, monkeypatch):
+    """An artifact that answers differently from its checkpoint must not be written."""
+    import edgeqa.export.parity as parity
+
+    real = parity.reference_answers
+
+    def shifted(*args, **kwargs):
+        answers, ms = real(*args, **kwargs)
+        return [[(t + 5) % 32100 for t in a] for a in answers], ms
+
+    monkeypatch.setattr(parity, "reference_answers", shifted)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["export", str(trained_model), str(out), "--parity-samples", "16"])
+    assert result.exit_code == 1
+    assert "parity gate failed" in result.output and "FAIL" in result.output
+    assert not out.exists()
+    result = runner.invoke(app, ["export", str(trained_model), str(out), "--parity-samples", "16",
+                                 "--allow-parity-failure"])
+    assert result.exit_code == 0 and not Manifest.read(out).parity["passed"]
+
+
+def test_optimum_loads_the_artifact_and_agrees(artifact_int8, questions):
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from transformers import AutoTokenizer
+
+    ours = QAModel.load(artifact_int8, threads=2)
+    theirs = ORTModelForSeq2SeqLM.from_pretrained(artifact_int8, use_cache=True)
+    tokenizer = AutoTokenizer.from_pretrained(artifact_int8)
+    for question in questions[:12]:
+        batch = tokenizer(f"Please answer this question: {question}", return_tensors="pt", truncation=True,
+                          max_length=128)
+        expected = theirs.generate(**batch, max_new_tokens=12, do_sample=False)[0, 1:].tolist()
+        expected = expected[: expected.index(1) + 1] if 1 in expected else expected
+        assert ours.answer(question, max_new_tokens=12).tokens == expected
+
+
+@pytest.mark.slow
+def test_small_shaped_int8_is_at_most_35_percent_of_fp32(tmp_path):
+    checkpoint = build_t5(tmp_path / "small", seed=2, **SMALL)
+    fp32 = export_artifact(ExportConfig(checkpoint=str(checkpoint), output=tmp_path / "fp32", parity=False))
+    int8 = export_artifact(ExportConfig(checkpoint=str(checkpoint), output=tmp_path / "int8", quantize="int8",
+                                        parity_samples=32, parity_max_new_tokens=8))
+    size = {name: sum(e.size for e in r.manifest.files.values()) for name, r in (("fp32", fp32), ("int8", int8))}
+    assert size["int8"] <= 0.35 * size["fp32"], size
+    assert int8.parity.passed, int8.parity.table()

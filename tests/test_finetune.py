@@ -1,0 +1,190 @@
+"""Fine-tuning: data loading and its errors, a real learning signal, resume after a kill, DDP."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, build_t5, hf_generate, short_records, write_jsonl
+from edgeqa.errors import ConfigError, DataError, ModelError
+from edgeqa.finetune import FinetuneConfig
+from edgeqa.finetune.data import load_raw, prepare_splits
+from edgeqa.metrics import rouge
+
+pytest.importorskip("torch")
+
+
+def config(data: Path | str, **fields) -> FinetuneConfig:
+    return FinetuneConfig(model="unused", data=str(data), **fields)
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    return short_records(20)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_each_format_loads_and_splits_70_30(tmp_path, rows, suffix):
+    import pandas as pd
+
+    path = tmp_path / f"qa{suffix}"
+    frame = pd.DataFrame(rows)
+    {".jsonl": lambda: write_jsonl(path, rows), ".json": lambda: path.write_text(json.dumps(rows)),
+     ".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    train, validation = prepare_splits(load_raw(config(path)), config(path))
+    assert (len(train), len(validation)) == (14, 6)
+    assert train.column_names == ["question", "answer"]
+
+
+def test_split_is_seeded(tmp_path, rows):
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+    first = prepare_splits(load_raw(config(path)), config(path))[1]["question"]
+    again = prepare_splits(load_raw(config(path)), config(path))[1]["question"]
+    other = prepare_splits(load_raw(config(path, seed=1)), config(path, seed=1))[1]["question"]
+    assert first == again and first != other
+
+
+def test_folder_with_splits_and_sample_limits(tmp_path, rows):
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "validation.jsonl", rows[:5])
+    write_jsonl(tmp_path / "test.jsonl", rows[:3])
+    raw = load_raw(config(tmp_path))
+    assert set(raw) == {"train", "validation", "test"}
+    train, validation = prepare_splits(raw, config(tmp_path, max_train_samples=4, max_eval_samples=2))
+    assert (len(train), len(validation)) == (4, 2)
+
+
+def test_nfl6_style_json_with_custom_columns(tmp_path):
+    records = [{"question": f"q{i}?", "answer": f"a{i}", "nbestanswers": [f"a{i}"], "main_category": "x"}
+               for i in range(10)]
+    path = tmp_path / "nfL6.json"
+    path.write_text(json.dumps(records))
+    cfg = config(path, question_column="question", answer_column="answer")
+    train, validation = prepare_splits(load_raw(cfg), cfg)
+    assert len(train) + len(validation) == 10
+
+
+def test_bad_column_lists_the_available_ones(tmp_path, rows):
+    path = write_jsonl(tmp_path / "qa.jsonl", rows)
+    cfg = config(path, answer_column="response")
+    with pytest.raises(DataError, match=r"'response' \(--answer-column\).*one of: question, answer, category"):
+        prepare_splits(load_raw(cfg), cfg)
+
+
+def test_empty_and_missing_files(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        load_raw(config(tmp_path / "empty.jsonl"))
+    with pytest.raises(DataError, match="does not exist"):
+        load_raw(config(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match="unsupported type"):
+        (tmp_path / "qa.txt").write_text("hello")
+        load_raw(config(tmp_path / "qa.txt"))
+
+
+def test_hub_dataset_offline_says_how_to_pass_a_file():
+    with pytest.raises(DataError, match="--data"):
+        load_raw(config("yahoo_answers_qa"))
+
+
+def test_missing_model_says_how_to_pass_a_folder(tmp_path, rows):
+    from edgeqa.finetune.train import load_model
+
+    with pytest.raises(ModelError, match="local checkpoint folder"):
+        load_model(FinetuneConfig(model="google/flan-t5-base", data=str(tmp_path)))
+
+
+def test_config_validation_and_toml(tmp_path):
+    with pytest.raises(ConfigError, match="fp16 overflows"):
+        FinetuneConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="exactly once"):
+        FinetuneConfig(prompt_template="Answer:")
+    (tmp_path / "run.toml").write_text('model = "m"\nepochs = 2\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="unknown config key.*bogus.*valid:"):
+        FinetuneConfig.from_toml(tmp_path / "run.toml")
+    (tmp_path / "run.toml").write_text('model = "m"\nepochs = 2\n')
+    assert FinetuneConfig.from_toml(tmp_path / "run.toml").epochs == 2
+
+
+def test_non_empty_output_is_refused(tmp_path, memo_data, tiny_model):
+    from edgeqa.finetune import finetune
+
+    (tmp_path / "old.txt").write_text("x")
+    with pytest.raises(ConfigError, match="--resume .* or --overwrite"):
+        finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path))
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path, resume=True))
+
+
+def test_training_raises_rouge_on_training_questions(trained_run, tiny_model, memo_data):
+    """96 steps on 64 questions: ROUGE-L on those questions rises well above the untrained model's."""
+    rows = [json.loads(line) for line in (memo_data / "train.jsonl").read_text().splitlines()]
+    questions, answers = [r["question"] for r in rows], [r["answer"] for r in rows]
+
+    def rouge_l(checkpoint: Path) -> float:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        ids = hf_generate(checkpoint, questions, 16, max_new_tokens=16)
+        return rouge(tokenizer.batch_decode(ids, skip_special_tokens=True), answers)["rougeL"]
+
+    before, after = rouge_l(tiny_model), rouge_l(trained_run / "final")
+    assert after > before + 0.02, (before, after)
+    history = json.loads((trained_run / "metrics.json").read_text())
+    assert len(history) == 12 and {"eval_rougeL", "eval_gen_len", "epoch"} <= set(history[0])
+    saved = json.loads((trained_run / "final" / "edgeqa_config.json").read_text())
+    assert saved["prompt_template"] == "Please answer this question: {question}"
+    assert (trained_run / "final" / "edgeqa_heldout.jsonl").read_text().count("\n") == 64
+
+
+KILL_AFTER_FIRST_SAVE = """
+import os, signal, sys
+from transformers import TrainerCallback
+from edgeqa.finetune import FinetuneConfig, finetune
+
+class Kill(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+finetune(FinetuneConfig(model=sys.argv[1], data=sys.argv[2], output_dir=sys.argv[3], epochs=3,
+                        eval_max_new_tokens=4, device="cpu"), callbacks=[Kill()])
+"""
+
+
+def test_resume_after_kill_finishes_at_the_same_step(tmp_path, tiny_model, memo_data):
+    script = tmp_path / "killed.py"
+    script.write_text(textwrap.dedent(KILL_AFTER_FIRST_SAVE))
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, str(script), str(tiny_model), str(memo_data), str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "checkpoint-8").is_dir() and not (out / "final").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "edgeqa.cli", "finetune", "--model", str(tiny_model),
+                              "--data", str(memo_data), "-o", str(out), "--epochs", "3", "--eval-max-new-tokens",
+                              "4", "--device", "cpu", "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "(step 24)" in resumed.stdout  # 3 epochs x 64 records / batch 8, as an uninterrupted run
+    assert (out / "final" / "model.safetensors").is_file()
+    assert [e["step"] for e in json.loads((out / "metrics.json").read_text())] == [8, 16, 24]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run(tmp_path, memo_data):
+    model = build_t5(tmp_path / "model", **TINY)
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edgeqa.cli", "finetune",
+         "--model", str(model), "--data", str(memo_data), "-o", str(out), "--epochs", "2",
+         "--eval-max-new-tokens", "4", "--device", "cpu"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(step 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
+    assert result.stdout.count("best checkpoint") == 1
+    assert (out / "final" / "model.safetensors").is_file()
