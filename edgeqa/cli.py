@@ -34,7 +34,10 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and
 
 
 def _setup_logging(quiet: bool = False) -> None:
+    """edgeqa's progress on stderr; third-party chatter on the root logger only from ERROR up."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
+    for handler in logging.root.handlers:
+        handler.addFilter(lambda record: record.name != "root" or record.levelno >= logging.ERROR)
     logging.getLogger("edgeqa").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
@@ -276,6 +279,42 @@ def parity_command(
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
     if not report.passed:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- demo
+
+
+@app.command()
+@handle_errors
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for everything the demo writes.")] = Path(
+        "edgeqa-demo"),
+    model: Annotated[str | None, typer.Option(help="A real T5 checkpoint to fine-tune instead of the demo model.")] = None,
+    max_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 400,
+    parity_samples: Annotated[int, typer.Option(help="Held-out questions for the parity gate.")] = 64,
+    force: Annotated[bool, typer.Option(help="Reuse a non-empty --output.")] = False,
+) -> None:
+    """Run the whole pipeline offline on the bundled data: fine-tune, export int8, answer.
+
+    Example: edgeqa demo --output ./edgeqa-demo
+    """
+    from edgeqa.demo import run_demo
+
+    _setup_logging()
+    result = run_demo(output, model=model, max_steps=max_steps, parity_samples=parity_samples, force=force)
+    typer.echo("\nParity of the int8 artifact against the PyTorch model:\n")
+    typer.echo(result.parity_table)
+    typer.echo(f"\nsizes: PyTorch checkpoint {result.checkpoint_mb:.1f} MB, int8 artifact {result.artifact_mb:.1f} MB\n")
+    for question, answer in result.answers:
+        typer.echo(f"Q: {question}\nA: {answer}\n")
+    if model is None:
+        typer.echo("The demo model is tiny and trained for minutes from random weights, so its answers are rough.\n"
+                   "A real run fine-tunes a pretrained checkpoint on a GPU server:\n"
+                   "  edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa\n"
+                   "  edgeqa export runs/qa/final model-int8 --quantize")
+    typer.echo(f"\neverything is in {result.output}; continue with:\n"
+               f'  edgeqa ask {result.artifact} "What is the capital of France?"\n'
+               f"  edgeqa info {result.artifact}")
 
 
 def main() -> None:

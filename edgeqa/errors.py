@@ -27,3 +27,7 @@ class ArtifactError(EdgeQAError):
 
 class InputError(EdgeQAError):
     """A question (or generation option) cannot be answered as given."""
+
+
+class MissingExtraError(EdgeQAError, ImportError):
+    """A command needs an optional dependency group (`edgeqa[train]`, `edgeqa[export]`) that is not installed."""

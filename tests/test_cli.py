@@ -1,0 +1,143 @@
+"""The CLI: thin commands over the library, `error: ...` with exit code 1, answers on stdout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeqa.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands_and_imports_no_torch():
+    code = ("import sys; from typer.testing import CliRunner; from edgeqa.cli import app;"
+            "r = CliRunner().invoke(app, ['--help']); print(r.output);"
+            "sys.exit(1 if 'torch' in sys.modules or r.exit_code else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for command in ("ask", "info", "finetune", "export", "parity", "demo", "bench"):
+        assert command in result.stdout
+
+
+def test_ask_prints_the_answer(artifact_int8):
+    from edgeqa.runtime import QAModel
+
+    expected = QAModel.load(artifact_int8).answer("Who wrote Hamlet?").text
+    result = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == expected
+
+
+def test_ask_json_and_stream(artifact_int8):
+    result = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?", "--json", "--max-new-tokens", "5"])
+    data = json.loads(result.stdout)
+    assert data["question"] == "Who wrote Hamlet?" and 1 <= data["answer_tokens"] <= 5
+    assert {"prompt_tokens", "encode_ms", "generate_ms"} <= set(data)
+    streamed = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?", "--stream",
+                                   "--max-new-tokens", "5"])
+    plain = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?", "--max-new-tokens", "5"])
+    assert streamed.stdout == plain.stdout
+
+
+def test_ask_generation_flags_reach_the_model(artifact_int8, monkeypatch):
+    from edgeqa.runtime import QAModel
+
+    seen = {}
+    real = QAModel.answer
+
+    def spy(self, question, **options):
+        seen.update(options)
+        return real(self, question, **options)
+
+    monkeypatch.setattr(QAModel, "answer", spy)
+    result = runner.invoke(app, ["ask", str(artifact_int8), "Hi?", "--num-beams", "3", "--length-penalty", "0.5",
+                                 "--no-repeat-ngram-size", "2", "--max-new-tokens", "6", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert (seen["num_beams"], seen["length_penalty"], seen["no_repeat_ngram_size"], seen["max_new_tokens"]) == (
+        3, 0.5, 2, 6)
+
+
+def test_ask_file_reports_bad_lines_and_writes_atomically(artifact_int8, tmp_path):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "Who wrote Hamlet?"}\nnot json\n{"question": "   "}\n'
+                         '{"question": "What is the capital of France?"}\n')
+    out = tmp_path / "answers.jsonl"
+    result = runner.invoke(app, ["ask", str(artifact_int8), "--file", str(questions), "--output", str(out),
+                                 "--max-new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    assert "line 2" in result.stderr and "line 3" in result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 4]
+    assert all(r["answer"] is not None for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl", "q.jsonl"]
+
+
+def test_ask_text_file_to_stdout(artifact_int8, tmp_path):
+    questions = tmp_path / "q.txt"
+    questions.write_text("Who wrote Hamlet?\n\nWhat is AI?\n")
+    result = runner.invoke(app, ["ask", str(artifact_int8), "-f", str(questions), "--max-new-tokens", "4"])
+    assert result.exit_code == 0
+    assert [json.loads(line)["line"] for line in result.stdout.splitlines()] == [1, 3]
+
+
+def test_info_shows_the_manifest(artifact_int8):
+    result = runner.invoke(app, ["info", str(artifact_int8)])
+    assert result.exit_code == 0
+    for text in ("dynamic-int8", "Please answer this question", "parity          PASS", "4 heads x 8"):
+        assert text in result.stdout
+    data = json.loads(runner.invoke(app, ["info", str(artifact_int8), "--json"]).stdout)
+    assert data["format_version"] == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["ask", "{art}", "   "], "error: the question is empty"),
+        (["ask", "{art}", "Hi?", "--num-beams", "0"], "error: num_beams must be at least 1"),
+        (["ask", "{tmp}/nowhere", "Hi?"], "error: artifact folder"),
+        (["ask", "{art}", "--file", "{tmp}/missing.jsonl"], "error: question file"),
+        (["info", "{tmp}"], "error: {tmp} has no manifest.json"),
+        (["export", "{tmp}/no-checkpoint", "{tmp}/out"], "error: cannot load checkpoint"),
+        (["finetune", "--data", "{tmp}/none.jsonl", "-o", "{tmp}/run"], "error: data file"),
+        (["finetune", "--precision", "fp16", "-o", "{tmp}/run"], "error: precision 'fp16'"),
+    ],
+)
+def test_errors_are_one_line_with_exit_code_1(artifact_int8, tmp_path, args, message):
+    fill = {"art": str(artifact_int8), "tmp": str(tmp_path)}
+    result = runner.invoke(app, [a.format(**fill) for a in args])
+    assert result.exit_code == 1, result.output
+    assert message.format(**fill) in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_debug_env_shows_the_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "edgeqa.cli", "info", str(tmp_path)], capture_output=True,
+                            text=True, env={**__import__("os").environ, "EDGEQA_DEBUG": "1"}, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "error:" in result.stderr
+
+
+def test_finetune_flags_override_the_config(monkeypatch, tmp_path):
+    import edgeqa.finetune as finetune_module
+    from edgeqa.finetune import FinetuneResult
+
+    seen = {}
+
+    def fake(config, callbacks=None):
+        seen["config"] = config
+        return FinetuneResult(Path(config.output_dir) / "final", 3, [], None)
+
+    monkeypatch.setattr(finetune_module, "finetune", fake)
+    (tmp_path / "run.toml").write_text('model = "google/flan-t5-small"\nepochs = 5\nlearning_rate = 1e-4\n')
+    result = runner.invoke(app, ["finetune", "--config", str(tmp_path / "run.toml"), "--epochs", "2", "--data",
+                                 "qa.jsonl", "-o", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert (config.model, config.epochs, config.learning_rate, config.data) == (
+        "google/flan-t5-small", 2, 1e-4, "qa.jsonl")
