@@ -17,6 +17,7 @@ COPY edgeqa edgeqa
 COPY finetune finetune
 COPY export export
 COPY runtime runtime
+COPY benchmarks benchmarks
 RUN python3 -m venv /build && /build/bin/pip install --no-cache-dir -q --upgrade pip \
     && /build/bin/pip wheel --no-cache-dir --no-deps -w /dist .
 

@@ -317,6 +317,40 @@ def demo(
                f"  edgeqa info {result.artifact}")
 
 
+# ---------------------------------------------------------------- bench
+
+
+@app.command()
+@handle_errors
+def bench(
+    compare: Annotated[bool, typer.Option("--compare", help="Also run PyTorch, Optimum and CTranslate2.")] = False,
+    shapes: Annotated[str, typer.Option(help="Comma-separated model shapes: small, base.")] = "small,base",
+    artifact: Annotated[Path | None, typer.Option(help="Also measure this edgeqa artifact.")] = None,
+    new_tokens: Annotated[int, typer.Option(help="Forced answer length.")] = 32,
+    inputs: Annotated[int, typer.Option(help="Prompts per measurement.")] = 32,
+    rounds: Annotated[int, typer.Option(help="Rounds per engine.")] = 2,
+    threads: Annotated[int, typer.Option(help="Threads for every engine.")] = 2,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results folder.")] = Path("bench-results"),
+) -> None:
+    """Benchmark the runtime side by side with the engines people would use instead.
+
+    Example: edgeqa bench --compare --shapes small
+    """
+    from edgeqa.bench import BenchConfig, run_benchmark
+    from edgeqa.bench.report import write
+    from edgeqa.bench.run import ENGINES
+
+    _setup_logging()
+    config = BenchConfig(
+        shapes=tuple(s for s in shapes.split(",") if s), engines=ENGINES if compare else ENGINES[-2:],
+        artifact=artifact, inputs=inputs, new_tokens=new_tokens, threads=threads, rounds=rounds, output=output,
+    )
+    result = run_benchmark(config)
+    report = write(result, output, threads, new_tokens, inputs)
+    typer.echo(report.read_text())
+    typer.echo(f"results: {output}/ (README.md, results.json, chart.png)")
+
+
 def main() -> None:
     app()
 

@@ -92,6 +92,7 @@ def export_artifact(config: ExportConfig) -> ExportResult:
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
     try:
         result = _build(config, staging)
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the artifact from other users and containers
         if output.exists():
             trash = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
             output.rename(trash / "old")

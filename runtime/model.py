@@ -29,8 +29,8 @@ class Answer:
         text: The answer, special tokens removed.
         tokens: Answer token ids (end-of-answer included when the model produced it).
         prompt_tokens: Prompt length in tokens after truncation.
-        encode_ms: Encoder time (for a batch: the batch's, shared by its answers).
-        generate_ms: Decoder time (likewise shared in a batch).
+        encode_ms: Tokenization time (for a batch: the batch's, shared by its answers).
+        generate_ms: Model time, encoder and decoder (likewise shared in a batch).
     """
 
     text: str
@@ -123,8 +123,14 @@ class QAModel:
                 yield text[len(shown) :]
                 shown = text
 
-    def _encode_inputs(self, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        encoded = self.tokenizer.encode(questions)
+    def generate(self, prompt_ids: Sequence[Sequence[int]], **options: Any) -> list[list[int]]:
+        """Answer token ids for already tokenized prompts, as one batch (for benchmarks and tools)."""
+        if not prompt_ids or any(len(ids) == 0 for ids in prompt_ids):
+            raise InputError("every prompt needs at least one token id")
+        input_ids, mask = self._pad(prompt_ids)
+        return self._search(input_ids, mask, self.options(**options))
+
+    def _pad(self, encoded: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         width = max(len(ids) for ids in encoded)
         pad = self.manifest.special_tokens.pad
         input_ids = np.full((len(encoded), width), pad, dtype=np.int64)
@@ -134,19 +140,24 @@ class QAModel:
             mask[row, : len(ids)] = 1
         return input_ids, mask
 
+    def _encode_inputs(self, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return self._pad(self.tokenizer.encode(questions))
+
+    def _search(self, input_ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions) -> list[list[int]]:
+        special = self.manifest.special_tokens
+        state = self.graphs.encode(input_ids, mask)
+        if opts.num_beams > 1:
+            return beam_search(self.graphs, state, opts, special.decoder_start, special.eos)
+        steps = list(greedy_tokens(self.graphs, state, opts, special.decoder_start, special.eos, special.pad))
+        return [_until_eos(row, special.eos) for row in np.stack(steps, axis=1).tolist()]
+
     def _generate(self, questions: list[str], opts: GenerationOptions) -> list[Answer]:
         if not questions:
             return []
-        special = self.manifest.special_tokens
         started = time.perf_counter()
         input_ids, mask = self._encode_inputs(questions)
-        state = self.graphs.encode(input_ids, mask)
         encoded = time.perf_counter()
-        if opts.num_beams > 1:
-            sequences = beam_search(self.graphs, state, opts, special.decoder_start, special.eos)
-        else:
-            steps = list(greedy_tokens(self.graphs, state, opts, special.decoder_start, special.eos, special.pad))
-            sequences = [_until_eos(row, special.eos) for row in np.stack(steps, axis=1).tolist()]
+        sequences = self._search(input_ids, mask, opts)
         finished = time.perf_counter()
         return [
             Answer(

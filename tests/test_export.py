@@ -46,6 +46,7 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
     assert manifest.versions["onnxruntime"]
     assert sorted(p.name for p in artifact_int8.iterdir()) == sorted(
         [e.path for e in manifest.files.values()] + ["manifest.json"])
+    assert artifact_int8.stat().st_mode & 0o555 == 0o555, "other users and containers must be able to read it"
 
 
 def test_fp32_artifact_passes_exact_gate(artifact_fp32):

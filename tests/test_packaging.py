@@ -92,7 +92,7 @@ def test_runtime_image_builds_runs_as_non_root_and_answers(artifact_int8, tmp_pa
     shutil.copytree(artifact_int8, image / "model", dirs_exist_ok=True)
     uid = _run("chroot", str(image), "id", "-u", "edgeqa").stdout.strip()
     assert uid != "0"
-    answer = _run("chroot", f"--userspec={uid}:{uid}", str(image), "/opt/edgeqa/bin/edgeqa", "ask", "/model",
+    answer = _run(shutil.which("chroot"), f"--userspec={uid}:{uid}", str(image), "/opt/edgeqa/bin/edgeqa", "ask", "/model",
                   "What is the capital of France?", "--json", env={"PATH": "/opt/edgeqa/bin:/usr/bin:/bin",
                                                                   "HOME": "/home/edgeqa"})
     assert json.loads(answer.stdout)["answer_tokens"] >= 1

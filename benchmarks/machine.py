@@ -1,0 +1,77 @@
+"""What the machine can do at most: memory bandwidth, GEMM rate, and the floor they put on ms per token."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MachineLimits:
+    cpu: str
+    cores: int
+    bandwidth_gbs: float
+    gemm_gflops: float
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure() -> MachineLimits:
+    """Copy bandwidth (read + write of 512 MB) and numpy's fp32 GEMM rate (2048^3, all cores), best of 5."""
+    source = np.ones(64 * 1024 * 1024, dtype=np.float64)
+    target = np.empty_like(source)
+    best = min(_timed(lambda: np.copyto(target, source)) for _ in range(5))
+    bandwidth = 2 * source.nbytes / best / 1e9
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    gemm = min(_timed(lambda: a @ a) for _ in range(5))
+    from edgeqa.runtime.graphs import physical_cores
+
+    return MachineLimits(cpu_name(), physical_cores(), bandwidth, 2 * 2048**3 / gemm / 1e9)
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def decoder_step_cost(artifact: Path) -> tuple[float, float]:
+    """Bytes of weights read and FLOPs done per decoder step at batch 1 (lm_head included).
+
+    Weights reached through a Gather (the embedding) count one row only.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(artifact / "decoder_model_merged.onnx"))
+    gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
+    sizes: dict[str, tuple[int, int]] = {}
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        sizes[init.name] = (array.nbytes, array.size)
+    # the cache branch (then_branch) is the one run on every step after the first
+    branch = next(a.g for n in model.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch")
+    used = {name for node in branch.node for name in node.input}
+    gathered |= {n.input[0] for n in branch.node if n.op_type == "Gather"}
+    weight_bytes = flops = 0.0
+    for name in used & set(sizes):
+        nbytes, count = sizes[name]
+        if count < 1024:
+            continue
+        if name in gathered:
+            continue
+        weight_bytes += nbytes
+        flops += 2 * count
+    return weight_bytes, flops
