@@ -20,12 +20,12 @@ $(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
 demo: $(VENV)/.installed-all
 	$(VENV)/bin/edgeqa demo
 
-test: $(VENV)/.installed-dev
+test: lint
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check edgeqa finetune export runtime benchmarks tests
-	$(VENV)/bin/mypy edgeqa finetune export runtime
+	$(VENV)/bin/mypy edgeqa finetune export runtime benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info edgeqa-demo

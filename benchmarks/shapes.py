@@ -23,9 +23,16 @@ def build_checkpoint(shape: str, folder: Path, seed: int = 0) -> Path:
     from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                      relative_attention_num_buckets=32, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-                      **SHAPES[shape])
+    config = T5Config(
+        vocab_size=32128,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        relative_attention_num_buckets=32,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        **SHAPES[shape],
+    )
     T5ForConditionalGeneration(config).save_pretrained(folder)
     T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(folder)
     return folder
@@ -36,16 +43,23 @@ def prepare(shape: str, cache: Path, ctranslate2: bool = True) -> dict[str, Path
     from edgeqa.export import ExportConfig, export_artifact
 
     root = cache / shape
-    paths = {"checkpoint": root / "checkpoint", "fp32": root / "edgeqa-fp32", "int8": root / "edgeqa-int8",
-             "ct2": root / "ct2-int8"}
+    paths = {
+        "checkpoint": root / "checkpoint",
+        "fp32": root / "edgeqa-fp32",
+        "int8": root / "edgeqa-int8",
+        "ct2": root / "ct2-int8",
+    }
     if not (paths["checkpoint"] / "config.json").exists():
         logger.info("bench: building the %s-shaped checkpoint", shape)
         build_checkpoint(shape, paths["checkpoint"])
     for kind, quantize in (("fp32", None), ("int8", "int8")):
         if not (paths[kind] / "manifest.json").exists():
             logger.info("bench: exporting %s %s", shape, kind)
-            export_artifact(ExportConfig(checkpoint=str(paths["checkpoint"]), output=paths[kind], quantize=quantize,
-                                         parity=False, force=True))
+            export_artifact(
+                ExportConfig(
+                    checkpoint=str(paths["checkpoint"]), output=paths[kind], quantize=quantize, parity=False, force=True
+                )
+            )
     if ctranslate2 and not (paths["ct2"] / "model.bin").exists():
         try:
             from ctranslate2.converters import TransformersConverter

@@ -17,7 +17,9 @@ from typing import Any
 Generate = Callable[[list[list[int]], int], list[int]]  # (prompts, beams) -> generated lengths
 
 
-def load_engine(engine: str, path: str, threads: int, new_tokens: int, tokenizer_path: str) -> Generate:
+def load_engine(
+    engine: str, path: str, threads: int, new_tokens: int, tokenizer_path: str, session_config: dict | None = None
+) -> Generate:
     """Load one engine; the returned function answers a batch and returns the generated lengths."""
     if engine == "pytorch":
         import torch
@@ -29,8 +31,14 @@ def load_engine(engine: str, path: str, threads: int, new_tokens: int, tokenizer
         def run(prompts: list[list[int]], beams: int) -> list[int]:
             ids, mask = _pad_torch(prompts)
             with torch.inference_mode():
-                out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, do_sample=False,
-                                     min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    num_beams=beams,
+                    do_sample=False,
+                    min_new_tokens=new_tokens,
+                    max_new_tokens=new_tokens,
+                )
             return [out.shape[1] - 1] * len(prompts)
 
         return run
@@ -49,8 +57,14 @@ def load_engine(engine: str, path: str, threads: int, new_tokens: int, tokenizer
 
         def run(prompts: list[list[int]], beams: int) -> list[int]:
             ids, mask = _pad_torch(prompts)
-            out = model.generate(input_ids=ids, attention_mask=mask, num_beams=beams, do_sample=False,
-                                 min_new_tokens=new_tokens, max_new_tokens=new_tokens)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                num_beams=beams,
+                do_sample=False,
+                min_new_tokens=new_tokens,
+                max_new_tokens=new_tokens,
+            )
             return [out.shape[1] - 1] * len(prompts)
 
         return run
@@ -58,21 +72,27 @@ def load_engine(engine: str, path: str, threads: int, new_tokens: int, tokenizer
         import ctranslate2
         from tokenizers import Tokenizer
 
-        translator = ctranslate2.Translator(path, device="cpu", compute_type="int8", intra_threads=threads,
-                                            inter_threads=1)
+        translator = ctranslate2.Translator(
+            path, device="cpu", compute_type="int8", intra_threads=threads, inter_threads=1
+        )
         tokenizer = Tokenizer.from_file(tokenizer_path)
 
         def run(prompts: list[list[int]], beams: int) -> list[int]:
             tokens = [[tokenizer.id_to_token(i) for i in ids] for ids in prompts]
-            results = translator.translate_batch(tokens, beam_size=beams, max_decoding_length=new_tokens,
-                                                 min_decoding_length=new_tokens, max_batch_size=len(tokens))
+            results = translator.translate_batch(
+                tokens,
+                beam_size=beams,
+                max_decoding_length=new_tokens,
+                min_decoding_length=new_tokens,
+                max_batch_size=len(tokens),
+            )
             return [len(r.hypotheses[0]) for r in results]
 
         return run
     if engine.startswith("edgeqa"):
         from edgeqa.runtime import QAModel
 
-        model = QAModel.load(path, threads=threads)
+        model = QAModel.load(path, threads=threads, session_config=session_config)
 
         def run(prompts: list[list[int]], beams: int) -> list[int]:
             answers = model.generate(prompts, num_beams=beams, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
@@ -109,7 +129,9 @@ def main(spec_path: str) -> None:
     spec = json.loads(open(spec_path, encoding="utf-8").read())
     started = spec["spawned_at"]
     load_start = time.time()
-    run = load_engine(spec["engine"], spec["path"], spec["threads"], spec["new_tokens"], spec["tokenizer"])
+    run = load_engine(
+        spec["engine"], spec["path"], spec["threads"], spec["new_tokens"], spec["tokenizer"], spec.get("session_config")
+    )
     loaded = time.time()
     prompts: list[list[int]] = spec["prompts"]
     run(prompts[:1], 1)
@@ -126,8 +148,10 @@ def main(spec_path: str) -> None:
                 times.append((time.perf_counter() - t) * 1000)
             ordered = sorted(times)
             result["modes"][mode["name"]] = {
-                "median_ms": statistics.median(times), "p90_ms": ordered[int(0.9 * (len(ordered) - 1))],
-                "ms_per_token": statistics.median(times) / spec["new_tokens"], "tokens": statistics.mean(lengths),
+                "median_ms": statistics.median(times),
+                "p90_ms": ordered[int(0.9 * (len(ordered) - 1))],
+                "ms_per_token": statistics.median(times) / spec["new_tokens"],
+                "tokens": statistics.mean(lengths),
             }
         else:
             lengths = []
@@ -135,8 +159,10 @@ def main(spec_path: str) -> None:
             for first in range(0, len(prompts), batch):
                 lengths += run(prompts[first : first + batch], beams)
             elapsed = time.perf_counter() - t
-            result["modes"][mode["name"]] = {"questions_per_s": len(prompts) / elapsed,
-                                             "tokens": statistics.mean(lengths)}
+            result["modes"][mode["name"]] = {
+                "questions_per_s": len(prompts) / elapsed,
+                "tokens": statistics.mean(lengths),
+            }
     result["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
 

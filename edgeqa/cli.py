@@ -65,7 +65,9 @@ def handle_errors(command: F) -> F:
 def ask(
     artifact: ArtifactArg,
     question: Annotated[str | None, typer.Argument(help="The question; omit it for an interactive prompt.")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Questions: .jsonl ({\"question\": ...}) or .txt.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help='Questions: .jsonl ({"question": ...}) or .txt.')
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write --file answers here (JSONL).")] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
     as_json: JsonOpt = False,
@@ -94,10 +96,18 @@ def ask(
 
     _setup_logging(quiet=True)
     options = dict(
-        max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, num_beams=num_beams,
-        length_penalty=length_penalty, early_stopping=early_stopping, do_sample=do_sample,
-        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        no_repeat_ngram_size=no_repeat_ngram_size, repetition_penalty=repetition_penalty,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        num_beams=num_beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        repetition_penalty=repetition_penalty,
     )
     model = QAModel.load(artifact, threads=threads, verify=verify)
     model.options(**options)  # validate flags before any work
@@ -107,8 +117,9 @@ def ask(
             answered, problems = answer_file(model, file, output, batch_size, options, progress=bar.update)
         for problem in problems:
             typer.echo(f"warning: {file}: {problem}", err=True)
-        typer.echo(f"answered {answered} of {total + len(problems)} questions"
-                   + (f" -> {output}" if output else ""), err=True)
+        typer.echo(
+            f"answered {answered} of {total + len(problems)} questions" + (f" -> {output}" if output else ""), err=True
+        )
     elif question is not None:
         if stream and not as_json:
             for piece in model.stream(question, **options):
@@ -116,8 +127,9 @@ def ask(
             typer.echo()
         else:
             result = model.answer(question, **options)
-            typer.echo(json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False) if as_json
-                       else result.text)
+            typer.echo(
+                json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False) if as_json else result.text
+            )
     elif sys.stdin.isatty():
         _interactive(model, options)
     else:
@@ -167,8 +179,9 @@ def _interactive(model: Any, options: dict[str, Any]) -> None:
 @handle_errors
 def finetune(
     model: Annotated[str | None, typer.Option(help="T5 checkpoint name or folder [google/flan-t5-base].")] = None,
-    data: Annotated[str | None, typer.Option(help="Hub dataset or local JSONL/JSON/CSV/Parquet file or folder "
-                                                  "[yahoo_answers_qa].")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Hub dataset or local JSONL/JSON/CSV/Parquet file or folder [yahoo_answers_qa].")
+    ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder [edgeqa-run].")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML file with FinetuneConfig fields.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer name or folder [the model's].")] = None,
@@ -193,26 +206,40 @@ def finetune(
 
     Example: edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa
     """
-    from edgeqa.finetune import FinetuneConfig
+    from edgeqa.finetune import FinetuneConfig, metrics_table
     from edgeqa.finetune import finetune as run
-    from edgeqa.finetune import metrics_table
 
     _setup_logging()
     base = FinetuneConfig.from_toml(config) if config else FinetuneConfig()
     settings = base.updated(
-        model=model, data=data, output_dir=output, tokenizer=tokenizer, question_column=question_column,
-        answer_column=answer_column, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-        max_steps=max_steps, max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
-        max_source_tokens=max_source_tokens, max_target_tokens=max_target_tokens,
-        eval_max_new_tokens=eval_max_new_tokens, device=device, precision=precision, seed=seed,
-        resume=resume or None, overwrite=overwrite or None,
+        model=model,
+        data=data,
+        output_dir=output,
+        tokenizer=tokenizer,
+        question_column=question_column,
+        answer_column=answer_column,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_steps=max_steps,
+        max_train_samples=max_train_samples,
+        max_eval_samples=max_eval_samples,
+        max_source_tokens=max_source_tokens,
+        max_target_tokens=max_target_tokens,
+        eval_max_new_tokens=eval_max_new_tokens,
+        device=device,
+        precision=precision,
+        seed=seed,
+        resume=resume or None,
+        overwrite=overwrite or None,
     )
     result = run(settings)
     if not result.main_process:  # under torchrun, one process reports
         return
     typer.echo(metrics_table(result.history))
-    typer.echo(f"\nbest checkpoint: {result.best_checkpoint}; final model: {result.final_dir} "
-               f"(step {result.global_step})")
+    typer.echo(
+        f"\nbest checkpoint: {result.best_checkpoint}; final model: {result.final_dir} (step {result.global_step})"
+    )
     typer.echo(f"next: edgeqa export {result.final_dir} model-int8 --quantize")
 
 
@@ -242,12 +269,22 @@ def export(
     from edgeqa.export import ExportConfig, export_artifact
 
     _setup_logging()
-    result = export_artifact(ExportConfig(
-        checkpoint=checkpoint, output=output, quantize="int8" if quantize else None, preset=preset,
-        keep_fp32=tuple(p for p in keep_fp32.split(",") if p), parity=parity, parity_data=parity_data,
-        parity_samples=parity_samples, parity_max_new_tokens=parity_max_new_tokens,
-        allow_parity_failure=allow_parity_failure, force=force, threads=threads,
-    ))
+    result = export_artifact(
+        ExportConfig(
+            checkpoint=checkpoint,
+            output=output,
+            quantize="int8" if quantize else None,
+            preset=preset,
+            keep_fp32=tuple(p for p in keep_fp32.split(",") if p),
+            parity=parity,
+            parity_data=parity_data,
+            parity_samples=parity_samples,
+            parity_max_new_tokens=parity_max_new_tokens,
+            allow_parity_failure=allow_parity_failure,
+            force=force,
+            threads=threads,
+        )
+    )
     if result.parity:
         typer.echo(result.parity.table())
     size = sum(entry.size for entry in result.manifest.files.values())
@@ -288,8 +325,11 @@ def parity_command(
 @handle_errors
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for everything the demo writes.")] = Path(
-        "edgeqa-demo"),
-    model: Annotated[str | None, typer.Option(help="A real T5 checkpoint to fine-tune instead of the demo model.")] = None,
+        "edgeqa-demo"
+    ),
+    model: Annotated[
+        str | None, typer.Option(help="A real T5 checkpoint to fine-tune instead of the demo model.")
+    ] = None,
     max_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 400,
     parity_samples: Annotated[int, typer.Option(help="Held-out questions for the parity gate.")] = 64,
     force: Annotated[bool, typer.Option(help="Reuse a non-empty --output.")] = False,
@@ -304,17 +344,23 @@ def demo(
     result = run_demo(output, model=model, max_steps=max_steps, parity_samples=parity_samples, force=force)
     typer.echo("\nParity of the int8 artifact against the PyTorch model:\n")
     typer.echo(result.parity_table)
-    typer.echo(f"\nsizes: PyTorch checkpoint {result.checkpoint_mb:.1f} MB, int8 artifact {result.artifact_mb:.1f} MB\n")
+    typer.echo(
+        f"\nsizes: PyTorch checkpoint {result.checkpoint_mb:.1f} MB, int8 artifact {result.artifact_mb:.1f} MB\n"
+    )
     for question, answer in result.answers:
         typer.echo(f"Q: {question}\nA: {answer}\n")
     if model is None:
-        typer.echo("The demo model is tiny and trained for minutes from random weights, so its answers are rough.\n"
-                   "A real run fine-tunes a pretrained checkpoint on a GPU server:\n"
-                   "  edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa\n"
-                   "  edgeqa export runs/qa/final model-int8 --quantize")
-    typer.echo(f"\neverything is in {result.output}; continue with:\n"
-               f'  edgeqa ask {result.artifact} "What is the capital of France?"\n'
-               f"  edgeqa info {result.artifact}")
+        typer.echo(
+            "The demo model is tiny and trained for minutes from random weights, so its answers are rough.\n"
+            "A real run fine-tunes a pretrained checkpoint on a GPU server:\n"
+            "  edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa\n"
+            "  edgeqa export runs/qa/final model-int8 --quantize"
+        )
+    typer.echo(
+        f"\neverything is in {result.output}; continue with:\n"
+        f'  edgeqa ask {result.artifact} "What is the capital of France?"\n'
+        f"  edgeqa info {result.artifact}"
+    )
 
 
 # ---------------------------------------------------------------- bench
@@ -342,8 +388,14 @@ def bench(
 
     _setup_logging()
     config = BenchConfig(
-        shapes=tuple(s for s in shapes.split(",") if s), engines=ENGINES if compare else ENGINES[-2:],
-        artifact=artifact, inputs=inputs, new_tokens=new_tokens, threads=threads, rounds=rounds, output=output,
+        shapes=tuple(s for s in shapes.split(",") if s),
+        engines=ENGINES if compare else tuple(e for e in ENGINES if e.startswith("edgeqa")),
+        artifact=artifact,
+        inputs=inputs,
+        new_tokens=new_tokens,
+        threads=threads,
+        rounds=rounds,
+        output=output,
     )
     result = run_benchmark(config)
     report = write(result, output, threads, new_tokens, inputs)

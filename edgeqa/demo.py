@@ -13,8 +13,9 @@ from edgeqa.records import BUNDLED_TOKENIZER, read_records, sample_data
 logger = logging.getLogger(__name__)
 
 #: A small FLAN-T5-shaped model (FLAN-T5's vocabulary) that learns something in minutes on 2 cores.
-DEMO_SHAPE = dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4,
-                  relative_attention_num_buckets=32)
+DEMO_SHAPE = dict(
+    d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=32
+)
 SAMPLE_QUESTIONS = (
     "What is the capital of France?",
     "Who wrote Romeo and Juliet?",
@@ -38,8 +39,16 @@ def build_demo_model(folder: Path, seed: int = 0) -> Path:
     from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, initializer_factor=0.5, **DEMO_SHAPE)
+    config = T5Config(
+        vocab_size=32128,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        initializer_factor=0.5,
+        **DEMO_SHAPE,
+    )
     T5ForConditionalGeneration(config).save_pretrained(folder)
     T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(folder)
     return folder
@@ -56,8 +65,9 @@ def _short_answer_split(folder: Path, max_answer_chars: int, limit: int) -> Path
     return folder
 
 
-def run_demo(output: Path, model: str | None = None, max_steps: int = 400, parity_samples: int = 64,
-             force: bool = False) -> DemoResult:
+def run_demo(
+    output: Path, model: str | None = None, max_steps: int = 400, parity_samples: int = 64, force: bool = False
+) -> DemoResult:
     """Fine-tune (a demo-sized model, or `model`), export to int8 with the parity gate, answer samples."""
     from edgeqa.export import ExportConfig, export_artifact
     from edgeqa.finetune import FinetuneConfig, finetune
@@ -68,24 +78,47 @@ def run_demo(output: Path, model: str | None = None, max_steps: int = 400, parit
         raise ConfigError(f"{output} is not empty; pass --force to run the demo again there, or another --output")
     output.mkdir(parents=True, exist_ok=True)
     if model is None:
-        logger.info("demo 1/4: building a %s-parameter FLAN-T5-shaped model (no pretrained weights offline)",
-                    "9M")
+        logger.info("demo 1/4: building a %s-parameter FLAN-T5-shaped model (no pretrained weights offline)", "9M")
         model = str(build_demo_model(output / "base-model"))
     data = _short_answer_split(output / "data", max_answer_chars=100, limit=1024)
     logger.info("demo 2/4: fine-tuning on %s for %d steps", data, max_steps)
-    run = finetune(FinetuneConfig(model=model, data=str(data), output_dir=output / "run", epochs=1000,
-                                  max_steps=max_steps, learning_rate=3e-3, batch_size=16, eval_batch_size=32,
-                                  max_eval_samples=64, eval_max_new_tokens=24, logging_steps=50, overwrite=True))
+    run = finetune(
+        FinetuneConfig(
+            model=model,
+            data=str(data),
+            output_dir=output / "run",
+            epochs=1000,
+            max_steps=max_steps,
+            learning_rate=3e-3,
+            batch_size=16,
+            eval_batch_size=32,
+            max_eval_samples=64,
+            eval_max_new_tokens=24,
+            logging_steps=50,
+            overwrite=True,
+        )
+    )
     logger.info("demo 3/4: exporting to int8 ONNX with the parity gate")
     artifact = output / "model-int8"
-    exported = export_artifact(ExportConfig(checkpoint=str(run.final_dir), output=artifact, quantize="int8",
-                                            parity_samples=parity_samples, parity_max_new_tokens=32, force=True))
+    exported = export_artifact(
+        ExportConfig(
+            checkpoint=str(run.final_dir),
+            output=artifact,
+            quantize="int8",
+            parity_samples=parity_samples,
+            parity_max_new_tokens=32,
+            force=True,
+        )
+    )
     logger.info("demo 4/4: answering with the CPU runtime (onnxruntime + tokenizers + numpy)")
     qa = QAModel.load(artifact)
     answers = [(q, qa.answer(q, max_new_tokens=32).text) for q in SAMPLE_QUESTIONS]
     checkpoint_mb = sum(p.stat().st_size for p in run.final_dir.iterdir() if p.is_file()) / 1e6
     return DemoResult(
-        output=output, artifact=artifact, answers=answers,
+        output=output,
+        artifact=artifact,
+        answers=answers,
         parity_table=exported.parity.table() if exported.parity else "",
-        artifact_mb=sum(e.size for e in exported.manifest.files.values()) / 1e6, checkpoint_mb=checkpoint_mb,
+        artifact_mb=sum(e.size for e in exported.manifest.files.values()) / 1e6,
+        checkpoint_mb=checkpoint_mb,
     )

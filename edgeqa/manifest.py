@@ -116,8 +116,10 @@ class Manifest:
         lines += [f"  {role:<13} {e.path} ({e.size / 1e6:.1f} MB)" for role, e in self.files.items()]
         if self.quantization:
             q = self.quantization
-            lines.append(f"quantization    {q.get('method')} preset {q.get('preset')}, per-channel {q.get('per_channel')}, "
-                         f"reduce-range {q.get('reduce_range')}, float nodes: {','.join(q.get('keep_fp32', [])) or 'none'}")
+            lines.append(
+                f"quantization    {q.get('method')} preset {q.get('preset')}, per-channel {q.get('per_channel')}, "
+                f"reduce-range {q.get('reduce_range')}, float nodes: {','.join(q.get('keep_fp32', [])) or 'none'}"
+            )
         else:
             lines.append("quantization    none (float32)")
         lines += [

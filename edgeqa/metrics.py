@@ -8,9 +8,8 @@ splitter, so nothing is downloaded at run time.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
-from typing import Callable
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -39,7 +38,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     split = sentence_splitter()
     totals = dict.fromkeys(ROUGE_KEYS, 0.0)
-    for prediction, reference in zip(predictions, references):
+    for prediction, reference in zip(predictions, references, strict=True):
         result = scorer.score("\n".join(split(reference.strip())), "\n".join(split(prediction.strip())))
         for key in ROUGE_KEYS:
             totals[key] += result[key].fmeasure

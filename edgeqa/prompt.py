@@ -11,8 +11,7 @@ def check_template(template: str) -> str:
     """Return `template` if it has exactly one `{question}` field, else raise `ConfigError`."""
     if template.count("{question}") != 1:
         raise ConfigError(
-            f"prompt template {template!r} must contain the field {{question}} exactly once, "
-            f"e.g. {PROMPT_TEMPLATE!r}"
+            f"prompt template {template!r} must contain the field {{question}} exactly once, e.g. {PROMPT_TEMPLATE!r}"
         )
     return template
 

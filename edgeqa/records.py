@@ -43,9 +43,7 @@ def read_records(path: Path, question_key: str = "question", answer_key: str = "
         missing = [key for key in (question_key, answer_key) if not str(row.get(key) or "").strip()]
         if missing:
             available = ", ".join(sorted(row)) or "none"
-            raise DataError(
-                f"record {number} of {path} has no {' or '.join(missing)}; fields available: {available}"
-            )
+            raise DataError(f"record {number} of {path} has no {' or '.join(missing)}; fields available: {available}")
         records.append(QARecord(str(row[question_key]).strip(), str(row[answer_key]).strip()))
     return records
 

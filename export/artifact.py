@@ -153,8 +153,10 @@ def _onnx_export(checkpoint: str, raw: Path) -> None:
 
     path = Path(checkpoint)
     if not path.is_dir() and (path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1):
-        raise ModelError(f"cannot load checkpoint {checkpoint!r}: no such folder; pass a checkpoint folder "
-                         "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base")
+        raise ModelError(
+            f"cannot load checkpoint {checkpoint!r}: no such folder; pass a checkpoint folder "
+            "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base"
+        )
     logger.info("export: %s -> ONNX (encoder + merged decoder with cache)", checkpoint)
     try:
         main_export(checkpoint, output=raw, task="text2text-generation-with-past", do_validation=False)

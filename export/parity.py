@@ -57,8 +57,10 @@ class ParityReport:
         for key, value in self.reference_rouge.items():
             other = self.artifact_rouge[key]
             rows.append(f"| {key} | {value * 100:.2f} | {other * 100:.2f} | {(other - value) * 100:+.2f} |")
-        rows.append(f"| mean latency ms | {self.reference_ms:.1f} | {self.artifact_ms:.1f} | "
-                    f"x{self.reference_ms / max(self.artifact_ms, 1e-9):.2f} faster |")
+        rows.append(
+            f"| mean latency ms | {self.reference_ms:.1f} | {self.artifact_ms:.1f} | "
+            f"x{self.reference_ms / max(self.artifact_ms, 1e-9):.2f} faster |"
+        )
         verdict = "PASS" if self.passed else "FAIL"
         return "\n".join(rows) + (
             f"\n\n{self.samples} questions, {self.max_new_tokens} new tokens at most; identical answers "
@@ -68,7 +70,7 @@ class ParityReport:
 
 
 def _token_agreement(a: list[int], b: list[int]) -> tuple[int, int]:
-    same = sum(x == y for x, y in zip(a, b))
+    same = sum(x == y for x, y in zip(a, b, strict=True))
     return same, max(len(a), len(b), 1)
 
 
@@ -89,8 +91,13 @@ def reference_answers(
     started = time.perf_counter()
     with torch.inference_mode():
         for first in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[first : first + batch_size], padding=True, truncation=True,
-                              max_length=max_input_tokens, return_tensors="pt")
+            batch = tokenizer(
+                prompts[first : first + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_input_tokens,
+                return_tensors="pt",
+            )
             output = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
             for row in output[:, 1:].tolist():
                 answers.append(row[: row.index(eos) + 1] if eos in row else row)
@@ -108,7 +115,7 @@ def check_tokenizer(checkpoint: str, artifact: Path, questions: list[str]) -> No
     prompts = [model.manifest.prompt_template.replace("{question}", q.strip()) for q in questions]
     expected = tokenizer(prompts, truncation=True, max_length=model.manifest.max_input_tokens)["input_ids"]
     actual = model.tokenizer.encode(questions)
-    differ = sum(a != b for a, b in zip(actual, expected))
+    differ = sum(a != b for a, b in zip(actual, expected, strict=True))
     if differ:
         raise ExportError(
             f"tokenizer.json gives other ids than the checkpoint's tokenizer on {differ} of {len(questions)} "
@@ -138,16 +145,23 @@ def run_parity(
     )
     logger.info("parity: the artifact answers %d questions", len(records))
     started = time.perf_counter()
-    answers = model.answer_batch(questions, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                 num_beams=1, do_sample=False, min_new_tokens=0,
-                                 no_repeat_ngram_size=0, repetition_penalty=1.0)
+    answers = model.answer_batch(
+        questions,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        num_beams=1,
+        do_sample=False,
+        min_new_tokens=0,
+        no_repeat_ngram_size=0,
+        repetition_penalty=1.0,
+    )
     artifact_ms = (time.perf_counter() - started) * 1000 / max(len(records), 1)
 
     reference_rouge = rouge([model.tokenizer.decode(ids) for ids in expected], references)
     artifact_rouge = rouge([a.text for a in answers], references)
-    exact = sum(a.tokens == e for a, e in zip(answers, expected)) / len(records)
+    exact = sum(a.tokens == e for a, e in zip(answers, expected, strict=True)) / len(records)
     same = total = 0
-    for a, e in zip(answers, expected):
+    for a, e in zip(answers, expected, strict=True):
         s, t = _token_agreement(a.tokens, e)
         same, total = same + s, total + t
     delta = artifact_rouge["rougeL"] - reference_rouge["rougeL"]
@@ -159,8 +173,16 @@ def run_parity(
         gate = f"fp32: identical answers >= {FP32_MIN_EXACT * 100:.0f}%"
         passed = exact >= FP32_MIN_EXACT
     return ParityReport(
-        samples=len(records), quantized=quantized, reference_rouge=reference_rouge, artifact_rouge=artifact_rouge,
-        rouge_l_delta=delta, exact_match=exact, token_agreement=same / max(total, 1),
-        reference_ms=reference_ms, artifact_ms=artifact_ms, passed=passed, gate=gate,
+        samples=len(records),
+        quantized=quantized,
+        reference_rouge=reference_rouge,
+        artifact_rouge=artifact_rouge,
+        rouge_l_delta=delta,
+        exact_match=exact,
+        token_agreement=same / max(total, 1),
+        reference_ms=reference_ms,
+        artifact_ms=artifact_ms,
+        passed=passed,
+        gate=gate,
         max_new_tokens=max_new_tokens,
     )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from edgeqa.errors import ConfigError
 from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
@@ -89,8 +90,16 @@ class FinetuneConfig:
             )
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
-        positive = ("max_source_tokens", "max_target_tokens", "batch_size", "eval_batch_size", "save_total_limit",
-                    "eval_max_new_tokens", "eval_num_beams", "logging_steps")
+        positive = (
+            "max_source_tokens",
+            "max_target_tokens",
+            "batch_size",
+            "eval_batch_size",
+            "save_total_limit",
+            "eval_max_new_tokens",
+            "eval_num_beams",
+            "logging_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -120,5 +129,7 @@ class FinetuneConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(unknown)} in {path}; valid: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown config key(s) {', '.join(unknown)} in {path}; valid: {', '.join(sorted(known))}"
+            )
         return cls(**values)

@@ -68,6 +68,7 @@ def load_raw(config: FinetuneConfig) -> Any:
 
 def _explain_load_failure(name: str, error: Exception) -> str:
     message = str(error)
+    first_line = message.splitlines()[0] if message else type(error).__name__
     if "script" in message.lower():
         return (
             f"{name} is a loading-script dataset, which datasets 4+ refuses to run. Download its data file "
@@ -75,9 +76,9 @@ def _explain_load_failure(name: str, error: Exception) -> str:
             "--data nfL6.json"
         )
     if Path(name).exists():
-        return f"cannot read {name}: {message.splitlines()[0] if message else type(error).__name__}"
+        return f"cannot read {name}: {first_line}"
     return (
-        f"cannot load dataset {name!r} from the hub ({type(error).__name__}: {message.splitlines()[0] if message else ''}). "
+        f"cannot load dataset {name!r} from the hub ({type(error).__name__}: {first_line}). "
         "Offline, pass a local file or folder: --data train.jsonl (JSONL, JSON, CSV or Parquet with "
         "question and answer columns)"
     )
@@ -126,8 +127,9 @@ def tokenize(split: Any, tokenizer: Any, config: FinetuneConfig) -> Any:
     def encode(batch: dict[str, list[str]]) -> dict[str, Any]:
         prompts = [format_prompt(q, config.prompt_template) for q in batch[config.question_column]]
         features = tokenizer(prompts, max_length=config.max_source_tokens, truncation=True)
-        labels = tokenizer(text_target=batch[config.answer_column], max_length=config.max_target_tokens,
-                           truncation=True)
+        labels = tokenizer(
+            text_target=batch[config.answer_column], max_length=config.max_target_tokens, truncation=True
+        )
         features["labels"] = labels["input_ids"]
         return features
 

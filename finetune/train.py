@@ -147,8 +147,13 @@ def finetune(config: FinetuneConfig, callbacks: list | None = None) -> FinetuneR
     final_dir = config.output_dir / FINAL
     if trainer.is_world_process_zero():
         save_final(trainer, tokenizer, config, eval_split, final_dir)
-    return FinetuneResult(final_dir, trainer.state.global_step, history.load(), trainer.state.best_model_checkpoint,
-                          trainer.is_world_process_zero())
+    return FinetuneResult(
+        final_dir,
+        trainer.state.global_step,
+        history.load(),
+        trainer.state.best_model_checkpoint,
+        trainer.is_world_process_zero(),
+    )
 
 
 def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split: Any, final_dir: Path) -> None:

@@ -136,7 +136,7 @@ def beam_search(
 
         # the candidates that did finish compete, length-normalised, for the finished slots
         just_finished = hits & top_mask[None, :]
-        done_scores = top_scores / np.float32(cur_len ** opts.length_penalty)
+        done_scores = top_scores / np.float32(cur_len**opts.length_penalty)
         full = is_finished.all(axis=-1, keepdims=True) & opts.early_stopping
         done_scores = done_scores + full.astype(np.float32) * _NEG
         done_scores = done_scores + (~improvable).astype(np.float32) * _NEG

@@ -63,8 +63,16 @@ class DecoderState:
 class T5Graphs:
     """Encoder and merged decoder sessions; one shared session per graph, safe across threads."""
 
-    def __init__(self, folder: Path, manifest: Manifest, threads: int | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        threads: int | None = None,
+        session_config: dict[str, str] | None = None,
+    ):
         options = ort.SessionOptions()
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
         options.intra_op_num_threads = threads or physical_cores()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -82,7 +90,9 @@ class T5Graphs:
         try:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ArtifactError(f"{path.name} ({role}) is not a loadable ONNX graph: {e}; re-export the artifact") from e
+            raise ArtifactError(
+                f"{path.name} ({role}) is not a loadable ONNX graph: {e}; re-export the artifact"
+            ) from e
 
     def _bind_decoder_io(self) -> None:
         inputs = {i.name for i in self.decoder.get_inputs()}
@@ -105,15 +115,15 @@ class T5Graphs:
         for layer in range(len(layers)):
             self._self_names += [layers[layer]["decoder.key"], layers[layer]["decoder.value"]]
             self._cross_names += [layers[layer]["encoder.key"], layers[layer]["encoder.value"]]
-        self._first_outputs = ["logits"] + [n.replace("past_key_values", "present") for n in self._self_names] + [
-            n.replace("past_key_values", "present") for n in self._cross_names
-        ]
+        self._first_outputs = (
+            ["logits"]
+            + [n.replace("past_key_values", "present") for n in self._self_names]
+            + [n.replace("past_key_values", "present") for n in self._cross_names]
+        )
         self._next_outputs = self._first_outputs[: 1 + len(self._self_names)]
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> DecoderState:
-        (hidden,) = self.encoder.run(
-            ["last_hidden_state"], {"input_ids": input_ids, "attention_mask": attention_mask}
-        )
+        (hidden,) = self.encoder.run(["last_hidden_state"], {"input_ids": input_ids, "attention_mask": attention_mask})
         return DecoderState(encoder_hidden=hidden, encoder_mask=attention_mask)
 
     def step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
@@ -134,8 +144,8 @@ class T5Graphs:
             state.self_cache = outputs[1 : 1 + n_self]
             state.cross_cache = outputs[1 + n_self :]
         else:
-            feed.update(zip(self._self_names, state.self_cache))
-            feed.update(zip(self._cross_names, state.cross_cache))
+            feed.update(zip(self._self_names, state.self_cache, strict=True))
+            feed.update(zip(self._cross_names, state.cross_cache, strict=True))
             feed["use_cache_branch"] = np.ones(1, dtype=bool)
             outputs = self.decoder.run(self._next_outputs, feed)
             state.self_cache = outputs[1:]

@@ -66,13 +66,21 @@ class QAModel:
         )
 
     @classmethod
-    def load(cls, path: str | Path, threads: int | None = None, verify: bool = True) -> QAModel:
+    def load(
+        cls,
+        path: str | Path,
+        threads: int | None = None,
+        verify: bool = True,
+        session_config: dict[str, str] | None = None,
+    ) -> QAModel:
         """Load an artifact folder written by `edgeqa export`.
 
         Args:
             path: The artifact folder.
             threads: Threads per graph; default: the machine's physical cores.
             verify: Check every file's sha256 against the manifest (sizes are always checked).
+            session_config: Extra onnxruntime session config entries, e.g.
+                {"session.intra_op.allow_spinning": "0"}.
 
         Raises:
             ArtifactError: the folder is not a complete, intact artifact of a supported format.
@@ -81,7 +89,7 @@ class QAModel:
         manifest = Manifest.read(folder)
         manifest.verify_files(folder, checksums=verify)
         tokenizer = PromptTokenizer(folder / manifest.files["tokenizer"].path, manifest)
-        graphs = T5Graphs(folder, manifest, threads=threads)
+        graphs = T5Graphs(folder, manifest, threads=threads, session_config=session_config)
         return cls(folder, manifest, graphs, tokenizer)
 
     def options(self, **overrides: Any) -> GenerationOptions:
@@ -167,7 +175,7 @@ class QAModel:
                 encode_ms=(encoded - started) * 1000,
                 generate_ms=(finished - encoded) * 1000,
             )
-            for tokens, prompt_mask in zip(sequences, mask)
+            for tokens, prompt_mask in zip(sequences, mask, strict=True)
         ]
 
 

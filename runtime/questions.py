@@ -34,7 +34,7 @@ def read_questions(path: Path) -> tuple[list[Question], list[str]]:
     if not path.is_file():
         raise InputError(f"question file {path} does not exist")
     if path.suffix.lower() not in (".jsonl", ".txt"):
-        raise InputError(f"{path} must be .jsonl (one {{\"question\": ...}} per line) or .txt (one per line)")
+        raise InputError(f'{path} must be .jsonl (one {{"question": ...}} per line) or .txt (one per line)')
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -48,7 +48,7 @@ def read_questions(path: Path) -> tuple[list[Question], list[str]]:
             try:
                 text = json.loads(line).get("question")
             except (json.JSONDecodeError, AttributeError):
-                problems.append(f"line {number}: not a JSON object with a \"question\" field; skipped")
+                problems.append(f'line {number}: not a JSON object with a "question" field; skipped')
                 continue
         if not isinstance(text, str) or not text.strip():
             problems.append(f"line {number}: no question text; skipped")
@@ -90,7 +90,7 @@ def answer_file(
                     answers.append(None)
             if all(a is None for a in answers) and len(batch) > 1:
                 raise e
-        for q, a in zip(batch, answers):
+        for q, a in zip(batch, answers, strict=True):
             if a is not None:
                 rows.append(json.dumps({"line": q.line, "question": q.text, **a.to_dict()}, ensure_ascii=False))
         if progress:

@@ -14,8 +14,18 @@ from edgeqa.prompt import format_prompt
 logger = logging.getLogger(__name__)
 
 # transformers' `clean_up_tokenization`, applied when the tokenizer config asks for it.
-_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-             (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_CLEANUPS = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 class PromptTokenizer:
@@ -45,7 +55,8 @@ class PromptTokenizer:
             problems.append(f"ids {special.pad}/{special.eos} are not <pad>/</s>")
         if problems:
             raise ArtifactError(
-                "the artifact's tokenizer does not match its model: " + "; ".join(problems)
+                "the artifact's tokenizer does not match its model: "
+                + "; ".join(problems)
                 + "; re-export with the checkpoint's own tokenizer"
             )
 
@@ -56,18 +67,17 @@ class PromptTokenizer:
             if not isinstance(question, str):
                 raise InputError(f"a question must be a string, got {type(question).__name__}")
             if not question.strip():
-                raise InputError("the question is empty; ask something, e.g. \"What is the capital of France?\"")
+                raise InputError('the question is empty; ask something, e.g. "What is the capital of France?"')
             prompts.append(format_prompt(question, self._template))
         encodings = self._tokenizer.encode_batch(prompts)
         ids = []
-        for question, encoding in zip(questions, encodings):
+        for question, encoding in zip(questions, encodings, strict=True):
             if encoding.overflowing:
                 logger.warning(
                     "question of %d characters was truncated to the model's %d input tokens",
-                    len(question), self.max_input_tokens,
+                    len(question),
+                    self.max_input_tokens,
                 )
-            if len(encoding.ids) <= 1:
-                raise InputError("the question has no text the tokenizer can read; ask in words")
             ids.append(encoding.ids)
         return ids
 

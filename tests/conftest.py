@@ -19,11 +19,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from edgeqa.records import BUNDLED_TOKENIZER, sample_data  # noqa: E402
 
 # transformers' T5ModelTester sizes, with FLAN-T5's vocabulary and feed-forward.
-TINY = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=4,
-            relative_attention_num_buckets=8)
+TINY = dict(
+    d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8
+)
 # google/flan-t5-small's public config (d_kv 64 != d_model / heads).
-SMALL = dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6,
-             relative_attention_num_buckets=32)
+SMALL = dict(
+    d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6, relative_attention_num_buckets=32
+)
 
 
 def build_t5(folder: Path, seed: int = 0, **sizes: int) -> Path:
@@ -32,8 +34,15 @@ def build_t5(folder: Path, seed: int = 0, **sizes: int) -> Path:
     from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=32128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **sizes)
+    config = T5Config(
+        vocab_size=32128,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        **sizes,
+    )
     T5ForConditionalGeneration(config).save_pretrained(folder)
     T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(folder)
     return folder
@@ -70,8 +79,18 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, memo
     from edgeqa.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("run") / "run"
-    finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=out, epochs=12,
-                            learning_rate=1.5e-2, eval_max_new_tokens=16, logging_steps=50, device="cpu"))
+    finetune(
+        FinetuneConfig(
+            model=str(tiny_model),
+            data=str(memo_data),
+            output_dir=out,
+            epochs=12,
+            learning_rate=1.5e-2,
+            eval_max_new_tokens=16,
+            logging_steps=50,
+            device="cpu",
+        )
+    )
     return out
 
 
@@ -83,8 +102,9 @@ def trained_model(trained_run: Path) -> Path:
 def _export(checkpoint: Path, output: Path, **options) -> Path:
     from edgeqa.export import ExportConfig, export_artifact
 
-    export_artifact(ExportConfig(checkpoint=str(checkpoint), output=output, parity_samples=48,
-                                 parity_max_new_tokens=16, **options))
+    export_artifact(
+        ExportConfig(checkpoint=str(checkpoint), output=output, parity_samples=48, parity_max_new_tokens=16, **options)
+    )
     return output
 
 
@@ -106,8 +126,9 @@ def questions() -> list[str]:
     return picked + [" ".join(r["question"] for r in rows[i : i + 12]) for i in range(0, 48, 12)]
 
 
-def hf_generate(checkpoint: Path, questions: list[str], batch_size: int, max_input_tokens: int = 128,
-                **options) -> list[list[int]]:
+def hf_generate(
+    checkpoint: Path, questions: list[str], batch_size: int, max_input_tokens: int = 128, **options
+) -> list[list[int]]:
     """transformers' `generate` on the same prompts: answer ids, end-of-answer included."""
     import torch
     from transformers import AutoTokenizer, T5ForConditionalGeneration
@@ -118,8 +139,13 @@ def hf_generate(checkpoint: Path, questions: list[str], batch_size: int, max_inp
     answers = []
     with torch.inference_mode():
         for first in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[first : first + batch_size], padding=True, truncation=True,
-                              max_length=max_input_tokens, return_tensors="pt")
+            batch = tokenizer(
+                prompts[first : first + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_input_tokens,
+                return_tensors="pt",
+            )
             for row in model.generate(**batch, **options)[:, 1:].tolist():
                 answers.append(row[: row.index(1) + 1] if 1 in row else row)
     return answers

@@ -16,9 +16,11 @@ runner = CliRunner()
 
 
 def test_help_lists_commands_and_imports_no_torch():
-    code = ("import sys; from typer.testing import CliRunner; from edgeqa.cli import app;"
-            "r = CliRunner().invoke(app, ['--help']); print(r.output);"
-            "sys.exit(1 if 'torch' in sys.modules or r.exit_code else 0)")
+    code = (
+        "import sys; from typer.testing import CliRunner; from edgeqa.cli import app;"
+        "r = CliRunner().invoke(app, ['--help']); print(r.output);"
+        "sys.exit(1 if 'torch' in sys.modules or r.exit_code else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     for command in ("ask", "info", "finetune", "export", "parity", "demo", "bench"):
@@ -39,8 +41,7 @@ def test_ask_json_and_stream(artifact_int8):
     data = json.loads(result.stdout)
     assert data["question"] == "Who wrote Hamlet?" and 1 <= data["answer_tokens"] <= 5
     assert {"prompt_tokens", "encode_ms", "generate_ms"} <= set(data)
-    streamed = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?", "--stream",
-                                   "--max-new-tokens", "5"])
+    streamed = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?", "--stream", "--max-new-tokens", "5"])
     plain = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?", "--max-new-tokens", "5"])
     assert streamed.stdout == plain.stdout
 
@@ -56,20 +57,43 @@ def test_ask_generation_flags_reach_the_model(artifact_int8, monkeypatch):
         return real(self, question, **options)
 
     monkeypatch.setattr(QAModel, "answer", spy)
-    result = runner.invoke(app, ["ask", str(artifact_int8), "Hi?", "--num-beams", "3", "--length-penalty", "0.5",
-                                 "--no-repeat-ngram-size", "2", "--max-new-tokens", "6", "--threads", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "ask",
+            str(artifact_int8),
+            "Hi?",
+            "--num-beams",
+            "3",
+            "--length-penalty",
+            "0.5",
+            "--no-repeat-ngram-size",
+            "2",
+            "--max-new-tokens",
+            "6",
+            "--threads",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (seen["num_beams"], seen["length_penalty"], seen["no_repeat_ngram_size"], seen["max_new_tokens"]) == (
-        3, 0.5, 2, 6)
+        3,
+        0.5,
+        2,
+        6,
+    )
 
 
 def test_ask_file_reports_bad_lines_and_writes_atomically(artifact_int8, tmp_path):
     questions = tmp_path / "q.jsonl"
-    questions.write_text('{"question": "Who wrote Hamlet?"}\nnot json\n{"question": "   "}\n'
-                         '{"question": "What is the capital of France?"}\n')
+    questions.write_text(
+        '{"question": "Who wrote Hamlet?"}\nnot json\n{"question": "   "}\n'
+        '{"question": "What is the capital of France?"}\n'
+    )
     out = tmp_path / "answers.jsonl"
-    result = runner.invoke(app, ["ask", str(artifact_int8), "--file", str(questions), "--output", str(out),
-                                 "--max-new-tokens", "6"])
+    result = runner.invoke(
+        app, ["ask", str(artifact_int8), "--file", str(questions), "--output", str(out), "--max-new-tokens", "6"]
+    )
     assert result.exit_code == 0, result.output
     assert "line 2" in result.stderr and "line 3" in result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -117,8 +141,13 @@ def test_errors_are_one_line_with_exit_code_1(artifact_int8, tmp_path, args, mes
 
 
 def test_debug_env_shows_the_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "edgeqa.cli", "info", str(tmp_path)], capture_output=True,
-                            text=True, env={**__import__("os").environ, "EDGEQA_DEBUG": "1"}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "edgeqa.cli", "info", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "EDGEQA_DEBUG": "1"},
+        timeout=60,
+    )
     assert result.returncode == 1
     assert "Traceback" in result.stderr and "error:" in result.stderr
 
@@ -135,9 +164,25 @@ def test_finetune_flags_override_the_config(monkeypatch, tmp_path):
 
     monkeypatch.setattr(finetune_module, "finetune", fake)
     (tmp_path / "run.toml").write_text('model = "google/flan-t5-small"\nepochs = 5\nlearning_rate = 1e-4\n')
-    result = runner.invoke(app, ["finetune", "--config", str(tmp_path / "run.toml"), "--epochs", "2", "--data",
-                                 "qa.jsonl", "-o", str(tmp_path / "run")])
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "--config",
+            str(tmp_path / "run.toml"),
+            "--epochs",
+            "2",
+            "--data",
+            "qa.jsonl",
+            "-o",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     config = seen["config"]
     assert (config.model, config.epochs, config.learning_rate, config.data) == (
-        "google/flan-t5-small", 2, 1e-4, "qa.jsonl")
+        "google/flan-t5-small",
+        2,
+        1e-4,
+        "qa.jsonl",
+    )

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -45,7 +44,8 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
     assert manifest.parity["passed"] and manifest.parity["samples"] == 48
     assert manifest.versions["onnxruntime"]
     assert sorted(p.name for p in artifact_int8.iterdir()) == sorted(
-        [e.path for e in manifest.files.values()] + ["manifest.json"])
+        [e.path for e in manifest.files.values()] + ["manifest.json"]
+    )
     assert artifact_int8.stat().st_mode & 0o555 == 0o555, "other users and containers must be able to read it"
 
 
@@ -70,14 +70,22 @@ def test_presets():
 
 def test_keep_fp32_leaves_lm_head_float(trained_model, tmp_path):
     out = tmp_path / "keep"
-    export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, quantize="int8",
-                                 keep_fp32=("lm_head",), parity=False))
+    export_artifact(
+        ExportConfig(checkpoint=str(trained_model), output=out, quantize="int8", keep_fp32=("lm_head",), parity=False)
+    )
     # lm_head stays float in both branches of the merged decoder (16 attention products + 2)
     assert count_ops(out / "decoder_model_merged.onnx")["MatMul"] == 18
     assert Manifest.read(out).quantization["keep_fp32"] == ["lm_head"]
     with pytest.raises(ConfigError, match="matches no node"):
-        export_artifact(ExportConfig(checkpoint=str(trained_model), output=tmp_path / "x", quantize="int8",
-                                     keep_fp32=("nonexistent",), parity=False))
+        export_artifact(
+            ExportConfig(
+                checkpoint=str(trained_model),
+                output=tmp_path / "x",
+                quantize="int8",
+                keep_fp32=("nonexistent",),
+                parity=False,
+            )
+        )
 
 
 def test_existing_output_is_refused_without_force(trained_model, tmp_path):
@@ -106,12 +114,25 @@ def test_failed_export_leaves_nothing(trained_model, tmp_path, monkeypatch):
 
 def test_killed_export_leaves_no_output(trained_model, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "edgeqa.cli", "export", str(trained_model), str(out),
-                             "--quantize", "--parity-samples", "48"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgeqa.cli",
+            "export",
+            str(trained_model),
+            str(out),
+            "--quantize",
+            "--parity-samples",
+            "48",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
-    while time.time() < deadline and not any(p.name.startswith(".out.partial-") and any(p.iterdir())
-                                             for p in tmp_path.iterdir()):
+    while time.time() < deadline and not any(
+        p.name.startswith(".out.partial-") and any(p.iterdir()) for p in tmp_path.iterdir()
+    ):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -119,17 +140,29 @@ def test_killed_export_leaves_no_output(trained_model, tmp_path):
 
 
 def test_parity_gate_fails_on_a_damaged_artifact(artifact_fp32, tmp_path):
-    other = build_t5(tmp_path / "other", seed=7, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2,
-                     num_heads=4, relative_attention_num_buckets=8)
-    result = runner.invoke(app, ["parity", str(artifact_fp32), "--reference", str(other), "--samples", "24",
-                                 "--max-new-tokens", "8"])
+    other = build_t5(
+        tmp_path / "other",
+        seed=7,
+        d_model=32,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+    )
+    result = runner.invoke(
+        app, ["parity", str(artifact_fp32), "--reference", str(other), "--samples", "24", "--max-new-tokens", "8"]
+    )
     assert result.exit_code == 1
     assert "FAIL" in result.output and "identical answers" in result.output
 
 
 def test_parity_command_passes_on_a_healthy_artifact(artifact_fp32, trained_model):
-    result = runner.invoke(app, ["parity", str(artifact_fp32), "--reference", str(trained_model), "--samples", "24",
-                                 "--max-new-tokens", "8"])
+    result = runner.invoke(
+        app,
+        ["parity", str(artifact_fp32), "--reference", str(trained_model), "--samples", "24", "--max-new-tokens", "8"],
+    )
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output and "rougeL" in result.output
 
@@ -150,8 +183,9 @@ def test_export_fails_the_gate_with_exit_1_and_writes_nothing(trained_model, tmp
     assert result.exit_code == 1
     assert "parity gate failed" in result.output and "FAIL" in result.output
     assert not out.exists()
-    result = runner.invoke(app, ["export", str(trained_model), str(out), "--parity-samples", "16",
-                                 "--allow-parity-failure"])
+    result = runner.invoke(
+        app, ["export", str(trained_model), str(out), "--parity-samples", "16", "--allow-parity-failure"]
+    )
     assert result.exit_code == 0 and not Manifest.read(out).parity["passed"]
 
 
@@ -163,8 +197,9 @@ def test_optimum_loads_the_artifact_and_agrees(artifact_int8, questions):
     theirs = ORTModelForSeq2SeqLM.from_pretrained(artifact_int8, use_cache=True)
     tokenizer = AutoTokenizer.from_pretrained(artifact_int8)
     for question in questions[:12]:
-        batch = tokenizer(f"Please answer this question: {question}", return_tensors="pt", truncation=True,
-                          max_length=128)
+        batch = tokenizer(
+            f"Please answer this question: {question}", return_tensors="pt", truncation=True, max_length=128
+        )
         expected = theirs.generate(**batch, max_new_tokens=12, do_sample=False)[0, 1:].tolist()
         expected = expected[: expected.index(1) + 1] if 1 in expected else expected
         assert ours.answer(question, max_new_tokens=12).tokens == expected
@@ -174,8 +209,15 @@ def test_optimum_loads_the_artifact_and_agrees(artifact_int8, questions):
 def test_small_shaped_int8_is_at_most_35_percent_of_fp32(tmp_path):
     checkpoint = build_t5(tmp_path / "small", seed=2, **SMALL)
     fp32 = export_artifact(ExportConfig(checkpoint=str(checkpoint), output=tmp_path / "fp32", parity=False))
-    int8 = export_artifact(ExportConfig(checkpoint=str(checkpoint), output=tmp_path / "int8", quantize="int8",
-                                        parity_samples=32, parity_max_new_tokens=8))
+    int8 = export_artifact(
+        ExportConfig(
+            checkpoint=str(checkpoint),
+            output=tmp_path / "int8",
+            quantize="int8",
+            parity_samples=32,
+            parity_max_new_tokens=8,
+        )
+    )
     size = {name: sum(e.size for e in r.manifest.files.values()) for name, r in (("fp32", fp32), ("int8", int8))}
     assert size["int8"] <= 0.35 * size["fp32"], size
     assert int8.parity.passed, int8.parity.table()

@@ -34,8 +34,12 @@ def test_each_format_loads_and_splits_70_30(tmp_path, rows, suffix):
 
     path = tmp_path / f"qa{suffix}"
     frame = pd.DataFrame(rows)
-    {".jsonl": lambda: write_jsonl(path, rows), ".json": lambda: path.write_text(json.dumps(rows)),
-     ".csv": lambda: frame.to_csv(path, index=False), ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    {
+        ".jsonl": lambda: write_jsonl(path, rows),
+        ".json": lambda: path.write_text(json.dumps(rows)),
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".parquet": lambda: frame.to_parquet(path),
+    }[suffix]()
     train, validation = prepare_splits(load_raw(config(path)), config(path))
     assert (len(train), len(validation)) == (14, 6)
     assert train.column_names == ["question", "answer"]
@@ -60,8 +64,9 @@ def test_folder_with_splits_and_sample_limits(tmp_path, rows):
 
 
 def test_nfl6_style_json_with_custom_columns(tmp_path):
-    records = [{"question": f"q{i}?", "answer": f"a{i}", "nbestanswers": [f"a{i}"], "main_category": "x"}
-               for i in range(10)]
+    records = [
+        {"question": f"q{i}?", "answer": f"a{i}", "nbestanswers": [f"a{i}"], "main_category": "x"} for i in range(10)
+    ]
     path = tmp_path / "nfL6.json"
     path.write_text(json.dumps(records))
     cfg = config(path, question_column="question", answer_column="answer")
@@ -160,14 +165,39 @@ def test_resume_after_kill_finishes_at_the_same_step(tmp_path, tiny_model, memo_
     script = tmp_path / "killed.py"
     script.write_text(textwrap.dedent(KILL_AFTER_FIRST_SAVE))
     out = tmp_path / "run"
-    killed = subprocess.run([sys.executable, str(script), str(tiny_model), str(memo_data), str(out)],
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(memo_data), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (out / "checkpoint-8").is_dir() and not (out / "final").exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "edgeqa.cli", "finetune", "--model", str(tiny_model),
-                              "--data", str(memo_data), "-o", str(out), "--epochs", "3", "--eval-max-new-tokens",
-                              "4", "--device", "cpu", "--resume"], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeqa.cli",
+            "finetune",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(memo_data),
+            "-o",
+            str(out),
+            "--epochs",
+            "3",
+            "--eval-max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "(step 24)" in resumed.stdout  # 3 epochs x 64 records / batch 8, as an uninterrupted run
     assert (out / "final" / "model.safetensors").is_file()
@@ -179,10 +209,31 @@ def test_two_process_ddp_run(tmp_path, memo_data):
     model = build_t5(tmp_path / "model", **TINY)
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "edgeqa.cli", "finetune",
-         "--model", str(model), "--data", str(memo_data), "-o", str(out), "--epochs", "2",
-         "--eval-max-new-tokens", "4", "--device", "cpu"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "edgeqa.cli",
+            "finetune",
+            "--model",
+            str(model),
+            "--data",
+            str(memo_data),
+            "-o",
+            str(out),
+            "--epochs",
+            "2",
+            "--eval-max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(step 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch

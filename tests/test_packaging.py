@@ -45,12 +45,14 @@ def test_wheel_runs_without_torch_in_a_fresh_venv(wheel, artifact_int8, tmp_path
     assert "ask" in _run(str(edgeqa), "--help").stdout
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     started = time.perf_counter()
-    answer = _run(str(edgeqa), "ask", str(artifact_int8), "What is the capital of France?", "--json", env=env,
-                  cwd=tmp_path)
+    answer = _run(
+        str(edgeqa), "ask", str(artifact_int8), "What is the capital of France?", "--json", env=env, cwd=tmp_path
+    )
     cold_start = time.perf_counter() - started
     assert json.loads(answer.stdout)["answer_tokens"] >= 1
-    refused = subprocess.run([str(edgeqa), "finetune", "-o", str(tmp_path / "run")], capture_output=True,
-                             text=True, env=env, cwd=tmp_path)
+    refused = subprocess.run(
+        [str(edgeqa), "finetune", "-o", str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert refused.returncode == 1 and "pip install 'edgeqa[train]'" in refused.stderr, refused.stderr
     print(f"\nfresh venv: {_folder_mb(venv):.0f} MB; cold start (process start to first answer): {cold_start:.2f} s")
 
@@ -65,20 +67,42 @@ def _podman(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_runtime_image_builds_runs_as_non_root_and_answers(artifact_int8, tmp_path):
     if not shutil.which("podman") or not shutil.which("debootstrap"):
-        pytest.skip("podman and debootstrap are needed to build the image without a Docker engine "
-                    "(apt-get install podman debootstrap); .ci/run installs them")
+        pytest.skip(
+            "podman and debootstrap are needed to build the image without a Docker engine "
+            "(apt-get install podman debootstrap); .ci/run installs them"
+        )
     if subprocess.run(["podman", "image", "exists", BASE_IMAGE]).returncode != 0:
         rootfs = tmp_path / "rootfs"
-        _run("debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip", "bookworm",
-             str(rootfs), timeout=1200)
+        _run(
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,python3-venv,python3-pip",
+            "bookworm",
+            str(rootfs),
+            timeout=1200,
+        )
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         _run("podman", "import", "-", BASE_IMAGE, stdin=tar.stdout)
         tar.wait()
     tag = "localhost/edgeqa-test:runtime"
-    _podman("build", "--isolation=chroot", "-v", "/etc/ssl/certs:/etc/ssl/certs:ro", "--build-arg",
-            f"BASE={BASE_IMAGE}", "--target", "runtime", "-t", tag, str(ROOT))
-    entrypoint, user, size = _podman("image", "inspect", tag, "--format",
-                                     "{{json .Config.Entrypoint}}|{{.Config.User}}|{{.Size}}").stdout.strip().split("|")
+    _podman(
+        "build",
+        "--isolation=chroot",
+        "-v",
+        "/etc/ssl/certs:/etc/ssl/certs:ro",
+        "--build-arg",
+        f"BASE={BASE_IMAGE}",
+        "--target",
+        "runtime",
+        "-t",
+        tag,
+        str(ROOT),
+    )
+    entrypoint, user, size = (
+        _podman("image", "inspect", tag, "--format", "{{json .Config.Entrypoint}}|{{.Config.User}}|{{.Size}}")
+        .stdout.strip()
+        .split("|")
+    )
     assert json.loads(entrypoint) == ["edgeqa"] and user == "edgeqa"
 
     image = tmp_path / "image"
@@ -92,8 +116,17 @@ def test_runtime_image_builds_runs_as_non_root_and_answers(artifact_int8, tmp_pa
     shutil.copytree(artifact_int8, image / "model", dirs_exist_ok=True)
     uid = _run("chroot", str(image), "id", "-u", "edgeqa").stdout.strip()
     assert uid != "0"
-    answer = _run(shutil.which("chroot"), f"--userspec={uid}:{uid}", str(image), "/opt/edgeqa/bin/edgeqa", "ask", "/model",
-                  "What is the capital of France?", "--json", env={"PATH": "/opt/edgeqa/bin:/usr/bin:/bin",
-                                                                  "HOME": "/home/edgeqa"})
+    answer = _run(
+        shutil.which("chroot"),
+        f"--userspec={uid}:{uid}",
+        str(image),
+        "/opt/edgeqa/bin/edgeqa",
+        "ask",
+        "/model",
+        "What is the capital of France?",
+        "--json",
+        env={"PATH": "/opt/edgeqa/bin:/usr/bin:/bin", "HOME": "/home/edgeqa"},
+    )
     assert json.loads(answer.stdout)["answer_tokens"] >= 1
+    subprocess.run(["podman", "image", "prune", "-f"], capture_output=True)  # the wheel stage's layers
     print(f"\nruntime image: {int(size) / 1e6:.0f} MB")

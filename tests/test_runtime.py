@@ -23,8 +23,9 @@ SEARCHES = [
     pytest.param(dict(num_beams=1), id="greedy"),
     pytest.param(dict(num_beams=4), id="beam4"),
     pytest.param(dict(num_beams=3, length_penalty=0.6, early_stopping=True), id="beam3-lp-early"),
-    pytest.param(dict(num_beams=1, repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=3),
-                 id="greedy-penalties"),
+    pytest.param(
+        dict(num_beams=1, repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=3), id="greedy-penalties"
+    ),
 ]
 
 
@@ -93,8 +94,17 @@ def test_concurrent_answers_match_sequential(model, questions):
     assert got == expected
 
 
-@pytest.mark.parametrize("bad", [dict(num_beams=0), dict(max_new_tokens=0), dict(temperature=0.0),
-                                 dict(top_p=1.5), dict(do_sample=True, num_beams=2), dict(min_new_tokens=-1)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(num_beams=0),
+        dict(max_new_tokens=0),
+        dict(temperature=0.0),
+        dict(top_p=1.5),
+        dict(do_sample=True, num_beams=2),
+        dict(min_new_tokens=-1),
+    ],
+)
 def test_bad_options_are_input_errors(model, bad):
     with pytest.raises(InputError):
         model.answer("What is AI?", **bad)
@@ -118,8 +128,17 @@ def test_very_long_question_is_truncated_with_warning(model, caplog):
     assert "truncated" in caplog.text
 
 
-@pytest.mark.parametrize("question", ["¿Qué es 🤖 AI? 🚀🚀", "ما هي عاصمة فرنسا؟", "e\u0301\u0301\u0301 n\u0303",
-                                      "null\x00byte", "中文问题是什么", "\u202eRTL override"])
+@pytest.mark.parametrize(
+    "question",
+    [
+        "¿Qué es 🤖 AI? 🚀🚀",
+        "ما هي عاصمة فرنسا؟",
+        "e\u0301\u0301\u0301 n\u0303",
+        "null\x00byte",
+        "中文问题是什么",
+        "\u202eRTL override",
+    ],
+)
 def test_any_unicode_gets_an_answer(model, question):
     assert isinstance(model.answer(question, max_new_tokens=4).text, str)
 
@@ -191,7 +210,8 @@ def test_mismatched_tokenizer_is_refused(copy_of):
     from tokenizers import Tokenizer, models
 
     Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2, "hello": 3}, unk_token="<unk>")).save(
-        str(copy_of / "tokenizer.json"))
+        str(copy_of / "tokenizer.json")
+    )
     manifest = Manifest.read(copy_of)
     files = dict(manifest.files, tokenizer=file_entry(copy_of, "tokenizer.json"))
     Manifest(**{**manifest.__dict__, "files": files}).write(copy_of)

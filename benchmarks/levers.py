@@ -1,0 +1,101 @@
+"""One lever at a time: variants of the int8 artifact and of the session, each measured by the
+benchmark's worker in its own process, in one run, as ratios to the baseline.
+
+    python -m edgeqa.bench.levers --shape small --output bench-results/levers.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from edgeqa.bench.run import BenchConfig, _merge, _worker, prompts
+from edgeqa.bench.shapes import prepare
+from edgeqa.export.artifact import GRAPHS
+from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
+from edgeqa.manifest import Manifest, file_entry
+
+
+def variant(fp32: Path, target: Path, settings: QuantizeSettings) -> Path:
+    """The fp32 artifact's graphs quantized with other settings, as a complete artifact."""
+    if (target / "manifest.json").exists():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    manifest = Manifest.read(fp32)
+    for name in GRAPHS.values():
+        quantize_graph(fp32 / name, target / name, settings)
+    for role, entry in manifest.files.items():
+        if role not in GRAPHS:
+            shutil.copy2(fp32 / entry.path, target / entry.path)
+    files = {role: file_entry(target, entry.path) for role, entry in manifest.files.items()}
+    replace(manifest, files=files, quantization=settings.to_dict()).write(target)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="small")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--inputs", type=int, default=16)
+    parser.add_argument("--output", type=Path, default=Path("bench-results/levers.md"))
+    args = parser.parse_args()
+    config = BenchConfig(shapes=(args.shape,), rounds=args.rounds, inputs=args.inputs)
+    paths = prepare(args.shape, config.cache, ctranslate2=False)
+    base = settings_for("auto")
+    root = config.cache / args.shape / "levers"
+    artifacts = {
+        "baseline: int8 per-channel, MatMul + Gather, merged decoder, 2 threads": (paths["int8"], None, None),
+        "per-tensor weights": (
+            variant(paths["fp32"], root / "per-tensor", replace(base, per_channel=False)),
+            None,
+            None,
+        ),
+        "7-bit weights (reduce_range)": (
+            variant(paths["fp32"], root / "reduce-range", replace(base, reduce_range=True)),
+            None,
+            None,
+        ),
+        "lm_head kept fp32": (
+            variant(paths["fp32"], root / "lm-head-fp32", replace(base, keep_fp32=("lm_head",))),
+            None,
+            None,
+        ),
+        "embedding Gather kept fp32": (
+            variant(paths["fp32"], root / "gather-fp32", replace(base, op_types=("MatMul",))),
+            None,
+            None,
+        ),
+        "thread spinning off": (paths["int8"], None, {"session.intra_op.allow_spinning": "0"}),
+        "1 thread": (paths["int8"], 1, None),
+    }
+    tokenizer = paths["int8"] / "tokenizer.json"
+    inputs = prompts(config.inputs, tokenizer)
+    rows = {}
+    for name, (path, threads, session) in artifacts.items():
+        runs = [
+            _worker("edgeqa-int8" + (f"@{threads}" if threads else ""), path, tokenizer, inputs, config, False, session)
+            for _ in range(config.rounds)
+        ]
+        rows[name] = _merge(runs) | {"size_mb": sum(e.size for e in Manifest.read(path).files.values()) / 1e6}
+        print(name, {k: round(v, 2) for k, v in rows[name].items() if "~" not in k})
+    baseline = next(iter(rows.values()))
+    lines = [
+        f"| lever ({args.shape}) | b1 ms | b1 vs baseline | b8 q/s | b8 vs baseline | peak RSS MB | size MB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | {row['b1.median_ms']:.0f} | {row['b1.median_ms'] / baseline['b1.median_ms']:.2f}x | "
+            f"{row['b8.questions_per_s']:.1f} | {row['b8.questions_per_s'] / baseline['b8.questions_per_s']:.2f}x | "
+            f"{row['peak_rss_mb']:.0f} | {row['size_mb']:.0f} |"
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

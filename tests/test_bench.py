@@ -1,0 +1,49 @@
+"""The benchmark's machinery on the tiny model: every engine makes exactly the forced number of tokens."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeqa.bench.report import markdown
+from edgeqa.bench.run import BenchConfig, BenchResult, _merge, _worker, prompts
+from edgeqa.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def ct2_model(trained_model, tmp_path_factory):
+    converters = pytest.importorskip("ctranslate2.converters")
+    out = tmp_path_factory.mktemp("ct2") / "model"
+    converters.TransformersConverter(str(trained_model)).convert(str(out), quantization="int8")
+    return out
+
+
+@pytest.mark.parametrize("engine", ["pytorch", "optimum", "ctranslate2@1", "edgeqa-int8", "edgeqa-fp32"])
+def test_every_engine_generates_exactly_the_forced_tokens(engine, trained_model, artifact_int8, artifact_fp32, request):
+    path = {"pytorch": trained_model, "optimum": artifact_int8, "edgeqa-int8": artifact_int8,
+            "edgeqa-fp32": artifact_fp32}.get(engine) or request.getfixturevalue("ct2_model")
+    config = BenchConfig(new_tokens=6, inputs=8, threads=2)
+    tokenizer = artifact_int8 / "tokenizer.json"
+    inputs = prompts(8, tokenizer)
+    assert len(inputs) == 8 and all(12 <= len(p) <= 64 for p in inputs)
+    result = _merge([_worker(engine, path, tokenizer, inputs, config, beams=True) for _ in range(2)])
+    for mode in ("b1", "b8", "beam4"):
+        assert result[f"{mode}.tokens"] == 6, (engine, mode)
+    assert result["b1.median_ms"] > 0 and result["b8.questions_per_s"] > 0
+    assert 20 < result["peak_rss_mb"] < 4000 and result["cold_start_s"] > 0
+
+
+def test_report_ratios_use_the_better_ctranslate2_row():
+    from edgeqa.bench.machine import MachineLimits
+
+    row = {"b1.median_ms": 100.0, "b8.questions_per_s": 10.0}
+    result = BenchResult(limits=MachineLimits("cpu", 2, 20.0, 100.0))
+    result.rows["small"] = {"ctranslate2": dict(row), "ctranslate2@1": {"b1.median_ms": 50.0, "b8.questions_per_s": 8.0},
+                            "edgeqa-int8": {"b1.median_ms": 40.0, "b8.questions_per_s": 20.0}}
+    table = markdown(result, threads=2, new_tokens=32, inputs=32)
+    assert "| edgeqa runtime int8 |" in table
+    assert "0.80x | 2.00x |" in table  # 40 / 50 ms, 20 / 10 q/s
+
+
+def test_unknown_shape_is_refused():
+    with pytest.raises(ConfigError, match="unknown shape"):
+        BenchConfig(shapes=("xl",))
