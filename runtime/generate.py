@@ -23,6 +23,20 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores of each row, best first (ties: lower index first).
+
+    A partial partition then a sort of k entries: a full sort of a (beams x vocabulary) row
+    costs more than the decoder step itself.
+    """
+    if k >= scores.shape[1]:
+        return np.argsort(-scores, axis=1, kind="stable")
+    candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    candidates.sort(axis=1)  # index order first, so that the stable sort breaks ties by index
+    order = np.argsort(-np.take_along_axis(scores, candidates, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(candidates, order, axis=1)
+
+
 def process_scores(sequences: np.ndarray, scores: np.ndarray, opts: GenerationOptions, eos: int) -> np.ndarray:
     """Apply repetition penalty, n-gram blocking and the minimum length, in transformers' order.
 
@@ -120,7 +134,7 @@ def beam_search(
         vocab = log_probs.shape[-1]
         log_probs = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
 
-        top = np.argsort(-log_probs, axis=1, kind="stable")[:, :keep]
+        top = top_k_indices(log_probs, keep)
         top_scores = np.take_along_axis(log_probs, top, axis=1)
         source_beam, token = top // vocab, top % vocab
         candidates = running[rows, source_beam]
