@@ -70,7 +70,7 @@ class ParityReport:
 
 
 def _token_agreement(a: list[int], b: list[int]) -> tuple[int, int]:
-    same = sum(x == y for x, y in zip(a, b, strict=True))
+    same = sum(x == y for x, y in zip(a, b, strict=False))  # answers may differ in length
     return same, max(len(a), len(b), 1)
 
 

@@ -19,8 +19,12 @@ def ct2_model(trained_model, tmp_path_factory):
 
 @pytest.mark.parametrize("engine", ["pytorch", "optimum", "ctranslate2@1", "edgeqa-int8", "edgeqa-fp32"])
 def test_every_engine_generates_exactly_the_forced_tokens(engine, trained_model, artifact_int8, artifact_fp32, request):
-    path = {"pytorch": trained_model, "optimum": artifact_int8, "edgeqa-int8": artifact_int8,
-            "edgeqa-fp32": artifact_fp32}.get(engine) or request.getfixturevalue("ct2_model")
+    path = {
+        "pytorch": trained_model,
+        "optimum": artifact_int8,
+        "edgeqa-int8": artifact_int8,
+        "edgeqa-fp32": artifact_fp32,
+    }.get(engine) or request.getfixturevalue("ct2_model")
     config = BenchConfig(new_tokens=6, inputs=8, threads=2)
     tokenizer = artifact_int8 / "tokenizer.json"
     inputs = prompts(8, tokenizer)
@@ -37,8 +41,11 @@ def test_report_ratios_use_the_better_ctranslate2_row():
 
     row = {"b1.median_ms": 100.0, "b8.questions_per_s": 10.0}
     result = BenchResult(limits=MachineLimits("cpu", 2, 20.0, 100.0))
-    result.rows["small"] = {"ctranslate2": dict(row), "ctranslate2@1": {"b1.median_ms": 50.0, "b8.questions_per_s": 8.0},
-                            "edgeqa-int8": {"b1.median_ms": 40.0, "b8.questions_per_s": 20.0}}
+    result.rows["small"] = {
+        "ctranslate2": dict(row),
+        "ctranslate2@1": {"b1.median_ms": 50.0, "b8.questions_per_s": 8.0},
+        "edgeqa-int8": {"b1.median_ms": 40.0, "b8.questions_per_s": 20.0},
+    }
     table = markdown(result, threads=2, new_tokens=32, inputs=32)
     assert "| edgeqa runtime int8 |" in table
     assert "0.80x | 2.00x |" in table  # 40 / 50 ms, 20 / 10 q/s
