@@ -186,3 +186,37 @@ def test_finetune_flags_override_the_config(monkeypatch, tmp_path):
         1e-4,
         "qa.jsonl",
     )
+
+
+def test_interactive_prompt_answers_until_ctrl_d(artifact_int8):
+    import os
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: edgeqa on a terminal, with no question
+        os.execv(
+            sys.executable, [sys.executable, "-m", "edgeqa.cli", "ask", str(artifact_int8), "--max-new-tokens", "4"]
+        )
+    seen = b""
+
+    def read_until(count: int) -> None:
+        nonlocal seen
+        deadline = time.time() + 60
+        while seen.count(b"\n? ") + seen.startswith(b"? ") < count and time.time() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                seen += os.read(fd, 4096)
+        seen = seen.replace(b"\r\n", b"\n")
+
+    read_until(1)
+    os.write(fd, b"Who wrote Hamlet?\n")
+    read_until(2)
+    os.write(fd, b"\x04")
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = seen.decode(errors="replace")
+    assert "Ctrl-D to quit" in text and "Who wrote Hamlet?" in text
+    answer = text.split("Who wrote Hamlet?\n", 1)[1].split("\n? ", 1)[0]
+    assert answer.strip(), text
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
