@@ -21,12 +21,24 @@ def load_engine(
     engine: str, path: str, threads: int, new_tokens: int, tokenizer_path: str, session_config: dict | None = None
 ) -> Generate:
     """Load one engine; the returned function answers a batch and returns the generated lengths."""
-    if engine == "pytorch":
+    if engine in ("pytorch", "optimum"):
         import torch
-        from transformers import T5ForConditionalGeneration
 
         torch.set_num_threads(threads)
-        model = T5ForConditionalGeneration.from_pretrained(path).eval()
+        if engine == "pytorch":
+            from transformers import T5ForConditionalGeneration
+
+            model = T5ForConditionalGeneration.from_pretrained(path).eval()
+        else:
+            import onnxruntime as ort
+            from optimum.onnxruntime import ORTModelForSeq2SeqLM
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            model = ORTModelForSeq2SeqLM.from_pretrained(path, use_cache=True, session_options=options)
+            # Optimum sizes the first-step cache as d_model / heads (85 on flan-t5-small); T5's head size is d_kv.
+            model.decoder.embed_size_per_head = model.config.d_kv
 
         def run(prompts: list[list[int]], beams: int) -> list[int]:
             ids, mask = _pad_torch(prompts)
@@ -39,32 +51,6 @@ def load_engine(
                     min_new_tokens=new_tokens,
                     max_new_tokens=new_tokens,
                 )
-            return [out.shape[1] - 1] * len(prompts)
-
-        return run
-    if engine == "optimum":
-        import onnxruntime as ort
-        import torch
-        from optimum.onnxruntime import ORTModelForSeq2SeqLM
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        torch.set_num_threads(threads)
-        model = ORTModelForSeq2SeqLM.from_pretrained(path, use_cache=True, session_options=options)
-        # Optimum sizes the first-step cache as d_model / heads (85 on flan-t5-small); T5's head size is d_kv.
-        model.decoder.embed_size_per_head = model.config.d_kv
-
-        def run(prompts: list[list[int]], beams: int) -> list[int]:
-            ids, mask = _pad_torch(prompts)
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                num_beams=beams,
-                do_sample=False,
-                min_new_tokens=new_tokens,
-                max_new_tokens=new_tokens,
-            )
             return [out.shape[1] - 1] * len(prompts)
 
         return run

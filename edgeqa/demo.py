@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeqa.errors import ConfigError
-from edgeqa.records import BUNDLED_TOKENIZER, read_records, sample_data
+from edgeqa.records import read_records, sample_data
 
 logger = logging.getLogger(__name__)
 
@@ -31,27 +31,6 @@ class DemoResult:
     parity_table: str
     artifact_mb: float
     checkpoint_mb: float
-
-
-def build_demo_model(folder: Path, seed: int = 0) -> Path:
-    """Save a randomly initialised FLAN-T5-shaped model with the bundled FLAN-T5 tokenizer."""
-    import torch
-    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
-
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=32128,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-        initializer_factor=0.5,
-        **DEMO_SHAPE,
-    )
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(folder)
-    return folder
 
 
 def _short_answer_split(folder: Path, max_answer_chars: int, limit: int) -> Path:
@@ -79,7 +58,9 @@ def run_demo(
     output.mkdir(parents=True, exist_ok=True)
     if model is None:
         logger.info("demo 1/4: building a %s-parameter FLAN-T5-shaped model (no pretrained weights offline)", "9M")
-        model = str(build_demo_model(output / "base-model"))
+        from edgeqa.finetune.models import build_random_t5
+
+        model = str(build_random_t5(output / "base-model", initializer_factor=0.5, **DEMO_SHAPE))
     data = _short_answer_split(output / "data", max_answer_chars=100, limit=1024)
     logger.info("demo 2/4: fine-tuning on %s for %d steps", data, max_steps)
     run = finetune(

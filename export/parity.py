@@ -75,9 +75,10 @@ def _token_agreement(a: list[int], b: list[int]) -> tuple[int, int]:
 
 
 def reference_answers(
-    checkpoint: str, prompts: list[str], max_input_tokens: int, max_new_tokens: int, batch_size: int
+    checkpoint: str | Path, prompts: list[str], max_input_tokens: int, batch_size: int, **generate_options: Any
 ) -> tuple[list[list[int]], float]:
-    """Greedy answers of the PyTorch checkpoint (token ids, end-of-answer included) and ms per question."""
+    """Answers of the PyTorch checkpoint with transformers' `generate` (greedy unless options say
+    otherwise): token ids, end-of-answer included, and the mean ms per question."""
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -98,7 +99,7 @@ def reference_answers(
                 max_length=max_input_tokens,
                 return_tensors="pt",
             )
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+            output = model.generate(**batch, **({"num_beams": 1, "do_sample": False} | generate_options))
             for row in output[:, 1:].tolist():
                 answers.append(row[: row.index(eos) + 1] if eos in row else row)
     return answers, (time.perf_counter() - started) * 1000 / max(len(prompts), 1)
@@ -141,7 +142,7 @@ def run_parity(
     prompts = [template.replace("{question}", q.strip()) for q in questions]
     logger.info("parity: PyTorch answers %d questions", len(records))
     expected, reference_ms = reference_answers(
-        checkpoint, prompts, model.manifest.max_input_tokens, max_new_tokens, batch_size
+        checkpoint, prompts, model.manifest.max_input_tokens, batch_size, max_new_tokens=max_new_tokens
     )
     logger.info("parity: the artifact answers %d questions", len(records))
     started = time.perf_counter()

@@ -16,36 +16,22 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from edgeqa.records import BUNDLED_TOKENIZER, sample_data  # noqa: E402
+from edgeqa.records import sample_data  # noqa: E402
 
 # transformers' T5ModelTester sizes, with FLAN-T5's vocabulary and feed-forward.
 TINY = dict(
     d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8
 )
 # google/flan-t5-small's public config (d_kv 64 != d_model / heads).
-SMALL = dict(
-    d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6, relative_attention_num_buckets=32
-)
+SMALL = dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6)
 
 
 def build_t5(folder: Path, seed: int = 0, **sizes: int) -> Path:
     """Save a seeded, randomly initialised FLAN-T5-shaped model with the bundled tokenizer."""
-    torch = pytest.importorskip("torch")
-    from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
+    pytest.importorskip("torch")
+    from edgeqa.finetune.models import build_random_t5
 
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=32128,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-        **sizes,
-    )
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(folder)
-    return folder
+    return build_random_t5(folder, seed=seed, **sizes)
 
 
 def short_records(count: int, max_chars: int = 60) -> list[dict]:
@@ -126,26 +112,9 @@ def questions() -> list[str]:
     return picked + [" ".join(r["question"] for r in rows[i : i + 12]) for i in range(0, 48, 12)]
 
 
-def hf_generate(
-    checkpoint: Path, questions: list[str], batch_size: int, max_input_tokens: int = 128, **options
-) -> list[list[int]]:
+def hf_generate(checkpoint: Path, questions: list[str], batch_size: int, **options) -> list[list[int]]:
     """transformers' `generate` on the same prompts: answer ids, end-of-answer included."""
-    import torch
-    from transformers import AutoTokenizer, T5ForConditionalGeneration
+    from edgeqa.export.parity import reference_answers
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval()
     prompts = [f"Please answer this question: {q.strip()}" for q in questions]
-    answers = []
-    with torch.inference_mode():
-        for first in range(0, len(prompts), batch_size):
-            batch = tokenizer(
-                prompts[first : first + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_input_tokens,
-                return_tensors="pt",
-            )
-            for row in model.generate(**batch, **options)[:, 1:].tolist():
-                answers.append(row[: row.index(1) + 1] if 1 in row else row)
-    return answers
+    return reference_answers(checkpoint, prompts, 128, batch_size, **options)[0]
