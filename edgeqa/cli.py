@@ -33,11 +33,23 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record (it may be replaced, e.g. in tests)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool = False) -> None:
     """edgeqa's progress on stderr; third-party chatter on the root logger only from ERROR up."""
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)
-    for handler in logging.root.handlers:
-        handler.addFilter(lambda record: record.name != "root" or record.levelno >= logging.ERROR)
+    handler = _StderrHandler()
+    handler.addFilter(lambda record: record.name != "root" or record.levelno >= logging.ERROR)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
     logging.getLogger("edgeqa").setLevel(logging.WARNING if quiet else logging.INFO)
 
 

@@ -139,6 +139,7 @@ def test_training_raises_rouge_on_training_questions(trained_run, tiny_model, me
         return rouge(tokenizer.batch_decode(ids, skip_special_tokens=True), answers)["rougeL"]
 
     before, after = rouge_l(tiny_model), rouge_l(trained_run / "final")
+    print(f"\nROUGE-L on the 64 training questions: untrained {before:.4f}, after 96 steps {after:.4f}")
     assert after > before + 0.02, (before, after)
     history = json.loads((trained_run / "metrics.json").read_text())
     assert len(history) == 12 and {"eval_rougeL", "eval_gen_len", "epoch"} <= set(history[0])
