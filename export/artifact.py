@@ -13,7 +13,7 @@ from pathlib import Path
 from edgeqa import __version__
 from edgeqa.checkpoint import heldout_path, read_training_config
 from edgeqa.errors import ConfigError, ExportError, ModelError
-from edgeqa.export.parity import ParityReport, check_tokenizer, run_parity
+from edgeqa.export.parity import ParityReport, run_parity
 from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
 from edgeqa.manifest import Manifest, ModelDims, SpecialTokens, file_entry
 from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
@@ -134,7 +134,6 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
     report = None
     if config.parity:
         records = _parity_records(config)
-        check_tokenizer(config.checkpoint, staging, [r.question for r in records])
         report = run_parity(config.checkpoint, staging, records, config.parity_max_new_tokens, threads=config.threads)
         manifest = replace(manifest, parity=report.to_dict())
         manifest.write(staging)

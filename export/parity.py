@@ -10,7 +10,10 @@ from typing import Any
 
 from edgeqa.errors import ExportError, ModelError
 from edgeqa.metrics import rouge
+from edgeqa.prompt import format_prompt
 from edgeqa.records import QARecord
+from edgeqa.runtime import QAModel
+from edgeqa.runtime.generate import until_eos
 
 logger = logging.getLogger(__name__)
 
@@ -100,20 +103,15 @@ def reference_answers(
                 return_tensors="pt",
             )
             output = model.generate(**batch, **({"num_beams": 1, "do_sample": False} | generate_options))
-            for row in output[:, 1:].tolist():
-                answers.append(row[: row.index(eos) + 1] if eos in row else row)
+            answers += [until_eos(row, eos) for row in output[:, 1:].tolist()]
     return answers, (time.perf_counter() - started) * 1000 / max(len(prompts), 1)
 
 
-def check_tokenizer(checkpoint: str, artifact: Path, questions: list[str]) -> None:
+def check_tokenizer(checkpoint: str | Path, model: QAModel, prompts: list[str], questions: list[str]) -> None:
     """Fail unless the artifact's tokenizer.json gives the checkpoint tokenizer's ids on every prompt."""
     from transformers import AutoTokenizer
 
-    from edgeqa.runtime import QAModel
-
-    model = QAModel.load(artifact, verify=False)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    prompts = [model.manifest.prompt_template.replace("{question}", q.strip()) for q in questions]
     expected = tokenizer(prompts, truncation=True, max_length=model.manifest.max_input_tokens)["input_ids"]
     actual = model.tokenizer.encode(questions)
     differ = sum(a != b for a, b in zip(actual, expected, strict=True))
@@ -132,14 +130,12 @@ def run_parity(
     batch_size: int = 16,
     threads: int | None = None,
 ) -> ParityReport:
-    """Answer `records` with the checkpoint and with the artifact, and apply the gate."""
-    from edgeqa.runtime import QAModel
-
+    """Check the tokenizer, answer `records` with the checkpoint and with the artifact, apply the gate."""
     model = QAModel.load(artifact, threads=threads, verify=False)
     questions = [r.question for r in records]
     references = [r.answer for r in records]
-    template = model.manifest.prompt_template
-    prompts = [template.replace("{question}", q.strip()) for q in questions]
+    prompts = [format_prompt(q, model.manifest.prompt_template) for q in questions]
+    check_tokenizer(checkpoint, model, prompts, questions)
     logger.info("parity: PyTorch answers %d questions", len(records))
     expected, reference_ms = reference_answers(
         checkpoint, prompts, model.manifest.max_input_tokens, batch_size, max_new_tokens=max_new_tokens

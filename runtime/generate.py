@@ -23,6 +23,11 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def until_eos(tokens: list[int], eos: int) -> list[int]:
+    """The tokens up to and including the first end-of-answer (all of them if there is none)."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest scores of each row, best first (ties: lower index first).
 
@@ -171,8 +176,4 @@ def beam_search(
         if not (improvable.any() and open_beams and not hits.all()):
             break
 
-    answers = []
-    for tokens in finished_seqs[:, 0, 1:].tolist():
-        end = tokens.index(eos) + 1 if eos in tokens else len(tokens)
-        answers.append(tokens[:end])
-    return answers
+    return [until_eos(tokens, eos) for tokens in finished_seqs[:, 0, 1:].tolist()]

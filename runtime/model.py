@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeqa.errors import InputError
 from edgeqa.manifest import Manifest
-from edgeqa.runtime.generate import beam_search, greedy_tokens
+from edgeqa.runtime.generate import beam_search, greedy_tokens, until_eos
 from edgeqa.runtime.graphs import T5Graphs
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.runtime.tokenizer import PromptTokenizer
@@ -157,7 +157,7 @@ class QAModel:
         if opts.num_beams > 1:
             return beam_search(self.graphs, state, opts, special.decoder_start, special.eos)
         steps = list(greedy_tokens(self.graphs, state, opts, special.decoder_start, special.eos, special.pad))
-        return [_until_eos(row, special.eos) for row in np.stack(steps, axis=1).tolist()]
+        return [until_eos(row, special.eos) for row in np.stack(steps, axis=1).tolist()]
 
     def _generate(self, questions: list[str], opts: GenerationOptions) -> list[Answer]:
         if not questions:
@@ -177,7 +177,3 @@ class QAModel:
             )
             for tokens, prompt_mask in zip(sequences, mask, strict=True)
         ]
-
-
-def _until_eos(tokens: list[int], eos: int) -> list[int]:
-    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens

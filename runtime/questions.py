@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import InputError
-from edgeqa.runtime.model import QAModel
-
-logger = logging.getLogger(__name__)
+from edgeqa.runtime.model import Answer, QAModel
 
 
 @dataclass(frozen=True)
@@ -70,26 +67,23 @@ def answer_file(
     Returns:
         How many questions were answered, and the problems reported for skipped lines.
     """
+    options = asdict(model.options(**(options or {})))  # a bad option fails here, once, not per line
     questions, problems = read_questions(path)
-    for problem in problems:
-        logger.warning("%s: %s", path, problem)
     rows = []
     for first in range(0, len(questions), batch_size):
         batch = questions[first : first + batch_size]
+        answers: list[Answer | None]
         try:
-            answers = model.answer_batch([q.text for q in batch], batch_size=batch_size, **(options or {}))
-        except InputError as e:
+            answers = list(model.answer_batch([q.text for q in batch], batch_size=batch_size, **options))
+        except InputError:
             # Fall back to one at a time so that one bad question only skips itself.
             answers = []
             for q in batch:
                 try:
-                    answers.append(model.answer(q.text, **(options or {})))
+                    answers.append(model.answer(q.text, **options))
                 except InputError as single:
                     problems.append(f"line {q.line}: {single}; skipped")
-                    logger.warning("%s: line %d: %s", path, q.line, single)
                     answers.append(None)
-            if all(a is None for a in answers) and len(batch) > 1:
-                raise e
         for q, a in zip(batch, answers, strict=True):
             if a is not None:
                 rows.append(json.dumps({"line": q.line, "question": q.text, **a.to_dict()}, ensure_ascii=False))
