@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from edgeqa.bench.report import markdown
@@ -54,3 +57,27 @@ def test_report_ratios_use_the_better_ctranslate2_row():
 def test_unknown_shape_is_refused():
     with pytest.raises(ConfigError, match="unknown shape"):
         BenchConfig(shapes=("xl",))
+
+
+def test_finetune_speed_runs_settings_and_reports_them(tmp_path: Path, tiny_model: Path) -> None:
+    """The GPU fine-tuning benchmark on the CPU with a tiny model: the tutorial's end and edgeqa's end of the ladder."""
+    from edgeqa.bench.finetune_speed import SETTINGS, run
+
+    assert SETTINGS[-1][1:] == ("auto", {}), "the ladder ends at edgeqa's own defaults"
+    ends = [SETTINGS[0], SETTINGS[-1]]
+    results = run("base", steps=4, warmup_steps=1, output=tmp_path, model=tiny_model, settings=ends)
+    assert [r.setting for r in results] == [name for name, _, _ in ends]
+    assert all(r.timed_steps == 3 and r.samples_per_second > 0 for r in results)
+    report = (tmp_path / "finetune-speed.md").read_text()
+    assert "| + no per-step loss check = edgeqa defaults |" in report and "1.00x" in report
+    assert json.loads((tmp_path / "finetune-speed.json").read_text())["steps"] == 4
+
+
+def test_finetune_speed_setting_flag_is_parsed_or_refused() -> None:
+    import argparse
+
+    from edgeqa.bench.finetune_speed import parse_setting
+
+    assert parse_setting('compiled|auto|{"torch_compile": true}') == ("compiled", "auto", {"torch_compile": True})
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME\\|PRECISION\\|JSON"):
+        parse_setting("compiled")
