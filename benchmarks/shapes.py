@@ -3,13 +3,24 @@ exported once per shape (fp32 and int8 artifacts, a CTranslate2 int8 model) into
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
+from importlib import resources
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 SHAPES = ("small", "base")
+
+
+def export_fingerprint() -> str:
+    """A digest of edgeqa's export code: cached artifacts made by other code are made again."""
+    digest = hashlib.sha256()
+    for source in sorted(resources.files("edgeqa.export").iterdir(), key=lambda f: f.name):
+        if source.name.endswith(".py"):
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def prepare(shape: str, cache: Path, ctranslate2: bool = True) -> dict[str, Path]:
@@ -19,8 +30,8 @@ def prepare(shape: str, cache: Path, ctranslate2: bool = True) -> dict[str, Path
     root = cache / shape
     paths = {
         "checkpoint": root / "checkpoint",
-        "fp32": root / "edgeqa-fp32",
-        "int8": root / "edgeqa-int8",
+        "fp32": root / f"edgeqa-fp32-{export_fingerprint()}",
+        "int8": root / f"edgeqa-int8-{export_fingerprint()}",
         "ct2": root / "ct2-int8",
     }
     if not (paths["checkpoint"] / "config.json").exists():

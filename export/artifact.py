@@ -22,6 +22,10 @@ from edgeqa.records import read_records, sample_data
 logger = logging.getLogger(__name__)
 
 GRAPHS = {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
+# Each graph's weights live beside it in GRAPH.data: onnxruntime maps that file instead of
+# parsing a copy of every weight out of the graph file (lower peak memory, faster load), and the
+# embedding table is read straight from the mapping, a row at a time.
+WEIGHTS_SUFFIX = ".data"
 OPTIMUM_FILES = {"config": "config.json", "generation_config": "generation_config.json"}
 
 
@@ -110,15 +114,16 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
     with tempfile.TemporaryDirectory(prefix="edgeqa-onnx-") as raw_dir:
         raw = Path(raw_dir)
         _onnx_export(config.checkpoint, raw)
-        fp32_bytes = sum((raw / name).stat().st_size for name in GRAPHS.values())
+        fp32_bytes = sum(p.stat().st_size for p in raw.iterdir() if p.name.startswith(tuple(GRAPHS.values())))
         settings = settings_for(config.preset, config.keep_fp32) if config.quantize else None
         kept_float = 0
         for name in GRAPHS.values():
+            source = raw / name
             if settings:
-                kept_float += quantize_graph(raw / name, staging / name, settings)
-                logger.info("quantize: %s %s -> %s", name, _mb(raw / name), _mb(staging / name))
-            else:
-                shutil.copy2(raw / name, staging / name)
+                source = raw / f"int8-{name}"
+                kept_float += quantize_graph(raw / name, source, settings)
+            _save_with_weights_beside(source, staging / name)
+            logger.info("%s: %s", name, _mb(staging / name, staging / (name + WEIGHTS_SUFFIX)))
         if settings and settings.keep_fp32 and not kept_float:
             raise ConfigError(
                 f"--keep-fp32 {','.join(settings.keep_fp32)} matches no node; "
@@ -143,8 +148,24 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
     return ExportResult(output=staging, manifest=manifest, parity=report, fp32_bytes=fp32_bytes)
 
 
-def _mb(path: Path) -> str:
-    return f"{path.stat().st_size / 1e6:.1f} MB"
+def _save_with_weights_beside(source: Path, target: Path) -> None:
+    """Save a graph (the If branches too) as TARGET with all its weights in TARGET.data."""
+    import onnx
+
+    onnx.save_model(
+        onnx.load(str(source)),
+        str(target),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=target.name + WEIGHTS_SUFFIX,
+        size_threshold=1024,
+    )
+    weights = target.with_name(target.name + WEIGHTS_SUFFIX)
+    weights.chmod(0o644)  # onnx creates it 0600: other users and containers could not read it
+
+
+def _mb(*paths: Path) -> str:
+    return f"{sum(p.stat().st_size for p in paths) / 1e6:.1f} MB"
 
 
 def _onnx_export(checkpoint: str, raw: Path) -> None:
@@ -220,6 +241,7 @@ def _manifest(config: ExportConfig, staging: Path, settings: QuantizeSettings | 
         decoder_start=model_config.get("decoder_start_token_id", 0),
     )
     files = {role: file_entry(staging, name) for role, name in GRAPHS.items()}
+    files.update({f"{role}_weights": file_entry(staging, name + WEIGHTS_SUFFIX) for role, name in GRAPHS.items()})
     files["tokenizer"] = file_entry(staging, "tokenizer.json")
     files.update({role: file_entry(staging, name) for role, name in OPTIMUM_FILES.items() if (staging / name).exists()})
     max_answer = int(trained.get("max_target_tokens", DEFAULT_MAX_ANSWER_TOKENS))

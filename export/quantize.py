@@ -103,6 +103,7 @@ def quantize_graph(source: Path, target: Path, settings: QuantizeSettings) -> in
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
             extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True},
+            use_external_data_format=True,
         )
     except Exception as e:  # onnxruntime's quantizer raises assorted types
         raise ExportError(f"int8 quantization of {source.name} failed: {e}") from e

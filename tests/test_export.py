@@ -34,7 +34,10 @@ def test_int8_graphs_hold_quantized_matmuls(artifact_int8, artifact_fp32):
 
 def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
     manifest = Manifest.read(artifact_int8)
-    assert set(manifest.files) >= {"encoder", "decoder", "tokenizer", "config"}
+    assert set(manifest.files) >= {"encoder", "decoder", "encoder_weights", "decoder_weights", "tokenizer", "config"}
+    for role in ("encoder", "decoder"):
+        graph, weights = manifest.files[role], manifest.files[f"{role}_weights"]
+        assert weights.path == graph.path + ".data" and weights.size > 2 * graph.size, "weights live beside the graph"
     for entry in manifest.files.values():
         assert sha256_of(artifact_int8 / entry.path) == entry.sha256
         assert (artifact_int8 / entry.path).stat().st_size == entry.size
@@ -47,6 +50,8 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
         [e.path for e in manifest.files.values()] + ["manifest.json"]
     )
     assert artifact_int8.stat().st_mode & 0o555 == 0o555, "other users and containers must be able to read it"
+    for entry in manifest.files.values():
+        assert (artifact_int8 / entry.path).stat().st_mode & 0o444 == 0o444, entry.path
 
 
 def test_fp32_artifact_passes_exact_gate(artifact_fp32):

@@ -197,6 +197,15 @@ def test_corrupted_graph_is_refused_naming_the_file(copy_of):
         QAModel.load(copy_of)
 
 
+def test_corrupted_weights_file_is_refused_naming_it(copy_of):
+    path = copy_of / "encoder_model.onnx.data"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="encoder_model.onnx.data .*sha256"):
+        QAModel.load(copy_of)
+
+
 def test_garbage_graph_without_checksums_is_an_artifact_error(copy_of):
     manifest = Manifest.read(copy_of)
     (copy_of / "encoder_model.onnx").write_bytes(b"not an onnx graph" * 10)
