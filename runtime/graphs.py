@@ -70,19 +70,27 @@ class T5Graphs:
         threads: int | None = None,
         session_config: dict[str, str] | None = None,
     ):
-        options = ort.SessionOptions()
-        for key, value in (session_config or {}).items():
-            options.add_session_config_entry(key, value)
-        options.intra_op_num_threads = threads or physical_cores()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.threads = options.intra_op_num_threads
-        self.encoder = self._session(folder, manifest, "encoder", options)
-        self.decoder = self._session(folder, manifest, "decoder", options)
+        self.threads = threads or physical_cores()
+        # The encoder runs once per question: its threads must not spin afterwards, or they take
+        # cores from the decoder's threads for the whole answer.
+        encoder_config = {"session.intra_op.allow_spinning": "0"} | (session_config or {})
+        # The larger graph first: each load briefly holds its weights twice (mapped and pre-packed),
+        # so the peak is lowest while little else is resident yet.
+        self.decoder = self._session(folder, manifest, "decoder", self._options(session_config))
+        self.encoder = self._session(folder, manifest, "encoder", self._options(encoder_config))
         self.dims = manifest.dims
         self._self_names: list[str] = []
         self._cross_names: list[str] = []
         self._bind_decoder_io()
+
+    def _options(self, session_config: dict[str, str] | None) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, value)
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return options
 
     @staticmethod
     def _session(folder: Path, manifest: Manifest, role: str, options: ort.SessionOptions) -> ort.InferenceSession:

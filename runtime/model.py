@@ -88,8 +88,8 @@ class QAModel:
         folder = Path(path)
         manifest = Manifest.read(folder)
         manifest.verify_files(folder, checksums=verify)
-        tokenizer = PromptTokenizer(folder / manifest.files["tokenizer"].path, manifest)
         graphs = T5Graphs(folder, manifest, threads=threads, session_config=session_config)
+        tokenizer = PromptTokenizer(folder / manifest.files["tokenizer"].path, manifest)
         return cls(folder, manifest, graphs, tokenizer)
 
     def options(self, **overrides: Any) -> GenerationOptions:
