@@ -8,29 +8,46 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import onnx
+
 from edgeqa.bench.run import BenchConfig, _merge, _worker, prompts
-from edgeqa.bench.shapes import prepare
-from edgeqa.export.artifact import GRAPHS
+from edgeqa.bench.shapes import export_fingerprint, prepare
+from edgeqa.export.artifact import GRAPHS, save_graph, weights_file
 from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
 from edgeqa.manifest import Manifest, file_entry
 
 
-def variant(fp32: Path, target: Path, settings: QuantizeSettings) -> Path:
-    """The fp32 artifact's graphs quantized with other settings, as a complete artifact."""
+def variant(fp32: Path, target: Path, settings: QuantizeSettings, weights_beside: bool = True) -> Path:
+    """The fp32 artifact's graphs quantized with other settings, as a complete artifact.
+
+    Args:
+        weights_beside: Weights in GRAPH.onnx.data as `edgeqa export` writes them; False keeps
+            them inside the graph files (the layout before).
+    """
     if (target / "manifest.json").exists():
         return target
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     manifest = Manifest.read(fp32)
-    for name in GRAPHS.values():
-        quantize_graph(fp32 / name, target / name, settings)
+    graph_files = {name for graph in GRAPHS.values() for name in (graph, weights_file(graph))}
+    files = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for role, name in GRAPHS.items():
+            quantize_graph(fp32 / name, Path(tmp) / name, settings)
+            if weights_beside:
+                save_graph(Path(tmp) / name, target / name)
+                files[f"{role}_weights"] = file_entry(target, weights_file(name))
+            else:
+                onnx.save_model(onnx.load(str(Path(tmp) / name)), str(target / name))
+            files[role] = file_entry(target, name)
     for role, entry in manifest.files.items():
-        if role not in GRAPHS:
+        if entry.path not in graph_files:
             shutil.copy2(fp32 / entry.path, target / entry.path)
-    files = {role: file_entry(target, entry.path) for role, entry in manifest.files.items()}
+            files[role] = file_entry(target, entry.path)
     replace(manifest, files=files, quantization=settings.to_dict()).write(target)
     return target
 
@@ -45,9 +62,18 @@ def main() -> None:
     config = BenchConfig(shapes=(args.shape,), rounds=args.rounds, inputs=args.inputs)
     paths = prepare(args.shape, config.cache, ctranslate2=False)
     base = settings_for("auto")
-    root = config.cache / args.shape / "levers"
+    root = config.cache / args.shape / f"levers-{export_fingerprint()}"
     artifacts = {
-        "baseline: int8 per-channel, MatMul + Gather, merged decoder, 2 threads": (paths["int8"], None, None),
+        "baseline: int8 per-channel, MatMul + Gather, merged decoder, weights in .data, 2 threads": (
+            paths["int8"],
+            None,
+            None,
+        ),
+        "weights inside the graph files": (
+            variant(paths["fp32"], root / "weights-inside", base, weights_beside=False),
+            None,
+            None,
+        ),
         "per-tensor weights": (
             variant(paths["fp32"], root / "per-tensor", replace(base, per_channel=False)),
             None,
@@ -68,7 +94,13 @@ def main() -> None:
             None,
             None,
         ),
+        "int4 weight-only (MatMulNBits, blocks of 128), `--int4`": (
+            variant(paths["fp32"], root / "int4", settings_for("auto", method="int4")),
+            None,
+            None,
+        ),
         "thread spinning off": (paths["int8"], None, {"session.intra_op.allow_spinning": "0"}),
+        "encoder threads spinning too": (paths["int8"], None, {"session.intra_op.allow_spinning": "1"}),
         "1 thread": (paths["int8"], 1, None),
     }
     tokenizer = paths["int8"] / "tokenizer.json"

@@ -223,5 +223,5 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
 
 def _size_mb(path: Path) -> float:
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    keep = (".onnx", ".json", ".bin", ".safetensors", ".txt", ".model")
+    keep = (".onnx", ".data", ".json", ".bin", ".safetensors", ".txt", ".model")
     return sum(p.stat().st_size for p in files if p.suffix in keep) / 1e6

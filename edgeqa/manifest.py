@@ -113,12 +113,17 @@ class Manifest:
             f"d_model {d.d_model}, vocab {d.vocab_size}",
             f"size            {size / 1e6:.1f} MB in {len(self.files)} files",
         ]
-        lines += [f"  {role:<13} {e.path} ({e.size / 1e6:.1f} MB)" for role, e in self.files.items()]
+        lines += [f"  {role:<17} {e.path} ({e.size / 1e6:.1f} MB)" for role, e in self.files.items()]
         if self.quantization:
             q = self.quantization
+            layout = (
+                f"blocks of {q.get('block_size')}"
+                if q.get("method") == "weight-only-int4"
+                else f"per-channel {q.get('per_channel')}, reduce-range {q.get('reduce_range')}"
+            )
             lines.append(
-                f"quantization    {q.get('method')} preset {q.get('preset')}, per-channel {q.get('per_channel')}, "
-                f"reduce-range {q.get('reduce_range')}, float nodes: {','.join(q.get('keep_fp32', [])) or 'none'}"
+                f"quantization    {q.get('method')} preset {q.get('preset')}, {layout}, "
+                f"float nodes: {','.join(q.get('keep_fp32', [])) or 'none'}"
             )
         else:
             lines.append("quantization    none (float32)")

@@ -14,7 +14,7 @@ from edgeqa import __version__
 from edgeqa.checkpoint import heldout_path, read_training_config
 from edgeqa.errors import ConfigError, ExportError, ModelError
 from edgeqa.export.parity import ParityReport, run_parity
-from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
+from edgeqa.export.quantize import METHODS, QuantizeSettings, quantize_graph, settings_for
 from edgeqa.manifest import Manifest, ModelDims, SpecialTokens, file_entry
 from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
 from edgeqa.records import read_records, sample_data
@@ -36,7 +36,7 @@ class ExportConfig:
     Attributes:
         checkpoint: A T5 checkpoint folder (e.g. `finetune`'s `final/`) or hub name.
         output: The artifact folder to create.
-        quantize: None for float graphs, "int8" for dynamic int8.
+        quantize: None for float graphs, "int8" for dynamic int8, "int4" for weight-only int4.
         preset: Quantization preset (`auto` reads the CPU's flags).
         keep_fp32: Node-name parts to keep in float when quantizing (e.g. lm_head).
         parity: Run the parity gate.
@@ -63,8 +63,8 @@ class ExportConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.quantize not in (None, "int8"):
-            raise ConfigError(f"quantize must be int8 or unset, got {self.quantize!r} (T5 must not run in fp16)")
+        if self.quantize not in (None, *METHODS):
+            raise ConfigError(f"quantize must be int8, int4 or unset, got {self.quantize!r} (T5 must not run in fp16)")
         if self.parity_samples < 1:
             raise ConfigError("parity_samples must be at least 1")
         if self.keep_fp32 and not self.quantize:
@@ -115,15 +115,15 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
         raw = Path(raw_dir)
         _onnx_export(config.checkpoint, raw)
         fp32_bytes = sum(p.stat().st_size for p in raw.iterdir() if p.name.startswith(tuple(GRAPHS.values())))
-        settings = settings_for(config.preset, config.keep_fp32) if config.quantize else None
+        settings = settings_for(config.preset, config.keep_fp32, config.quantize) if config.quantize else None
         kept_float = 0
         for name in GRAPHS.values():
             source = raw / name
             if settings:
-                source = raw / f"int8-{name}"
+                source = raw / f"{config.quantize}-{name}"
                 kept_float += quantize_graph(raw / name, source, settings)
-            _save_with_weights_beside(source, staging / name)
-            logger.info("%s: %s", name, _mb(staging / name, staging / (name + WEIGHTS_SUFFIX)))
+            save_graph(source, staging / name)
+            logger.info("%s: %s", name, _mb(staging / name, staging / weights_file(name)))
         if settings and settings.keep_fp32 and not kept_float:
             raise ConfigError(
                 f"--keep-fp32 {','.join(settings.keep_fp32)} matches no node; "
@@ -143,12 +143,21 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
         manifest = replace(manifest, parity=report.to_dict())
         manifest.write(staging)
         if not report.passed and not config.allow_parity_failure:
-            hint = " (try --keep-fp32 lm_head, or --preset avx2 for 7-bit weights)" if config.quantize else ""
+            hints = {
+                "int8": " (try --keep-fp32 lm_head, or --preset avx2 for 7-bit weights)",
+                "int4": " (int4 loses more than int8: try --quantize alone, or --keep-fp32 lm_head)",
+            }
+            hint = hints.get(config.quantize or "", "")
             raise ExportError(f"parity gate failed; no artifact written{hint}\n\n{report.table()}")
     return ExportResult(output=staging, manifest=manifest, parity=report, fp32_bytes=fp32_bytes)
 
 
-def _save_with_weights_beside(source: Path, target: Path) -> None:
+def weights_file(graph_name: str) -> str:
+    """The file beside a graph that holds its weights."""
+    return graph_name + WEIGHTS_SUFFIX
+
+
+def save_graph(source: Path, target: Path) -> None:
     """Save a graph (the If branches too) as TARGET with all its weights in TARGET.data."""
     import onnx
 
@@ -157,10 +166,10 @@ def _save_with_weights_beside(source: Path, target: Path) -> None:
         str(target),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location=target.name + WEIGHTS_SUFFIX,
+        location=weights_file(target.name),
         size_threshold=1024,
     )
-    weights = target.with_name(target.name + WEIGHTS_SUFFIX)
+    weights = target.with_name(weights_file(target.name))
     weights.chmod(0o644)  # onnx creates it 0600: other users and containers could not read it
 
 
@@ -241,7 +250,7 @@ def _manifest(config: ExportConfig, staging: Path, settings: QuantizeSettings | 
         decoder_start=model_config.get("decoder_start_token_id", 0),
     )
     files = {role: file_entry(staging, name) for role, name in GRAPHS.items()}
-    files.update({f"{role}_weights": file_entry(staging, name + WEIGHTS_SUFFIX) for role, name in GRAPHS.items()})
+    files.update({f"{role}_weights": file_entry(staging, weights_file(name)) for role, name in GRAPHS.items()})
     files["tokenizer"] = file_entry(staging, "tokenizer.json")
     files.update({role: file_entry(staging, name) for role, name in OPTIMUM_FILES.items() if (staging / name).exists()})
     max_answer = int(trained.get("max_target_tokens", DEFAULT_MAX_ANSWER_TOKENS))

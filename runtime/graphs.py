@@ -13,6 +13,7 @@ import onnxruntime as ort
 from edgeqa.errors import ArtifactError
 from edgeqa.manifest import Manifest
 
+INT4_MIN_ONNXRUNTIME = (1, 20)
 _PAST = re.compile(r"past_key_values\.(\d+)\.(decoder|encoder)\.(key|value)")
 
 
@@ -32,6 +33,19 @@ def physical_cores() -> int:
     except OSError:
         pass
     return os.cpu_count() or 1
+
+
+def _check_runtime_supports(manifest: Manifest) -> None:
+    """Refuse an int4 artifact on an onnxruntime without its operators, with the fix."""
+    if (manifest.quantization or {}).get("method") != "weight-only-int4":
+        return
+    installed = tuple(int(part) for part in re.findall(r"\d+", ort.__version__)[:2])
+    if installed < INT4_MIN_ONNXRUNTIME:
+        raise ArtifactError(
+            f"this artifact has int4 weights (MatMulNBits), which need onnxruntime "
+            f"{'.'.join(map(str, INT4_MIN_ONNXRUNTIME))} or newer; this is {ort.__version__}: "
+            "pip install -U onnxruntime, or use an int8 artifact"
+        )
 
 
 @dataclass
@@ -70,6 +84,7 @@ class T5Graphs:
         threads: int | None = None,
         session_config: dict[str, str] | None = None,
     ):
+        _check_runtime_supports(manifest)
         self.threads = threads or physical_cores()
         # The encoder runs once per question: its threads must not spin afterwards, or they take
         # cores from the decoder's threads for the whole answer.

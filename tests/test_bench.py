@@ -81,3 +81,20 @@ def test_finetune_speed_setting_flag_is_parsed_or_refused() -> None:
     assert parse_setting('compiled|auto|{"torch_compile": true}') == ("compiled", "auto", {"torch_compile": True})
     with pytest.raises(argparse.ArgumentTypeError, match="NAME\\|PRECISION\\|JSON"):
         parse_setting("compiled")
+
+
+@pytest.mark.parametrize("weights_beside", [True, False])
+def test_lever_variant_is_a_complete_artifact(tmp_path: Path, artifact_fp32: Path, weights_beside: bool) -> None:
+    from dataclasses import replace
+
+    from edgeqa.bench.levers import variant
+    from edgeqa.export.quantize import settings_for
+    from edgeqa.manifest import Manifest
+    from edgeqa.runtime import QAModel
+
+    target = variant(artifact_fp32, tmp_path / "v", replace(settings_for("auto"), per_channel=False), weights_beside)
+    manifest = Manifest.read(target)
+    assert ("decoder_weights" in manifest.files) == weights_beside
+    assert (target / "decoder_model_merged.onnx.data").exists() == weights_beside
+    assert manifest.quantization["per_channel"] is False
+    assert QAModel.load(target).answer("What is the capital of France?", max_new_tokens=4).tokens

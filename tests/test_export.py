@@ -226,3 +226,20 @@ def test_small_shaped_int8_is_at_most_35_percent_of_fp32(tmp_path):
     size = {name: sum(e.size for e in r.manifest.files.values()) for name, r in (("fp32", fp32), ("int8", int8))}
     assert size["int8"] <= 0.35 * size["fp32"], size
     assert int8.parity.passed, int8.parity.table()
+
+
+def test_int4_export_is_opt_in_weight_only_with_its_parity_record(trained_model, tmp_path):
+    out = tmp_path / "int4"
+    result = runner.invoke(
+        app,
+        ["export", str(trained_model), str(out), "--int4", "--parity-samples", "32", "--parity-max-new-tokens", "16"]
+        + ["--allow-parity-failure"],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.read(out)
+    assert manifest.quantization["method"] == "weight-only-int4" and manifest.quantization["block_size"] == 128
+    ops = count_ops(out / "decoder_model_merged.onnx")
+    assert ops["MatMulNBits"] >= 2 * 9 and ops["MatMulInteger"] == 0, ops
+    assert manifest.parity["samples"] == 32 and "rouge_l_delta" in manifest.parity
+    assert "weight-only-int4" in runner.invoke(app, ["info", str(out)]).output
+    assert QAModel.load(out).answer("What is the capital of France?", max_new_tokens=4).tokens
