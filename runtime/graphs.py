@@ -113,6 +113,11 @@ class T5Graphs:
         try:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            if "procfs" in str(e):
+                raise ArtifactError(
+                    f"onnxruntime cannot open {path.name}'s weights file without /proc; "
+                    "mount /proc in the sandbox or chroot (container runtimes do)"
+                ) from e
             raise ArtifactError(
                 f"{path.name} ({role}) is not a loadable ONNX graph: {e}; re-export the artifact"
             ) from e

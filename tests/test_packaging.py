@@ -116,17 +116,22 @@ def test_runtime_image_builds_runs_as_non_root_and_answers(artifact_int8, tmp_pa
     shutil.copytree(artifact_int8, image / "model", dirs_exist_ok=True)
     uid = _run("chroot", str(image), "id", "-u", "edgeqa").stdout.strip()
     assert uid != "0"
-    answer = _run(
-        shutil.which("chroot"),
-        f"--userspec={uid}:{uid}",
-        str(image),
-        "/opt/edgeqa/bin/edgeqa",
-        "ask",
-        "/model",
-        "What is the capital of France?",
-        "--json",
-        env={"PATH": "/opt/edgeqa/bin:/usr/bin:/bin", "HOME": "/home/edgeqa"},
-    )
+    # A container runtime mounts /proc; onnxruntime needs it to open the weights files.
+    _run("mount", "-t", "proc", "proc", str(image / "proc"))
+    try:
+        answer = _run(
+            shutil.which("chroot"),
+            f"--userspec={uid}:{uid}",
+            str(image),
+            "/opt/edgeqa/bin/edgeqa",
+            "ask",
+            "/model",
+            "What is the capital of France?",
+            "--json",
+            env={"PATH": "/opt/edgeqa/bin:/usr/bin:/bin", "HOME": "/home/edgeqa"},
+        )
+    finally:
+        subprocess.run(["umount", str(image / "proc")], capture_output=True)
     assert json.loads(answer.stdout)["answer_tokens"] >= 1
     subprocess.run(["podman", "image", "prune", "-f"], capture_output=True)  # the wheel stage's layers
     print(f"\nruntime image: {int(size) / 1e6:.0f} MB")

@@ -247,3 +247,15 @@ def test_runtime_import_pulls_no_torch(artifact_int8):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_missing_proc_is_explained(artifact_int8, monkeypatch):
+    """onnxruntime opens the weights files through /proc/self/fd: a bare chroot gets advice, not a trace."""
+    import onnxruntime as ort
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Secure opened-file canonicalization requires procfs at /proc/self/fd/6.")
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    with pytest.raises(ArtifactError, match="without /proc; mount /proc"):
+        QAModel.load(artifact_int8)
