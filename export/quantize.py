@@ -39,6 +39,8 @@ class QuantizeSettings:
         op_types: ONNX ops quantized: weight MatMuls (activation x activation products of
             attention stay float) and the embedding Gather.
         keep_fp32: Node-name components left in float (e.g. `lm_head`, `wo`).
+        bits: 8 (dynamic int8) or 4 (weight-only int4; per_channel and reduce_range unused).
+        block_size: int4 weights sharing one scale, along the input dimension.
     """
 
     preset: str
