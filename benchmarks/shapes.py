@@ -28,10 +28,11 @@ def prepare(shape: str, cache: Path, ctranslate2: bool = True) -> dict[str, Path
     from edgeqa.export import ExportConfig, export_artifact
 
     root = cache / shape
+    fingerprint = export_fingerprint()
     paths = {
         "checkpoint": root / "checkpoint",
-        "fp32": root / f"edgeqa-fp32-{export_fingerprint()}",
-        "int8": root / f"edgeqa-int8-{export_fingerprint()}",
+        "fp32": root / f"edgeqa-fp32-{fingerprint}",
+        "int8": root / f"edgeqa-int8-{fingerprint}",
         "ct2": root / "ct2-int8",
     }
     if not (paths["checkpoint"] / "config.json").exists():
