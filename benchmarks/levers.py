@@ -16,7 +16,8 @@ import onnx
 
 from edgeqa.bench.run import BenchConfig, _merge, _worker, prompts
 from edgeqa.bench.shapes import export_fingerprint, prepare
-from edgeqa.export.artifact import GRAPHS, save_graph, weights_file
+from edgeqa.export.artifact import GRAPHS
+from edgeqa.export.layout import EMBEDDING_FILE, save_graphs, weights_file
 from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
 from edgeqa.manifest import Manifest, file_entry
 
@@ -25,30 +26,33 @@ def variant(fp32: Path, target: Path, settings: QuantizeSettings, weights_beside
     """The fp32 artifact's graphs quantized with other settings, as a complete artifact.
 
     Args:
-        weights_beside: Weights in GRAPH.onnx.data as `edgeqa export` writes them; False keeps
-            them inside the graph files (the layout before).
+        weights_beside: Weights in GRAPH.onnx.data and embedding.data as `edgeqa export` writes
+            them; False keeps each graph's weights inside its file (the embedding then twice).
     """
     if (target / "manifest.json").exists():
         return target
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     manifest = Manifest.read(fp32)
-    graph_files = {name for graph in GRAPHS.values() for name in (graph, weights_file(graph))}
-    files = {}
+    graph_files = {name for graph in GRAPHS.values() for name in (graph, weights_file(graph))} | {EMBEDDING_FILE}
+    files, shared = {}, []
     with tempfile.TemporaryDirectory() as tmp:
+        sources = {role: Path(tmp) / name for role, name in GRAPHS.items()}
         for role, name in GRAPHS.items():
-            quantize_graph(fp32 / name, Path(tmp) / name, settings)
-            if weights_beside:
-                save_graph(Path(tmp) / name, target / name)
-                files[f"{role}_weights"] = file_entry(target, weights_file(name))
-            else:
-                onnx.save_model(onnx.load(str(Path(tmp) / name)), str(target / name))
-            files[role] = file_entry(target, name)
+            quantize_graph(fp32 / name, sources[role], settings)
+        if weights_beside:
+            shared = save_graphs(sources, {role: target / name for role, name in GRAPHS.items()})
+            files = {f"{role}_weights": file_entry(target, weights_file(name)) for role, name in GRAPHS.items()}
+            files |= {tensor.role: file_entry(target, EMBEDDING_FILE) for tensor in shared}
+        else:
+            for role, name in GRAPHS.items():
+                onnx.save_model(onnx.load(str(sources[role])), str(target / name))
+        files |= {role: file_entry(target, name) for role, name in GRAPHS.items()}
     for role, entry in manifest.files.items():
         if entry.path not in graph_files:
             shutil.copy2(fp32 / entry.path, target / entry.path)
             files[role] = file_entry(target, entry.path)
-    replace(manifest, files=files, quantization=settings.to_dict()).write(target)
+    replace(manifest, files=files, quantization=settings.to_dict(), shared_tensors=shared).write(target)
     return target
 
 
@@ -60,16 +64,16 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("bench-results/levers.md"))
     args = parser.parse_args()
     config = BenchConfig(shapes=(args.shape,), rounds=args.rounds, inputs=args.inputs)
-    paths = prepare(args.shape, config.cache, ctranslate2=False)
+    paths = prepare(args.shape, config.cache, ctranslate2=False, optimum=False)
     base = settings_for("auto")
     root = config.cache / args.shape / f"levers-{export_fingerprint()}"
     artifacts = {
-        "baseline: int8 per-channel, MatMul + Gather, merged decoder, weights in .data, 2 threads": (
+        "baseline: int8 per-channel, MatMul + Gather, weights in .data, embedding shared, 2 threads": (
             paths["int8"],
             None,
             None,
         ),
-        "weights inside the graph files": (
+        "weights inside the graph files (embedding in both)": (
             variant(paths["fp32"], root / "weights-inside", base, weights_beside=False),
             None,
             None,

@@ -55,16 +55,15 @@ def decoder_step_cost(artifact: Path) -> tuple[float, float]:
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(artifact / "decoder_model_merged.onnx"))
+    from edgeqa.manifest import Manifest
+
+    model = onnx.load(str(artifact / Manifest.read(artifact).files["decoder"].path))
     gathered = {n.input[0] for n in model.graph.node if n.op_type == "Gather"}
     sizes: dict[str, tuple[int, int]] = {}
     for init in model.graph.initializer:
         array = numpy_helper.to_array(init)
         sizes[init.name] = (array.nbytes, array.size)
-    # the cache branch (then_branch) is the one run on every step after the first
-    branch = next(a.g for n in model.graph.node if n.op_type == "If" for a in n.attribute if a.name == "then_branch")
-    used = {name for node in branch.node for name in node.input}
-    gathered |= {n.input[0] for n in branch.node if n.op_type == "Gather"}
+    used = {name for node in model.graph.node for name in node.input}
     weight_bytes = flops = 0.0
     for name in used & set(sizes):
         nbytes, count = sizes[name]

@@ -182,7 +182,15 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
     targets: list[tuple[str, dict[str, Path]]] = []
     for shape in config.shapes:
         targets.append(
-            (shape, prepare(shape, config.cache, ctranslate2=any(e.startswith("ctranslate2") for e in engines)))
+            (
+                shape,
+                prepare(
+                    shape,
+                    config.cache,
+                    ctranslate2=any(e.startswith("ctranslate2") for e in engines),
+                    optimum="optimum" in engines,
+                ),
+            )
         )
     if config.artifact:
         targets.append((f"artifact {config.artifact.name}", {"int8": config.artifact}))
@@ -202,7 +210,7 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
         for engine in engines:
             path = {
                 "pytorch": paths.get("checkpoint"),
-                "optimum": paths.get("int8"),
+                "optimum": paths.get("optimum"),
                 "ctranslate2": paths.get("ct2"),
                 "edgeqa-fp32": paths.get("fp32"),
                 "edgeqa-int8": paths.get("int8"),

@@ -1,5 +1,6 @@
 """Benchmark models: flan-t5-small/base-shaped T5s from their public configs, seeded random weights,
-exported once per shape (fp32 and int8 artifacts, a CTranslate2 int8 model) into a cache folder."""
+exported once per shape (fp32 and int8 artifacts, Optimum's int8 layout, a CTranslate2 int8 model)
+into a cache folder."""
 
 from __future__ import annotations
 
@@ -23,8 +24,34 @@ def export_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
-def prepare(shape: str, cache: Path, ctranslate2: bool = True) -> dict[str, Path]:
-    """Checkpoint, fp32 and int8 artifacts and (if installed) a CTranslate2 int8 model for one shape."""
+def optimum_int8(checkpoint: Path, target: Path) -> Path:
+    """Optimum's own layout (encoder, merged decoder, config) with the int8 weights edgeqa's export makes:
+    what `ORTModelForSeq2SeqLM` loads."""
+    import tempfile
+
+    from optimum.exporters.onnx import main_export
+
+    from edgeqa.export.layout import save_graph
+    from edgeqa.export.quantize import quantize_graph, settings_for
+
+    shutil.rmtree(target, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp)
+        main_export(str(checkpoint), output=raw, task="text2text-generation-with-past", do_validation=False)
+        staging = raw / "int8"
+        staging.mkdir()
+        for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+            quantize_graph(raw / name, raw / f"int8-{name}", settings_for("auto"))
+            save_graph(raw / f"int8-{name}", staging / name)
+        for name in ("config.json", "generation_config.json"):
+            shutil.copy2(raw / name, staging / name)
+        shutil.copytree(staging, target)
+    return target
+
+
+def prepare(shape: str, cache: Path, ctranslate2: bool = True, optimum: bool = True) -> dict[str, Path]:
+    """Checkpoint, fp32 and int8 artifacts and (if installed) Optimum's int8 layout and a
+    CTranslate2 int8 model for one shape."""
     from edgeqa.export import ExportConfig, export_artifact
 
     root = cache / shape
@@ -34,6 +61,7 @@ def prepare(shape: str, cache: Path, ctranslate2: bool = True) -> dict[str, Path
         "fp32": root / f"edgeqa-fp32-{fingerprint}",
         "int8": root / f"edgeqa-int8-{fingerprint}",
         "ct2": root / "ct2-int8",
+        "optimum": root / f"optimum-int8-{fingerprint}",
     }
     if not (paths["checkpoint"] / "config.json").exists():
         logger.info("bench: building the %s-shaped checkpoint", shape)
@@ -48,6 +76,11 @@ def prepare(shape: str, cache: Path, ctranslate2: bool = True) -> dict[str, Path
                     checkpoint=str(paths["checkpoint"]), output=paths[kind], quantize=quantize, parity=False, force=True
                 )
             )
+    if optimum and not (paths["optimum"] / "config.json").exists():
+        logger.info("bench: exporting %s int8 in Optimum's layout", shape)
+        optimum_int8(paths["checkpoint"], paths["optimum"])
+    if not optimum:
+        paths.pop("optimum")
     if ctranslate2 and not (paths["ct2"] / "model.bin").exists():
         try:
             from ctranslate2.converters import TransformersConverter

@@ -14,9 +14,11 @@ from typing import Any
 
 from edgeqa.errors import ArtifactError
 
-FORMAT_VERSION = 1
+# 2: the encoder graph returns the cross-attention cache and one decoder graph runs every step
+# (1 had Optimum's merged decoder).
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
-#: Roles the runtime needs; other roles (Optimum's config files) are listed for checksums only.
+#: Roles the runtime needs; other roles (the model's config files) are listed for checksums only.
 REQUIRED_ROLES = ("encoder", "decoder", "tokenizer")
 
 
@@ -57,6 +59,26 @@ class ModelDims:
 
 
 @dataclass(frozen=True)
+class SharedTensor:
+    """A weight both graphs use, stored once in a file of its own (the embedding table).
+
+    The runtime maps that file once and gives the same tensor to both sessions, in place of
+    each graph's reference to it.
+
+    Attributes:
+        role: The file's role in `Manifest.files`.
+        dtype: numpy dtype name of the raw data.
+        shape: Tensor shape.
+        names: The initializer's name in each graph, by graph role.
+    """
+
+    role: str
+    dtype: str
+    shape: list[int]
+    names: dict[str, str]
+
+
+@dataclass(frozen=True)
 class SpecialTokens:
     """Special token ids of the model."""
 
@@ -84,6 +106,7 @@ class Manifest:
         quantization: Settings used to quantize, or None for float graphs.
         versions: Versions of the packages that built the artifact.
         parity: The parity report recorded at export, or None.
+        shared_tensors: Weights both graphs use, stored once.
     """
 
     files: dict[str, FileEntry]
@@ -100,6 +123,7 @@ class Manifest:
     quantization: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
+    shared_tensors: list[SharedTensor] = field(default_factory=list)
 
     def describe(self) -> str:
         """A human-readable summary, as `edgeqa info` prints it."""
@@ -157,16 +181,21 @@ class Manifest:
                 f"manifest format {version} is newer than this edgeqa supports ({FORMAT_VERSION}); "
                 "upgrade edgeqa or re-export"
             )
-        if version < 1:
-            raise ArtifactError(f"manifest format {version} is not a valid version; re-export the artifact")
+        if version < FORMAT_VERSION:
+            raise ArtifactError(
+                f"manifest format {version} is from an older edgeqa (this one reads {FORMAT_VERSION}); "
+                "re-export the checkpoint with `edgeqa export`"
+            )
         try:
             files = {role: FileEntry(**entry) for role, entry in data["files"].items()}
             fields = dict(data, files=files, dims=ModelDims(**data["dims"]))
             fields["special_tokens"] = SpecialTokens(**data.get("special_tokens", {}))
+            fields["shared_tensors"] = [SharedTensor(**entry) for entry in data.get("shared_tensors", [])]
             manifest = cls(**fields)
         except (KeyError, TypeError) as e:
             raise ArtifactError(f"manifest.json is malformed ({e}); re-export the artifact") from e
         missing = [role for role in REQUIRED_ROLES if role not in manifest.files]
+        missing += [shared.role for shared in manifest.shared_tensors if shared.role not in manifest.files]
         if missing:
             raise ArtifactError(f"manifest.json lists no file for {', '.join(missing)}; re-export the artifact")
         return manifest

@@ -13,20 +13,20 @@ from pathlib import Path
 from edgeqa import __version__
 from edgeqa.checkpoint import heldout_path, read_training_config
 from edgeqa.errors import ConfigError, ExportError, ModelError
+from edgeqa.export.graphs import build_graphs
+from edgeqa.export.layout import EMBEDDING_FILE, EMBEDDING_ROLE, save_graphs, weights_file
 from edgeqa.export.parity import ParityReport, run_parity
 from edgeqa.export.quantize import METHODS, QuantizeSettings, quantize_graph, settings_for
-from edgeqa.manifest import Manifest, ModelDims, SpecialTokens, file_entry
+from edgeqa.manifest import Manifest, ModelDims, SharedTensor, SpecialTokens, file_entry
 from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
 from edgeqa.records import read_records, sample_data
 
 logger = logging.getLogger(__name__)
 
-GRAPHS = {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}
-# Each graph's weights live beside it in GRAPH.data: onnxruntime maps that file instead of
-# parsing a copy of every weight out of the graph file (lower peak memory, faster load), and the
-# embedding table is read straight from the mapping, a row at a time.
-WEIGHTS_SUFFIX = ".data"
-OPTIMUM_FILES = {"config": "config.json", "generation_config": "generation_config.json"}
+# The encoder graph also returns each decoder layer's cross-attention keys/values; the decoder
+# graph runs one step with the cache, the first step included (see `export.graphs`).
+GRAPHS = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
+CONFIG_FILES = {"config": "config.json", "generation_config": "generation_config.json"}
 
 
 @dataclass(frozen=True)
@@ -114,26 +114,32 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
     with tempfile.TemporaryDirectory(prefix="edgeqa-onnx-") as raw_dir:
         raw = Path(raw_dir)
         _onnx_export(config.checkpoint, raw)
-        fp32_bytes = sum(p.stat().st_size for p in raw.iterdir() if p.name.startswith(tuple(GRAPHS.values())))
+        graphs = build_graphs(config.checkpoint, raw)
+        graph_names = tuple(graph.name for graph in graphs.values())
+        fp32_bytes = sum(p.stat().st_size for p in raw.iterdir() if p.name.startswith(graph_names))
         settings = settings_for(config.preset, config.keep_fp32, config.quantize) if config.quantize else None
         kept_float = 0
-        for name in GRAPHS.values():
-            source = raw / name
+        sources = {}
+        for role, name in GRAPHS.items():
+            sources[role] = graphs[role]
             if settings:
-                source = raw / f"{config.quantize}-{name}"
-                kept_float += quantize_graph(raw / name, source, settings)
-            save_graph(source, staging / name)
+                sources[role] = raw / f"{config.quantize}-{name}"
+                kept_float += quantize_graph(graphs[role], sources[role], settings)
+        shared = save_graphs(sources, {role: staging / name for role, name in GRAPHS.items()})
+        for name in GRAPHS.values():
             logger.info("%s: %s", name, _mb(staging / name, staging / weights_file(name)))
+        if shared:
+            logger.info("%s (used by both graphs): %s", EMBEDDING_FILE, _mb(staging / EMBEDDING_FILE))
         if settings and settings.keep_fp32 and not kept_float:
             raise ConfigError(
                 f"--keep-fp32 {','.join(settings.keep_fp32)} matches no node; "
                 "use node-name parts such as lm_head, wo, wi_0, wi_1, q, k, v, o"
             )
-        for name in OPTIMUM_FILES.values():
+        for name in CONFIG_FILES.values():
             if (raw / name).exists():
                 shutil.copy2(raw / name, staging / name)
     _save_tokenizer(config.checkpoint, staging)
-    manifest = _manifest(config, staging, settings)
+    manifest = _manifest(config, staging, settings, shared)
     manifest.write(staging)
 
     report = None
@@ -152,27 +158,6 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
     return ExportResult(output=staging, manifest=manifest, parity=report, fp32_bytes=fp32_bytes)
 
 
-def weights_file(graph_name: str) -> str:
-    """The file beside a graph that holds its weights."""
-    return graph_name + WEIGHTS_SUFFIX
-
-
-def save_graph(source: Path, target: Path) -> None:
-    """Save a graph (the If branches too) as TARGET with all its weights in TARGET.data."""
-    import onnx
-
-    onnx.save_model(
-        onnx.load(str(source)),
-        str(target),
-        save_as_external_data=True,
-        all_tensors_to_one_file=True,
-        location=weights_file(target.name),
-        size_threshold=1024,
-    )
-    weights = target.with_name(weights_file(target.name))
-    weights.chmod(0o644)  # onnx creates it 0600: other users and containers could not read it
-
-
 def _mb(*paths: Path) -> str:
     return f"{sum(p.stat().st_size for p in paths) / 1e6:.1f} MB"
 
@@ -186,9 +171,11 @@ def _onnx_export(checkpoint: str, raw: Path) -> None:
             f"cannot load checkpoint {checkpoint!r}: no such folder; pass a checkpoint folder "
             "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base"
         )
-    logger.info("export: %s -> ONNX (encoder + merged decoder with cache)", checkpoint)
+    logger.info("export: %s -> ONNX (encoder + cross-attention cache, decoder step with cache)", checkpoint)
     try:
-        main_export(checkpoint, output=raw, task="text2text-generation-with-past", do_validation=False)
+        main_export(
+            checkpoint, output=raw, task="text2text-generation-with-past", do_validation=False, no_post_process=True
+        )
     except OSError as e:
         raise ModelError(
             f"cannot load checkpoint {checkpoint!r}: {e}. Offline, pass a local checkpoint folder "
@@ -196,9 +183,6 @@ def _onnx_export(checkpoint: str, raw: Path) -> None:
         ) from e
     except Exception as e:  # the exporter raises ValueError, RuntimeError, KeyError, ...
         raise ExportError(f"ONNX export of {checkpoint!r} failed: {e}") from e
-    missing = [name for name in GRAPHS.values() if not (raw / name).exists()]
-    if missing:
-        raise ExportError(f"the ONNX exporter wrote no {', '.join(missing)}; is {checkpoint!r} a T5 model?")
 
 
 def _save_tokenizer(checkpoint: str, staging: Path) -> None:
@@ -231,7 +215,9 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _manifest(config: ExportConfig, staging: Path, settings: QuantizeSettings | None) -> Manifest:
+def _manifest(
+    config: ExportConfig, staging: Path, settings: QuantizeSettings | None, shared: list[SharedTensor]
+) -> Manifest:
     from tokenizers import Tokenizer
 
     model_config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
@@ -251,8 +237,10 @@ def _manifest(config: ExportConfig, staging: Path, settings: QuantizeSettings | 
     )
     files = {role: file_entry(staging, name) for role, name in GRAPHS.items()}
     files.update({f"{role}_weights": file_entry(staging, weights_file(name)) for role, name in GRAPHS.items()})
+    if shared:
+        files[EMBEDDING_ROLE] = file_entry(staging, EMBEDDING_FILE)
     files["tokenizer"] = file_entry(staging, "tokenizer.json")
-    files.update({role: file_entry(staging, name) for role, name in OPTIMUM_FILES.items() if (staging / name).exists()})
+    files.update({role: file_entry(staging, name) for role, name in CONFIG_FILES.items() if (staging / name).exists()})
     max_answer = int(trained.get("max_target_tokens", DEFAULT_MAX_ANSWER_TOKENS))
     return Manifest(
         files=files,
@@ -266,4 +254,5 @@ def _manifest(config: ExportConfig, staging: Path, settings: QuantizeSettings | 
         generation={"max_new_tokens": int(trained.get("generation_max_new_tokens", min(max_answer, 256)))},
         quantization=settings.to_dict() if settings else None,
         versions=_versions(),
+        shared_tensors=shared,
     )

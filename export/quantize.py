@@ -101,7 +101,7 @@ def settings_for(preset: str = "auto", keep_fp32: tuple[str, ...] = (), method: 
 
 
 def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Every node of a graph and of its subgraphs (the merged decoder's If branches)."""
+    """Every node of a graph and of its subgraphs (If branches, as in Optimum's merged decoder)."""
     found = []
     for node in graph.node:
         found.append(node)
@@ -118,7 +118,7 @@ def count_ops(path: Path) -> Counter[str]:
 
 
 def quantize_graph(source: Path, target: Path, settings: QuantizeSettings) -> int:
-    """Quantize one graph file (the merged decoder's subgraphs too); returns how many nodes stayed float."""
+    """Quantize one graph file (subgraphs too); returns how many nodes stayed float."""
     model = onnx.load(str(source), load_external_data=False)
     excluded = sorted(
         {node.name for node in _nodes(model.graph) if set(node.name.split("/")) & set(settings.keep_fp32)}

@@ -93,7 +93,7 @@ def greedy_tokens(
     Rows that have finished get `pad`; the iterator ends when every row has produced `eos`
     or `max_new_tokens` were generated.
     """
-    rows = state.encoder_hidden.shape[0]
+    rows = state.rows
     sequences = np.full((rows, 1), start, dtype=np.int64)
     unfinished = np.ones(rows, dtype=bool)
     rng = np.random.default_rng(opts.seed)
@@ -116,7 +116,7 @@ def beam_search(
     graphs: T5Graphs, state: DecoderState, opts: GenerationOptions, start: int, eos: int
 ) -> list[list[int]]:
     """The best beam of every row, start token excluded, ending at `eos` where one was produced."""
-    batch, beams = state.encoder_hidden.shape[0], opts.num_beams
+    batch, beams = state.rows, opts.num_beams
     keep = 2 * beams  # transformers keeps (1 + number of eos ids) * num_beams candidates, at least 2 * num_beams
     top_mask = np.arange(keep) < beams
     max_length = 1 + opts.max_new_tokens

@@ -1,10 +1,10 @@
-"""The two ONNX graphs of an artifact (encoder, merged decoder) behind a step-by-step interface."""
+"""The two ONNX graphs of an artifact (encoder, decoder step) behind a step-by-step interface."""
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,6 @@ from edgeqa.errors import ArtifactError
 from edgeqa.manifest import Manifest
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
-_PAST = re.compile(r"past_key_values\.(\d+)\.(decoder|encoder)\.(key|value)")
 
 
 def physical_cores() -> int:
@@ -48,23 +47,43 @@ def _check_runtime_supports(manifest: Manifest) -> None:
         )
 
 
+def _map_shared_tensors(folder: Path, manifest: Manifest) -> list[tuple[dict[str, str], ort.OrtValue]]:
+    """Map each weight stored once for both graphs (the embedding table), as one tensor for both sessions."""
+    shared = []
+    for tensor in manifest.shared_tensors:
+        entry = manifest.files[tensor.role]
+        dtype = np.dtype(tensor.dtype)
+        if entry.size != dtype.itemsize * int(np.prod(tensor.shape)):
+            raise ArtifactError(
+                f"{entry.path} holds {entry.size} bytes, not a {tensor.dtype} {tensor.shape} tensor; "
+                "the artifact is inconsistent, re-export it"
+            )
+        mapped = np.memmap(Path(folder) / entry.path, dtype=dtype, mode="r", shape=tuple(tensor.shape))
+        shared.append((tensor.names, ort.OrtValue.ortvalue_from_numpy(mapped)))
+    return shared
+
+
 @dataclass
 class DecoderState:
     """What one generation carries between decoder steps.
 
-    The cross-attention keys/values are computed on the first step and then only read; the
-    self-attention cache grows by one position a step.
+    The cross-attention keys/values come from the encoder graph and are only read; the
+    self-attention cache starts empty and grows by one position a step.
     """
 
-    encoder_hidden: np.ndarray
     encoder_mask: np.ndarray
-    self_cache: list[np.ndarray] = field(default_factory=list)
-    cross_cache: list[np.ndarray] = field(default_factory=list)
+    cross_cache: list[np.ndarray]
+    self_cache: list[np.ndarray]
+
+    @property
+    def rows(self) -> int:
+        return self.encoder_mask.shape[0]
 
     def repeat(self, n: int) -> None:
         """Repeat every row n times (for beam search), before the first step."""
-        self.encoder_hidden = np.repeat(self.encoder_hidden, n, axis=0)
         self.encoder_mask = np.repeat(self.encoder_mask, n, axis=0)
+        self.cross_cache = [np.repeat(cache, n, axis=0) for cache in self.cross_cache]
+        self.self_cache = [np.repeat(cache, n, axis=0) for cache in self.self_cache]
 
     def reorder(self, rows: np.ndarray) -> None:
         """Keep the self-attention cache of the given rows (beam search's surviving beams).
@@ -75,7 +94,11 @@ class DecoderState:
 
 
 class T5Graphs:
-    """Encoder and merged decoder sessions; one shared session per graph, safe across threads."""
+    """Encoder and decoder sessions; one shared session per graph, safe across threads.
+
+    The encoder graph returns the cross-attention keys/values of every decoder layer; the
+    decoder graph runs one step with the cache, the first step with an empty self-attention cache.
+    """
 
     def __init__(
         self,
@@ -89,17 +112,19 @@ class T5Graphs:
         # The encoder runs once per question: its threads must not spin afterwards, or they take
         # cores from the decoder's threads for the whole answer.
         encoder_config = {"session.intra_op.allow_spinning": "0"} | (session_config or {})
+        self._shared = _map_shared_tensors(folder, manifest)
         # The larger graph first: each load briefly holds its weights twice (mapped and pre-packed),
         # so the peak is lowest while little else is resident yet.
-        self.decoder = self._session(folder, manifest, "decoder", self._options(session_config))
-        self.encoder = self._session(folder, manifest, "encoder", self._options(encoder_config))
+        self.decoder = self._session(folder, manifest, "decoder", self._options(session_config, "decoder"))
+        self.encoder = self._session(folder, manifest, "encoder", self._options(encoder_config, "encoder"))
         self.dims = manifest.dims
-        self._self_names: list[str] = []
-        self._cross_names: list[str] = []
-        self._bind_decoder_io()
+        self._bind_io()
 
-    def _options(self, session_config: dict[str, str] | None) -> ort.SessionOptions:
+    def _options(self, session_config: dict[str, str] | None, role: str) -> ort.SessionOptions:
         options = ort.SessionOptions()
+        for names, value in self._shared:
+            if role in names:
+                options.add_initializer(names[role], value)
         for key, value in (session_config or {}).items():
             options.add_session_config_entry(key, value)
         options.intra_op_num_threads = self.threads
@@ -122,59 +147,45 @@ class T5Graphs:
                 f"{path.name} ({role}) is not a loadable ONNX graph: {e}; re-export the artifact"
             ) from e
 
-    def _bind_decoder_io(self) -> None:
-        inputs = {i.name for i in self.decoder.get_inputs()}
-        required = {"input_ids", "encoder_hidden_states", "encoder_attention_mask", "use_cache_branch"}
-        if not required <= inputs:
-            missing = ", ".join(sorted(required - inputs))
-            raise ArtifactError(
-                f"the decoder graph lacks input(s) {missing}: it is not a merged T5 decoder; "
-                "re-export with `edgeqa export`"
+    def _bind_io(self) -> None:
+        layers = range(self.dims.num_decoder_layers)
+        self._self_names = [f"past_key_values.{i}.decoder.{kv}" for i in layers for kv in ("key", "value")]
+        self._cross_names = [f"past_key_values.{i}.encoder.{kv}" for i in layers for kv in ("key", "value")]
+        self._encoder_outputs = [name.replace("past_key_values", "present") for name in self._cross_names]
+        self._decoder_outputs = ["logits"] + [name.replace("past_key_values", "present") for name in self._self_names]
+        expected = {
+            "encoder": ({"input_ids", "attention_mask"}, set(self._encoder_outputs)),
+            "decoder": (
+                {"input_ids", "encoder_attention_mask", *self._self_names, *self._cross_names},
+                set(self._decoder_outputs),
+            ),
+        }
+        for role, session in (("encoder", self.encoder), ("decoder", self.decoder)):
+            inputs, outputs = expected[role]
+            missing = (inputs - {i.name for i in session.get_inputs()}) | (
+                outputs - {o.name for o in session.get_outputs()}
             )
-        layers: dict[int, dict[str, str]] = {}
-        for name in inputs:
-            if match := _PAST.fullmatch(name):
-                layers.setdefault(int(match[1]), {})[f"{match[2]}.{match[3]}"] = name
-        if len(layers) != self.dims.num_decoder_layers:
-            raise ArtifactError(
-                f"the decoder graph has {len(layers)} cache layers, the manifest says "
-                f"{self.dims.num_decoder_layers}; the artifact is inconsistent, re-export it"
-            )
-        for layer in range(len(layers)):
-            self._self_names += [layers[layer]["decoder.key"], layers[layer]["decoder.value"]]
-            self._cross_names += [layers[layer]["encoder.key"], layers[layer]["encoder.value"]]
-        self._first_outputs = (
-            ["logits"]
-            + [n.replace("past_key_values", "present") for n in self._self_names]
-            + [n.replace("past_key_values", "present") for n in self._cross_names]
-        )
-        self._next_outputs = self._first_outputs[: 1 + len(self._self_names)]
+            if missing:
+                raise ArtifactError(
+                    f"the {role} graph lacks {', '.join(sorted(missing)[:3])}"
+                    f"{' and more' if len(missing) > 3 else ''} for a {self.dims.num_decoder_layers}-layer "
+                    "decoder: the artifact is inconsistent or not from this edgeqa; re-export it with `edgeqa export`"
+                )
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> DecoderState:
-        (hidden,) = self.encoder.run(["last_hidden_state"], {"input_ids": input_ids, "attention_mask": attention_mask})
-        return DecoderState(encoder_hidden=hidden, encoder_mask=attention_mask)
+        """Run the encoder; the state holds the cross-attention cache and an empty self-attention cache."""
+        cross = self.encoder.run(self._encoder_outputs, {"input_ids": input_ids, "attention_mask": attention_mask})
+        empty = np.zeros((input_ids.shape[0], self.dims.num_heads, 0, self.dims.d_kv), dtype=np.float32)
+        return DecoderState(encoder_mask=attention_mask, cross_cache=cross, self_cache=[empty] * len(self._self_names))
 
     def step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
         """Run the decoder on one new token per row; returns float32 logits (rows, vocab)."""
         feed = {
             "input_ids": tokens.reshape(-1, 1).astype(np.int64, copy=False),
-            "encoder_hidden_states": state.encoder_hidden,
             "encoder_attention_mask": state.encoder_mask,
         }
-        first = not state.cross_cache
-        if first:
-            rows = tokens.shape[0]
-            empty = np.zeros((rows, self.dims.num_heads, 0, self.dims.d_kv), dtype=np.float32)
-            feed.update({name: empty for name in self._self_names + self._cross_names})
-            feed["use_cache_branch"] = np.zeros(1, dtype=bool)
-            outputs = self.decoder.run(self._first_outputs, feed)
-            n_self = len(self._self_names)
-            state.self_cache = outputs[1 : 1 + n_self]
-            state.cross_cache = outputs[1 + n_self :]
-        else:
-            feed.update(zip(self._self_names, state.self_cache, strict=True))
-            feed.update(zip(self._cross_names, state.cross_cache, strict=True))
-            feed["use_cache_branch"] = np.ones(1, dtype=bool)
-            outputs = self.decoder.run(self._next_outputs, feed)
-            state.self_cache = outputs[1:]
+        feed.update(zip(self._self_names, state.self_cache, strict=True))
+        feed.update(zip(self._cross_names, state.cross_cache, strict=True))
+        outputs = self.decoder.run(self._decoder_outputs, feed)
+        state.self_cache = outputs[1:]
         return outputs[0][:, -1, :]

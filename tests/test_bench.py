@@ -13,6 +13,14 @@ from edgeqa.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
+def optimum_model(trained_model, tmp_path_factory):
+    """The trained model in Optimum's own layout (encoder, merged decoder), int8, for its engine."""
+    from edgeqa.bench.shapes import optimum_int8
+
+    return optimum_int8(trained_model, tmp_path_factory.mktemp("optimum") / "int8")
+
+
+@pytest.fixture(scope="module")
 def ct2_model(trained_model, tmp_path_factory):
     converters = pytest.importorskip("ctranslate2.converters")
     out = tmp_path_factory.mktemp("ct2") / "model"
@@ -24,10 +32,9 @@ def ct2_model(trained_model, tmp_path_factory):
 def test_every_engine_generates_exactly_the_forced_tokens(engine, trained_model, artifact_int8, artifact_fp32, request):
     path = {
         "pytorch": trained_model,
-        "optimum": artifact_int8,
         "edgeqa-int8": artifact_int8,
         "edgeqa-fp32": artifact_fp32,
-    }.get(engine) or request.getfixturevalue("ct2_model")
+    }.get(engine) or request.getfixturevalue("optimum_model" if engine == "optimum" else "ct2_model")
     config = BenchConfig(new_tokens=6, inputs=8, threads=2)
     tokenizer = artifact_int8 / "tokenizer.json"
     inputs = prompts(8, tokenizer)
@@ -37,6 +44,24 @@ def test_every_engine_generates_exactly_the_forced_tokens(engine, trained_model,
         assert result[f"{mode}.tokens"] == 6, (engine, mode)
     assert result["b1.median_ms"] > 0 and result["b8.questions_per_s"] > 0
     assert 20 < result["peak_rss_mb"] < 4000 and result["cold_start_s"] > 0
+
+
+def test_optimum_on_the_same_int8_weights_agrees_with_edgeqa(optimum_model, artifact_int8, questions):
+    from optimum.onnxruntime import ORTModelForSeq2SeqLM
+    from transformers import AutoTokenizer
+
+    from edgeqa.runtime import QAModel
+
+    ours = QAModel.load(artifact_int8, threads=2)
+    theirs = ORTModelForSeq2SeqLM.from_pretrained(optimum_model, use_cache=True)
+    tokenizer = AutoTokenizer.from_pretrained(artifact_int8)
+    for question in questions[:12]:
+        batch = tokenizer(
+            f"Please answer this question: {question}", return_tensors="pt", truncation=True, max_length=128
+        )
+        expected = theirs.generate(**batch, max_new_tokens=12, do_sample=False)[0, 1:].tolist()
+        expected = expected[: expected.index(1) + 1] if 1 in expected else expected
+        assert ours.answer(question, max_new_tokens=12).tokens == expected
 
 
 def test_report_ratios_use_the_better_ctranslate2_row():
@@ -95,6 +120,6 @@ def test_lever_variant_is_a_complete_artifact(tmp_path: Path, artifact_fp32: Pat
     target = variant(artifact_fp32, tmp_path / "v", replace(settings_for("auto"), per_channel=False), weights_beside)
     manifest = Manifest.read(target)
     assert ("decoder_weights" in manifest.files) == weights_beside
-    assert (target / "decoder_model_merged.onnx.data").exists() == weights_beside
+    assert (target / "decoder.onnx.data").exists() == weights_beside
     assert manifest.quantization["per_channel"] is False
     assert QAModel.load(target).answer("What is the capital of France?", max_new_tokens=4).tokens

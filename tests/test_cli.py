@@ -116,7 +116,7 @@ def test_info_shows_the_manifest(artifact_int8):
     for text in ("dynamic-int8", "Please answer this question", "parity          PASS", "4 heads x 8"):
         assert text in result.stdout
     data = json.loads(runner.invoke(app, ["info", str(artifact_int8), "--json"]).stdout)
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
 
 
 @pytest.mark.parametrize(

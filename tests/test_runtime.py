@@ -188,30 +188,48 @@ def test_newer_manifest_version_is_refused(copy_of):
         QAModel.load(copy_of)
 
 
+def test_older_manifest_version_is_refused_with_the_fix(copy_of):
+    data = json.loads((copy_of / "manifest.json").read_text())
+    data["format_version"] = 1
+    (copy_of / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="format 1 is from an older edgeqa .*re-export"):
+        QAModel.load(copy_of)
+
+
+def test_shared_embedding_of_the_wrong_size_is_refused(copy_of):
+    manifest = Manifest.read(copy_of)
+    path = copy_of / "embedding.data"
+    path.write_bytes(path.read_bytes()[:-512])
+    files = dict(manifest.files, embedding=file_entry(copy_of, "embedding.data"))
+    Manifest(**{**manifest.__dict__, "files": files}).write(copy_of)
+    with pytest.raises(ArtifactError, match="embedding.data holds .* bytes, not a float32"):
+        QAModel.load(copy_of)
+
+
 def test_corrupted_graph_is_refused_naming_the_file(copy_of):
-    path = copy_of / "decoder_model_merged.onnx"
+    path = copy_of / "decoder.onnx"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="decoder_model_merged.onnx .*sha256"):
+    with pytest.raises(ArtifactError, match="decoder.onnx .*sha256"):
         QAModel.load(copy_of)
 
 
 def test_corrupted_weights_file_is_refused_naming_it(copy_of):
-    path = copy_of / "encoder_model.onnx.data"
+    path = copy_of / "encoder.onnx.data"
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ArtifactError, match="encoder_model.onnx.data .*sha256"):
+    with pytest.raises(ArtifactError, match="encoder.onnx.data .*sha256"):
         QAModel.load(copy_of)
 
 
 def test_garbage_graph_without_checksums_is_an_artifact_error(copy_of):
     manifest = Manifest.read(copy_of)
-    (copy_of / "encoder_model.onnx").write_bytes(b"not an onnx graph" * 10)
-    files = dict(manifest.files, encoder=file_entry(copy_of, "encoder_model.onnx"))
+    (copy_of / "encoder.onnx").write_bytes(b"not an onnx graph" * 10)
+    files = dict(manifest.files, encoder=file_entry(copy_of, "encoder.onnx"))
     Manifest(**{**manifest.__dict__, "files": files}).write(copy_of)
-    with pytest.raises(ArtifactError, match="encoder_model.onnx .*not a loadable ONNX graph"):
+    with pytest.raises(ArtifactError, match="encoder.onnx .*not a loadable ONNX graph"):
         QAModel.load(copy_of, verify=False)
 
 
