@@ -152,6 +152,11 @@ class Manifest:
         else:
             lines.append("quantization    none (float32)")
         lines += [
+            f"shared          {self.files[t.role].path}: {t.dtype} {'x'.join(map(str, t.shape))}, "
+            f"one tensor for {' and '.join(t.names)}"
+            for t in self.shared_tensors
+        ]
+        lines += [
             f"prompt          {self.prompt_template!r}",
             f"limits          {self.max_input_tokens} input tokens, {self.max_answer_tokens} answer tokens",
             f"generation      {self.generation}",

@@ -113,7 +113,7 @@ def test_ask_text_file_to_stdout(artifact_int8, tmp_path):
 def test_info_shows_the_manifest(artifact_int8):
     result = runner.invoke(app, ["info", str(artifact_int8)])
     assert result.exit_code == 0
-    for text in ("dynamic-int8", "Please answer this question", "parity          PASS", "4 heads x 8"):
+    for text in ("dynamic-int8", "Please answer this question", "parity          PASS", "4 heads x 8", "uint8 32128x"):
         assert text in result.stdout
     data = json.loads(runner.invoke(app, ["info", str(artifact_int8), "--json"]).stdout)
     assert data["format_version"] == 2
