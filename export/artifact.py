@@ -236,7 +236,13 @@ def _manifest(
         decoder_start=model_config.get("decoder_start_token_id", 0),
     )
     files = {role: file_entry(staging, name) for role, name in GRAPHS.items()}
-    files.update({f"{role}_weights": file_entry(staging, weights_file(name)) for role, name in GRAPHS.items()})
+    files.update(
+        {
+            f"{role}_weights": file_entry(staging, weights_file(name))
+            for role, name in GRAPHS.items()
+            if (staging / weights_file(name)).exists()
+        }
+    )
     if shared:
         files[EMBEDDING_ROLE] = file_entry(staging, EMBEDDING_FILE)
     files["tokenizer"] = file_entry(staging, "tokenizer.json")

@@ -67,7 +67,9 @@ def save_graphs(sources: dict[str, Path], targets: dict[str, Path]) -> list[Shar
                 del embedding.external_data[:]
                 embedding.external_data.extend(written.external_data)
         onnx.save_model(model, str(target))
-        target.with_name(weights_file(target.name)).chmod(0o644)  # onnx writes 0600: hidden from other users
+        weights = target.with_name(weights_file(target.name))
+        if weights.exists():
+            weights.chmod(0o644)  # onnx writes 0600: hidden from other users
     if not shared or written is None:
         return []
     (targets[next(iter(targets))].parent / EMBEDDING_FILE).chmod(0o644)

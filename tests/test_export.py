@@ -257,3 +257,49 @@ def test_int4_export_is_opt_in_weight_only_with_its_parity_record(trained_model,
     assert manifest.parity["samples"] == 32 and "rouge_l_delta" in manifest.parity
     assert "weight-only-int4" in runner.invoke(app, ["info", str(out)]).output
     assert QAModel.load(out).answer("What is the capital of France?", max_new_tokens=4).tokens
+
+
+def _gather_graph(path, table):
+    """A one-node graph that looks a row up in `table` (an embedding-shaped initializer)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    node = helper.make_node("Gather", ["table", "ids"], ["rows"])
+    graph = helper.make_graph(
+        [node],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [None, table.shape[1]])],
+        [numpy_helper.from_array(table.astype(np.float32), "table")],
+    )
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_embedding_is_stored_once_only_when_both_graphs_hold_the_same_one(tmp_path, same):
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgeqa.export.layout import EMBEDDING_FILE, save_graphs
+
+    table = np.arange(64 * 16, dtype=np.float32).reshape(64, 16)
+    sources = {
+        "encoder": _gather_graph(tmp_path / "a.onnx", table),
+        "decoder": _gather_graph(tmp_path / "b.onnx", table if same else table + 1),
+    }
+    out = tmp_path / "out"
+    out.mkdir()
+    shared = save_graphs(sources, {"encoder": out / "encoder.onnx", "decoder": out / "decoder.onnx"})
+    assert (out / EMBEDDING_FILE).exists() == same
+    if same:
+        assert shared[0].shape == [64, 16] and shared[0].dtype == "float32"
+        assert (out / EMBEDDING_FILE).stat().st_size == table.nbytes, "written once"
+        assert not (out / "decoder.onnx.data").exists(), "nor beside the second graph"
+    else:
+        assert shared == []
+    for role, offset in (("encoder", 0), ("decoder", 0 if same else 1)):
+        session = ort.InferenceSession(str(out / f"{role}.onnx"))
+        (rows,) = session.run(None, {"ids": np.array([3, 60])})
+        np.testing.assert_array_equal(rows, table[[3, 60]] + offset)
