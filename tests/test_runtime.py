@@ -63,6 +63,22 @@ def test_small_shaped_model_is_token_exact(tmp_path, questions):
         assert [a.tokens for a in answers] == expected, options
 
 
+def test_softmax_terms_skip_denormals_without_changing_results():
+    import numpy as np
+
+    from edgeqa.runtime.generate import log_softmax, softmax_terms
+
+    logits = (np.random.default_rng(0).standard_normal((4, 32128)) * 60).astype(np.float32)  # spans -250..250
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    plain = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    np.testing.assert_array_equal(log_softmax(logits), plain)
+    shifted[:, :10] = -np.inf  # masked tokens (top-k, banned n-grams) must get no probability
+    terms = softmax_terms(shifted)
+    assert (terms[:, :10] == 0).all() and (terms[shifted < -80] == 0).all()
+    kept = shifted > -80
+    np.testing.assert_array_equal(terms[kept], np.exp(shifted[kept]))
+
+
 def test_stream_yields_the_greedy_answer(model):
     pieces = list(model.stream("Who wrote Hamlet?", max_new_tokens=12))
     assert "".join(pieces) == model.answer("Who wrote Hamlet?", max_new_tokens=12).text
