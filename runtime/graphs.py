@@ -162,14 +162,14 @@ class T5Graphs:
         }
         for role, session in (("encoder", self.encoder), ("decoder", self.decoder)):
             inputs, outputs = expected[role]
-            missing = (inputs - {i.name for i in session.get_inputs()}) | (
-                outputs - {o.name for o in session.get_outputs()}
-            )
-            if missing:
+            actual = {i.name for i in session.get_inputs()}
+            wrong = sorted((inputs - actual) | (outputs - {o.name for o in session.get_outputs()}))
+            wrong += sorted(f"unexpected {name}" for name in actual - inputs)
+            if wrong:
                 raise ArtifactError(
-                    f"the {role} graph lacks {', '.join(sorted(missing)[:3])}"
-                    f"{' and more' if len(missing) > 3 else ''} for a {self.dims.num_decoder_layers}-layer "
-                    "decoder: the artifact is inconsistent or not from this edgeqa; re-export it with `edgeqa export`"
+                    f"the {role} graph does not match a {self.dims.num_decoder_layers}-layer T5 decoder "
+                    f"({', '.join(wrong[:3])}{' and more' if len(wrong) > 3 else ''}): the artifact is "
+                    "inconsistent or not from this edgeqa; re-export it with `edgeqa export`"
                 )
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> DecoderState:

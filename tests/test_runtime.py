@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -219,6 +220,16 @@ def test_shared_embedding_of_the_wrong_size_is_refused(copy_of):
     files = dict(manifest.files, embedding=file_entry(copy_of, "embedding.data"))
     Manifest(**{**manifest.__dict__, "files": files}).write(copy_of)
     with pytest.raises(ArtifactError, match="embedding.data holds .* bytes, not a float32"):
+        QAModel.load(copy_of)
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_manifest_layers_that_do_not_match_the_graphs_are_refused(copy_of, layers):
+    manifest = Manifest.read(copy_of)
+    dims = dataclasses.replace(manifest.dims, num_decoder_layers=layers)
+    Manifest(**{**manifest.__dict__, "dims": dims}).write(copy_of)
+    expected = "unexpected past_key_values.1" if layers == 1 else "present.2.encoder.key"
+    with pytest.raises(ArtifactError, match=f"does not match a {layers}-layer T5 decoder .*{expected}"):
         QAModel.load(copy_of)
 
 
