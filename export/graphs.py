@@ -35,7 +35,8 @@ def build_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
     if missing:
         raise ExportError(f"the ONNX exporter wrote no {', '.join(missing)}; is {checkpoint!r} a T5 model?")
     encoder = onnx.load(str(raw / "encoder_model.onnx"))
-    cross = _cross_cache_graph(checkpoint, raw / "cross_kv.onnx", opset=encoder.opset_import[0].version)
+    opset = next(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx"))
+    cross = _cross_cache_graph(checkpoint, raw / "cross_kv.onnx", opset)
     target = raw / "encoder_with_cross_cache.onnx"
     onnx.save_model(_append(encoder, cross), str(target), save_as_external_data=True, location=target.name + "_data")
     return {"encoder": target, "decoder": raw / "decoder_with_past_model.onnx"}
@@ -63,17 +64,20 @@ def _cross_cache_graph(checkpoint: str, path: Path, opset: int) -> onnx.ModelPro
     outputs = [f"present.{name}" for name in cross_cache_names(model.config.num_decoder_layers)]
     axes = {"encoder_hidden_states": {0: "batch", 1: "encoder_sequence"}}
     axes |= {name: {0: "batch", 2: "encoder_sequence"} for name in outputs}
-    with torch.no_grad():
-        torch.onnx.export(
-            _CrossCache(model),
-            (torch.zeros(2, 3, model.config.d_model),),
-            str(path),
-            input_names=["encoder_hidden_states"],
-            output_names=outputs,
-            dynamic_axes=axes,
-            opset_version=opset,
-            dynamo=False,
-        )
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                _CrossCache(model),
+                (torch.zeros(2, 3, model.config.d_model),),
+                str(path),
+                input_names=["encoder_hidden_states"],
+                output_names=outputs,
+                dynamic_axes=axes,
+                opset_version=opset,
+                dynamo=False,
+            )
+    except Exception as e:  # the exporter raises assorted types
+        raise ExportError(f"exporting the cross-attention projections of {checkpoint!r} failed: {e}") from e
     return onnx.load(str(path))
 
 
