@@ -16,8 +16,7 @@ import onnx
 
 from edgeqa.bench.run import BenchConfig, _merge, _worker, prompts
 from edgeqa.bench.shapes import export_fingerprint, prepare
-from edgeqa.export.artifact import GRAPHS
-from edgeqa.export.layout import EMBEDDING_FILE, save_graphs, weights_file
+from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
 from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
 from edgeqa.manifest import Manifest, file_entry
 
@@ -35,19 +34,17 @@ def variant(fp32: Path, target: Path, settings: QuantizeSettings, weights_beside
     target.mkdir(parents=True)
     manifest = Manifest.read(fp32)
     graph_files = {name for graph in GRAPHS.values() for name in (graph, weights_file(graph))} | {EMBEDDING_FILE}
-    files, shared = {}, []
+    shared = []
     with tempfile.TemporaryDirectory() as tmp:
         sources = {role: Path(tmp) / name for role, name in GRAPHS.items()}
         for role, name in GRAPHS.items():
             quantize_graph(fp32 / name, sources[role], settings)
         if weights_beside:
             shared = save_graphs(sources, {role: target / name for role, name in GRAPHS.items()})
-            files = {f"{role}_weights": file_entry(target, weights_file(name)) for role, name in GRAPHS.items()}
-            files |= {tensor.role: file_entry(target, EMBEDDING_FILE) for tensor in shared}
         else:
             for role, name in GRAPHS.items():
                 onnx.save_model(onnx.load(str(sources[role])), str(target / name))
-        files |= {role: file_entry(target, name) for role, name in GRAPHS.items()}
+    files = graph_entries(target)
     for role, entry in manifest.files.items():
         if entry.path not in graph_files:
             shutil.copy2(fp32 / entry.path, target / entry.path)

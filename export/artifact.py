@@ -14,7 +14,7 @@ from edgeqa import __version__
 from edgeqa.checkpoint import heldout_path, read_training_config
 from edgeqa.errors import ConfigError, ExportError, ModelError
 from edgeqa.export.graphs import build_graphs
-from edgeqa.export.layout import EMBEDDING_FILE, EMBEDDING_ROLE, save_graphs, weights_file
+from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
 from edgeqa.export.parity import ParityReport, run_parity
 from edgeqa.export.quantize import METHODS, QuantizeSettings, quantize_graph, settings_for
 from edgeqa.manifest import Manifest, ModelDims, SharedTensor, SpecialTokens, file_entry
@@ -23,9 +23,6 @@ from edgeqa.records import read_records, sample_data
 
 logger = logging.getLogger(__name__)
 
-# The encoder graph also returns each decoder layer's cross-attention keys/values; the decoder
-# graph runs one step with the cache, the first step included (see `export.graphs`).
-GRAPHS = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
 CONFIG_FILES = {"config": "config.json", "generation_config": "generation_config.json"}
 
 
@@ -235,16 +232,7 @@ def _manifest(
         eos=model_config.get("eos_token_id", 1),
         decoder_start=model_config.get("decoder_start_token_id", 0),
     )
-    files = {role: file_entry(staging, name) for role, name in GRAPHS.items()}
-    files.update(
-        {
-            f"{role}_weights": file_entry(staging, weights_file(name))
-            for role, name in GRAPHS.items()
-            if (staging / weights_file(name)).exists()
-        }
-    )
-    if shared:
-        files[EMBEDDING_ROLE] = file_entry(staging, EMBEDDING_FILE)
+    files = graph_entries(staging)
     files["tokenizer"] = file_entry(staging, "tokenizer.json")
     files.update({role: file_entry(staging, name) for role, name in CONFIG_FILES.items() if (staging / name).exists()})
     max_answer = int(trained.get("max_target_tokens", DEFAULT_MAX_ANSWER_TOKENS))

@@ -14,8 +14,11 @@ from pathlib import Path
 import onnx
 from onnx.external_data_helper import convert_model_to_external_data, set_external_data
 
-from edgeqa.manifest import SharedTensor
+from edgeqa.manifest import FileEntry, SharedTensor, file_entry
 
+# The encoder graph also returns each decoder layer's cross-attention keys/values; the decoder
+# graph runs one step with the cache, the first step included (see `export.graphs`).
+GRAPHS = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
 WEIGHTS_SUFFIX = ".data"
 EMBEDDING_FILE = "embedding.data"
 EMBEDDING_ROLE = "embedding"
@@ -25,6 +28,17 @@ _GATHERS = ("Gather", "GatherBlockQuantized")
 def weights_file(graph_name: str) -> str:
     """The file beside a graph that holds its weights."""
     return graph_name + WEIGHTS_SUFFIX
+
+
+def graph_entries(folder: Path) -> dict[str, FileEntry]:
+    """Manifest entries of the graphs, their weights files and the shared embedding, as written."""
+    entries = {role: file_entry(folder, name) for role, name in GRAPHS.items()}
+    for role, name in GRAPHS.items():
+        if (folder / weights_file(name)).exists():
+            entries[f"{role}_weights"] = file_entry(folder, weights_file(name))
+    if (folder / EMBEDDING_FILE).exists():
+        entries[EMBEDDING_ROLE] = file_entry(folder, EMBEDDING_FILE)
+    return entries
 
 
 def save_graph(source: Path, target: Path) -> None:
