@@ -156,7 +156,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
 
 
 def _mb(*paths: Path) -> str:
-    return f"{sum(p.stat().st_size for p in paths) / 1e6:.1f} MB"
+    return f"{sum(p.stat().st_size for p in paths if p.exists()) / 1e6:.1f} MB"
 
 
 def _onnx_export(checkpoint: str, raw: Path) -> None:

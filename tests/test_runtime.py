@@ -197,19 +197,18 @@ def test_extra_file_is_named(copy_of):
         QAModel.load(copy_of)
 
 
-def test_newer_manifest_version_is_refused(copy_of):
+@pytest.mark.parametrize(
+    "version, message",
+    [
+        (99, "manifest format 99 is newer than this edgeqa supports"),
+        (1, "format 1 is from an older edgeqa .*re-export"),
+    ],
+)
+def test_other_manifest_versions_are_refused_with_the_fix(copy_of, version, message):
     data = json.loads((copy_of / "manifest.json").read_text())
-    data["format_version"] = 99
+    data["format_version"] = version
     (copy_of / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ArtifactError, match="manifest format 99 is newer than this edgeqa supports"):
-        QAModel.load(copy_of)
-
-
-def test_older_manifest_version_is_refused_with_the_fix(copy_of):
-    data = json.loads((copy_of / "manifest.json").read_text())
-    data["format_version"] = 1
-    (copy_of / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(ArtifactError, match="format 1 is from an older edgeqa .*re-export"):
+    with pytest.raises(ArtifactError, match=message):
         QAModel.load(copy_of)
 
 
