@@ -95,7 +95,7 @@ def main() -> None:
             None,
             None,
         ),
-        "int4 weight-only (MatMulNBits, blocks of 128), `--int4`": (
+        "int4 weight-only (MatMulNBits, blocks of 128), `--quantize int4`": (
             variant(paths["fp32"], root / "int4", settings_for("auto", method="int4")),
             None,
             None,

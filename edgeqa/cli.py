@@ -7,9 +7,11 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,6 +28,14 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Quantization(str, Enum):
+    """What `edgeqa export --quantize` makes of the weights."""
+
+    int8 = "int8"
+    int4 = "int4"
+
 
 ArtifactArg = Annotated[Path, typer.Argument(help="Artifact folder written by `edgeqa export`.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
@@ -263,15 +273,15 @@ def finetune(
 def export(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (e.g. RUN/final) or hub name.")],
     output: Annotated[Path, typer.Argument(help="Artifact folder to create.")],
-    quantize: Annotated[bool, typer.Option("--quantize", help="Dynamic int8 weights (about 4x smaller).")] = False,
-    int4: Annotated[
-        bool,
+    quantize: Annotated[
+        Quantization | None,
         typer.Option(
-            "--int4",
-            help="Weight-only int4 instead (MatMulNBits, about 6x smaller): faster at batch 1, slower in "
-            "batches; needs onnxruntime 1.20+ where it runs.",
+            "--quantize",
+            help="int8: dynamic int8 weights, about 4x smaller (what a bare --quantize means). int4: "
+            "weight-only int4 (MatMulNBits), about 6x smaller, faster at batch 1 and slower in batches; "
+            "needs onnxruntime 1.20+ where it runs.",
         ),
-    ] = False,
+    ] = None,
     preset: Annotated[str, typer.Option(help="auto, avx2, avx512, avx512_vnni or arm64.")] = "auto",
     keep_fp32: Annotated[str, typer.Option(help="Comma-separated node names to keep float, e.g. lm_head,wo.")] = "",
     parity: Annotated[bool, typer.Option(help="Run the parity gate against the checkpoint.")] = True,
@@ -293,7 +303,7 @@ def export(
         ExportConfig(
             checkpoint=checkpoint,
             output=output,
-            quantize="int4" if int4 else "int8" if quantize else None,
+            quantize=quantize.value if quantize else None,
             preset=preset,
             keep_fp32=tuple(p for p in keep_fp32.split(",") if p),
             parity=parity,
@@ -423,8 +433,23 @@ def bench(
     typer.echo(f"results: {output}/ (README.md, results.json, chart.png)")
 
 
+def bare_quantize_means_int8(argv: list[str]) -> list[str]:
+    """`--quantize` with no value means `--quantize int8` (typer cannot declare an optional value).
+
+    A following word that looks like a number format (int4, int3, fp16) is its value, checked by the
+    option's choices; anything else (an option, a path) is the next argument.
+    """
+    normalized = []
+    for position, word in enumerate(argv):
+        normalized.append(word)
+        following = argv[position + 1] if position + 1 < len(argv) else ""
+        if word == "--quantize" and not re.fullmatch(r"(u?int|fp|float|bf)\d*", following):
+            normalized.append(Quantization.int8.value)
+    return normalized
+
+
 def main() -> None:
-    app()
+    app(args=bare_quantize_means_int8(sys.argv[1:]))
 
 
 if __name__ == "__main__":

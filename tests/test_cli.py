@@ -188,6 +188,43 @@ def test_finetune_flags_override_the_config(monkeypatch, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("flags", "method"),
+    [([], None), (["--quantize"], "int8"), (["--quantize", "int8"], "int8"), (["--quantize", "int4"], "int4")],
+)
+def test_export_quantize_takes_int8_or_int4_and_alone_means_int8(monkeypatch, tmp_path, flags, method):
+    import edgeqa.cli as cli
+    import edgeqa.export as export_module
+
+    seen = {}
+
+    def fake(config):
+        seen["config"] = config
+        raise cli.EdgeQAError("stopped before exporting")
+
+    monkeypatch.setattr(export_module, "export_artifact", fake)
+    # Options after --quantize too: a bare --quantize must not swallow the next word.
+    monkeypatch.setattr(sys, "argv", ["edgeqa", "export", "ckpt", str(tmp_path / "out"), *flags, "--no-parity"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    assert seen["config"].quantize == method and seen["config"].parity is False
+
+
+def test_bare_quantize_as_the_last_word_means_int8():
+    from edgeqa.cli import bare_quantize_means_int8
+
+    assert bare_quantize_means_int8(["export", "a", "b", "--quantize"]) == ["export", "a", "b", "--quantize", "int8"]
+    assert bare_quantize_means_int8(["export", "--quantize", "a", "b"]) == ["export", "--quantize", "int8", "a", "b"]
+    assert bare_quantize_means_int8(["export", "a", "b", "--quantize", "int3"])[-1] == "int3"  # refused by the choices
+
+
+def test_export_refuses_an_unknown_quantization():
+    result = runner.invoke(app, ["export", "ckpt", "out", "--quantize", "int3"])
+    assert result.exit_code == 2
+    assert "int3" in result.output and "int8" in result.output and "int4" in result.output
+
+
 def test_interactive_prompt_answers_until_ctrl_d(artifact_int8):
     import os
     import pty

@@ -245,8 +245,8 @@ def test_int4_export_is_opt_in_weight_only_with_its_parity_record(trained_model,
     out = tmp_path / "int4"
     result = runner.invoke(
         app,
-        ["export", str(trained_model), str(out), "--int4", "--parity-samples", "32", "--parity-max-new-tokens", "16"]
-        + ["--allow-parity-failure"],
+        ["export", str(trained_model), str(out), "--quantize", "int4", "--parity-samples", "32"]
+        + ["--parity-max-new-tokens", "16", "--allow-parity-failure"],
     )
     assert result.exit_code == 0, result.output
     manifest = Manifest.read(out)
