@@ -82,7 +82,7 @@ class BenchConfig:
     cache: Path = Path(tempfile.gettempdir()) / "edgeqa-bench-cache"
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.shapes if s not in SHAPES]
+        unknown = [s for s in (*self.shapes, *self.beam_shapes) if s not in SHAPES]
         if unknown:
             raise ConfigError(f"unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
         if self.inputs < 1 or self.new_tokens < 1 or self.rounds < 1 or self.threads < 1:

@@ -401,6 +401,9 @@ def demo(
 def bench(
     compare: Annotated[bool, typer.Option("--compare", help="Also run PyTorch, Optimum and CTranslate2.")] = False,
     shapes: Annotated[str, typer.Option(help="Comma-separated model shapes: small, base.")] = "small,base",
+    beam_shapes: Annotated[
+        str, typer.Option(help="Shapes on which beam search (4 beams) is measured too; base adds minutes.")
+    ] = "small",
     artifact: Annotated[Path | None, typer.Option(help="Also measure this edgeqa artifact.")] = None,
     new_tokens: Annotated[int, typer.Option(help="Forced answer length.")] = 32,
     inputs: Annotated[int, typer.Option(help="Prompts per measurement.")] = 32,
@@ -419,6 +422,7 @@ def bench(
     _setup_logging()
     config = BenchConfig(
         shapes=tuple(s for s in shapes.split(",") if s),
+        beam_shapes=tuple(s for s in beam_shapes.split(",") if s),
         engines=ENGINES if compare else tuple(e for e in ENGINES if e.startswith("edgeqa")),
         artifact=artifact,
         inputs=inputs,

@@ -79,9 +79,10 @@ def test_report_ratios_use_the_better_ctranslate2_row():
     assert "0.80x | 2.00x |" in table  # 40 / 50 ms, 20 / 10 q/s
 
 
-def test_unknown_shape_is_refused():
-    with pytest.raises(ConfigError, match="unknown shape"):
-        BenchConfig(shapes=("xl",))
+@pytest.mark.parametrize("shapes", [{"shapes": ("xl",)}, {"beam_shapes": ("small", "xl")}])
+def test_unknown_shape_is_refused(shapes):
+    with pytest.raises(ConfigError, match="unknown shape.*xl"):
+        BenchConfig(**shapes)
 
 
 def test_finetune_speed_runs_settings_and_reports_them(tmp_path: Path, tiny_model: Path) -> None:
