@@ -415,9 +415,8 @@ def bench(
 
     Example: edgeqa bench --compare --shapes small
     """
-    from edgeqa.bench import BenchConfig, run_benchmark
     from edgeqa.bench.report import write
-    from edgeqa.bench.run import ENGINES
+    from edgeqa.bench.run import ENGINES, BenchConfig, run_benchmark
 
     _setup_logging()
     config = BenchConfig(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,13 @@ def test_every_engine_generates_exactly_the_forced_tokens(engine, trained_model,
         assert result[f"{mode}.tokens"] == 6, (engine, mode)
     assert result["b1.median_ms"] > 0 and result["b8.questions_per_s"] > 0
     assert 20 < result["peak_rss_mb"] < 4000 and result["cold_start_s"] > 0
+
+
+def test_the_engine_worker_imports_no_harness():
+    """Each engine's peak RSS is measured in the worker: it must not carry numpy or the harness."""
+    code = "import sys, edgeqa.bench.worker; print([m for m in ('numpy', 'edgeqa.bench.run') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_optimum_on_the_same_int8_weights_agrees_with_edgeqa(optimum_model, artifact_int8, questions):
