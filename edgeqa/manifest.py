@@ -22,6 +22,12 @@ MANIFEST_NAME = "manifest.json"
 REQUIRED_ROLES = ("encoder", "decoder", "tokenizer")
 
 
+def cache_names(layers: int, attention: str) -> list[str]:
+    """The graphs' cache tensors, key and value of each decoder layer; `attention` is "decoder" (self)
+    or "encoder" (cross). Graph inputs carry them after "past_key_values.", outputs after "present."."""
+    return [f"{layer}.{attention}.{kv}" for layer in range(layers) for kv in ("key", "value")]
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of the artifact.

@@ -18,15 +18,10 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from edgeqa.errors import ExportError
+from edgeqa.manifest import cache_names
 
 OPTIMUM_GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
 _CROSS = "cross_kv/"
-
-
-def cross_cache_names(layers: int) -> list[str]:
-    """The cross-attention cache of each decoder layer: the encoder graph's outputs are these names
-    after "present.", the decoder graph's inputs the same after "past_key_values."."""
-    return [f"{layer}.encoder.{kv}" for layer in range(layers) for kv in ("key", "value")]
 
 
 def build_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
@@ -61,7 +56,7 @@ class _CrossCache(torch.nn.Module):
 
 def _cross_cache_graph(checkpoint: str, path: Path, opset: int) -> onnx.ModelProto:
     model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval()
-    outputs = [f"present.{name}" for name in cross_cache_names(model.config.num_decoder_layers)]
+    outputs = [f"present.{name}" for name in cache_names(model.config.num_decoder_layers, "encoder")]
     axes = {"encoder_hidden_states": {0: "batch", 1: "encoder_sequence"}}
     axes |= {name: {0: "batch", 2: "encoder_sequence"} for name in outputs}
     try:

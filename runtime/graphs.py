@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeqa.errors import ArtifactError
-from edgeqa.manifest import Manifest
+from edgeqa.manifest import Manifest, cache_names
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
 
@@ -148,11 +148,11 @@ class T5Graphs:
             ) from e
 
     def _bind_io(self) -> None:
-        layers = range(self.dims.num_decoder_layers)
-        self._self_names = [f"past_key_values.{i}.decoder.{kv}" for i in layers for kv in ("key", "value")]
-        self._cross_names = [f"past_key_values.{i}.encoder.{kv}" for i in layers for kv in ("key", "value")]
-        self._encoder_outputs = [name.replace("past_key_values", "present") for name in self._cross_names]
-        self._decoder_outputs = ["logits"] + [name.replace("past_key_values", "present") for name in self._self_names]
+        layers = self.dims.num_decoder_layers
+        self._self_names = [f"past_key_values.{name}" for name in cache_names(layers, "decoder")]
+        self._cross_names = [f"past_key_values.{name}" for name in cache_names(layers, "encoder")]
+        self._encoder_outputs = [f"present.{name}" for name in cache_names(layers, "encoder")]
+        self._decoder_outputs = ["logits"] + [f"present.{name}" for name in cache_names(layers, "decoder")]
         expected = {
             "encoder": ({"input_ids", "attention_mask"}, set(self._encoder_outputs)),
             "decoder": (
