@@ -16,7 +16,7 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ def run(
         )
         results: list[SpeedResult] = []
         for number, (setting, precision, overrides) in enumerate(settings or SETTINGS):
-            run_config = config.updated(output_dir=Path(tmp) / f"run-{number}", precision=precision)
+            run_config = replace(config, output_dir=Path(tmp) / f"run-{number}", precision=precision)
             results.append(measure(setting, run_config, warmup_steps, overrides))
             report = markdown(results, name, steps, config.batch_size)
             (output / "finetune-speed.md").write_text(report, encoding="utf-8")

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import onnx
 
-from edgeqa.bench.run import BenchConfig, _merge, _worker, prompts
+from edgeqa.bench.run import BenchConfig, merge_rounds, prompts, run_worker
 from edgeqa.bench.shapes import export_fingerprint, prepare
+from edgeqa.export.config import QuantizeSettings, settings_for
 from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
-from edgeqa.export.quantize import QuantizeSettings, quantize_graph, settings_for
+from edgeqa.export.quantize import quantize_graph
 from edgeqa.manifest import Manifest, file_entry
 
 
@@ -49,7 +50,7 @@ def variant(fp32: Path, target: Path, settings: QuantizeSettings, weights_beside
         if entry.path not in graph_files:
             shutil.copy2(fp32 / entry.path, target / entry.path)
             files[role] = file_entry(target, entry.path)
-    replace(manifest, files=files, quantization=settings.to_dict(), shared_tensors=shared).write(target)
+    replace(manifest, files=files, quantization=settings.record(), shared_tensors=shared).write(target)
     return target
 
 
@@ -109,10 +110,12 @@ def main() -> None:
     rows = {}
     for name, (path, threads, session) in artifacts.items():
         runs = [
-            _worker("edgeqa-int8" + (f"@{threads}" if threads else ""), path, tokenizer, inputs, config, False, session)
+            run_worker(
+                "edgeqa-int8" + (f"@{threads}" if threads else ""), path, tokenizer, inputs, config, False, session
+            )
             for _ in range(config.rounds)
         ]
-        rows[name] = _merge(runs) | {"size_mb": sum(e.size for e in Manifest.read(path).files.values()) / 1e6}
+        rows[name] = merge_rounds(runs) | {"size_mb": Manifest.read(path).total_bytes / 1e6}
         print(name, {k: round(v, 2) for k, v in rows[name].items() if "~" not in k})
     baseline = next(iter(rows.values()))
     lines = [

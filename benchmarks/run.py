@@ -119,7 +119,7 @@ def _available(engine: str) -> bool:
         return False
 
 
-def _worker(
+def run_worker(
     engine: str,
     path: Path,
     tokenizer: Path,
@@ -154,7 +154,7 @@ def _worker(
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Median over rounds of each figure, with the relative spread (max - min) / median."""
     merged: dict[str, Any] = {"rounds": len(rounds)}
     flat = [_flatten(r) for r in rounds]
@@ -219,10 +219,10 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
                 continue
             logger.info("bench: %s / %s", shape, engine)
             rounds = [
-                _worker(engine, path, tokenizer, inputs, config, beams=shape in config.beam_shapes)
+                run_worker(engine, path, tokenizer, inputs, config, beams=shape in config.beam_shapes)
                 for _ in range(config.rounds)
             ]
-            row = _merge(rounds)
+            row = merge_rounds(rounds)
             row["size_mb"] = _size_mb(path)
             result.rows[shape][engine] = row
     result.notes += [f"install footprint of {name}: {mb:.0f} MB" for name, mb in footprints().items()]

@@ -31,8 +31,9 @@ def optimum_int8(checkpoint: Path, target: Path) -> Path:
 
     from optimum.exporters.onnx import main_export
 
+    from edgeqa.export.config import settings_for
     from edgeqa.export.layout import save_graph
-    from edgeqa.export.quantize import quantize_graph, settings_for
+    from edgeqa.export.quantize import quantize_graph
 
     shutil.rmtree(target, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,30 +1,69 @@
 """Files `edgeqa finetune` writes next to a saved model, for `edgeqa export` to read (stdlib only).
 
-Checkpoints describe themselves: the prompt template and token limits travel with the weights,
-so export and the runtime format prompts exactly as training did.
+Checkpoints describe themselves: the prompt template, the token limits and the answer length
+training evaluated with travel with the weights, so export and the runtime format prompts and
+size answers exactly as training did.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import ModelError
+from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE
+from edgeqa.typed_json import read_record
 
-TRAINING_CONFIG = "edgeqa_config.json"
+TRAINING_RECORD = "edgeqa_config.json"
 HELDOUT = "edgeqa_heldout.jsonl"
 
 
-def read_training_config(checkpoint: str | Path) -> dict[str, Any]:
-    """The resolved `FinetuneConfig` saved with a checkpoint, or {} for other checkpoints."""
-    path = Path(checkpoint) / TRAINING_CONFIG
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a fine-tuning run tells export about its checkpoint (`edgeqa_config.json`).
+
+    Attributes:
+        model: The checkpoint training started from (hub name or folder).
+        prompt_template: Prompt with one `{question}` field.
+        max_source_tokens: Prompt tokens kept in training.
+        max_target_tokens: Answer tokens kept in training.
+        eval_max_new_tokens: Answer length generated at evaluation: the artifact's default.
+        eval_num_beams: Beams at evaluation: the artifact's default.
+        global_step: Optimizer steps of the saved model.
+        config: The whole resolved `FinetuneConfig`, for the record.
+    """
+
+    model: str
+    prompt_template: str = PROMPT_TEMPLATE
+    max_source_tokens: int = DEFAULT_MAX_INPUT_TOKENS
+    max_target_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
+    eval_max_new_tokens: int = 256
+    eval_num_beams: int = 1
+    global_step: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def write(self, checkpoint: Path) -> Path:
+        path = Path(checkpoint) / TRAINING_RECORD
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def read_training_record(checkpoint: str | Path) -> TrainingRecord | None:
+    """The record saved with a checkpoint by `edgeqa finetune`, or None for other checkpoints.
+
+    Raises:
+        ModelError: the file exists but is unreadable or does not fit the record.
+    """
+    path = Path(checkpoint) / TRAINING_RECORD
     if not path.is_file():
-        return {}
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"{path} is unreadable ({e}); fix or delete it") from e
+    return read_record(TrainingRecord, data, str(path), ModelError, "fix or delete it")
 
 
 def heldout_path(checkpoint: str | Path) -> Path | None:

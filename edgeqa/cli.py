@@ -3,6 +3,7 @@ so `edgeqa --help` and `edgeqa ask` never load torch."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -11,13 +12,19 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from edgeqa.cli_fields import fields_as_options
 from edgeqa.errors import EdgeQAError
+from edgeqa.export.config import METHODS, ExportConfig
+from edgeqa.finetune.config import FinetuneConfig
+from edgeqa.runtime.options import GenerationOptions
+
+if TYPE_CHECKING:
+    from edgeqa.runtime import QAModel
 
 app = typer.Typer(
     name="edgeqa",
@@ -28,13 +35,6 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Quantization(str, Enum):
-    """What `edgeqa export --quantize` makes of the weights."""
-
-    int8 = "int8"
-    int4 = "int4"
 
 
 ArtifactArg = Annotated[Path, typer.Argument(help="Artifact folder written by `edgeqa export`.")]
@@ -84,6 +84,7 @@ def handle_errors(command: F) -> F:
 
 @app.command()
 @handle_errors
+@fields_as_options(GenerationOptions, flags={"do_sample": ("--sample/--greedy",)}, show_defaults=False)
 def ask(
     artifact: ArtifactArg,
     question: Annotated[str | None, typer.Argument(help="The question; omit it for an interactive prompt.")] = None,
@@ -95,21 +96,11 @@ def ask(
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Questions per batch with --file.")] = 8,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Most answer tokens.")] = None,
-    min_new_tokens: Annotated[int | None, typer.Option(help="No end-of-answer before this many tokens.")] = None,
-    num_beams: Annotated[int | None, typer.Option(help="Beam search with this many beams.")] = None,
-    length_penalty: Annotated[float | None, typer.Option(help="Beam scores / length ** this.")] = None,
-    early_stopping: Annotated[bool | None, typer.Option(help="Stop beams once enough answers finished.")] = None,
-    do_sample: Annotated[bool | None, typer.Option("--sample/--greedy", help="Sample instead of greedy.")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Sample among the k most likely tokens.")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
-    no_repeat_ngram_size: Annotated[int | None, typer.Option(help="Forbid repeated n-grams of this size.")] = None,
-    repetition_penalty: Annotated[float | None, typer.Option(help="> 1 discourages repeated tokens.")] = None,
     verify: Annotated[bool, typer.Option(help="Check file checksums on load.")] = True,
+    *,
+    fields: dict[str, Any],
 ) -> None:
-    """Answer questions from an artifact on the CPU.
+    """Answer questions from an artifact on the CPU (generation options default to the artifact's).
 
     Example: edgeqa ask ./model-int8 "What is the capital of France?"
     """
@@ -117,22 +108,8 @@ def ask(
     from edgeqa.runtime.questions import answer_file, read_questions
 
     _setup_logging(quiet=True)
-    options = dict(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        num_beams=num_beams,
-        length_penalty=length_penalty,
-        early_stopping=early_stopping,
-        do_sample=do_sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        repetition_penalty=repetition_penalty,
-    )
     model = QAModel.load(artifact, threads=threads, verify=verify)
-    model.options(**options)  # validate flags before any work
+    options = model.options(**fields)  # validate flags before any work
     if file is not None:
         total = len(read_questions(file)[0])
         with typer.progressbar(length=total, label="answering", file=sys.stderr) as bar:
@@ -144,11 +121,11 @@ def ask(
         )
     elif question is not None:
         if stream and not as_json:
-            for piece in model.stream(question, **options):
+            for piece in model.stream(question, options):
                 typer.echo(piece, nl=False)
             typer.echo()
         else:
-            result = model.answer(question, **options)
+            result = model.answer(question, options)
             typer.echo(
                 json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False) if as_json else result.text
             )
@@ -171,7 +148,7 @@ def info(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
     typer.echo(manifest.to_json() if as_json else manifest.describe(), nl=not as_json)
 
 
-def _interactive(model: Any, options: dict[str, Any]) -> None:
+def _interactive(model: QAModel, options: GenerationOptions) -> None:
     """A prompt loop with line editing and history; Ctrl-D quits."""
     try:
         import readline  # noqa: F401  (enables history and editing for input())
@@ -187,7 +164,7 @@ def _interactive(model: Any, options: dict[str, Any]) -> None:
         if not question.strip():
             continue
         try:
-            for piece in model.stream(question, **options):
+            for piece in model.stream(question, options):
                 typer.echo(piece, nl=False)
             typer.echo()
         except EdgeQAError as e:
@@ -199,62 +176,27 @@ def _interactive(model: Any, options: dict[str, Any]) -> None:
 
 @app.command()
 @handle_errors
+@fields_as_options(
+    FinetuneConfig, flags={"output_dir": ("--output", "-o"), "learning_rate": ("--lr", "--learning-rate")}
+)
 def finetune(
-    model: Annotated[str | None, typer.Option(help="T5 checkpoint name or folder [google/flan-t5-base].")] = None,
-    data: Annotated[
-        str | None, typer.Option(help="Hub dataset or local JSONL/JSON/CSV/Parquet file or folder [yahoo_answers_qa].")
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with FinetuneConfig fields; flags override it.")
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run folder [edgeqa-run].")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with FinetuneConfig fields.")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer name or folder [the model's].")] = None,
-    question_column: Annotated[str | None, typer.Option(help="Question column [question].")] = None,
-    answer_column: Annotated[str | None, typer.Option(help="Answer column [answer].")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Training epochs [3].")] = None,
-    learning_rate: Annotated[float | None, typer.Option("--lr", help="Learning rate [3e-4].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size per device [8].")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps.")] = None,
-    max_train_samples: Annotated[int | None, typer.Option(help="Use only this many training records.")] = None,
-    max_eval_samples: Annotated[int | None, typer.Option(help="Use only this many validation records.")] = None,
-    max_source_tokens: Annotated[int | None, typer.Option(help="Prompt tokens kept [128].")] = None,
-    max_target_tokens: Annotated[int | None, typer.Option(help="Answer tokens kept [512].")] = None,
-    eval_max_new_tokens: Annotated[int | None, typer.Option(help="Answer length when evaluating [256].")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda [auto].")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto (bf16 where supported), fp32 or bf16.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed [42].")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --output.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete a non-empty --output first.")] = False,
+    *,
+    fields: dict[str, Any],
 ) -> None:
     """Fine-tune a T5 checkpoint for question answering (GPU if present; torchrun for several).
 
     Example: edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa
     """
-    from edgeqa.finetune import FinetuneConfig, metrics_table
+    base = FinetuneConfig.from_toml(config) if config else FinetuneConfig()
+    settings = dataclasses.replace(base, **fields)  # validated here, before torch is imported
+
     from edgeqa.finetune import finetune as run
+    from edgeqa.finetune import metrics_table
 
     _setup_logging()
-    base = FinetuneConfig.from_toml(config) if config else FinetuneConfig()
-    settings = base.updated(
-        model=model,
-        data=data,
-        output_dir=output,
-        tokenizer=tokenizer,
-        question_column=question_column,
-        answer_column=answer_column,
-        epochs=epochs,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        max_steps=max_steps,
-        max_train_samples=max_train_samples,
-        max_eval_samples=max_eval_samples,
-        max_source_tokens=max_source_tokens,
-        max_target_tokens=max_target_tokens,
-        eval_max_new_tokens=eval_max_new_tokens,
-        device=device,
-        precision=precision,
-        seed=seed,
-        resume=resume or None,
-        overwrite=overwrite or None,
-    )
     result = run(settings)
     if not result.main_process:  # under torchrun, one process reports
         return
@@ -270,54 +212,26 @@ def finetune(
 
 @app.command()
 @handle_errors
+@fields_as_options(ExportConfig, skip=("checkpoint", "output"))
 def export(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (e.g. RUN/final) or hub name.")],
     output: Annotated[Path, typer.Argument(help="Artifact folder to create.")],
-    quantize: Annotated[
-        Quantization | None,
-        typer.Option(
-            "--quantize",
-            help="int8: dynamic int8 weights, about 4x smaller (what a bare --quantize means). int4: "
-            "weight-only int4 (MatMulNBits), about 6x smaller, faster at batch 1 and slower in batches; "
-            "needs onnxruntime 1.20+ where it runs.",
-        ),
-    ] = None,
-    preset: Annotated[str, typer.Option(help="auto, avx2, avx512, avx512_vnni or arm64.")] = "auto",
-    keep_fp32: Annotated[str, typer.Option(help="Comma-separated node names to keep float, e.g. lm_head,wo.")] = "",
-    parity: Annotated[bool, typer.Option(help="Run the parity gate against the checkpoint.")] = True,
-    parity_data: Annotated[Path | None, typer.Option(help="Held-out questions (JSONL/CSV) for the gate.")] = None,
-    parity_samples: Annotated[int, typer.Option(help="Questions the gate answers.")] = 200,
-    parity_max_new_tokens: Annotated[int, typer.Option(help="Answer length during the gate.")] = 64,
-    allow_parity_failure: Annotated[bool, typer.Option(help="Write the artifact even if the gate fails.")] = False,
-    force: Annotated[bool, typer.Option(help="Replace an existing OUTPUT.")] = False,
-    threads: ThreadsOpt = None,
+    *,
+    fields: dict[str, Any],
 ) -> None:
     """Export a checkpoint to an ONNX artifact folder, optionally int8, checked by the parity gate.
 
     Example: edgeqa export runs/qa/final model-int8 --quantize
     """
-    from edgeqa.export import ExportConfig, export_artifact
+    settings = ExportConfig(checkpoint=checkpoint, output=output, **fields)  # validated before any export work
+
+    from edgeqa.export import export_artifact
 
     _setup_logging()
-    result = export_artifact(
-        ExportConfig(
-            checkpoint=checkpoint,
-            output=output,
-            quantize=quantize.value if quantize else None,
-            preset=preset,
-            keep_fp32=tuple(p for p in keep_fp32.split(",") if p),
-            parity=parity,
-            parity_data=parity_data,
-            parity_samples=parity_samples,
-            parity_max_new_tokens=parity_max_new_tokens,
-            allow_parity_failure=allow_parity_failure,
-            force=force,
-            threads=threads,
-        )
-    )
+    result = export_artifact(settings)
     if result.parity:
         typer.echo(result.parity.table())
-    size = sum(entry.size for entry in result.manifest.files.values())
+    size = result.manifest.total_bytes
     typer.echo(f"\nartifact: {result.output} ({size / 1e6:.1f} MB; float graphs were {result.fp32_bytes / 1e6:.1f} MB)")
     typer.echo(f'next: edgeqa ask {result.output} "your question"')
 
@@ -343,7 +257,7 @@ def parity_command(
     _setup_logging()
     records = read_records(data or sample_data("validation"))[:samples]
     report = run_parity(reference, artifact, records, max_new_tokens=max_new_tokens, threads=threads)
-    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.table())
+    typer.echo(json.dumps(dataclasses.asdict(report), indent=2) if as_json else report.table())
     if not report.passed:
         raise typer.Exit(1)
 
@@ -447,7 +361,7 @@ def bare_quantize_means_int8(argv: list[str]) -> list[str]:
         normalized.append(word)
         following = argv[position + 1] if position + 1 < len(argv) else ""
         if word == "--quantize" and not re.fullmatch(r"(u?int|fp|float|bf)\d*", following):
-            normalized.append(Quantization.int8.value)
+            normalized.append(METHODS[0])
     return normalized
 
 

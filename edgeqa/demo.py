@@ -100,6 +100,6 @@ def run_demo(
         artifact=artifact,
         answers=answers,
         parity_table=exported.parity.table() if exported.parity else "",
-        artifact_mb=sum(e.size for e in exported.manifest.files.values()) / 1e6,
+        artifact_mb=exported.manifest.total_bytes / 1e6,
         checkpoint_mb=checkpoint_mb,
     )

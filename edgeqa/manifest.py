@@ -1,7 +1,9 @@
 """`manifest.json`: the one contract between export and the runtime.
 
-The writer (`edgeqa.export`) and the reader (`edgeqa.runtime`) share this definition. The
-runtime finds every file through the manifest, never by matching names.
+The writer (`edgeqa.export`) and the reader (`edgeqa.runtime`) share these definitions. The
+runtime finds every file through the manifest, never by matching names. Every record is a
+frozen dataclass, and reading checks each value against its field's type, so a wrong key or
+type is an `ArtifactError` here instead of a `KeyError` deep in the runtime.
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import ArtifactError
+from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE
+from edgeqa.typed_json import read_record
 
+# 3: typed quantization, parity and generation records (parity's `exact_match` is now
+#    `identical_answers`, with exact match against the references beside it).
 # 2: the encoder graph returns the cross-attention cache and one decoder graph runs every step
-# (1 had Optimum's merged decoder).
-FORMAT_VERSION = 2
+#    (1 had Optimum's merged decoder).
+FORMAT_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 #: Roles the runtime needs; other roles (the model's config files) are listed for checksums only.
 REQUIRED_ROLES = ("encoder", "decoder", "tokenizer")
+INT8_METHOD = "dynamic-int8"
+INT4_METHOD = "weight-only-int4"
 
 
 def cache_names(layers: int, attention: str) -> list[str]:
@@ -94,6 +102,126 @@ class SpecialTokens:
 
 
 @dataclass(frozen=True)
+class GenerationDefaults:
+    """The artifact's default generation options (fields of the runtime's `GenerationOptions`),
+    taken from the settings training evaluated with.
+
+    Attributes:
+        max_new_tokens: Most answer tokens.
+        num_beams: 1 for greedy; more for beam search.
+    """
+
+    max_new_tokens: int = 256
+    num_beams: int = 1
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """How the graphs were quantized.
+
+    Attributes:
+        method: `dynamic-int8` or `weight-only-int4`.
+        weight_type: `int8` or `int4`.
+        preset: CPU family the settings target (avx2, avx512, avx512_vnni, arm64).
+        op_types: ONNX ops quantized.
+        keep_fp32: Node-name parts left in float.
+        activation_type: int8: activations are quantized on the fly to this type.
+        per_channel: int8: one weight scale per output channel.
+        reduce_range: int8: 7-bit weights, for CPUs without VNNI.
+        block_size: int4: weights sharing one scale, along the input dimension.
+        accuracy_level: int4: onnxruntime's MatMulNBits compute type (4: int8 products).
+    """
+
+    method: str
+    weight_type: str
+    preset: str
+    op_types: list[str]
+    keep_fp32: list[str] = field(default_factory=list)
+    activation_type: str | None = None
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    block_size: int | None = None
+    accuracy_level: int | None = None
+
+    @property
+    def is_int4(self) -> bool:
+        return self.method == INT4_METHOD
+
+    def summary(self) -> str:
+        layout = (
+            f"blocks of {self.block_size}"
+            if self.is_int4
+            else f"per-channel {self.per_channel}, reduce-range {self.reduce_range}"
+        )
+        return f"{self.method} preset {self.preset}, {layout}, float nodes: {','.join(self.keep_fp32) or 'none'}"
+
+
+@dataclass(frozen=True)
+class ParityRecord:
+    """The PyTorch checkpoint (`reference`) against the artifact on the same held-out questions.
+
+    Attributes:
+        samples: Questions answered by both.
+        quantized: Whether the artifact is quantized (which sets the gate).
+        reference_rouge: ROUGE-1/2/L/Lsum of the reference's answers against the references.
+        artifact_rouge: The same for the artifact's answers.
+        rouge_l_delta: Artifact ROUGE-L minus reference ROUGE-L.
+        identical_answers: Share of questions whose two answers are token-identical.
+        token_agreement: Share of answer positions where both chose the same token.
+        reference_exact_match: Share of the reference's answers equal to the reference answer
+            (after normalisation: case, punctuation, articles, white space).
+        artifact_exact_match: The same for the artifact's answers.
+        reference_ms: Mean latency per question of the reference (batched), milliseconds.
+        artifact_ms: The same for the artifact.
+        passed: Whether the gate passed.
+        gate: The rule applied.
+        max_new_tokens: Answer length limit of both.
+    """
+
+    samples: int
+    quantized: bool
+    reference_rouge: dict[str, float]
+    artifact_rouge: dict[str, float]
+    rouge_l_delta: float
+    identical_answers: float
+    token_agreement: float
+    reference_exact_match: float
+    artifact_exact_match: float
+    reference_ms: float
+    artifact_ms: float
+    passed: bool
+    gate: str
+    max_new_tokens: int
+
+    def table(self) -> str:
+        """A Markdown table of the figures and the verdict."""
+        rows = ["| metric | PyTorch | artifact | difference |", "| --- | --- | --- | --- |"]
+        for key, value in self.reference_rouge.items():
+            other = self.artifact_rouge.get(key, 0.0)
+            rows.append(f"| {key} | {value * 100:.2f} | {other * 100:.2f} | {(other - value) * 100:+.2f} |")
+        em, em_artifact = self.reference_exact_match, self.artifact_exact_match
+        rows.append(f"| exact match % | {em * 100:.1f} | {em_artifact * 100:.1f} | {(em_artifact - em) * 100:+.1f} |")
+        rows.append(
+            f"| mean latency ms | {self.reference_ms:.1f} | {self.artifact_ms:.1f} | "
+            f"x{self.reference_ms / max(self.artifact_ms, 1e-9):.2f} faster |"
+        )
+        return "\n".join(rows) + (
+            f"\n\n{self.samples} questions, {self.max_new_tokens} new tokens at most; identical answers "
+            f"{self.identical_answers * 100:.1f}%, token agreement {self.token_agreement * 100:.1f}%; "
+            f"gate ({self.gate}): {'PASS' if self.passed else 'FAIL'}"
+        )
+
+    def summary(self) -> str:
+        return (
+            f"{'PASS' if self.passed else 'FAIL'} on {self.samples} questions: ROUGE-L "
+            f"{self.reference_rouge.get('rougeL', 0.0) * 100:.2f} (PyTorch) vs "
+            f"{self.artifact_rouge.get('rougeL', 0.0) * 100:.2f}, exact match "
+            f"{self.reference_exact_match * 100:.1f}% vs {self.artifact_exact_match * 100:.1f}%, identical answers "
+            f"{self.identical_answers * 100:.1f}%, latency {self.reference_ms:.1f} vs {self.artifact_ms:.1f} ms"
+        )
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything the runtime knows about an artifact.
 
@@ -107,11 +235,11 @@ class Manifest:
         prompt_template: Template with one `{question}` field, copied from training.
         max_input_tokens: Prompt tokens kept (longer prompts are truncated with a warning).
         max_answer_tokens: Longest answer the model was trained for.
-        generation: Default generation options (`GenerationOptions` fields).
+        generation: Default generation options.
         clean_up_tokenization_spaces: Whether decoding removes spaces before punctuation.
-        quantization: Settings used to quantize, or None for float graphs.
+        quantization: How the graphs were quantized, or None for float graphs.
         versions: Versions of the packages that built the artifact.
-        parity: The parity report recorded at export, or None.
+        parity: The parity record of the export's gate, or None.
         shared_tensors: Weights both graphs use, stored once.
     """
 
@@ -121,62 +249,46 @@ class Manifest:
     model_name: str = ""
     special_tokens: SpecialTokens = field(default_factory=SpecialTokens)
     tokenizer_vocab_size: int = 0
-    prompt_template: str = "Please answer this question: {question}"
-    max_input_tokens: int = 128
-    max_answer_tokens: int = 512
-    generation: dict[str, Any] = field(default_factory=dict)
+    prompt_template: str = PROMPT_TEMPLATE
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
+    max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
     clean_up_tokenization_spaces: bool = True
-    quantization: dict[str, Any] | None = None
+    quantization: QuantizationRecord | None = None
     versions: dict[str, str] = field(default_factory=dict)
-    parity: dict[str, Any] | None = None
+    parity: ParityRecord | None = None
     shared_tensors: list[SharedTensor] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        """Size of the artifact's files, manifest excluded."""
+        return sum(entry.size for entry in self.files.values())
 
     def describe(self) -> str:
         """A human-readable summary, as `edgeqa info` prints it."""
         d = self.dims
-        size = sum(entry.size for entry in self.files.values())
         lines = [
             f"model           {self.model_name}",
             f"format          {self.format_version} (edgeqa {self.versions.get('edgeqa', '?')}, "
             f"onnxruntime {self.versions.get('onnxruntime', '?')})",
             f"shape           {d.num_layers}+{d.num_decoder_layers} layers, {d.num_heads} heads x {d.d_kv}, "
             f"d_model {d.d_model}, vocab {d.vocab_size}",
-            f"size            {size / 1e6:.1f} MB in {len(self.files)} files",
+            f"size            {self.total_bytes / 1e6:.1f} MB in {len(self.files)} files",
         ]
         lines += [f"  {role:<17} {e.path} ({e.size / 1e6:.1f} MB)" for role, e in self.files.items()]
-        if self.quantization:
-            q = self.quantization
-            layout = (
-                f"blocks of {q.get('block_size')}"
-                if q.get("method") == "weight-only-int4"
-                else f"per-channel {q.get('per_channel')}, reduce-range {q.get('reduce_range')}"
-            )
-            lines.append(
-                f"quantization    {q.get('method')} preset {q.get('preset')}, {layout}, "
-                f"float nodes: {','.join(q.get('keep_fp32', [])) or 'none'}"
-            )
-        else:
-            lines.append("quantization    none (float32)")
+        lines.append(f"quantization    {self.quantization.summary() if self.quantization else 'none (float32)'}")
         lines += [
             f"shared          {self.files[t.role].path}: {t.dtype} {'x'.join(map(str, t.shape))}, "
             f"one tensor for {' and '.join(t.names)}"
             for t in self.shared_tensors
         ]
+        g = self.generation
         lines += [
             f"prompt          {self.prompt_template!r}",
             f"limits          {self.max_input_tokens} input tokens, {self.max_answer_tokens} answer tokens",
-            f"generation      {self.generation}",
+            f"generation      max_new_tokens {g.max_new_tokens}, num_beams {g.num_beams}",
+            f"parity          {self.parity.summary() if self.parity else 'not checked'}",
         ]
-        if self.parity:
-            p = self.parity
-            lines.append(
-                f"parity          {'PASS' if p['passed'] else 'FAIL'} on {p['samples']} questions: ROUGE-L "
-                f"{p['reference_rouge']['rougeL'] * 100:.2f} (PyTorch) vs {p['artifact_rouge']['rougeL'] * 100:.2f}, "
-                f"identical answers {p['exact_match'] * 100:.1f}%, latency {p['reference_ms']:.1f} vs "
-                f"{p['artifact_ms']:.1f} ms"
-            )
-        else:
-            lines.append("parity          not checked")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -184,8 +296,13 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """Check the format version first, then every field's type; then the roles the runtime needs.
+
+        Raises:
+            ArtifactError: naming the version, the field or the role, and what to do.
+        """
         version = data.get("format_version")
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise ArtifactError("manifest.json has no integer format_version; re-export the artifact")
         if version > FORMAT_VERSION:
             raise ArtifactError(
@@ -197,14 +314,7 @@ class Manifest:
                 f"manifest format {version} is from an older edgeqa (this one reads {FORMAT_VERSION}); "
                 "re-export the checkpoint with `edgeqa export`"
             )
-        try:
-            files = {role: FileEntry(**entry) for role, entry in data["files"].items()}
-            fields = dict(data, files=files, dims=ModelDims(**data["dims"]))
-            fields["special_tokens"] = SpecialTokens(**data.get("special_tokens", {}))
-            fields["shared_tensors"] = [SharedTensor(**entry) for entry in data.get("shared_tensors", [])]
-            manifest = cls(**fields)
-        except (KeyError, TypeError) as e:
-            raise ArtifactError(f"manifest.json is malformed ({e}); re-export the artifact") from e
+        manifest = read_record(cls, data, "manifest.json", ArtifactError, "re-export the artifact")
         missing = [role for role in REQUIRED_ROLES if role not in manifest.files]
         missing += [shared.role for shared in manifest.shared_tensors if shared.role not in manifest.files]
         if missing:

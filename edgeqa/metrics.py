@@ -8,6 +8,7 @@ splitter, so nothing is downloaded at run time.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
@@ -43,3 +44,22 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         for key in ROUGE_KEYS:
             totals[key] += result[key].fmeasure
     return {key: totals[key] / len(predictions) for key in ROUGE_KEYS}
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Share of predictions equal to their reference after `normalize_answer`, in [0, 1]."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        return 0.0
+    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
+    return hits / len(predictions)

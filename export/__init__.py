@@ -1,17 +1,28 @@
 """Export a T5 checkpoint to an artifact folder: ONNX graphs (optionally int8), tokenizer, manifest.
 
-Needs `edgeqa[export]`.
+`ExportConfig` needs only the standard library; the export and the parity gate need
+`edgeqa[export]`, imported on first use (PEP 562).
 """
 
-from edgeqa.errors import MissingExtraError
+from typing import TYPE_CHECKING, Any
 
-try:
-    from edgeqa.export.artifact import ExportConfig, ExportResult, export_artifact
-    from edgeqa.export.parity import ParityReport, run_parity
-except ModuleNotFoundError as e:
-    raise MissingExtraError(
-        f"export and the parity gate need {e.name}, which is not installed: pip install 'edgeqa[export]' "
-        "(install torch==2.13.0 first for the CPU build)"
-    ) from e
+from edgeqa.export.config import ExportConfig
+from edgeqa.extras import import_extra
 
-__all__ = ["ExportConfig", "ExportResult", "ParityReport", "export_artifact", "run_parity"]
+if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
+    from edgeqa.export.artifact import ExportResult, export_artifact
+    from edgeqa.export.parity import run_parity
+
+_LAZY = {
+    "ExportResult": "edgeqa.export.artifact",
+    "export_artifact": "edgeqa.export.artifact",
+    "run_parity": "edgeqa.export.parity",
+}
+
+__all__ = ["ExportConfig", "ExportResult", "export_artifact", "run_parity"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_extra(_LAZY[name], "export", "export and the parity gate"), name)

@@ -11,15 +11,24 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgeqa import __version__
-from edgeqa.checkpoint import heldout_path, read_training_config
+from edgeqa.checkpoint import TrainingRecord, heldout_path, read_training_record
 from edgeqa.errors import ConfigError, ExportError, ModelError
+from edgeqa.export.config import ExportConfig, QuantizeSettings, settings_for
 from edgeqa.export.graphs import build_graphs
 from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
-from edgeqa.export.parity import ParityReport, run_parity
-from edgeqa.export.quantize import METHODS, QuantizeSettings, quantize_graph, settings_for
-from edgeqa.manifest import Manifest, ModelDims, SharedTensor, SpecialTokens, file_entry
-from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
-from edgeqa.records import read_records, sample_data
+from edgeqa.export.parity import run_parity
+from edgeqa.export.quantize import quantize_graph
+from edgeqa.manifest import (
+    GenerationDefaults,
+    Manifest,
+    ModelDims,
+    ParityRecord,
+    SharedTensor,
+    SpecialTokens,
+    file_entry,
+)
+from edgeqa.prompt import check_template
+from edgeqa.records import QARecord, read_records, sample_data
 
 logger = logging.getLogger(__name__)
 
@@ -27,52 +36,10 @@ CONFIG_FILES = {"config": "config.json", "generation_config": "generation_config
 
 
 @dataclass(frozen=True)
-class ExportConfig:
-    """What `edgeqa export` does.
-
-    Attributes:
-        checkpoint: A T5 checkpoint folder (e.g. `finetune`'s `final/`) or hub name.
-        output: The artifact folder to create.
-        quantize: None for float graphs, "int8" for dynamic int8, "int4" for weight-only int4.
-        preset: Quantization preset (`auto` reads the CPU's flags).
-        keep_fp32: Node-name parts to keep in float when quantizing (e.g. lm_head).
-        parity: Run the parity gate.
-        parity_data: JSONL/CSV of held-out questions; default: the checkpoint's held-out
-            split, else the bundled validation sample.
-        parity_samples: Questions the gate answers.
-        parity_max_new_tokens: Answer length limit during the gate.
-        allow_parity_failure: Write the artifact even if the gate fails.
-        force: Replace an existing non-empty output folder.
-        threads: Runtime threads during the gate.
-    """
-
-    checkpoint: str
-    output: Path
-    quantize: str | None = None
-    preset: str = "auto"
-    keep_fp32: tuple[str, ...] = ()
-    parity: bool = True
-    parity_data: Path | None = None
-    parity_samples: int = 200
-    parity_max_new_tokens: int = 64
-    allow_parity_failure: bool = False
-    force: bool = False
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.quantize not in (None, *METHODS):
-            raise ConfigError(f"quantize must be int8, int4 or unset, got {self.quantize!r} (T5 must not run in fp16)")
-        if self.parity_samples < 1:
-            raise ConfigError("parity_samples must be at least 1")
-        if self.keep_fp32 and not self.quantize:
-            raise ConfigError("--keep-fp32 only applies with --quantize")
-
-
-@dataclass(frozen=True)
 class ExportResult:
     output: Path
     manifest: Manifest
-    parity: ParityReport | None
+    parity: ParityRecord | None
     fp32_bytes: int
 
 
@@ -143,7 +110,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
     if config.parity:
         records = _parity_records(config)
         report = run_parity(config.checkpoint, staging, records, config.parity_max_new_tokens, threads=config.threads)
-        manifest = replace(manifest, parity=report.to_dict())
+        manifest = replace(manifest, parity=report)
         manifest.write(staging)
         if not report.passed and not config.allow_parity_failure:
             hints = {
@@ -162,12 +129,6 @@ def _mb(*paths: Path) -> str:
 def _onnx_export(checkpoint: str, raw: Path) -> None:
     from optimum.exporters.onnx import main_export
 
-    path = Path(checkpoint)
-    if not path.is_dir() and (path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1):
-        raise ModelError(
-            f"cannot load checkpoint {checkpoint!r}: no such folder; pass a checkpoint folder "
-            "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base"
-        )
     logger.info("export: %s -> ONNX (encoder + cross-attention cache, decoder step with cache)", checkpoint)
     try:
         main_export(
@@ -193,7 +154,7 @@ def _save_tokenizer(checkpoint: str, staging: Path) -> None:
         shutil.copy2(Path(tmp) / "tokenizer.json", staging / "tokenizer.json")
 
 
-def _parity_records(config: ExportConfig) -> list:
+def _parity_records(config: ExportConfig) -> list[QARecord]:
     path = config.parity_data
     if path is None:
         path = heldout_path(config.checkpoint) or sample_data("validation")
@@ -218,7 +179,8 @@ def _manifest(
     from tokenizers import Tokenizer
 
     model_config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
-    trained = read_training_config(config.checkpoint)
+    # Checkpoints not from `edgeqa finetune` get the defaults: the standard prompt and limits.
+    trained = read_training_record(config.checkpoint) or TrainingRecord(model=config.checkpoint)
     dims = ModelDims(
         num_layers=model_config["num_layers"],
         num_decoder_layers=model_config.get("num_decoder_layers") or model_config["num_layers"],
@@ -235,18 +197,20 @@ def _manifest(
     files = graph_entries(staging)
     files["tokenizer"] = file_entry(staging, "tokenizer.json")
     files.update({role: file_entry(staging, name) for role, name in CONFIG_FILES.items() if (staging / name).exists()})
-    max_answer = int(trained.get("max_target_tokens", DEFAULT_MAX_ANSWER_TOKENS))
     return Manifest(
         files=files,
         dims=dims,
-        model_name=str(trained.get("model", config.checkpoint)),
+        model_name=trained.model,
         special_tokens=special,
         tokenizer_vocab_size=Tokenizer.from_file(str(staging / "tokenizer.json")).get_vocab_size(True),
-        prompt_template=check_template(trained.get("prompt_template", PROMPT_TEMPLATE)),
-        max_input_tokens=int(trained.get("max_source_tokens", DEFAULT_MAX_INPUT_TOKENS)),
-        max_answer_tokens=max_answer,
-        generation={"max_new_tokens": int(trained.get("generation_max_new_tokens", min(max_answer, 256)))},
-        quantization=settings.to_dict() if settings else None,
+        prompt_template=check_template(trained.prompt_template),
+        max_input_tokens=trained.max_source_tokens,
+        max_answer_tokens=trained.max_target_tokens,
+        generation=GenerationDefaults(
+            max_new_tokens=min(trained.eval_max_new_tokens, trained.max_target_tokens),
+            num_beams=trained.eval_num_beams,
+        ),
+        quantization=settings.record() if settings else None,
         versions=_versions(),
         shared_tensors=shared,
     )

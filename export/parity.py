@@ -4,72 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import ExportError, ModelError
-from edgeqa.metrics import rouge
+from edgeqa.manifest import ParityRecord
+from edgeqa.metrics import exact_match, rouge
 from edgeqa.prompt import format_prompt
 from edgeqa.records import QARecord
-from edgeqa.runtime import QAModel
+from edgeqa.runtime import GenerationOptions, QAModel
 from edgeqa.runtime.generate import until_eos
 
 logger = logging.getLogger(__name__)
 
-FP32_MIN_EXACT = 0.99
-INT8_MAX_ROUGE_L_DELTA = 0.01
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    """PyTorch (`reference`) against the artifact on the same questions.
-
-    Attributes:
-        samples: Questions answered by both.
-        quantized: Whether the artifact is int8 (which sets the gate).
-        reference_rouge / artifact_rouge: ROUGE-1/2/L/Lsum of each against the references.
-        rouge_l_delta: artifact ROUGE-L minus reference ROUGE-L.
-        exact_match: Share of questions whose two answers are token-identical.
-        token_agreement: Share of answer positions where both chose the same token.
-        reference_ms / artifact_ms: Mean latency per question (batched), milliseconds.
-        passed: Whether the gate passed.
-        gate: The rule applied.
-        max_new_tokens: Answer length limit of both.
-    """
-
-    samples: int
-    quantized: bool
-    reference_rouge: dict[str, float]
-    artifact_rouge: dict[str, float]
-    rouge_l_delta: float
-    exact_match: float
-    token_agreement: float
-    reference_ms: float
-    artifact_ms: float
-    passed: bool
-    gate: str
-    max_new_tokens: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def table(self) -> str:
-        """A Markdown table of the figures."""
-        rows = ["| metric | PyTorch | artifact | difference |", "| --- | --- | --- | --- |"]
-        for key, value in self.reference_rouge.items():
-            other = self.artifact_rouge[key]
-            rows.append(f"| {key} | {value * 100:.2f} | {other * 100:.2f} | {(other - value) * 100:+.2f} |")
-        rows.append(
-            f"| mean latency ms | {self.reference_ms:.1f} | {self.artifact_ms:.1f} | "
-            f"x{self.reference_ms / max(self.artifact_ms, 1e-9):.2f} faster |"
-        )
-        verdict = "PASS" if self.passed else "FAIL"
-        return "\n".join(rows) + (
-            f"\n\n{self.samples} questions, {self.max_new_tokens} new tokens at most; identical answers "
-            f"{self.exact_match * 100:.1f}%, token agreement {self.token_agreement * 100:.1f}%; "
-            f"gate ({self.gate}): {verdict}"
-        )
+FP32_MIN_IDENTICAL = 0.99
+QUANTIZED_MAX_ROUGE_L_DELTA = 0.01
 
 
 def _token_agreement(a: list[int], b: list[int]) -> tuple[int, int]:
@@ -129,7 +78,7 @@ def run_parity(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     threads: int | None = None,
-) -> ParityReport:
+) -> ParityRecord:
     """Check the tokenizer, answer `records` with the checkpoint and with the artifact, apply the gate."""
     model = QAModel.load(artifact, threads=threads, verify=False)
     questions = [r.question for r in records]
@@ -142,41 +91,37 @@ def run_parity(
     )
     logger.info("parity: the artifact answers %d questions", len(records))
     started = time.perf_counter()
-    answers = model.answer_batch(
-        questions,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        num_beams=1,
-        do_sample=False,
-        min_new_tokens=0,
-        no_repeat_ngram_size=0,
-        repetition_penalty=1.0,
-    )
+    # GenerationOptions' own defaults are plain greedy search, as `generate` runs above.
+    answers = model.answer_batch(questions, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=batch_size)
     artifact_ms = (time.perf_counter() - started) * 1000 / max(len(records), 1)
 
-    reference_rouge = rouge([model.tokenizer.decode(ids) for ids in expected], references)
-    artifact_rouge = rouge([a.text for a in answers], references)
-    exact = sum(a.tokens == e for a, e in zip(answers, expected, strict=True)) / len(records)
+    reference_texts = [model.tokenizer.decode(ids) for ids in expected]
+    artifact_texts = [a.text for a in answers]
+    reference_rouge = rouge(reference_texts, references)
+    artifact_rouge = rouge(artifact_texts, references)
+    identical = sum(a.tokens == e for a, e in zip(answers, expected, strict=True)) / len(records)
     same = total = 0
     for a, e in zip(answers, expected, strict=True):
         s, t = _token_agreement(a.tokens, e)
         same, total = same + s, total + t
     delta = artifact_rouge["rougeL"] - reference_rouge["rougeL"]
-    quantized = model.manifest.quantization is not None
-    if quantized:
-        gate = f"int8: |ROUGE-L difference| <= {INT8_MAX_ROUGE_L_DELTA * 100:.1f} points"
-        passed = abs(delta) <= INT8_MAX_ROUGE_L_DELTA
+    quantization = model.manifest.quantization
+    if quantization:
+        gate = f"{quantization.weight_type}: |ROUGE-L difference| <= {QUANTIZED_MAX_ROUGE_L_DELTA * 100:.1f} points"
+        passed = abs(delta) <= QUANTIZED_MAX_ROUGE_L_DELTA
     else:
-        gate = f"fp32: identical answers >= {FP32_MIN_EXACT * 100:.0f}%"
-        passed = exact >= FP32_MIN_EXACT
-    return ParityReport(
+        gate = f"fp32: identical answers >= {FP32_MIN_IDENTICAL * 100:.0f}%"
+        passed = identical >= FP32_MIN_IDENTICAL
+    return ParityRecord(
         samples=len(records),
-        quantized=quantized,
+        quantized=quantization is not None,
         reference_rouge=reference_rouge,
         artifact_rouge=artifact_rouge,
         rouge_l_delta=delta,
-        exact_match=exact,
+        identical_answers=identical,
         token_agreement=same / max(total, 1),
+        reference_exact_match=exact_match(reference_texts, references),
+        artifact_exact_match=exact_match(artifact_texts, references),
         reference_ms=reference_ms,
         artifact_ms=artifact_ms,
         passed=passed,

@@ -8,96 +8,16 @@ an opt-in that halves the weights again: faster at batch 1, slower in batches.
 from __future__ import annotations
 
 import logging
-import platform
 from collections import Counter
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
-from edgeqa.errors import ConfigError, ExportError
+from edgeqa.errors import ExportError
+from edgeqa.export.config import INT4_ACCURACY_LEVEL, QuantizeSettings
 
 logger = logging.getLogger(__name__)
-
-PRESETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
-METHODS = ("int8", "int4")
-# int4: one scale per 128 weights along the input dimension; products computed in int8.
-INT4_BLOCK_SIZE = 128
-INT4_ACCURACY_LEVEL = 4
-
-
-@dataclass(frozen=True)
-class QuantizeSettings:
-    """How weights are quantized.
-
-    Attributes:
-        preset: CPU family the settings target.
-        per_channel: One scale per output channel instead of one per tensor.
-        reduce_range: 7-bit weights, so that u8 x s8 products cannot saturate int16 sums on
-            CPUs without VNNI (AVX2 / AVX-512 `vpmaddubsw`).
-        op_types: ONNX ops quantized: weight MatMuls (activation x activation products of
-            attention stay float) and the embedding Gather.
-        keep_fp32: Node-name components left in float (e.g. `lm_head`, `wo`).
-        bits: 8 (dynamic int8) or 4 (weight-only int4; per_channel and reduce_range unused).
-        block_size: int4 weights sharing one scale, along the input dimension.
-    """
-
-    preset: str
-    per_channel: bool = True
-    reduce_range: bool = False
-    op_types: tuple[str, ...] = ("MatMul", "Gather")
-    keep_fp32: tuple[str, ...] = ()
-    bits: int = 8
-    block_size: int = INT4_BLOCK_SIZE
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.bits == 4:
-            return {
-                "method": "weight-only-int4",
-                "weight_type": "int4",
-                "block_size": self.block_size,
-                "accuracy_level": INT4_ACCURACY_LEVEL,
-                "op_types": list(self.op_types),
-                "keep_fp32": list(self.keep_fp32),
-                "preset": self.preset,
-            }
-        fields = {k: v for k, v in asdict(self).items() if k not in ("bits", "block_size")}
-        return {"method": "dynamic-int8", "weight_type": "int8", "activation_type": "uint8", **fields}
-
-
-def detect_preset() -> str:
-    """The preset for this CPU: arm64, avx512_vnni, avx512 or avx2."""
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return "arm64"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    if "avx512_vnni" in flags or "avx_vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"
-
-
-def settings_for(preset: str = "auto", keep_fp32: tuple[str, ...] = (), method: str = "int8") -> QuantizeSettings:
-    if method not in METHODS:
-        raise ConfigError(f"quantization {method!r} is unknown; choose one of {', '.join(METHODS)}")
-    if preset not in PRESETS:
-        raise ConfigError(f"quantization preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    if preset == "auto":
-        preset = detect_preset()
-    # Without VNNI, int8 dot products go through saturating 16-bit adds: use 7-bit weights.
-    reduce_range = preset in ("avx2", "avx512") and method == "int8"
-    return QuantizeSettings(
-        preset=preset,
-        per_channel=True,
-        reduce_range=reduce_range,
-        keep_fp32=tuple(keep_fp32),
-        bits=4 if method == "int4" else 8,
-    )
 
 
 def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

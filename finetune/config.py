@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+import tomllib
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from edgeqa.errors import ConfigError
 from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
+from edgeqa.typed_json import check_types
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -80,7 +80,7 @@ class FinetuneConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        check_types(self, ConfigError)
         check_template(self.prompt_template)
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
@@ -107,17 +107,14 @@ class FinetuneConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1 when set, got {value}")
-        if self.learning_rate <= 0 or self.epochs <= 0:
-            raise ConfigError("learning_rate and epochs must be greater than 0")
+        for name in ("learning_rate", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-    def updated(self, **overrides: Any) -> FinetuneConfig:
-        """A copy with the given fields replaced; None values keep the current field."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     @classmethod
     def from_toml(cls, path: Path) -> FinetuneConfig:

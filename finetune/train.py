@@ -22,7 +22,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from edgeqa.checkpoint import HELDOUT, TRAINING_CONFIG
+from edgeqa.checkpoint import HELDOUT, TrainingRecord
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
@@ -44,8 +44,12 @@ class FinetuneResult:
     main_process: bool = True
 
 
-def check_output_dir(config: FinetuneConfig) -> str | None:
-    """Refuse a non-empty output folder unless resuming or overwriting; return the checkpoint to resume."""
+def prepare_output_dir(config: FinetuneConfig) -> str | None:
+    """Refuse a non-empty output folder unless resuming or overwriting; return the checkpoint to resume.
+
+    `overwrite` clears the folder only if it holds nothing but a previous run's files, so a
+    mistyped `--output` cannot delete anything else.
+    """
     out = config.output_dir
     busy = out.is_dir() and any(out.iterdir())
     if config.resume:
@@ -57,8 +61,19 @@ def check_output_dir(config: FinetuneConfig) -> str | None:
     if busy:
         if not config.overwrite:
             raise ConfigError(f"output folder {out} is not empty; pass --resume to continue it or --overwrite")
+        foreign = sorted(p.name for p in out.iterdir() if not _is_run_file(p.name))
+        if foreign:
+            raise ConfigError(
+                f"--overwrite: {out} holds files that are not from an edgeqa run ({', '.join(foreign[:3])}); "
+                "pick another --output"
+            )
         shutil.rmtree(out)
     return None
+
+
+def _is_run_file(name: str) -> bool:
+    """Whether a name in a run folder is one `finetune` (or the Trainer) writes."""
+    return name.startswith(("checkpoint-", FINAL, "runs", METRICS)) or name in ("README.md",)
 
 
 def resolve_precision(config: FinetuneConfig) -> tuple[bool, bool, bool]:
@@ -100,7 +115,7 @@ def finetune(
         trainer_overrides: `Seq2SeqTrainingArguments` fields set over edgeqa's choices
             (the GPU benchmark uses it to run the original tutorial's settings).
     """
-    resume_from = check_output_dir(config)
+    resume_from = prepare_output_dir(config)
     use_cpu, bf16, tf32 = resolve_precision(config)
     raw = load_raw(config)
     train_split, eval_split = prepare_splits(raw, config)
@@ -169,8 +184,7 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
     shutil.rmtree(staging, ignore_errors=True)
     trainer.save_model(str(staging))
     tokenizer.save_pretrained(str(staging))
-    settings = config.to_dict() | {"global_step": trainer.state.global_step}
-    (staging / TRAINING_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    training_record(config, trainer.state.global_step).write(staging)
     with open(staging / HELDOUT, "w", encoding="utf-8") as f:
         for row in eval_split.select(range(min(MAX_HELDOUT, len(eval_split)))):
             record = {"question": row[config.question_column], "answer": row[config.answer_column]}
@@ -179,6 +193,20 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
         shutil.rmtree(final_dir)
     staging.rename(final_dir)
     logger.info("saved the best model to %s", final_dir)
+
+
+def training_record(config: FinetuneConfig, global_step: int) -> TrainingRecord:
+    """What export needs to know about the run, with the whole config for the record."""
+    return TrainingRecord(
+        model=config.model,
+        prompt_template=config.prompt_template,
+        max_source_tokens=config.max_source_tokens,
+        max_target_tokens=config.max_target_tokens,
+        eval_max_new_tokens=config.eval_max_new_tokens,
+        eval_num_beams=config.eval_num_beams,
+        global_step=global_step,
+        config=config.to_dict(),
+    )
 
 
 class RougeMetrics:

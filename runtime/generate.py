@@ -178,8 +178,8 @@ def beam_search(
 
         state.reorder((parents + np.arange(batch)[:, None] * beams).reshape(-1))
         cur_len += 1
-        best_length = max_length - 1 if opts.early_stopping == "never" and opts.length_penalty > 0 else cur_len - 1
-        best_running = running_scores[:, :1] / np.float32(best_length**opts.length_penalty)
+        # transformers' heuristic for a bool `early_stopping`: the best running beam at its current length
+        best_running = running_scores[:, :1] / np.float32((cur_len - 1) ** opts.length_penalty)
         worst_finished = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), np.float32(-1.0e9))
         improvable = improvable & (best_running > worst_finished).any(axis=-1, keepdims=True)
         open_beams = not (is_finished.all() and opts.early_stopping is True)

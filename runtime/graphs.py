@@ -36,7 +36,7 @@ def physical_cores() -> int:
 
 def _check_runtime_supports(manifest: Manifest) -> None:
     """Refuse an int4 artifact on an onnxruntime without its operators, with the fix."""
-    if (manifest.quantization or {}).get("method") != "weight-only-int4":
+    if not (manifest.quantization and manifest.quantization.is_int4):
         return
     installed = tuple(int(part) for part in re.findall(r"\d+", ort.__version__)[:2])
     if installed < INT4_MIN_ONNXRUNTIME:

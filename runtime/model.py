@@ -61,9 +61,8 @@ class QAModel:
         self.manifest = manifest
         self.graphs = graphs
         self.tokenizer = tokenizer
-        self.defaults = GenerationOptions.from_dict(
-            {"max_new_tokens": manifest.max_answer_tokens, **manifest.generation}
-        )
+        generation = manifest.generation
+        self.defaults = GenerationOptions(max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)
 
     @classmethod
     def load(
@@ -92,30 +91,40 @@ class QAModel:
         tokenizer = PromptTokenizer(folder / manifest.files["tokenizer"].path, manifest)
         return cls(folder, manifest, graphs, tokenizer)
 
-    def options(self, **overrides: Any) -> GenerationOptions:
-        """The artifact's default options with `overrides` applied (None keeps a default)."""
-        return self.defaults.updated(**overrides)
+    def options(self, options: GenerationOptions | None = None, **overrides: Any) -> GenerationOptions:
+        """`options` (default: the artifact's defaults) with `overrides` applied; None keeps a value.
 
-    def answer(self, question: str, **options: Any) -> Answer:
-        """Answer one question. Options are `GenerationOptions` fields."""
-        return self._generate([question], self.options(**options))[0]
+        Raises:
+            InputError: an unknown option or a value out of range, naming it.
+        """
+        return (options or self.defaults).updated(**overrides)
 
-    def answer_batch(self, questions: Sequence[str], batch_size: int = 8, **options: Any) -> list[Answer]:
+    def answer(self, question: str, options: GenerationOptions | None = None, **overrides: Any) -> Answer:
+        """Answer one question; `overrides` are `GenerationOptions` fields."""
+        return self._generate([question], self.options(options, **overrides))[0]
+
+    def answer_batch(
+        self,
+        questions: Sequence[str],
+        options: GenerationOptions | None = None,
+        batch_size: int = 8,
+        **overrides: Any,
+    ) -> list[Answer]:
         """Answer many questions, `batch_size` at a time (rows stop at their own end-of-answer)."""
         if batch_size < 1:
-            raise InputError("batch_size must be at least 1")
-        opts = self.options(**options)
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        opts = self.options(options, **overrides)
         answers: list[Answer] = []
         for first in range(0, len(questions), batch_size):
             answers += self._generate(list(questions[first : first + batch_size]), opts)
         return answers
 
-    def stream(self, question: str, **options: Any) -> Iterator[str]:
+    def stream(self, question: str, options: GenerationOptions | None = None, **overrides: Any) -> Iterator[str]:
         """Yield the answer's text piece by piece as tokens are generated.
 
         Beam search only knows its answer at the end, so it yields it once.
         """
-        opts = self.options(**options)
+        opts = self.options(options, **overrides)
         if opts.num_beams > 1:
             yield self._generate([question], opts)[0].text
             return
@@ -131,12 +140,14 @@ class QAModel:
                 yield text[len(shown) :]
                 shown = text
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], **options: Any) -> list[list[int]]:
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], options: GenerationOptions | None = None, **overrides: Any
+    ) -> list[list[int]]:
         """Answer token ids for already tokenized prompts, as one batch (for benchmarks and tools)."""
         if not prompt_ids or any(len(ids) == 0 for ids in prompt_ids):
             raise InputError("every prompt needs at least one token id")
         input_ids, mask = self._pad(prompt_ids)
-        return self._search(input_ids, mask, self.options(**options))
+        return self._search(input_ids, mask, self.options(options, **overrides))
 
     def _pad(self, encoded: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         width = max(len(ids) for ids in encoded)

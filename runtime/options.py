@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgeqa.errors import InputError
+from edgeqa.typed_json import check_types
 
 
 @dataclass(frozen=True)
@@ -41,29 +42,29 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        check_types(self, InputError)
         checks = [
-            (self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-            (0 <= self.min_new_tokens <= self.max_new_tokens, "min_new_tokens must be between 0 and max_new_tokens"),
-            (self.num_beams >= 1, "num_beams must be at least 1"),
-            (not (self.do_sample and self.num_beams > 1), "sampling with num_beams > 1 is not supported; pick one"),
-            (self.temperature > 0, "temperature must be greater than 0"),
-            (self.top_k >= 0, "top_k must be 0 (off) or more"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size must be 0 (off) or more"),
-            (self.repetition_penalty > 0, "repetition_penalty must be greater than 0"),
+            (self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1"),
+            (self.min_new_tokens >= 0, "min_new_tokens", "must be 0 or more"),
+            (self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", "must not exceed max_new_tokens"),
+            (self.num_beams >= 1, "num_beams", "must be at least 1"),
+            (not (self.do_sample and self.num_beams > 1), "num_beams", "must be 1 when sampling (do_sample)"),
+            (self.temperature > 0, "temperature", "must be greater than 0"),
+            (self.top_k >= 0, "top_k", "must be 0 (off) or more"),
+            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
+            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be 0 (off) or more"),
+            (self.repetition_penalty > 0, "repetition_penalty", "must be greater than 0"),
         ]
-        for ok, message in checks:
+        for ok, name, rule in checks:
             if not ok:
-                raise InputError(f"{message} (got {self})")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> GenerationOptions:
-        """Build options from a dict, ignoring keys this version does not know."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+                raise InputError(f"{name} {rule}, got {getattr(self, name)!r}")
 
     def updated(self, **overrides: Any) -> GenerationOptions:
-        """A copy with the given fields replaced; None values keep the current field."""
+        """A copy with the given fields replaced; None values keep the current field.
+
+        Raises:
+            InputError: an unknown field, or a value out of its range (naming the field and value).
+        """
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:

@@ -7,12 +7,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import InputError
 from edgeqa.runtime.model import Answer, QAModel
+from edgeqa.runtime.options import GenerationOptions
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def answer_file(
     path: Path,
     output: Path | None = None,
     batch_size: int = 8,
-    options: dict[str, Any] | None = None,
+    options: GenerationOptions | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, list[str]]:
     """Answer every question of a file; JSONL to `output` (written atomically) or stdout.
@@ -67,20 +68,20 @@ def answer_file(
     Returns:
         How many questions were answered, and the problems reported for skipped lines.
     """
-    options = asdict(model.options(**(options or {})))  # a bad option fails here, once, not per line
+    options = model.options(options)
     questions, problems = read_questions(path)
     rows = []
     for first in range(0, len(questions), batch_size):
         batch = questions[first : first + batch_size]
         answers: list[Answer | None]
         try:
-            answers = list(model.answer_batch([q.text for q in batch], batch_size=batch_size, **options))
+            answers = list(model.answer_batch([q.text for q in batch], options, batch_size=batch_size))
         except InputError:
             # Fall back to one at a time so that one bad question only skips itself.
             answers = []
             for q in batch:
                 try:
-                    answers.append(model.answer(q.text, **options))
+                    answers.append(model.answer(q.text, options))
                 except InputError as single:
                     problems.append(f"line {q.line}: {single}; skipped")
                     answers.append(None)

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from edgeqa.prompt import DEFAULT_MAX_INPUT_TOKENS, format_prompt  # noqa: E402
 from edgeqa.records import sample_data  # noqa: E402
 
 # transformers' T5ModelTester sizes, with FLAN-T5's vocabulary and feed-forward.
@@ -116,5 +117,5 @@ def hf_generate(checkpoint: Path, questions: list[str], batch_size: int, **optio
     """transformers' `generate` on the same prompts: answer ids, end-of-answer included."""
     from edgeqa.export.parity import reference_answers
 
-    prompts = [f"Please answer this question: {q.strip()}" for q in questions]
-    return reference_answers(checkpoint, prompts, 128, batch_size, **options)[0]
+    prompts = [format_prompt(q) for q in questions]
+    return reference_answers(checkpoint, prompts, DEFAULT_MAX_INPUT_TOKENS, batch_size, **options)[0]

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from edgeqa.bench.report import markdown
-from edgeqa.bench.run import BenchConfig, BenchResult, _merge, _worker, prompts
+from edgeqa.bench.run import BenchConfig, BenchResult, merge_rounds, prompts, run_worker
 from edgeqa.errors import ConfigError
+from edgeqa.prompt import DEFAULT_MAX_INPUT_TOKENS, format_prompt
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_every_engine_generates_exactly_the_forced_tokens(engine, trained_model,
     tokenizer = artifact_int8 / "tokenizer.json"
     inputs = prompts(8, tokenizer)
     assert len(inputs) == 8 and all(12 <= len(p) <= 64 for p in inputs)
-    result = _merge([_worker(engine, path, tokenizer, inputs, config, beams=True) for _ in range(2)])
+    result = merge_rounds([run_worker(engine, path, tokenizer, inputs, config, beams=True) for _ in range(2)])
     for mode in ("b1", "b8", "beam4"):
         assert result[f"{mode}.tokens"] == 6, (engine, mode)
     assert result["b1.median_ms"] > 0 and result["b8.questions_per_s"] > 0
@@ -65,9 +66,8 @@ def test_optimum_on_the_same_int8_weights_agrees_with_edgeqa(optimum_model, arti
     theirs = ORTModelForSeq2SeqLM.from_pretrained(optimum_model, use_cache=True)
     tokenizer = AutoTokenizer.from_pretrained(artifact_int8)
     for question in questions[:12]:
-        batch = tokenizer(
-            f"Please answer this question: {question}", return_tensors="pt", truncation=True, max_length=128
-        )
+        prompt = format_prompt(question)
+        batch = tokenizer(prompt, return_tensors="pt", truncation=True, max_length=DEFAULT_MAX_INPUT_TOKENS)
         expected = theirs.generate(**batch, max_new_tokens=12, do_sample=False)[0, 1:].tolist()
         expected = expected[: expected.index(1) + 1] if 1 in expected else expected
         assert ours.answer(question, max_new_tokens=12).tokens == expected
@@ -123,7 +123,7 @@ def test_lever_variant_is_a_complete_artifact(tmp_path: Path, artifact_fp32: Pat
     from dataclasses import replace
 
     from edgeqa.bench.levers import variant
-    from edgeqa.export.quantize import settings_for
+    from edgeqa.export.config import settings_for
     from edgeqa.manifest import Manifest
     from edgeqa.runtime import QAModel
 
@@ -131,5 +131,5 @@ def test_lever_variant_is_a_complete_artifact(tmp_path: Path, artifact_fp32: Pat
     manifest = Manifest.read(target)
     assert ("decoder_weights" in manifest.files) == weights_beside
     assert (target / "decoder.onnx.data").exists() == weights_beside
-    assert manifest.quantization["per_channel"] is False
+    assert manifest.quantization and manifest.quantization.per_channel is False
     assert QAModel.load(target).answer("What is the capital of France?", max_new_tokens=4).tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeqa.cli import app
+from edgeqa.manifest import FORMAT_VERSION
 
 runner = CliRunner()
 
@@ -52,9 +54,9 @@ def test_ask_generation_flags_reach_the_model(artifact_int8, monkeypatch):
     seen = {}
     real = QAModel.answer
 
-    def spy(self, question, **options):
-        seen.update(options)
-        return real(self, question, **options)
+    def spy(self, question, options=None, **overrides):
+        seen.update(dataclasses.asdict(options))
+        return real(self, question, options, **overrides)
 
     monkeypatch.setattr(QAModel, "answer", spy)
     result = runner.invoke(
@@ -116,7 +118,7 @@ def test_info_shows_the_manifest(artifact_int8):
     for text in ("dynamic-int8", "Please answer this question", "parity          PASS", "4 heads x 8", "uint8 32128x"):
         assert text in result.stdout
     data = json.loads(runner.invoke(app, ["info", str(artifact_int8), "--json"]).stdout)
-    assert data["format_version"] == 2
+    assert data["format_version"] == FORMAT_VERSION
 
 
 @pytest.mark.parametrize(
@@ -127,7 +129,12 @@ def test_info_shows_the_manifest(artifact_int8):
         (["ask", "{tmp}/nowhere", "Hi?"], "error: artifact folder"),
         (["ask", "{art}", "--file", "{tmp}/missing.jsonl"], "error: question file"),
         (["info", "{tmp}"], "error: {tmp} has no manifest.json"),
-        (["export", "{tmp}/no-checkpoint", "{tmp}/out"], "error: cannot load checkpoint"),
+        (["export", "{tmp}/no-checkpoint", "{tmp}/out"], "error: checkpoint '{tmp}/no-checkpoint' is not a folder"),
+        (
+            ["export", "ckpt", "{tmp}/out", "--quantize", "int8", "--keep-fp32", "lm_haed"],
+            "error: keep_fp32 lm_haed names no part",
+        ),
+        (["finetune", "--lr", "-1", "-o", "{tmp}/run"], "error: learning_rate must be greater than 0, got -1.0"),
         (["finetune", "--data", "{tmp}/none.jsonl", "-o", "{tmp}/run"], "error: data file"),
         (["finetune", "--precision", "fp16", "-o", "{tmp}/run"], "error: precision 'fp16'"),
     ],
@@ -257,3 +264,167 @@ def test_interactive_prompt_answers_until_ctrl_d(artifact_int8):
     answer = text.split("Who wrote Hamlet?\n", 1)[1].split("\n? ", 1)[0]
     assert answer.strip(), text
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+# ------------------------------------------------------------------ options derived from the configs
+
+ASK_SAMPLE = dict(
+    max_new_tokens=6,
+    min_new_tokens=1,
+    num_beams=1,
+    length_penalty=0.5,
+    early_stopping=True,
+    do_sample=True,
+    temperature=0.7,
+    top_k=5,
+    top_p=0.9,
+    seed=3,
+    no_repeat_ngram_size=2,
+    repetition_penalty=1.2,
+)
+
+
+def _flags(sample: dict, names: dict[str, str] | None = None) -> list[str]:
+    """Command-line words that set each field of `sample`, spelled as the CLI derives them."""
+    words = []
+    for name, value in sample.items():
+        flag = (names or {}).get(name, "--" + name.replace("_", "-"))
+        if isinstance(value, bool):
+            words.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            words += [flag, ",".join(value) if isinstance(value, tuple) else str(value)]
+    return words
+
+
+def test_every_generation_option_is_a_flag_of_ask(artifact_int8, monkeypatch):
+    from edgeqa.runtime import GenerationOptions, QAModel
+
+    assert set(ASK_SAMPLE) == {f.name for f in dataclasses.fields(GenerationOptions)}
+    seen = {}
+    real = QAModel.answer
+
+    def spy(self, question, options=None):
+        seen["options"] = options
+        return real(self, question, options)
+
+    monkeypatch.setattr(QAModel, "answer", spy)
+    result = runner.invoke(app, ["ask", str(artifact_int8), "Hi?", *_flags(ASK_SAMPLE, {"do_sample": "--sample"})])
+    assert result.exit_code == 0, result.output
+    assert seen["options"] == GenerationOptions(**ASK_SAMPLE)
+
+
+def test_every_finetune_config_field_is_a_flag(monkeypatch, tmp_path):
+    import edgeqa.finetune as finetune_module
+    from edgeqa.finetune import FinetuneConfig, FinetuneResult
+
+    sample = dict(
+        model="m",
+        data="d.jsonl",
+        output_dir=str(tmp_path / "run"),
+        tokenizer="t",
+        question_column="q",
+        answer_column="a",
+        prompt_template="Q: {question}",
+        max_source_tokens=64,
+        max_target_tokens=32,
+        validation_fraction=0.2,
+        seed=7,
+        max_train_samples=10,
+        max_eval_samples=5,
+        learning_rate=0.001,
+        batch_size=4,
+        eval_batch_size=16,
+        weight_decay=0.1,
+        epochs=2.0,
+        max_steps=9,
+        save_total_limit=2,
+        eval_max_new_tokens=40,
+        eval_num_beams=2,
+        device="cpu",
+        precision="fp32",
+        logging_steps=5,
+        resume=False,
+        overwrite=True,
+    )
+    assert set(sample) == {f.name for f in dataclasses.fields(FinetuneConfig)}
+    seen = {}
+
+    def fake(config):
+        seen["config"] = config
+        return FinetuneResult(Path(config.output_dir) / "final", 3, [], None)
+
+    monkeypatch.setattr(finetune_module, "finetune", fake)
+    result = runner.invoke(app, ["finetune", *_flags(sample, {"learning_rate": "--lr", "output_dir": "--output"})])
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == FinetuneConfig(**sample)
+
+
+def test_every_export_config_field_is_an_option(monkeypatch, tmp_path):
+    import edgeqa.export as export_module
+    from edgeqa.export import ExportConfig
+
+    (tmp_path / "held.jsonl").write_text('{"question": "q?", "answer": "a"}\n')
+    sample = dict(
+        quantize="int4",
+        preset="avx2",
+        keep_fp32=("lm_head", "wo"),
+        parity=False,
+        parity_data=str(tmp_path / "held.jsonl"),
+        parity_samples=10,
+        parity_max_new_tokens=8,
+        allow_parity_failure=True,
+        force=True,
+        threads=1,
+    )
+    assert set(sample) | {"checkpoint", "output"} == {f.name for f in dataclasses.fields(ExportConfig)}
+    seen = {}
+
+    def fake(config):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(export_module, "export_artifact", fake)
+    result = runner.invoke(app, ["export", "ckpt", str(tmp_path / "out"), *_flags(sample)])
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == ExportConfig(checkpoint="ckpt", output=tmp_path / "out", **sample)
+
+
+@pytest.mark.parametrize(
+    "module, name",
+    [
+        ("edgeqa.runtime.options", "GenerationOptions"),
+        ("edgeqa.finetune.config", "FinetuneConfig"),
+        ("edgeqa.export.config", "ExportConfig"),
+    ],
+)
+def test_every_config_field_has_help(module, name):
+    import importlib
+
+    from edgeqa.cli_fields import field_docs
+
+    cls = getattr(importlib.import_module(module), name)
+    docs = field_docs(cls)
+    assert {f.name for f in dataclasses.fields(cls)} == set(docs)
+    assert all(len(text) > 8 for text in docs.values()), docs
+
+
+def test_a_bad_export_option_fails_before_torch_or_optimum_is_imported(tmp_path):
+    """`--preset bogus` and a --keep-fp32 that names nothing fail at once, not after the ONNX export."""
+    code = (
+        "import sys; from edgeqa.cli import main; sys.argv = ['edgeqa'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n"
+        "    heavy = sorted({'torch', 'optimum', 'transformers', 'onnx'} & set(sys.modules))\n"
+        "    print('heavy:', heavy); raise\n"
+    )
+    for args, message in (
+        (["--preset", "bogus"], "'bogus' is not one of"),
+        (["--quantize", "--keep-fp32", "lm_haed"], "keep_fp32 lm_haed names no part"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", code, "export", "ckpt", str(tmp_path / "out"), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode in (1, 2) and message in result.stderr.replace("\n", " "), result.stderr
+        assert "heavy: []" in result.stdout, result.stdout

@@ -16,7 +16,7 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--output", str(out), "--max-steps", "60", "--parity-samples", "24"])
     assert result.exit_code == 0, result.output
     manifest = Manifest.read(out / "model-int8")
-    assert manifest.quantization and manifest.parity and manifest.parity["passed"]
+    assert manifest.quantization and manifest.parity and manifest.parity.passed
     for text in ("| rougeL |", "mean latency ms", "identical answers", "gate (int8"):
         assert text in result.stdout
     for question in SAMPLE_QUESTIONS:

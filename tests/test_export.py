@@ -15,7 +15,8 @@ from conftest import SMALL, build_t5
 from edgeqa.cli import app
 from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export import ExportConfig, export_artifact
-from edgeqa.export.quantize import count_ops, detect_preset, settings_for
+from edgeqa.export.config import detect_preset, settings_for
+from edgeqa.export.quantize import count_ops
 from edgeqa.manifest import Manifest, sha256_of
 from edgeqa.runtime import QAModel
 
@@ -45,8 +46,8 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
         assert (artifact_int8 / entry.path).stat().st_size == entry.size
     assert (manifest.dims.d_kv, manifest.dims.num_heads, manifest.dims.vocab_size) == (8, 4, 32128)
     assert manifest.prompt_template == "Please answer this question: {question}"
-    assert manifest.quantization["preset"] == detect_preset()
-    assert manifest.parity["passed"] and manifest.parity["samples"] == 48
+    assert manifest.quantization and manifest.quantization.preset == detect_preset()
+    assert manifest.parity and manifest.parity.passed and manifest.parity.samples == 48
     assert manifest.versions["onnxruntime"]
     assert sorted(p.name for p in artifact_int8.iterdir()) == sorted(
         [e.path for e in manifest.files.values()] + ["manifest.json"]
@@ -58,13 +59,13 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
 
 def test_fp32_artifact_passes_exact_gate(artifact_fp32):
     parity = Manifest.read(artifact_fp32).parity
-    assert parity["exact_match"] >= 0.99 and parity["passed"]
+    assert parity and parity.identical_answers >= 0.99 and parity.passed
 
 
 def test_int8_gate_is_rouge_within_one_point(artifact_int8):
     parity = Manifest.read(artifact_int8).parity
-    assert abs(parity["rouge_l_delta"]) <= 0.01
-    assert "ROUGE-L" in parity["gate"]
+    assert parity and abs(parity.rouge_l_delta) <= 0.01
+    assert parity.gate.startswith("int8: |ROUGE-L difference|")
 
 
 def test_presets():
@@ -82,14 +83,14 @@ def test_keep_fp32_leaves_lm_head_float(trained_model, tmp_path):
     )
     # lm_head stays float (8 attention products + 1)
     assert count_ops(out / "decoder.onnx")["MatMul"] == 9
-    assert Manifest.read(out).quantization["keep_fp32"] == ["lm_head"]
+    assert Manifest.read(out).quantization.keep_fp32 == ["lm_head"]  # type: ignore[union-attr]
     with pytest.raises(ConfigError, match="matches no node"):
         export_artifact(
             ExportConfig(
                 checkpoint=str(trained_model),
                 output=tmp_path / "x",
                 quantize="int8",
-                keep_fp32=("nonexistent",),
+                keep_fp32=("block.7",),  # a T5 part, but this model has 2 blocks
                 parity=False,
             )
         )
@@ -193,7 +194,8 @@ def test_export_fails_the_gate_with_exit_1_and_writes_nothing(trained_model, tmp
     result = runner.invoke(
         app, ["export", str(trained_model), str(out), "--parity-samples", "16", "--allow-parity-failure"]
     )
-    assert result.exit_code == 0 and not Manifest.read(out).parity["passed"]
+    parity = Manifest.read(out).parity
+    assert result.exit_code == 0 and parity and not parity.passed
 
 
 def test_encoder_returns_the_cross_attention_cache_and_graphs_stand_alone(artifact_int8, trained_model):
@@ -250,11 +252,11 @@ def test_int4_export_is_opt_in_weight_only_with_its_parity_record(trained_model,
     )
     assert result.exit_code == 0, result.output
     manifest = Manifest.read(out)
-    assert manifest.quantization["method"] == "weight-only-int4" and manifest.quantization["block_size"] == 128
+    assert manifest.quantization and manifest.quantization.is_int4 and manifest.quantization.block_size == 128
     assert manifest.shared_tensors == [] and "embedding" not in manifest.files  # int4 rows are packed two to a byte
     ops = count_ops(out / "decoder.onnx")
     assert ops["MatMulNBits"] >= 2 * 9 and ops["MatMulInteger"] == 0, ops
-    assert manifest.parity["samples"] == 32 and "rouge_l_delta" in manifest.parity
+    assert manifest.parity and manifest.parity.samples == 32 and manifest.parity.gate.startswith("int4:")
     assert "weight-only-int4" in runner.invoke(app, ["info", str(out)]).output
     assert QAModel.load(out).answer("What is the capital of France?", max_new_tokens=4).tokens
 
@@ -303,3 +305,16 @@ def test_embedding_is_stored_once_only_when_both_graphs_hold_the_same_one(tmp_pa
         session = ort.InferenceSession(str(out / f"{role}.onnx"))
         (rows,) = session.run(None, {"ids": np.array([3, 60])})
         np.testing.assert_array_equal(rows, table[[3, 60]] + offset)
+
+
+def test_the_artifact_answers_as_long_as_training_evaluated(tiny_model, memo_data, tmp_path):
+    """The training record's eval_max_new_tokens is the artifact's default answer length."""
+    run = tmp_path / "run"
+    args = ["--model", str(tiny_model), "--data", str(memo_data), "-o", str(run), "--device", "cpu"]
+    args += ["--max-steps", "2", "--max-eval-samples", "4", "--eval-max-new-tokens", "40"]
+    assert runner.invoke(app, ["finetune", *args]).exit_code == 0
+    out = tmp_path / "artifact"
+    result = runner.invoke(app, ["export", str(run / "final"), str(out), "--no-parity"])
+    assert result.exit_code == 0, result.output
+    assert Manifest.read(out).generation.max_new_tokens == 40
+    assert QAModel.load(out).defaults.max_new_tokens == 40

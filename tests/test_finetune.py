@@ -11,12 +11,16 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, build_t5, hf_generate, short_records, write_jsonl
+from edgeqa.checkpoint import read_training_record
 from edgeqa.errors import ConfigError, DataError, ModelError
 from edgeqa.finetune import FinetuneConfig
-from edgeqa.finetune.data import load_raw, prepare_splits
 from edgeqa.metrics import rouge
+from edgeqa.prompt import PROMPT_TEMPLATE
 
 pytest.importorskip("torch")
+pytest.importorskip("datasets")
+
+from edgeqa.finetune.data import load_raw, prepare_splits  # noqa: E402  (needs the train extra)
 
 
 def config(data: Path | str, **fields) -> FinetuneConfig:
@@ -124,6 +128,9 @@ def test_non_empty_output_is_refused(tmp_path, memo_data, tiny_model):
         finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path))
     with pytest.raises(ConfigError, match="no checkpoint"):
         finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path, resume=True))
+    with pytest.raises(ConfigError, match=r"not from an edgeqa run \(old.txt\); pick another --output"):
+        finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path, overwrite=True))
+    assert (tmp_path / "old.txt").exists()
 
 
 def test_training_raises_rouge_on_training_questions(trained_run, tiny_model, memo_data):
@@ -143,8 +150,9 @@ def test_training_raises_rouge_on_training_questions(trained_run, tiny_model, me
     assert after > before + 0.02, (before, after)
     history = json.loads((trained_run / "metrics.json").read_text())
     assert len(history) == 12 and {"eval_rougeL", "eval_gen_len", "epoch"} <= set(history[0])
-    saved = json.loads((trained_run / "final" / "edgeqa_config.json").read_text())
-    assert saved["prompt_template"] == "Please answer this question: {question}"
+    saved = read_training_record(trained_run / "final")
+    assert saved and saved.prompt_template == PROMPT_TEMPLATE and saved.eval_max_new_tokens == 16
+    assert saved.config["learning_rate"] == 1.5e-2
     assert (trained_run / "final" / "edgeqa_heldout.jsonl").read_text().count("\n") == 64
 
 

@@ -43,6 +43,14 @@ def test_wheel_runs_without_torch_in_a_fresh_venv(wheel, artifact_int8, tmp_path
     missing = subprocess.run([str(python), "-c", "import torch"], capture_output=True)
     assert missing.returncode != 0, "the base install must not bring torch"
     assert "ask" in _run(str(edgeqa), "--help").stdout
+    # the configs and the public API import on a base install; the runtime still brings no torch
+    imports = (
+        "import sys; from edgeqa.finetune import FinetuneConfig; from edgeqa.export import ExportConfig; "
+        "from edgeqa import QAModel, GenerationOptions, Answer, __version__; "
+        "FinetuneConfig(epochs=1); ExportConfig(checkpoint='c', output='o', quantize='int8'); "
+        "print(__version__, sorted({'torch', 'transformers', 'optimum'} & set(sys.modules)))"
+    )
+    assert _run(str(python), "-c", imports, cwd=tmp_path).stdout.split() == ["0.1.0", "[]"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     started = time.perf_counter()
     answer = _run(
@@ -53,7 +61,10 @@ def test_wheel_runs_without_torch_in_a_fresh_venv(wheel, artifact_int8, tmp_path
     refused = subprocess.run(
         [str(edgeqa), "finetune", "-o", str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path
     )
-    assert refused.returncode == 1 and "pip install 'edgeqa[train]'" in refused.stderr, refused.stderr
+    assert (
+        refused.returncode == 1
+        and "error: fine-tuning needs torch, which is not installed: pip install 'edgeqa[train]'" in refused.stderr
+    ), refused.stderr
     print(f"\nfresh venv: {_folder_mb(venv):.0f} MB; cold start (process start to first answer): {cold_start:.2f} s")
 
 

@@ -172,7 +172,12 @@ def test_random_strings_answer_or_raise_input_error(model, text):
 
 
 def test_options_default_from_manifest(model):
-    assert model.defaults == GenerationOptions.from_dict({"max_new_tokens": 512, **model.manifest.generation})
+    generation = model.manifest.generation
+    assert model.defaults == GenerationOptions(max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)
+    assert model.options(max_new_tokens=3).max_new_tokens == 3
+    assert model.options(GenerationOptions(num_beams=2), max_new_tokens=3) == GenerationOptions(
+        num_beams=2, max_new_tokens=3
+    )
 
 
 # ------------------------------------------------------------------ damaged artifacts

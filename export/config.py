@@ -1,0 +1,173 @@
+"""`ExportConfig` and the quantization settings: what `edgeqa export` does, validated before any
+work starts (stdlib only, so the CLI checks flags without loading torch or Optimum)."""
+
+from __future__ import annotations
+
+import platform
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeqa.errors import ConfigError
+from edgeqa.manifest import INT4_METHOD, INT8_METHOD, QuantizationRecord
+from edgeqa.typed_json import check_types
+
+PRESETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
+METHODS = ("int8", "int4")
+# int4: one scale per 128 weights along the input dimension; products computed in int8.
+INT4_BLOCK_SIZE = 128
+INT4_ACCURACY_LEVEL = 4
+# The parts of the exported graphs' node names (`/decoder/block.0/layer.2/DenseReluDense/wo/MatMul`)
+# that `keep_fp32` can name.
+NODE_PARTS = frozenset(
+    "encoder decoder lm_head embed_tokens SelfAttention EncDecAttention DenseReluDense "
+    "q k v o wi wi_0 wi_1 wo MatMul Gather".split()
+)
+_NUMBERED_PART = re.compile(r"(block|layer)\.\d+")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `edgeqa export` does.
+
+    Attributes:
+        checkpoint: A T5 checkpoint folder (e.g. `finetune`'s `final/`) or hub name.
+        output: The artifact folder to create.
+        quantize: None for float graphs, int8 for dynamic int8 weights (about 4x smaller),
+            int4 for weight-only int4 (about 6x smaller, faster at batch 1, slower in batches;
+            needs onnxruntime 1.20+ where it runs).
+        preset: CPU family the quantization targets; auto reads this CPU's flags.
+        keep_fp32: Node-name parts to keep in float when quantizing, e.g. lm_head,wo.
+        parity: Run the parity gate against the checkpoint.
+        parity_data: Held-out questions (JSONL/CSV) for the gate; default: the checkpoint's
+            held-out split, else the bundled validation sample.
+        parity_samples: Questions the gate answers.
+        parity_max_new_tokens: Answer length during the gate.
+        allow_parity_failure: Write the artifact even if the gate fails.
+        force: Replace an existing non-empty output folder.
+        threads: Runtime threads during the gate (default: physical cores).
+    """
+
+    checkpoint: str
+    output: Path
+    quantize: str | None = field(default=None, metadata={"choices": METHODS})
+    preset: str = field(default="auto", metadata={"choices": PRESETS})
+    keep_fp32: tuple[str, ...] = ()
+    parity: bool = True
+    parity_data: Path | None = None
+    parity_samples: int = 200
+    parity_max_new_tokens: int = 64
+    allow_parity_failure: bool = False
+    force: bool = False
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        check_types(self, ConfigError)
+        if self.quantize not in (None, *METHODS):
+            raise ConfigError(f"quantize must be int8, int4 or unset, got {self.quantize!r} (T5 must not run in fp16)")
+        check_preset(self.preset)
+        if self.keep_fp32 and not self.quantize:
+            raise ConfigError("keep_fp32 only applies with quantize (--keep-fp32 needs --quantize)")
+        unknown = [part for part in self.keep_fp32 if part not in NODE_PARTS and not _NUMBERED_PART.fullmatch(part)]
+        if unknown:
+            raise ConfigError(
+                f"keep_fp32 {','.join(unknown)} names no part of T5's graphs; use parts such as "
+                "lm_head, wo, wi_0, wi_1, q, k, v, o, EncDecAttention or block.3"
+            )
+        for name in ("parity_samples", "parity_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.parity_data is not None and not Path(self.parity_data).is_file():
+            raise ConfigError(f"parity_data {self.parity_data} is not a file; pass a JSONL or CSV of questions")
+        path = Path(self.checkpoint)
+        looks_local = path.exists() or self.checkpoint.startswith((".", "/", "~")) or self.checkpoint.count("/") > 1
+        if looks_local and not path.is_dir():
+            raise ConfigError(
+                f"checkpoint {self.checkpoint!r} is not a folder; pass a checkpoint folder "
+                "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base"
+            )
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """How weights are quantized.
+
+    Attributes:
+        preset: CPU family the settings target.
+        per_channel: One scale per output channel instead of one per tensor.
+        reduce_range: 7-bit weights, so that u8 x s8 products cannot saturate int16 sums on
+            CPUs without VNNI (AVX2 / AVX-512 `vpmaddubsw`).
+        op_types: ONNX ops quantized: weight MatMuls (activation x activation products of
+            attention stay float) and the embedding Gather.
+        keep_fp32: Node-name components left in float (e.g. `lm_head`, `wo`).
+        bits: 8 (dynamic int8) or 4 (weight-only int4; per_channel and reduce_range unused).
+        block_size: int4 weights sharing one scale, along the input dimension.
+    """
+
+    preset: str
+    per_channel: bool = True
+    reduce_range: bool = False
+    op_types: tuple[str, ...] = ("MatMul", "Gather")
+    keep_fp32: tuple[str, ...] = ()
+    bits: int = 8
+    block_size: int = INT4_BLOCK_SIZE
+
+    def record(self) -> QuantizationRecord:
+        """The manifest's account of these settings."""
+        common = dict(preset=self.preset, op_types=list(self.op_types), keep_fp32=list(self.keep_fp32))
+        if self.bits == 4:
+            return QuantizationRecord(
+                method=INT4_METHOD,
+                weight_type="int4",
+                block_size=self.block_size,
+                accuracy_level=INT4_ACCURACY_LEVEL,
+                **common,  # type: ignore[arg-type]
+            )
+        return QuantizationRecord(
+            method=INT8_METHOD,
+            weight_type="int8",
+            activation_type="uint8",
+            per_channel=self.per_channel,
+            reduce_range=self.reduce_range,
+            **common,  # type: ignore[arg-type]
+        )
+
+
+def check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ConfigError(f"quantization preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
+    return preset
+
+
+def detect_preset() -> str:
+    """The preset for this CPU: arm64, avx512_vnni, avx512 or avx2."""
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def settings_for(preset: str = "auto", keep_fp32: tuple[str, ...] = (), method: str = "int8") -> QuantizeSettings:
+    if method not in METHODS:
+        raise ConfigError(f"quantization {method!r} is unknown; choose one of {', '.join(METHODS)}")
+    if check_preset(preset) == "auto":
+        preset = detect_preset()
+    # Without VNNI, int8 dot products go through saturating 16-bit adds: use 7-bit weights.
+    reduce_range = preset in ("avx2", "avx512") and method == "int8"
+    return QuantizeSettings(
+        preset=preset,
+        per_channel=True,
+        reduce_range=reduce_range,
+        keep_fp32=tuple(keep_fp32),
+        bits=4 if method == "int4" else 8,
+    )

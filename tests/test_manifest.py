@@ -1,0 +1,178 @@
+"""The typed contracts on their own: manifest and training records, built directly (no training, no export)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeqa.checkpoint import TRAINING_RECORD, TrainingRecord, read_training_record
+from edgeqa.errors import ArtifactError, ConfigError, ModelError
+from edgeqa.export.config import ExportConfig, settings_for
+from edgeqa.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    GenerationDefaults,
+    Manifest,
+    ModelDims,
+    ParityRecord,
+    SharedTensor,
+    file_entry,
+)
+
+DIMS = ModelDims(num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8, d_model=32, vocab_size=32128)
+PARITY = ParityRecord(
+    samples=10,
+    quantized=True,
+    reference_rouge={"rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.4, "rougeLsum": 0.4},
+    artifact_rouge={"rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.395, "rougeLsum": 0.4},
+    rouge_l_delta=-0.005,
+    identical_answers=0.9,
+    token_agreement=0.95,
+    reference_exact_match=0.8,
+    artifact_exact_match=0.7,
+    reference_ms=12.0,
+    artifact_ms=3.0,
+    passed=True,
+    gate="int8: |ROUGE-L difference| <= 1.0 points",
+    max_new_tokens=16,
+)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    for name, size in (("encoder.onnx", 10), ("decoder.onnx", 20), ("tokenizer.json", 5), ("embedding.data", 64)):
+        (tmp_path / name).write_bytes(b"x" * size)
+    return tmp_path
+
+
+def manifest_in(folder: Path, **fields) -> Manifest:
+    files = {
+        role: file_entry(folder, name) for role, name in (("encoder", "encoder.onnx"), ("decoder", "decoder.onnx"))
+    }
+    files |= {"tokenizer": file_entry(folder, "tokenizer.json"), "embedding": file_entry(folder, "embedding.data")}
+    shared = [SharedTensor(role="embedding", dtype="uint8", shape=[2, 32], names={"encoder": "e", "decoder": "d"})]
+    return Manifest(files=files, dims=DIMS, shared_tensors=shared, **fields)
+
+
+def test_json_round_trips_through_the_records(folder):
+    manifest = manifest_in(
+        folder,
+        quantization=settings_for("avx2", ("lm_head",)).record(),
+        parity=PARITY,
+        generation=GenerationDefaults(max_new_tokens=40, num_beams=2),
+    )
+    manifest.write(folder)
+    again = Manifest.read(folder)
+    assert again == manifest
+    assert again.quantization and again.quantization.reduce_range and again.quantization.keep_fp32 == ["lm_head"]
+    assert json.loads((folder / MANIFEST_NAME).read_text())["parity"]["identical_answers"] == 0.9
+
+
+def test_describe_reads_the_records(folder):
+    int4 = manifest_in(folder, quantization=settings_for("avx512_vnni", method="int4").record(), parity=PARITY)
+    text = int4.describe()
+    assert "weight-only-int4 preset avx512_vnni, blocks of 128" in text
+    assert "exact match 80.0% vs 70.0%" in text and "identical answers 90.0%" in text
+    assert f"size            {int4.total_bytes / 1e6:.1f} MB in 4 files" in text
+    assert int4.total_bytes == 99
+    assert "quantization    none (float32)" in manifest_in(folder).describe()
+
+
+def test_parity_table_shows_exact_match_of_both(folder):
+    table = PARITY.table()
+    assert "| exact match % | 80.0 | 70.0 | -10.0 |" in table and "gate (int8: " in table and "PASS" in table
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["dims"].update(num_heads="4"), "dims: num_heads should be int"),
+        (lambda d: d["dims"].update(num_heads=True), "dims: num_heads should be int"),
+        (lambda d: d.update(parity={"samples": 3}), "parity lacks quantized"),
+        (lambda d: d.update(generation={"max_new_tokens": 40, "beams": 2}), "generation has unknown key"),
+        (lambda d: d["files"]["encoder"].update(size=None), "files.encoder: size should be int"),
+        (lambda d: d.update(shared_tensors=[{"role": "embedding"}]), "shared_tensors[0] lacks dtype"),
+        (lambda d: d.pop("dims"), "lacks dims"),
+        (lambda d: d.update(quantization=[]), "quantization should be a JSON object"),
+        (lambda d: d.update(versions={"edgeqa": 1}), "versions.edgeqa should be str"),
+    ],
+)
+def test_a_wrong_key_or_type_is_an_artifact_error_naming_it(folder, mutate, message):
+    data = json.loads(manifest_in(folder).to_json())
+    mutate(data)
+    with pytest.raises(ArtifactError, match="re-export") as caught:
+        Manifest.from_dict(data)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "version, message",
+    [
+        (FORMAT_VERSION + 1, f"format {FORMAT_VERSION + 1} is newer than this edgeqa supports"),
+        (2, "format 2 is from an older edgeqa .*re-export"),
+        ("3", "no integer format_version"),
+    ],
+)
+def test_other_versions_are_refused_before_anything_else(folder, version, message):
+    data = {"format_version": version, "files": "garbage"}  # the version is checked first
+    with pytest.raises(ArtifactError, match=message):
+        Manifest.from_dict(data)
+
+
+def test_verify_files_names_the_extra_missing_and_resized_file(folder):
+    manifest = manifest_in(folder)
+    manifest.write(folder)
+    manifest.verify_files(folder)
+    (folder / "notes.txt").write_text("hi")
+    with pytest.raises(ArtifactError, match="notes.txt"):
+        manifest.verify_files(folder)
+    (folder / "notes.txt").unlink()
+    (folder / "tokenizer.json").write_bytes(b"xxxxxx")
+    with pytest.raises(ArtifactError, match="tokenizer.json .* 6 bytes, the manifest says 5"):
+        manifest.verify_files(folder)
+    (folder / "tokenizer.json").write_bytes(b"yyyyy")
+    with pytest.raises(ArtifactError, match="tokenizer.json .* does not match its sha256"):
+        manifest.verify_files(folder)
+
+
+def test_training_record_round_trips_and_refuses_a_wrong_type(tmp_path):
+    record = TrainingRecord(model="google/flan-t5-base", eval_max_new_tokens=40, config={"lr": 3e-4, "seed": None})
+    record.write(tmp_path)
+    assert read_training_record(tmp_path) == record
+    assert read_training_record(tmp_path / "elsewhere") is None
+    (tmp_path / TRAINING_RECORD).write_text(json.dumps({"model": "m", "eval_max_new_tokens": "40"}))
+    with pytest.raises(ModelError, match="eval_max_new_tokens should be int"):
+        read_training_record(tmp_path)
+
+
+def test_export_config_refuses_bad_options_by_name(tmp_path):
+    with pytest.raises(ConfigError, match="preset 'bogus' is unknown"):
+        ExportConfig(checkpoint="c", output=tmp_path, preset="bogus")
+    with pytest.raises(ConfigError, match="keep_fp32 lm_haed names no part"):
+        ExportConfig(checkpoint="c", output=tmp_path, quantize="int8", keep_fp32=("lm_haed",))
+    with pytest.raises(ConfigError, match="parity_samples must be at least 1, got 0"):
+        ExportConfig(checkpoint="c", output=tmp_path, parity_samples=0)
+    with pytest.raises(ConfigError, match="parity_data .* is not a file"):
+        ExportConfig(checkpoint="c", output=tmp_path, parity_data=tmp_path / "none.jsonl")
+    assert ExportConfig(checkpoint="c", output=tmp_path, quantize="int8", keep_fp32=("block.3", "wo")).keep_fp32
+
+
+def test_generation_defaults_are_generation_options():
+    from edgeqa.runtime import GenerationOptions
+
+    defaults = {f.name for f in dataclasses.fields(GenerationDefaults)}
+    assert defaults <= {f.name for f in dataclasses.fields(GenerationOptions)}
+
+
+def test_option_errors_name_the_field_and_value_only():
+    from edgeqa.errors import InputError
+    from edgeqa.runtime import GenerationOptions
+
+    with pytest.raises(InputError) as caught:
+        GenerationOptions(max_new_tokens=-3)
+    assert str(caught.value) == "max_new_tokens must be at least 1, got -3"
+    with pytest.raises(InputError, match='top_k should be int, got "5"'):
+        GenerationOptions().updated(top_k="5")
