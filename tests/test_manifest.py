@@ -24,20 +24,14 @@ from edgeqa.manifest import (
 
 DIMS = ModelDims(num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8, d_model=32, vocab_size=32128)
 PARITY = ParityRecord(
-    samples=10,
-    quantized=True,
-    reference_rouge={"rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.4, "rougeLsum": 0.4},
-    artifact_rouge={"rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.395, "rougeLsum": 0.4},
-    rouge_l_delta=-0.005,
-    identical_answers=0.9,
-    token_agreement=0.95,
-    reference_exact_match=0.8,
-    artifact_exact_match=0.7,
-    reference_ms=12.0,
-    artifact_ms=3.0,
-    passed=True,
-    gate="int8: |ROUGE-L difference| <= 1.0 points",
-    max_new_tokens=16,
+    **json.loads("""{
+        "samples": 10, "quantized": true, "rouge_l_delta": -0.005, "max_new_tokens": 16, "passed": true,
+        "reference_rouge": {"rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.4, "rougeLsum": 0.4},
+        "artifact_rouge": {"rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.395, "rougeLsum": 0.4},
+        "identical_answers": 0.9, "token_agreement": 0.95, "reference_exact_match": 0.8,
+        "artifact_exact_match": 0.7, "reference_ms": 12.0, "artifact_ms": 3.0,
+        "gate": "int8: |ROUGE-L difference| <= 1.0 points"
+    }""")
 )
 
 
