@@ -142,7 +142,7 @@ def _check_shared_tensors(manifest: Manifest) -> None:
         entry = manifest.files.get(tensor.role)
         if entry is None:
             raise _refuse(f"{where}.role", f"is {tensor.role}, which files does not list")
-        if tensor.dtype not in SHARED_DTYPES:
+        if not isinstance(tensor.dtype, str) or tensor.dtype not in SHARED_DTYPES:
             raise _refuse(f"{where}.dtype", f"is {shown(tensor.dtype)}, not one of {', '.join(SHARED_DTYPES)}")
         shape = tensor.shape
         if not isinstance(shape, list) or not 1 <= len(shape) <= 4:

@@ -316,11 +316,11 @@ class Manifest:
                 "re-export the checkpoint with `edgeqa export`"
             )
         manifest = read_record(cls, data, "manifest.json", ArtifactError, "re-export the artifact")
+        artifact_checks.check_manifest(manifest)
         missing = [role for role in REQUIRED_ROLES if role not in manifest.files]
         missing += [shared.role for shared in manifest.shared_tensors if shared.role not in manifest.files]
         if missing:
             raise ArtifactError(f"manifest.json lists no file for {', '.join(missing)}; re-export the artifact")
-        artifact_checks.check_manifest(manifest)
         return manifest
 
     @classmethod

@@ -135,7 +135,8 @@ class T5Graphs:
     def _session(folder: Path, manifest: Manifest, role: str, options: ort.SessionOptions) -> ort.InferenceSession:
         path = Path(folder) / manifest.files[role].path
         try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            # No fallback: it would print a banner to stdout and load the same graph again on the same CPU.
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], enable_fallback=0)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             if "procfs" in str(e):
                 raise ArtifactError(
@@ -143,7 +144,7 @@ class T5Graphs:
                     "mount /proc in the sandbox or chroot (container runtimes do)"
                 ) from e
             raise ArtifactError(
-                f"{path.name} ({role}) is not a loadable ONNX graph: {e}; re-export the artifact"
+                f"{path.name} ({role}) is not a loadable ONNX graph: {shown(str(e), 300)}; re-export the artifact"
             ) from e
 
     def _bind_io(self) -> None:
