@@ -176,7 +176,8 @@ def test_fuzzed_manifest_bytes(work, original, data):
     kind = data.draw(st.sampled_from(["flip", "truncate", "nested", "digits", "not utf-8"]), label="kind")
     if kind == "flip":
         raw = bytearray(text)
-        for position in data.draw(st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4, unique=True), label="at"):
+        positions = st.lists(st.integers(0, len(raw) - 1), min_size=1, max_size=4, unique=True)
+        for position in data.draw(positions, label="at"):
             raw[position] ^= data.draw(st.integers(1, 255), label="xor")
         text = bytes(raw)
     elif kind == "truncate":
