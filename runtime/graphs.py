@@ -199,11 +199,11 @@ class T5Graphs:
 
 
 def _run(session: ort.InferenceSession, role: str, outputs: list[str], feed: dict[str, np.ndarray]) -> list:
-    """Run a graph; a graph that loads but cannot run on the inputs its interface declares is a broken artifact."""
+    """Run a graph; one that loads but fails on the inputs its interface declares is a broken artifact."""
     try:
         return session.run(outputs, feed)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument types
         raise ArtifactError(
-            f"the {role} graph fails on its declared inputs ({shown(str(e), 160)}): the artifact is "
-            "inconsistent; re-export it with `edgeqa export`"
+            f"onnxruntime cannot run the {role} graph ({shown(str(e), 160)}); unless it ran out of memory, "
+            "the artifact is inconsistent: re-export it with `edgeqa export`"
         ) from e
