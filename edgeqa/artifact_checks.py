@@ -20,7 +20,6 @@ whoever writes a file can write its checksum too. Pin an artifact by its manifes
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -117,18 +116,9 @@ def check_manifest(manifest: Manifest) -> None:
     template = manifest.prompt_template
     if not isinstance(template, str) or template.count("{question}") != 1:
         raise _refuse("prompt_template", f"is {shown(template)}, not a text with one {{question}} field")
-    _check_generation(manifest.generation)
+    _int("generation.max_new_tokens", manifest.generation.max_new_tokens, 1, MAX_TOKENS)
+    _int("generation.num_beams", manifest.generation.num_beams, 1, MAX_BEAMS)
     _check_shared_tensors(manifest)
-
-
-def _check_generation(generation: object) -> None:
-    values = dataclasses.asdict(generation) if dataclasses.is_dataclass(generation) else generation  # type: ignore[arg-type]
-    if not isinstance(values, dict):
-        raise _refuse("generation", f"is {shown(values)}, not an object")
-    if "max_new_tokens" in values:
-        _int("generation.max_new_tokens", values["max_new_tokens"], 1, MAX_TOKENS)
-    if "num_beams" in values:
-        _int("generation.num_beams", values["num_beams"], 1, MAX_BEAMS)
 
 
 def _check_shared_tensors(manifest: Manifest) -> None:

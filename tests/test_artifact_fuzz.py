@@ -23,8 +23,6 @@ from edgeqa.runtime.onnx_refs import GraphFormatError, external_tensors
 QUESTION = "What is AI?"
 #: Keys that only describe the artifact; changing them must not change an answer.
 METADATA = ("model_name", "versions", "parity")
-#: Records whose types `Manifest.from_dict` does not check yet (typed records are coming); not mutated for now.
-UNTYPED = ("quantization", "parity", "versions", "generation")
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 PATHS = [
@@ -89,8 +87,7 @@ def _like(value: object) -> st.SearchStrategy:
 
 def _mutate(data: st.DataObject, manifest: dict) -> dict:
     for _ in range(data.draw(st.integers(1, 3), label="mutations")):
-        paths = [path for path in _paths(manifest)[1:] if path[0] not in UNTYPED]
-        path = data.draw(st.sampled_from(paths), label="where")
+        path = data.draw(st.sampled_from(_paths(manifest)[1:]), label="where")
         parent = manifest
         for key in path[:-1]:
             parent = parent[key]
@@ -160,7 +157,10 @@ def test_fuzzed_manifests(work, original, data):
     if same:
         _same_loads[0] += 1
         if _same_loads[0] > SAME_LOADS:
-            assert Manifest.read(work).describe()
+            try:
+                assert Manifest.read(work).describe()
+            except ArtifactError as e:  # a wrong type in metadata
+                assert "\n" not in str(e) and len(str(e)) < 1000, str(e)
             event("read (metadata only)")
             return
     if _outcome(work, expected if same else None) == "answered":  # then it can only name the artifact's own files
