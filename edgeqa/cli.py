@@ -97,6 +97,9 @@ def ask(
     threads: ThreadsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Questions per batch with --file.")] = 8,
     verify: Annotated[bool, typer.Option(help="Check file checksums on load.")] = True,
+    expect_sha256: Annotated[
+        str | None, typer.Option("--expect-sha256", help="Refuse the artifact unless manifest.json has this sha256.")
+    ] = None,
     *,
     fields: dict[str, Any],
 ) -> None:
@@ -108,7 +111,7 @@ def ask(
     from edgeqa.runtime.questions import answer_file, read_questions
 
     _setup_logging(quiet=True)
-    model = QAModel.load(artifact, threads=threads, verify=verify)
+    model = QAModel.load(artifact, threads=threads, verify=verify, expect_sha256=expect_sha256)
     options = model.options(**fields)  # validate flags before any work
     if file is not None:
         total = len(read_questions(file)[0])
@@ -146,6 +149,33 @@ def info(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
 
     manifest = Manifest.read(artifact)
     typer.echo(manifest.to_json() if as_json else manifest.describe(), nl=not as_json)
+
+
+# ---------------------------------------------------------------- verify
+
+
+@app.command()
+@handle_errors
+def verify(
+    artifact: ArtifactArg,
+    expect_sha256: Annotated[
+        str | None, typer.Option("--expect-sha256", help="Fail unless manifest.json has this sha256 (pin).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check an artifact received from elsewhere as the loader would (paths, sizes, checksums, graphs, tokenizer).
+
+    Example: edgeqa verify ./model-int8 --expect-sha256 "$(sha256sum model-int8/manifest.json | cut -d' ' -f1)"
+    """
+    from edgeqa.errors import ArtifactError
+    from edgeqa.runtime import verify_artifact
+
+    _setup_logging(quiet=True)
+    report = verify_artifact(artifact, expect_sha256=expect_sha256)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if not report.ok:
+        first = report.problems[0]
+        raise ArtifactError(f"{artifact} failed {len(report.problems)} check(s), first {first.name}: {first.detail}")
 
 
 def _interactive(model: QAModel, options: GenerationOptions) -> None:

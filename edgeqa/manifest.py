@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeqa import artifact_checks
 from edgeqa.errors import ArtifactError
 from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE
 from edgeqa.typed_json import read_record
@@ -315,6 +316,7 @@ class Manifest:
                 "re-export the checkpoint with `edgeqa export`"
             )
         manifest = read_record(cls, data, "manifest.json", ArtifactError, "re-export the artifact")
+        artifact_checks.check_manifest(manifest)
         missing = [role for role in REQUIRED_ROLES if role not in manifest.files]
         missing += [shared.role for shared in manifest.shared_tensors if shared.role not in manifest.files]
         if missing:
@@ -322,17 +324,14 @@ class Manifest:
         return manifest
 
     @classmethod
-    def read(cls, folder: Path) -> Manifest:
-        """Read and validate `folder/manifest.json`."""
+    def read(cls, folder: Path, expect_sha256: str | None = None) -> Manifest:
+        """Read and validate `folder/manifest.json` (optionally pinned by its sha256), names and limits included."""
         path = Path(folder) / MANIFEST_NAME
-        if not Path(folder).is_dir():
-            raise ArtifactError(f"artifact folder {folder} does not exist; pass the folder `edgeqa export` wrote")
-        if not path.is_file():
-            raise ArtifactError(f"{folder} has no {MANIFEST_NAME}: it is not an edgeqa artifact (run `edgeqa export`)")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"{path} is not valid JSON ({e}); re-export the artifact") from e
+            data = json.loads(artifact_checks.read_manifest(folder, expect_sha256).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, or a 5000-digit number
+            problem = artifact_checks.shown(str(e))
+            raise ArtifactError(f"{path} is not valid JSON ({problem}); re-export the artifact") from e
         if not isinstance(data, dict):
             raise ArtifactError(f"{path} does not hold a JSON object; re-export the artifact")
         return cls.from_dict(data)
@@ -349,29 +348,14 @@ class Manifest:
             ArtifactError: naming the first missing, extra, resized or corrupted file.
         """
         folder = Path(folder)
-        listed = {entry.path for entry in self.files.values()} | {MANIFEST_NAME}
-        present = {p.name for p in folder.iterdir()}
-        extra = sorted(present - listed)
+        extra = artifact_checks.extra_files(folder, self)
         if extra:
             raise ArtifactError(
                 f"artifact {folder} holds files its manifest does not list: {', '.join(extra)}; "
                 "remove them or re-export"
             )
         for role, entry in self.files.items():
-            path = folder / entry.path
-            if not path.is_file():
-                raise ArtifactError(f"artifact {folder} is missing {entry.path} ({role}); re-export the artifact")
-            size = path.stat().st_size
-            if size != entry.size:
-                raise ArtifactError(
-                    f"{entry.path} in {folder} has {size} bytes, the manifest says {entry.size}: "
-                    "the file is truncated or replaced; re-export the artifact"
-                )
-            if checksums and sha256_of(path) != entry.sha256:
-                raise ArtifactError(
-                    f"{entry.path} in {folder} does not match its sha256 in the manifest: the file is corrupted; "
-                    "re-export or copy the artifact again"
-                )
+            artifact_checks.check_file(folder, role, entry, checksum=checksums)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

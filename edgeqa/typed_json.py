@@ -84,7 +84,7 @@ def _value(kind: Any, value: object, where: str) -> Any:
     if origin is tuple and isinstance(value, list | tuple):  # tuple[X, ...]
         return tuple(_value(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
     if origin is dict and isinstance(value, dict):
-        return {key: _value(args[1], item, f"{where}.{key}") for key, item in value.items()}
+        return {key: _value(args[1], item, f"{where}.{_key(key)}") for key, item in value.items()}
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if kind in (int, str) and isinstance(value, kind) and not isinstance(value, bool):
@@ -94,6 +94,11 @@ def _value(kind: Any, value: object, where: str) -> Any:
     if kind is Path and isinstance(value, str | Path):
         return Path(value)
     raise _Mismatch(f"{where} should be {getattr(kind, '__name__', str(kind))}, got {_shown(value)}")
+
+
+def _key(key: str) -> str:
+    """A key from the file, as a message names it: as is if short printable ASCII, else quoted and escaped."""
+    return key if key.isascii() and key.isprintable() and 0 < len(key) <= 40 else _shown(key)
 
 
 def _shown(value: object) -> str:

@@ -8,11 +8,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from edgeqa.runtime.options import GenerationOptions
+from edgeqa.runtime.verify import VerifyReport, verify_artifact
 
 if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
     from edgeqa.runtime.model import Answer, QAModel
 
-__all__ = ["Answer", "GenerationOptions", "QAModel"]
+__all__ = ["Answer", "GenerationOptions", "QAModel", "VerifyReport", "verify_artifact"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgeqa.artifact_checks import open_member, shown
 from edgeqa.errors import ArtifactError
 from edgeqa.manifest import Manifest, cache_names
+from edgeqa.runtime.onnx_refs import check_graph_files
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
 
@@ -50,15 +52,10 @@ def _check_runtime_supports(manifest: Manifest) -> None:
 def _map_shared_tensors(folder: Path, manifest: Manifest) -> list[tuple[dict[str, str], ort.OrtValue]]:
     """Map each weight stored once for both graphs (the embedding table), as one tensor for both sessions."""
     shared = []
-    for tensor in manifest.shared_tensors:
+    for tensor in manifest.shared_tensors:  # dtype and shape match the file's size (`check_manifest`)
         entry = manifest.files[tensor.role]
-        dtype = np.dtype(tensor.dtype)
-        if entry.size != dtype.itemsize * int(np.prod(tensor.shape)):
-            raise ArtifactError(
-                f"{entry.path} holds {entry.size} bytes, not a {tensor.dtype} {tensor.shape} tensor; "
-                "the artifact is inconsistent, re-export it"
-            )
-        mapped = np.memmap(Path(folder) / entry.path, dtype=dtype, mode="r", shape=tuple(tensor.shape))
+        with open_member(folder, entry.path, f"files.{tensor.role}") as f:
+            mapped = np.memmap(f, dtype=np.dtype(tensor.dtype), mode="r", shape=tuple(tensor.shape))
         shared.append((tensor.names, ort.OrtValue.ortvalue_from_numpy(mapped)))
     return shared
 
@@ -108,6 +105,8 @@ class T5Graphs:
         session_config: dict[str, str] | None = None,
     ):
         _check_runtime_supports(manifest)
+        for role in ("decoder", "encoder"):
+            check_graph_files(folder, manifest, role)
         self.threads = threads or physical_cores()
         # The encoder runs once per question: its threads must not spin afterwards, or they take
         # cores from the decoder's threads for the whole answer.
@@ -136,7 +135,8 @@ class T5Graphs:
     def _session(folder: Path, manifest: Manifest, role: str, options: ort.SessionOptions) -> ort.InferenceSession:
         path = Path(folder) / manifest.files[role].path
         try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            # No fallback: it would print a banner to stdout and load the same graph again on the same CPU.
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], enable_fallback=0)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             if "procfs" in str(e):
                 raise ArtifactError(
@@ -144,7 +144,7 @@ class T5Graphs:
                     "mount /proc in the sandbox or chroot (container runtimes do)"
                 ) from e
             raise ArtifactError(
-                f"{path.name} ({role}) is not a loadable ONNX graph: {e}; re-export the artifact"
+                f"{path.name} ({role}) is not a loadable ONNX graph: {shown(str(e), 300)}; re-export the artifact"
             ) from e
 
     def _bind_io(self) -> None:
@@ -174,7 +174,8 @@ class T5Graphs:
 
     def encode(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> DecoderState:
         """Run the encoder; the state holds the cross-attention cache and an empty self-attention cache."""
-        cross = self.encoder.run(self._encoder_outputs, {"input_ids": input_ids, "attention_mask": attention_mask})
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        cross = _run(self.encoder, "encoder", self._encoder_outputs, feed)
         empty = np.zeros((input_ids.shape[0], self.dims.num_heads, 0, self.dims.d_kv), dtype=np.float32)
         return DecoderState(encoder_mask=attention_mask, cross_cache=cross, self_cache=[empty] * len(self._self_names))
 
@@ -186,6 +187,23 @@ class T5Graphs:
         }
         feed.update(zip(self._self_names, state.self_cache, strict=True))
         feed.update(zip(self._cross_names, state.cross_cache, strict=True))
-        outputs = self.decoder.run(self._decoder_outputs, feed)
+        outputs = _run(self.decoder, "decoder", self._decoder_outputs, feed)
+        logits = outputs[0]
+        if logits.ndim != 3 or logits.shape[0] != state.rows or logits.shape[2] != self.dims.vocab_size:
+            raise ArtifactError(
+                f"the decoder graph returned logits of shape {logits.shape}, not ({state.rows}, 1, "
+                f"{self.dims.vocab_size}): the artifact is inconsistent; re-export it with `edgeqa export`"
+            )
         state.self_cache = outputs[1:]
-        return outputs[0][:, -1, :]
+        return logits[:, -1, :]
+
+
+def _run(session: ort.InferenceSession, role: str, outputs: list[str], feed: dict[str, np.ndarray]) -> list:
+    """Run a graph; one that loads but fails on the inputs its interface declares is a broken artifact."""
+    try:
+        return session.run(outputs, feed)
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidArgument types
+        raise ArtifactError(
+            f"onnxruntime cannot run the {role} graph ({shown(str(e), 160)}); unless it ran out of memory, "
+            "the artifact is inconsistent: re-export it with `edgeqa export`"
+        ) from e

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeqa.errors import InputError
+from edgeqa.errors import ArtifactError, InputError
 from edgeqa.manifest import Manifest
 from edgeqa.runtime.generate import beam_search, greedy_tokens, until_eos
 from edgeqa.runtime.graphs import T5Graphs
@@ -62,7 +62,10 @@ class QAModel:
         self.graphs = graphs
         self.tokenizer = tokenizer
         generation = manifest.generation
-        self.defaults = GenerationOptions(max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)
+        try:
+            self.defaults = GenerationOptions(max_new_tokens=generation.max_new_tokens, num_beams=generation.num_beams)
+        except InputError as e:
+            raise ArtifactError(f"manifest.json: generation {e}; re-export the artifact") from e
 
     @classmethod
     def load(
@@ -71,6 +74,7 @@ class QAModel:
         threads: int | None = None,
         verify: bool = True,
         session_config: dict[str, str] | None = None,
+        expect_sha256: str | None = None,
     ) -> QAModel:
         """Load an artifact folder written by `edgeqa export`.
 
@@ -80,12 +84,14 @@ class QAModel:
             verify: Check every file's sha256 against the manifest (sizes are always checked).
             session_config: Extra onnxruntime session config entries, e.g.
                 {"session.intra_op.allow_spinning": "0"}.
+            expect_sha256: Refuse the artifact unless its manifest.json has this sha256 (the
+                manifest lists every file's sha256, so with `verify` this pins every byte).
 
         Raises:
             ArtifactError: the folder is not a complete, intact artifact of a supported format.
         """
         folder = Path(path)
-        manifest = Manifest.read(folder)
+        manifest = Manifest.read(folder, expect_sha256=expect_sha256)
         manifest.verify_files(folder, checksums=verify)
         graphs = T5Graphs(folder, manifest, threads=threads, session_config=session_config)
         tokenizer = PromptTokenizer(folder / manifest.files["tokenizer"].path, manifest)

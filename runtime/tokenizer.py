@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from edgeqa.artifact_checks import read_member, shown
 from edgeqa.errors import ArtifactError, InputError
 from edgeqa.manifest import Manifest
 from edgeqa.prompt import format_prompt
@@ -32,10 +33,14 @@ class PromptTokenizer:
     """Turns questions into prompt ids and answer ids into text, as training did."""
 
     def __init__(self, path: Path, manifest: Manifest):
+        entry = manifest.files["tokenizer"]
+        data = read_member(path.parent, path.name, "files.tokenizer", entry.size)
         try:
-            self._tokenizer = Tokenizer.from_file(str(path))
+            self._tokenizer = Tokenizer.from_str(data.decode("utf-8"))
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
-            raise ArtifactError(f"{path.name} cannot be read as a tokenizer ({e}); re-export the artifact") from e
+            raise ArtifactError(
+                f"{path.name} cannot be read as a tokenizer ({shown(str(e), 160)}); re-export the artifact"
+            ) from e
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(manifest.max_input_tokens)
         self._template = manifest.prompt_template

@@ -106,6 +106,12 @@ def artifact_int8(tmp_path_factory: pytest.TempPathFactory, trained_model: Path)
 
 
 @pytest.fixture(scope="session")
+def artifact_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    """The untrained tiny model exported without the parity gate: seconds, for tests of the loader."""
+    return _export(tiny_model, tmp_path_factory.mktemp("art") / "tiny", parity=False)
+
+
+@pytest.fixture(scope="session")
 def questions() -> list[str]:
     """Validation questions of varied length (a few long ones are truncated)."""
     rows = [json.loads(line) for line in sample_data("validation").read_text(encoding="utf-8").splitlines()]
