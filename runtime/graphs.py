@@ -14,8 +14,9 @@ from edgeqa.errors import ArtifactError
 from edgeqa.manifest import Manifest, cache_names
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
-# Per-token int8 graphs quantize each token row with opset 21's blocked QuantizeLinear.
-PER_TOKEN_MIN_ONNXRUNTIME = (1, 20)
+# Per-token int8 graphs quantize each token row with opset 21's blocked QuantizeLinear, which
+# onnxruntime's CPU kernels support from 1.19 (microsoft/onnxruntime#20977; tested on 1.32).
+PER_TOKEN_MIN_ONNXRUNTIME = (1, 19)
 
 
 def physical_cores() -> int:
