@@ -6,14 +6,17 @@ position, padding included. A row's answer then depends on what it is batched wi
 rewrite gives each token row its own symmetric scale instead, so that a row's numbers depend
 on that row alone:
 
-    scale = ReduceMax(Abs(x), axes=-1) / 127                one scale per token row
-    xq = QuantizeLinear(x, scale, block_size=K) -> int8     (opset 21's blocked quantization)
-    y = MatMulIntegerToFloat(xq, Wq, scale, w_scale, -, w_zero_point)
+    scale = ReduceMax(Abs(x), axes=-1) / 127            one scale per token row
+    xq = QuantizeLinear(x, scale, 128, block_size=K)    uint8 (opset 21's blocked quantization)
+    y = MatMulIntegerToFloat(xq, Wq, scale, w_scale, 128, w_zero_point)
 
-Four small nodes per quantized activation (shared by the MatMuls that read it, e.g. q, k and v)
-and one fused integer MatMul per weight, whose per-row scale onnxruntime applies in the kernel.
-The integer products are exact, so a row gets bit-identical results in any batch. A row of zeros
-divides 0 by 0 and its output is 0 all the same (the product is multiplied by its scale, 0).
+The zero point is the constant 128 (symmetric, so the u8 x s8 integer kernels still run); one
+uint8 tensor of 128s the shape of the scales serves every QuantizeLinear of a graph, since all of
+T5's weight MatMuls read activations with the same token rows (a graph where they differ fails
+to run, loudly). That is four small nodes per quantized activation (shared by the MatMuls that
+read it, e.g. q, k and v) and one fused integer MatMul per weight, which applies the row scales
+itself. The integer products are exact, so a row's results are bit-identical in any batch. A row
+of zeros divides 0 by 0 and its output is 0 all the same (the product is multiplied by its scale).
 """
 
 from __future__ import annotations
