@@ -29,6 +29,7 @@ import onnx.version_converter
 from onnx import helper, numpy_helper
 
 from edgeqa.errors import ExportError
+
 #: Blocked QuantizeLinear (a scale per row) needs opset 21.
 OPSET = 21
 _CONTRIB = "com.microsoft"

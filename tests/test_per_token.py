@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import build_t5
 from edgeqa.errors import ExportError
-from edgeqa.export.per_token import per_token_activations
 from edgeqa.export.config import settings_for
+from edgeqa.export.per_token import per_token_activations
 from edgeqa.export.quantize import count_ops, quantize_graph
 from edgeqa.manifest import Manifest
 from edgeqa.records import sample_data
