@@ -13,6 +13,7 @@ COLUMNS = [
     ("b1.p90_ms", "b1 p90 ms", "{:.0f}"),
     ("b1.ms_per_token", "ms/token", "{:.2f}"),
     ("b8.questions_per_s", "b8 q/s", "{:.1f}"),
+    ("b8.same_as_b1", "b8 answers = b1", "{:.0%}"),
     ("beam4.median_ms", "beam-4 b1 ms", "{:.0f}"),
     ("cold_start_s", "cold start s", "{:.2f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),

@@ -25,13 +25,23 @@ logger = logging.getLogger(__name__)
 # "engine@N" runs an engine with N threads instead of the configured count: CTranslate2 runs
 # faster with one thread than with two on some 2-core machines, so both are measured and the
 # ratios are taken against its better figure.
-ENGINES = ("pytorch", "optimum", "ctranslate2", "ctranslate2@1", "edgeqa-fp32", "edgeqa-int8", "edgeqa-int8@1")
+ENGINES = (
+    "pytorch",
+    "optimum",
+    "ctranslate2",
+    "ctranslate2@1",
+    "edgeqa-fp32",
+    "edgeqa-int8",
+    "edgeqa-int8@1",
+    "edgeqa-int8-per-tensor",
+)
 NEEDS = {
     "pytorch": ("torch", "transformers"),
     "optimum": ("optimum.onnxruntime",),
     "ctranslate2": ("ctranslate2",),
     "edgeqa-fp32": (),
     "edgeqa-int8": (),
+    "edgeqa-int8-per-tensor": (),
 }
 LABELS = {
     "pytorch": "PyTorch fp32 eager (transformers generate)",
@@ -39,6 +49,7 @@ LABELS = {
     "ctranslate2": "CTranslate2 int8",
     "edgeqa-fp32": "edgeqa runtime fp32",
     "edgeqa-int8": "edgeqa runtime int8",
+    "edgeqa-int8-per-tensor": "edgeqa runtime int8, per-tensor activations (before per-token)",
 }
 
 
@@ -64,7 +75,8 @@ class BenchConfig:
         inputs: Prompts (validation questions, 12 to 64 tokens).
         new_tokens: Forced answer length (min = max, end of answer suppressed).
         threads: Threads for every engine.
-        rounds: Rounds per engine (the spread is reported).
+        rounds: Rounds per engine (the spread is reported); each round runs every engine once, so
+            that a busy machine's slow spells spread over all of them.
         beam_shapes: Shapes on which beam search (4 beams) is measured too.
         output: Results folder (README.md table, results.json, chart.png).
         cache: Where the benchmark models are built.
@@ -207,6 +219,7 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
             )
             * 1000,
         }
+        runs: dict[str, tuple[Path, list[dict[str, Any]]]] = {}
         for engine in engines:
             path = {
                 "pytorch": paths.get("checkpoint"),
@@ -214,14 +227,15 @@ def run_benchmark(config: BenchConfig) -> BenchResult:
                 "ctranslate2": paths.get("ct2"),
                 "edgeqa-fp32": paths.get("fp32"),
                 "edgeqa-int8": paths.get("int8"),
+                "edgeqa-int8-per-tensor": paths.get("int8-per-tensor"),
             }[split_engine(engine)[0]]
-            if path is None:
-                continue
-            logger.info("bench: %s / %s", shape, engine)
-            rounds = [
-                run_worker(engine, path, tokenizer, inputs, config, beams=shape in config.beam_shapes)
-                for _ in range(config.rounds)
-            ]
+            if path is not None:
+                runs[engine] = (path, [])
+        for round_ in range(config.rounds):
+            for engine, (path, rounds) in runs.items():
+                logger.info("bench: %s / %s, round %d", shape, engine, round_ + 1)
+                rounds.append(run_worker(engine, path, tokenizer, inputs, config, beams=shape in config.beam_shapes))
+        for engine, (path, rounds) in runs.items():
             row = merge_rounds(rounds)
             row["size_mb"] = _size_mb(path)
             result.rows[shape][engine] = row

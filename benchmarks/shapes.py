@@ -51,8 +51,8 @@ def optimum_int8(checkpoint: Path, target: Path) -> Path:
 
 
 def prepare(shape: str, cache: Path, ctranslate2: bool = True, optimum: bool = True) -> dict[str, Path]:
-    """Checkpoint, fp32 and int8 artifacts and (if installed) Optimum's int8 layout and a
-    CTranslate2 int8 model for one shape."""
+    """Checkpoint, fp32 and int8 artifacts (int8 also with per-tensor activations, as before
+    per-token) and (if installed) Optimum's int8 layout and a CTranslate2 int8 model for one shape."""
     from edgeqa.export import ExportConfig, export_artifact
 
     root = cache / shape
@@ -63,6 +63,7 @@ def prepare(shape: str, cache: Path, ctranslate2: bool = True, optimum: bool = T
         "int8": root / f"edgeqa-int8-{fingerprint}",
         "ct2": root / "ct2-int8",
         "optimum": root / f"optimum-int8-{fingerprint}",
+        "int8-per-tensor": root / f"edgeqa-int8-per-tensor-{fingerprint}",
     }
     if not (paths["checkpoint"] / "config.json").exists():
         logger.info("bench: building the %s-shaped checkpoint", shape)
@@ -77,6 +78,12 @@ def prepare(shape: str, cache: Path, ctranslate2: bool = True, optimum: bool = T
                     checkpoint=str(paths["checkpoint"]), output=paths[kind], quantize=quantize, parity=False, force=True
                 )
             )
+    if not (paths["int8-per-tensor"] / "manifest.json").exists():
+        from edgeqa.bench.levers import variant
+        from edgeqa.export.config import settings_for
+
+        logger.info("bench: quantizing %s int8 with per-tensor activations", shape)
+        variant(paths["fp32"], paths["int8-per-tensor"], settings_for(activation_granularity="per-tensor"))
     if optimum and not (paths["optimum"] / "config.json").exists():
         logger.info("bench: exporting %s int8 in Optimum's layout", shape)
         optimum_int8(paths["checkpoint"], paths["optimum"])

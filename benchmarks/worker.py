@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-Generate = Callable[[list[list[int]], int], list[int]]  # (prompts, beams) -> generated lengths
+Generate = Callable[[list[list[int]], int], list[list[Any]]]  # (prompts, beams) -> each prompt's new tokens
 
 
 def load_engine(
     engine: str, path: str, threads: int, new_tokens: int, tokenizer_path: str, session_config: dict | None = None
 ) -> Generate:
-    """Load one engine; the returned function answers a batch and returns the generated lengths."""
+    """Load one engine; the returned function answers a batch and returns each prompt's new tokens."""
     if engine in ("pytorch", "optimum"):
         import torch
 
@@ -40,7 +40,7 @@ def load_engine(
             # Optimum sizes the first-step cache as d_model / heads (85 on flan-t5-small); T5's head size is d_kv.
             model.decoder.embed_size_per_head = model.config.d_kv
 
-        def run(prompts: list[list[int]], beams: int) -> list[int]:
+        def run(prompts: list[list[int]], beams: int) -> list[list[Any]]:
             ids, mask = _pad_torch(prompts)
             with torch.inference_mode():
                 out = model.generate(
@@ -51,7 +51,7 @@ def load_engine(
                     min_new_tokens=new_tokens,
                     max_new_tokens=new_tokens,
                 )
-            return [out.shape[1] - 1] * len(prompts)
+            return [row[1:] for row in out.tolist()]
 
         return run
     if engine == "ctranslate2":
@@ -63,7 +63,7 @@ def load_engine(
         )
         tokenizer = Tokenizer.from_file(tokenizer_path)
 
-        def run(prompts: list[list[int]], beams: int) -> list[int]:
+        def run(prompts: list[list[int]], beams: int) -> list[list[Any]]:
             tokens = [[tokenizer.id_to_token(i) for i in ids] for ids in prompts]
             results = translator.translate_batch(
                 tokens,
@@ -72,7 +72,7 @@ def load_engine(
                 min_decoding_length=new_tokens,
                 max_batch_size=len(tokens),
             )
-            return [len(r.hypotheses[0]) for r in results]
+            return [r.hypotheses[0] for r in results]
 
         return run
     if engine.startswith("edgeqa"):
@@ -80,9 +80,8 @@ def load_engine(
 
         model = QAModel.load(path, threads=threads, session_config=session_config)
 
-        def run(prompts: list[list[int]], beams: int) -> list[int]:
-            answers = model.generate(prompts, num_beams=beams, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
-            return [len(a) for a in answers]
+        def run(prompts: list[list[int]], beams: int) -> list[list[Any]]:
+            return model.generate(prompts, num_beams=beams, min_new_tokens=new_tokens, max_new_tokens=new_tokens)
 
         return run
     raise SystemExit(f"unknown engine {engine}")
@@ -123,32 +122,40 @@ def main(spec_path: str) -> None:
     run(prompts[:1], 1)
     first_answer = time.time()
     result: dict[str, Any] = {"load_s": loaded - load_start, "cold_start_s": first_answer - started, "modes": {}}
+    answers: dict[tuple[int, int], list[list[Any]]] = {}  # (batch, beams) -> every prompt's tokens
     for mode in spec["modes"]:
         batch, beams = mode["batch"], mode["beams"]
         run(prompts[:batch], beams)  # warm-up
         if batch == 1:
-            times, lengths = [], []
+            times, tokens = [], []
             for p in prompts:
                 t = time.perf_counter()
-                lengths += run([p], beams)
+                tokens += run([p], beams)
                 times.append((time.perf_counter() - t) * 1000)
             ordered = sorted(times)
             result["modes"][mode["name"]] = {
                 "median_ms": statistics.median(times),
                 "p90_ms": ordered[int(0.9 * (len(ordered) - 1))],
                 "ms_per_token": statistics.median(times) / spec["new_tokens"],
-                "tokens": statistics.mean(lengths),
+                "tokens": statistics.mean(len(t) for t in tokens),
             }
         else:
-            lengths = []
+            tokens = []
             t = time.perf_counter()
             for first in range(0, len(prompts), batch):
-                lengths += run(prompts[first : first + batch], beams)
+                tokens += run(prompts[first : first + batch], beams)
             elapsed = time.perf_counter() - t
             result["modes"][mode["name"]] = {
                 "questions_per_s": len(prompts) / elapsed,
-                "tokens": statistics.mean(lengths),
+                "tokens": statistics.mean(len(t) for t in tokens),
             }
+        answers[(batch, beams)] = tokens
+        alone = answers.get((1, beams))
+        if batch > 1 and alone is not None:
+            # the same prompt's answer in a batch and alone: equal unless batching changes the numbers
+            result["modes"][mode["name"]]["same_as_b1"] = sum(a == b for a, b in zip(tokens, alone, strict=True)) / len(
+                prompts
+            )
     result["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
 

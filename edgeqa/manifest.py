@@ -131,6 +131,10 @@ class QuantizationRecord:
         reduce_range: int8: 7-bit weights, for CPUs without VNNI.
         block_size: int4: weights sharing one scale, along the input dimension.
         accuracy_level: int4: onnxruntime's MatMulNBits compute type (4: int8 products).
+        activation_granularity: How activations are quantized: "per-token" (one scale per token
+            row: a row's result does not depend on its batch or padding), "per-tensor" (one
+            scale for the whole batch; None in artifacts written before this was recorded), or
+            for int4 "per-token, blocks of N".
     """
 
     method: str
@@ -143,6 +147,7 @@ class QuantizationRecord:
     reduce_range: bool | None = None
     block_size: int | None = None
     accuracy_level: int | None = None
+    activation_granularity: str | None = None
 
     @property
     def is_int4(self) -> bool:
@@ -154,6 +159,7 @@ class QuantizationRecord:
             if self.is_int4
             else f"per-channel {self.per_channel}, reduce-range {self.reduce_range}"
         )
+        layout += f", activations {self.activation_granularity or 'per-tensor'}"
         return f"{self.method} preset {self.preset}, {layout}, float nodes: {','.join(self.keep_fp32) or 'none'}"
 
 

@@ -14,6 +14,8 @@ from edgeqa.typed_json import check_types
 
 PRESETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
 METHODS = ("int8", "int4")
+#: int8 activation quantization: one scale per token row, or onnxruntime's one per tensor.
+GRANULARITIES = ("per-tensor", "per-token")
 # int4: one scale per 128 weights along the input dimension; products computed in int8.
 INT4_BLOCK_SIZE = 128
 INT4_ACCURACY_LEVEL = 4
@@ -104,6 +106,10 @@ class QuantizeSettings:
         keep_fp32: Node-name components left in float (e.g. `lm_head`, `wo`).
         bits: 8 (dynamic int8) or 4 (weight-only int4; per_channel and reduce_range unused).
         block_size: int4 weights sharing one scale, along the input dimension.
+        activation_granularity: int8 activations quantized with one scale per token row
+            ("per-token": a row's result does not depend on its batch or its padding) or one
+            per tensor ("per-tensor", onnxruntime's `quantize_dynamic` as it comes). int4's
+            `MatMulNBits` always quantizes per token row, in blocks of `block_size`.
     """
 
     preset: str
@@ -113,6 +119,14 @@ class QuantizeSettings:
     keep_fp32: tuple[str, ...] = ()
     bits: int = 8
     block_size: int = INT4_BLOCK_SIZE
+    activation_granularity: str = "per-token"
+
+    def __post_init__(self) -> None:
+        if self.activation_granularity not in GRANULARITIES:
+            raise ConfigError(
+                f"activation granularity {self.activation_granularity!r} is unknown; "
+                f"choose one of {', '.join(GRANULARITIES)}"
+            )
 
     def record(self) -> QuantizationRecord:
         """The manifest's account of these settings."""
@@ -123,6 +137,7 @@ class QuantizeSettings:
                 weight_type="int4",
                 block_size=self.block_size,
                 accuracy_level=INT4_ACCURACY_LEVEL,
+                activation_granularity=f"per-token, blocks of {self.block_size}",
                 **common,  # type: ignore[arg-type]
             )
         return QuantizationRecord(
@@ -131,6 +146,7 @@ class QuantizeSettings:
             activation_type="uint8",
             per_channel=self.per_channel,
             reduce_range=self.reduce_range,
+            activation_granularity=self.activation_granularity,
             **common,  # type: ignore[arg-type]
         )
 
@@ -157,7 +173,12 @@ def detect_preset() -> str:
     return "avx2"
 
 
-def settings_for(preset: str = "auto", keep_fp32: tuple[str, ...] = (), method: str = "int8") -> QuantizeSettings:
+def settings_for(
+    preset: str = "auto",
+    keep_fp32: tuple[str, ...] = (),
+    method: str = "int8",
+    activation_granularity: str = "per-token",
+) -> QuantizeSettings:
     if method not in METHODS:
         raise ConfigError(f"quantization {method!r} is unknown; choose one of {', '.join(METHODS)}")
     if check_preset(preset) == "auto":
@@ -170,4 +191,5 @@ def settings_for(preset: str = "auto", keep_fp32: tuple[str, ...] = (), method: 
         reduce_range=reduce_range,
         keep_fp32=tuple(keep_fp32),
         bits=4 if method == "int4" else 8,
+        activation_granularity=activation_granularity,
     )

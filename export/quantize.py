@@ -1,6 +1,7 @@
 """Quantization of the exported graphs with onnxruntime's quantizers.
 
-int8: dynamic quantization (int8 weights per channel, activations quantized on the fly).
+int8: dynamic quantization (int8 weights per channel, activations quantized on the fly, one
+scale per token row: see `export.per_token`).
 int4: weight-only block quantization (`MatMulNBits` / `GatherBlockQuantized`, int8 compute),
 an opt-in that halves the weights again: faster at batch 1, slower in batches.
 """
@@ -16,6 +17,7 @@ import onnx
 
 from edgeqa.errors import ExportError
 from edgeqa.export.config import INT4_ACCURACY_LEVEL, QuantizeSettings
+from edgeqa.export.per_token import per_token_activations
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,12 @@ def quantize_graph(source: Path, target: Path, settings: QuantizeSettings) -> in
         )
     except Exception as e:  # onnxruntime's quantizer raises assorted types
         raise ExportError(f"int8 quantization of {source.name} failed: {e}") from e
+    if settings.activation_granularity == "per-token":
+        model, rewritten = per_token_activations(onnx.load(str(target)))
+        logger.info("%s: %d MatMuls quantize their activations per token", source.name, rewritten)
+        for stale in (target, target.with_name(target.name + ".data")):
+            stale.unlink(missing_ok=True)
+        onnx.save_model(model, str(target), save_as_external_data=True, location=target.name + ".data")
     return len(excluded)
 
 

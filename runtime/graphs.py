@@ -16,6 +16,9 @@ from edgeqa.manifest import Manifest, cache_names
 from edgeqa.runtime.onnx_refs import check_graph_files
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
+# Per-token int8 graphs quantize each token row with opset 21's blocked QuantizeLinear, which
+# onnxruntime's CPU kernels support from 1.19 (microsoft/onnxruntime#20977; tested on 1.32).
+PER_TOKEN_MIN_ONNXRUNTIME = (1, 19)
 
 
 def physical_cores() -> int:
@@ -37,15 +40,22 @@ def physical_cores() -> int:
 
 
 def _check_runtime_supports(manifest: Manifest) -> None:
-    """Refuse an int4 artifact on an onnxruntime without its operators, with the fix."""
-    if not (manifest.quantization and manifest.quantization.is_int4):
+    """Refuse an int4 or per-token int8 artifact on an onnxruntime without its operators, with the fix."""
+    quantization = manifest.quantization
+    if quantization is None:
         return
     installed = tuple(int(part) for part in re.findall(r"\d+", ort.__version__)[:2])
-    if installed < INT4_MIN_ONNXRUNTIME:
+    if quantization.is_int4 and installed < INT4_MIN_ONNXRUNTIME:
         raise ArtifactError(
             f"this artifact has int4 weights (MatMulNBits), which need onnxruntime "
             f"{'.'.join(map(str, INT4_MIN_ONNXRUNTIME))} or newer; this is {ort.__version__}: "
             "pip install -U onnxruntime, or use an int8 artifact"
+        )
+    if quantization.activation_granularity == "per-token" and installed < PER_TOKEN_MIN_ONNXRUNTIME:
+        raise ArtifactError(
+            f"this artifact quantizes activations per token (opset 21), which needs onnxruntime "
+            f"{'.'.join(map(str, PER_TOKEN_MIN_ONNXRUNTIME))} or newer; this is {ort.__version__}: "
+            "pip install -U onnxruntime"
         )
 
 

@@ -20,6 +20,12 @@ from edgeqa.runtime.tokenizer import PromptTokenizer
 
 logger = logging.getLogger(__name__)
 
+# Prompts are padded to a multiple of this many tokens: onnxruntime's float MatMul sums the
+# cross-attention over the encoder positions in groups, and a last group of 3 is summed in another
+# order than a full group. With whole groups only, the zeros that padding adds leave every sum
+# unchanged, so a prompt gets the same numbers however much padding its batch gives it.
+PAD_MULTIPLE = 4
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -156,7 +162,7 @@ class QAModel:
         return self._search(input_ids, mask, self.options(options, **overrides))
 
     def _pad(self, encoded: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        width = max(len(ids) for ids in encoded)
+        width = -(-max(len(ids) for ids in encoded) // PAD_MULTIPLE) * PAD_MULTIPLE
         pad = self.manifest.special_tokens.pad
         input_ids = np.full((len(encoded), width), pad, dtype=np.int64)
         mask = np.zeros((len(encoded), width), dtype=np.int64)

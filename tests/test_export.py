@@ -26,8 +26,9 @@ runner = CliRunner()
 def test_int8_graphs_hold_quantized_matmuls(artifact_int8, artifact_fp32):
     for graph in ("encoder.onnx", "decoder.onnx"):
         ops = count_ops(artifact_int8 / graph)
-        assert ops["MatMulInteger"] >= 14, ops
-        assert count_ops(artifact_fp32 / graph)["MatMulInteger"] == 0
+        # per-token activations: each weight MatMul is one integer MatMul with a per-row scale
+        assert ops["MatMulIntegerToFloat"] >= 14 and ops["DynamicQuantizeLinear"] == 0, ops
+        assert count_ops(artifact_fp32 / graph)["MatMulIntegerToFloat"] == 0
     decoder = count_ops(artifact_int8 / "decoder.onnx")
     # attention's activation x activation products (QK^T, attention x V) stay float: 2 per attention block
     assert decoder["MatMul"] == 8
@@ -47,6 +48,7 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
     assert (manifest.dims.d_kv, manifest.dims.num_heads, manifest.dims.vocab_size) == (8, 4, 32128)
     assert manifest.prompt_template == "Please answer this question: {question}"
     assert manifest.quantization and manifest.quantization.preset == detect_preset()
+    assert manifest.quantization.activation_granularity == "per-token"
     assert manifest.parity and manifest.parity.passed and manifest.parity.samples == 48
     assert manifest.versions["onnxruntime"]
     assert sorted(p.name for p in artifact_int8.iterdir()) == sorted(
@@ -255,7 +257,7 @@ def test_int4_export_is_opt_in_weight_only_with_its_parity_record(trained_model,
     assert manifest.quantization and manifest.quantization.is_int4 and manifest.quantization.block_size == 128
     assert manifest.shared_tensors == [] and "embedding" not in manifest.files  # int4 rows are packed two to a byte
     ops = count_ops(out / "decoder.onnx")
-    assert ops["MatMulNBits"] >= 2 * 9 and ops["MatMulInteger"] == 0, ops
+    assert ops["MatMulNBits"] >= 2 * 9 and ops["MatMulInteger"] == ops["MatMulIntegerToFloat"] == 0, ops
     assert manifest.parity and manifest.parity.samples == 32 and manifest.parity.gate.startswith("int4:")
     assert "weight-only-int4" in runner.invoke(app, ["info", str(out)]).output
     assert QAModel.load(out).answer("What is the capital of France?", max_new_tokens=4).tokens
