@@ -334,3 +334,30 @@ def test_batched_answers_equal_sequential_ones(artifact_fp32, model, questions):
         assert metric(metrics, "edgeqa_generated_tokens_total") >= sum(a.answer_tokens for a in expected)
 
     in_process(artifact_fp32, model, body, max_batch_size=8, batch_wait_ms=50)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_serve_command_passes_its_flags(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import edgeqa.serve
+    from edgeqa.cli import app
+
+    seen = []
+    monkeypatch.setattr(edgeqa.serve, "run_server", seen.append)
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{KEY}\n")
+    args = ["serve", str(tmp_path), "--port", "0", "--max-batch-size", "4", "--batch-wait-ms", "2"]
+    args += ["--api-key-file", str(key_file), "--cors-origins", "http://a.example,http://b.example", "--no-ui"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    [config] = seen
+    assert (config.port, config.max_batch_size, config.batch_wait_ms, config.api_key) == (0, 4, 2.0, KEY)
+    assert config.cors_origins == ("http://a.example", "http://b.example") and config.ui is False
+    assert config.host == "127.0.0.1" and config.max_queue == 64 and config.shutdown_timeout == 30.0
+    both = CliRunner().invoke(app, ["serve", str(tmp_path), "--api-key", "k", "--api-key-file", str(key_file)])
+    assert both.exit_code == 1 and "not both" in both.output
+    bad = CliRunner().invoke(app, ["serve", str(tmp_path), "--max-batch-size", "0"])
+    assert bad.exit_code == 1 and "max_batch_size" in bad.output
