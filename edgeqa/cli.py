@@ -384,6 +384,9 @@ def serve(
 @handle_errors
 def bench(
     compare: Annotated[bool, typer.Option("--compare", help="Also run PyTorch, Optimum and CTranslate2.")] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Load-test `edgeqa serve` on loopback at 1, 4, 16, 64 callers instead.")
+    ] = False,
     shapes: Annotated[str, typer.Option(help="Comma-separated model shapes: small, base.")] = "small,base",
     beam_shapes: Annotated[
         str, typer.Option(help="Shapes on which beam search (4 beams) is measured too; base adds minutes.")
@@ -399,10 +402,21 @@ def bench(
 
     Example: edgeqa bench --compare --shapes small
     """
+    _setup_logging()
+    if serve:
+        from edgeqa.bench import serve_load
+
+        results = serve_load.run_serve_benchmark(
+            serve_load.ServeBenchConfig(
+                shapes=tuple(s for s in shapes.split(",") if s), requests=inputs, new_tokens=new_tokens, threads=threads
+            )
+        )
+        typer.echo(serve_load.write(results, output).read_text())
+        typer.echo(f"results: {output}/ (SERVE.md, serve.json)")
+        return
     from edgeqa.bench.report import write
     from edgeqa.bench.run import ENGINES, BenchConfig, run_benchmark
 
-    _setup_logging()
     config = BenchConfig(
         shapes=tuple(s for s in shapes.split(",") if s),
         beam_shapes=tuple(s for s in beam_shapes.split(",") if s),
