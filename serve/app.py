@@ -118,6 +118,8 @@ async def answer(request: Request) -> Response:
     model = service.model()
     data = await service.read_json(request)
     questions, opts, stream = parse_native(data, model)
+    if len(questions) > service.config.max_queue:
+        raise ApiError(400, f"'questions' has {len(questions)} questions; at most {service.config.max_queue} a request")
     jobs = service.jobs(model, questions, opts, stream=stream)
     service.submit(jobs)
     if stream:

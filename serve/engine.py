@@ -119,7 +119,9 @@ class Engine:
     def _main(self) -> None:
         try:
             self.model = self._load()
-            warm = Job(ids=self.model.tokenizer.encode(["warm up"])[0], opts=self.model.options(max_new_tokens=2))
+            warm = Job(
+                ids=self.model.tokenizer.encode(["warm up"])[0], opts=self.model.defaults.updated(max_new_tokens=2)
+            )
             self._decode([warm])
         except Exception as e:  # noqa: BLE001 (a failed load is reported through /health and the exit code)
             self.error = str(e)
