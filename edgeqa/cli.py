@@ -397,6 +397,7 @@ def bench(
     rounds: Annotated[int, typer.Option(help="Rounds per engine.")] = 2,
     threads: Annotated[int, typer.Option(help="Threads for every engine.")] = 2,
     output: Annotated[Path, typer.Option("--output", "-o", help="Results folder.")] = Path("bench-results"),
+    max_batch_size: Annotated[int, typer.Option(help="With --serve: the server's --max-batch-size.")] = 8,
 ) -> None:
     """Benchmark the runtime side by side with the engines people would use instead.
 
@@ -408,7 +409,11 @@ def bench(
 
         results = serve_load.run_serve_benchmark(
             serve_load.ServeBenchConfig(
-                shapes=tuple(s for s in shapes.split(",") if s), requests=inputs, new_tokens=new_tokens, threads=threads
+                shapes=tuple(s for s in shapes.split(",") if s),
+                requests=inputs,
+                new_tokens=new_tokens,
+                threads=threads,
+                max_batch_size=max_batch_size,
             )
         )
         typer.echo(serve_load.write(results, output).read_text())

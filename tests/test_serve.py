@@ -321,8 +321,13 @@ def test_batched_answers_equal_sequential_ones(artifact_fp32, model, questions):
             )
         )
         requests.append(http.post("/v1/answer", json={"question": mixed[2], "max_new_tokens": 12, "num_beams": 3}))
-        replies = await asyncio.gather(*requests)
-        rows = [r.json() for r in replies]
+        streams = [
+            http.post("/v1/answer", json={"question": q, "max_new_tokens": 24, "stream": True}) for q in mixed[3:6]
+        ]
+        replies = await asyncio.gather(*requests, *streams)
+        streamed = [json.loads(r.text.split("\n\n")[-3][6:]) for r in replies[34:]]
+        assert [s["tokens"] for s in streamed] == [a.tokens for a in expected[3:6]]  # streaming rows batch too
+        rows = [r.json() for r in replies[:34]]
         assert [r["tokens"] for r in rows[:32]] == [a.tokens for a in expected]
         assert [r["answer"] for r in rows[:32]] == [a.text for a in expected]
         assert [r["truncated"] for r in rows[:32]] == [False] * 28 + [True] * 4
@@ -330,7 +335,7 @@ def test_batched_answers_equal_sequential_ones(artifact_fp32, model, questions):
         assert rows[33]["tokens"] == beams_alone.tokens
         metrics = (await http.get("/metrics")).text
         batches = metric(metrics, "edgeqa_batch_size_count") - 1  # the warm-up is one
-        assert 5 <= batches < 34, f"{batches} batches for 34 requests: they were not batched"
+        assert 5 <= batches < 37, f"{batches} batches for 37 requests: they were not batched"
         assert metric(metrics, "edgeqa_generated_tokens_total") >= sum(a.answer_tokens for a in expected)
 
     in_process(artifact_fp32, model, body, max_batch_size=8, batch_wait_ms=50)
@@ -361,3 +366,55 @@ def test_serve_command_passes_its_flags(monkeypatch, tmp_path):
     assert both.exit_code == 1 and "not both" in both.output
     bad = CliRunner().invoke(app, ["serve", str(tmp_path), "--max-batch-size", "0"])
     assert bad.exit_code == 1 and "max_batch_size" in bad.output
+
+
+# ------------------------------------------------------------------ streams and rows, piece by piece
+
+
+def _job_with_events(*events):
+    from edgeqa.serve.jobs import Job
+
+    job = Job(ids=[1, 2, 3], opts=None)  # type: ignore[arg-type]
+
+    async def feed():
+        job.bind(asyncio.get_running_loop(), 0.0)
+        for event in events:
+            job.events.put_nowait(event)
+        return job
+
+    return feed
+
+
+def test_quiet_streams_get_ping_comments_and_failures_an_error_event():
+    from types import SimpleNamespace
+
+    from edgeqa.serve.jobs import Delta, Failed
+    from edgeqa.serve.streams import PING, events, openai_stream
+
+    async def main():
+        job = await _job_with_events()()
+        quiet = events(job, keepalive_s=0.01)
+        assert await quiet.__anext__() == PING and await quiet.__anext__() == PING
+        failing = await _job_with_events(Delta("Par"), Failed("generation failed: boom"))()
+        service = SimpleNamespace(model_id="m", config=SimpleNamespace(keepalive_s=5))
+        parsed = SimpleNamespace(include_usage=False)
+        return [chunk async for chunk in openai_stream(service, failing, parsed, chat=True)]
+
+    chunks = asyncio.run(main())
+    bodies = [json.loads(c[6:]) for c in chunks]
+    assert bodies[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert bodies[1]["choices"][0]["delta"] == {"content": "Par"}
+    assert bodies[-1] == {
+        "error": {"message": "generation failed: boom", "type": "server_error", "param": None, "code": None}
+    }
+    assert "data: [DONE]\n\n" not in chunks
+
+
+def test_text_that_may_begin_a_stop_string_is_held_back():
+    from edgeqa.serve.jobs import _held_back, _stop_at
+
+    assert _held_back("The capital is Par", ("Paris",)) == 3
+    assert _held_back("The capital is P", ("Paris", "is Pe")) == 4
+    assert _held_back("The capital", ("Paris",)) == 0
+    assert _stop_at("It is Paris, France", ("France", "Paris")) == 6
+    assert _stop_at("It is Rome", ("Paris",)) is None
