@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from edgeqa.errors import InputError
 from edgeqa.manifest import Manifest
 from edgeqa.runtime import GenerationOptions, QAModel
 from edgeqa.serve.config import ServeConfig
@@ -185,6 +186,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
+async def input_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse(ApiError(400, str(exc)).body(), status_code=400)
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     logger.exception("edgeqa serve: unexpected error on %s", request.url.path, exc_info=exc)
     return JSONResponse(ApiError(500, "internal server error", type="server_error").body(), status_code=500)
@@ -245,7 +250,12 @@ def create_app(config: ServeConfig, load: Callable[[], QAModel] | None = None) -
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
+        exception_handlers={
+            ApiError: api_error,
+            InputError: input_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
     )
     app.state.service = service
     return app
