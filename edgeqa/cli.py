@@ -321,7 +321,7 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for more requests to batch.")] = 5.0,
     max_queue: Annotated[int, typer.Option(help="Most waiting requests; more get 503.")] = 64,
     api_key: Annotated[
-        str | None, typer.Option(envvar="EDGEQA_API_KEY", help="Key asked of every endpoint but /health.")
+        str | None, typer.Option(envvar="EDGEQA_API_KEY", help="Key asked of every endpoint but /health and the page.")
     ] = None,
     api_key_file: Annotated[Path | None, typer.Option(help="Read the API key from this file.")] = None,
     cors_origins: Annotated[
