@@ -55,7 +55,7 @@ async def events(job: Job, keepalive_s: float) -> AsyncIterator[Delta | Done | F
     while True:
         try:
             event = await asyncio.wait_for(job.events.get(), keepalive_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             yield PING
             continue
         yield event
