@@ -22,6 +22,7 @@ from edgeqa.errors import EdgeQAError
 from edgeqa.export.config import METHODS, ExportConfig
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.runtime.options import GenerationOptions
+from edgeqa.serve.config import ServeConfig
 
 if TYPE_CHECKING:
     from edgeqa.runtime import QAModel
@@ -312,25 +313,11 @@ def demo(
 
 @app.command()
 @handle_errors
+@fields_as_options(ServeConfig, skip=("artifact",))
 def serve(
     artifact: ArtifactArg,
-    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0: every interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8080,
-    threads: ThreadsOpt = None,
-    max_batch_size: Annotated[int, typer.Option(help="Most requests decoded together.")] = 8,
-    batch_wait_ms: Annotated[float, typer.Option(help="Longest wait for more requests to batch.")] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Most waiting requests; more get 503.")] = 64,
-    api_key: Annotated[
-        str | None, typer.Option(envvar="EDGEQA_API_KEY", help="Key asked of every endpoint but /health and the page.")
-    ] = None,
+    fields: dict[str, Any],
     api_key_file: Annotated[Path | None, typer.Option(help="Read the API key from this file.")] = None,
-    cors_origins: Annotated[
-        list[str] | None, typer.Option(help="Origins allowed by CORS (repeat or comma-separate; default: CORS off).")
-    ] = None,
-    ui: Annotated[bool, typer.Option("--ui/--no-ui", help="Serve the web page at /.")] = True,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body (413 above).")] = 1 << 20,
-    shutdown_timeout: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight requests.")] = 30.0,
-    verify: Annotated[bool, typer.Option(help="Check file checksums on load.")] = True,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve an artifact over HTTP: OpenAI-compatible API, /v1/answer, a web page; batches callers.
@@ -338,7 +325,7 @@ def serve(
     Example: edgeqa serve ./model-int8 --port 8080
     """
     try:
-        from edgeqa.serve import ServeConfig, run_server
+        from edgeqa.serve import run_server
     except ImportError as e:
         if e.name not in ("starlette", "uvicorn", "prometheus_client", "anyio"):
             raise
@@ -349,7 +336,8 @@ def serve(
         ) from e
 
     _setup_logging(quiet)
-    if api_key and api_key_file:
+    api_key = fields.get("api_key") or os.environ.get("EDGEQA_API_KEY") or None
+    if fields.get("api_key") and api_key_file:
         raise EdgeQAError("give --api-key or --api-key-file, not both")
     if api_key_file is not None:
         try:
@@ -358,23 +346,7 @@ def serve(
             raise EdgeQAError(f"cannot read the API key file {api_key_file}: {e}") from e
         if not api_key:
             raise EdgeQAError(f"the API key file {api_key_file} is empty")
-    origins = tuple(o.strip() for value in cors_origins or [] for o in value.split(",") if o.strip())
-    config = ServeConfig(
-        artifact=artifact,
-        host=host,
-        port=port,
-        threads=threads,
-        max_batch_size=max_batch_size,
-        batch_wait_ms=batch_wait_ms,
-        max_queue=max_queue,
-        api_key=api_key or None,
-        cors_origins=origins,
-        ui=ui,
-        max_body_bytes=max_body_bytes,
-        shutdown_timeout=shutdown_timeout,
-        verify=verify,
-    )
-    run_server(config)
+    run_server(ServeConfig(artifact=artifact, **{**fields, "api_key": api_key}))
 
 
 # ---------------------------------------------------------------- bench

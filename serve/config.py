@@ -14,14 +14,14 @@ class ServeConfig:
 
     Attributes:
         artifact: The artifact folder to serve.
-        host: Address to bind; loopback by default.
-        port: TCP port (0 picks a free one).
+        host: Address to bind (0.0.0.0: every interface).
+        port: TCP port (0: any free one).
         threads: onnxruntime threads per graph (default: physical cores).
         max_batch_size: Most requests decoded together.
-        batch_wait_ms: How long the batcher waits for more requests once one is queued.
-        max_queue: Most requests waiting; more are refused with 503 and Retry-After.
-        api_key: Key every endpoint but /health asks for (None: no key).
-        cors_origins: Origins allowed by CORS (empty: CORS off).
+        batch_wait_ms: Longest wait for more requests to batch once one is queued.
+        max_queue: Most waiting requests; more are refused with 503 and Retry-After.
+        api_key: Key asked of every endpoint but /health and the page (also EDGEQA_API_KEY).
+        cors_origins: Origins allowed by CORS, comma-separated (default: CORS off).
         ui: Serve the web page at /.
         max_body_bytes: Largest request body (413 above it).
         shutdown_timeout: Seconds SIGTERM waits for in-flight requests.
