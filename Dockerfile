@@ -1,9 +1,11 @@
-# edgeqa images. The default (last) target is the slim CPU runtime: the edgeqa wheel with no
-# extras — onnxruntime, tokenizers, numpy, typer; no torch — run as a non-root user, with the
-# artifact mounted at /model. The `train` target carries the training and export stack.
+# edgeqa images. The default (last) target is the slim CPU runtime: the edgeqa wheel with the
+# serve extra — onnxruntime, tokenizers, numpy, typer, starlette, uvicorn, prometheus-client; no
+# torch — run as a non-root user, with the artifact mounted at /model. The `train` target carries
+# the training and export stack.
 #
 #   docker build --target runtime -t edgeqa .
 #   docker run --rm -v ./model:/model edgeqa ask /model "What is the capital of France?"
+#   docker run --rm -p 8080:8080 -v ./model:/model edgeqa serve /model --host 0.0.0.0 --api-key-file /model/key
 #   docker build --target train -t edgeqa-train .
 #
 # BASE is an ARG so that the image can be built from a locally made Python base where no
@@ -36,11 +38,12 @@ CMD ["--help"]
 FROM ${BASE} AS runtime
 COPY --from=wheel /dist /dist
 RUN python3 -m venv /opt/edgeqa \
-    && /opt/edgeqa/bin/pip install --no-cache-dir -q /dist/edgeqa-*.whl \
+    && /opt/edgeqa/bin/pip install --no-cache-dir -q "$(ls /dist/edgeqa-*.whl)[serve]" \
     && rm -rf /dist /opt/edgeqa/lib/python3*/site-packages/pip /opt/edgeqa/lib/python3*/site-packages/pip-* \
     && useradd --create-home --uid 10001 edgeqa
 USER edgeqa
 ENV PATH=/opt/edgeqa/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 VOLUME /model
+EXPOSE 8080
 ENTRYPOINT ["edgeqa"]
 CMD ["--help"]

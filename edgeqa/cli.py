@@ -22,6 +22,7 @@ from edgeqa.errors import EdgeQAError
 from edgeqa.export.config import METHODS, ExportConfig
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.runtime.options import GenerationOptions
+from edgeqa.serve.config import ServeConfig
 
 if TYPE_CHECKING:
     from edgeqa.runtime import QAModel
@@ -337,6 +338,47 @@ def demo(
     )
 
 
+# ---------------------------------------------------------------- serve
+
+
+@app.command()
+@handle_errors
+@fields_as_options(ServeConfig, skip=("artifact",))
+def serve(
+    artifact: ArtifactArg,
+    fields: dict[str, Any],
+    api_key_file: Annotated[Path | None, typer.Option(help="Read the API key from this file.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Serve an artifact over HTTP: OpenAI-compatible API, /v1/answer, a web page; batches callers.
+
+    Example: edgeqa serve ./model-int8 --port 8080
+    """
+    try:
+        from edgeqa.serve import run_server
+    except ImportError as e:
+        if e.name not in ("starlette", "uvicorn", "prometheus_client", "anyio"):
+            raise
+        from edgeqa.errors import MissingExtraError
+
+        raise MissingExtraError(
+            f"edgeqa serve needs the serve extra ({e.name} is missing): pip install 'edgeqa[serve]'"
+        ) from e
+
+    _setup_logging(quiet)
+    api_key = fields.get("api_key") or os.environ.get("EDGEQA_API_KEY") or None
+    if fields.get("api_key") and api_key_file:
+        raise EdgeQAError("give --api-key or --api-key-file, not both")
+    if api_key_file is not None:
+        try:
+            api_key = api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise EdgeQAError(f"cannot read the API key file {api_key_file}: {e}") from e
+        if not api_key:
+            raise EdgeQAError(f"the API key file {api_key_file} is empty")
+    run_server(ServeConfig(artifact=artifact, **{**fields, "api_key": api_key}))
+
+
 # ---------------------------------------------------------------- bench
 
 
@@ -344,6 +386,9 @@ def demo(
 @handle_errors
 def bench(
     compare: Annotated[bool, typer.Option("--compare", help="Also run PyTorch, Optimum and CTranslate2.")] = False,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Load-test `edgeqa serve` on loopback at 1, 4, 16, 64 callers instead.")
+    ] = False,
     shapes: Annotated[str, typer.Option(help="Comma-separated model shapes: small, base.")] = "small,base",
     beam_shapes: Annotated[
         str, typer.Option(help="Shapes on which beam search (4 beams) is measured too; base adds minutes.")
@@ -354,15 +399,31 @@ def bench(
     rounds: Annotated[int, typer.Option(help="Rounds per engine.")] = 2,
     threads: Annotated[int, typer.Option(help="Threads for every engine.")] = 2,
     output: Annotated[Path, typer.Option("--output", "-o", help="Results folder.")] = Path("bench-results"),
+    max_batch_size: Annotated[int, typer.Option(help="With --serve: the server's --max-batch-size.")] = 8,
 ) -> None:
     """Benchmark the runtime side by side with the engines people would use instead.
 
     Example: edgeqa bench --compare --shapes small
     """
+    _setup_logging()
+    if serve:
+        from edgeqa.bench import serve_load
+
+        results = serve_load.run_serve_benchmark(
+            serve_load.ServeBenchConfig(
+                shapes=tuple(s for s in shapes.split(",") if s),
+                requests=inputs,
+                new_tokens=new_tokens,
+                threads=threads,
+                max_batch_size=max_batch_size,
+            )
+        )
+        typer.echo(serve_load.write(results, output).read_text())
+        typer.echo(f"results: {output}/ (SERVE.md, serve.json)")
+        return
     from edgeqa.bench.report import write
     from edgeqa.bench.run import ENGINES, BenchConfig, run_benchmark
 
-    _setup_logging()
     config = BenchConfig(
         shapes=tuple(s for s in shapes.split(",") if s),
         beam_shapes=tuple(s for s in beam_shapes.split(",") if s),

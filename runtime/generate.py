@@ -95,6 +95,20 @@ def _warp_and_sample(scores: np.ndarray, opts: GenerationOptions, rng: np.random
     return np.minimum((cumulative < draws).sum(axis=-1), scores.shape[-1] - 1)
 
 
+def choose_tokens(
+    sequences: np.ndarray, scores: np.ndarray, opts: GenerationOptions, eos: int, rng: np.random.Generator
+) -> np.ndarray:
+    """The next token of each row from one step's logits: greedy, or sampled with `do_sample`.
+
+    Args:
+        sequences: Decoder tokens so far (rows, length), start token included.
+        scores: float32 logits (rows, vocab); modified in place.
+        rng: The sampler's generator (one draw per row and step).
+    """
+    scores = process_scores(sequences, scores, opts, eos)
+    return _warp_and_sample(scores, opts, rng) if opts.do_sample else scores.argmax(axis=-1)
+
+
 def greedy_tokens(
     graphs: T5Graphs, state: DecoderState, opts: GenerationOptions, start: int, eos: int, pad: int
 ) -> Iterator[np.ndarray]:
@@ -109,12 +123,7 @@ def greedy_tokens(
     rng = np.random.default_rng(opts.seed)
     for _ in range(opts.max_new_tokens):
         scores = graphs.step(state, sequences[:, -1]).astype(np.float32, copy=True)
-        scores = process_scores(sequences, scores, opts, eos)
-        if opts.do_sample:
-            tokens = _warp_and_sample(scores, opts, rng)
-        else:
-            tokens = scores.argmax(axis=-1)
-        tokens = np.where(unfinished, tokens, pad).astype(np.int64)
+        tokens = np.where(unfinished, choose_tokens(sequences, scores, opts, eos, rng), pad).astype(np.int64)
         sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
         unfinished &= tokens != eos
         yield tokens

@@ -99,6 +99,13 @@ class DecoderState:
         """
         self.self_cache = [cache[rows] for cache in self.self_cache]
 
+    def select(self, rows: np.ndarray | list[int]) -> None:
+        """Keep only the given rows, dropping the caches of the others (finished or cancelled answers)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self.encoder_mask = self.encoder_mask[rows]
+        self.cross_cache = [cache[rows] for cache in self.cross_cache]
+        self.self_cache = [cache[rows] for cache in self.self_cache]
+
 
 class T5Graphs:
     """Encoder and decoder sessions; one shared session per graph, safe across threads.

@@ -67,6 +67,10 @@ class PromptTokenizer:
 
     def encode(self, questions: list[str]) -> list[list[int]]:
         """Prompt ids for each question, truncated to `max_input_tokens` (with a warning)."""
+        return [ids for ids, _ in self.encode_checked(questions)]
+
+    def encode_checked(self, questions: list[str]) -> list[tuple[list[int], bool]]:
+        """Prompt ids for each question and whether they were truncated to `max_input_tokens`."""
         prompts = []
         for question in questions:
             if not isinstance(question, str):
@@ -83,7 +87,7 @@ class PromptTokenizer:
                     len(question),
                     self.max_input_tokens,
                 )
-            ids.append(encoding.ids)
+            ids.append((encoding.ids, bool(encoding.overflowing)))
         return ids
 
     def decode(self, ids: list[int]) -> str:

@@ -133,3 +133,18 @@ def test_lever_variant_is_a_complete_artifact(tmp_path: Path, artifact_fp32: Pat
     assert (target / "decoder.onnx.data").exists() == weights_beside
     assert manifest.quantization and manifest.quantization.per_channel is False
     assert QAModel.load(target).answer("What is the capital of France?", max_new_tokens=4).tokens
+
+
+def test_serve_report_shows_ratios_to_one_caller(tmp_path):
+    from edgeqa.bench import serve_load
+
+    rows = [
+        {"concurrency": c, "requests": 32, "questions_per_s": q, "p50_ms": p, "p95_ms": p * 1.2, "errors": e}
+        for c, q, p, e in ((1, 4.0, 250.0, 0), (16, 12.0, 500.0, 1))
+    ]
+    direct = {"batch1_questions_per_s": 4.5, "batch1_p50_ms": 220.0, "batch8_questions_per_s": 14.0}
+    path = serve_load.write({"config": {}, "shapes": {"small": {"direct": direct, "serve": rows}}}, tmp_path)
+    table = path.read_text()
+    assert "| 16 | 12.00 | 3.00x | 500 | 600 | 2.00x | 1 |" in table
+    assert "batch 8 14.00 questions/s" in table
+    assert len(serve_load.questions(40)) == 40

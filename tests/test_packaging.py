@@ -141,6 +141,17 @@ def test_runtime_image_builds_runs_as_non_root_and_answers(artifact_int8, tmp_pa
             "--json",
             env={"PATH": "/opt/edgeqa/bin:/usr/bin:/bin", "HOME": "/home/edgeqa"},
         )
+        served = _run(
+            shutil.which("chroot"),
+            f"--userspec={uid}:{uid}",
+            str(image),
+            "/opt/edgeqa/bin/python",
+            "-c",
+            "import edgeqa.serve, uvicorn; print(uvicorn.__version__)",
+            env={"PATH": "/opt/edgeqa/bin:/usr/bin:/bin", "HOME": "/home/edgeqa"},
+        )
+        assert served.stdout.strip(), "the runtime image lacks the serve extra"
+        assert not list(image.glob("opt/edgeqa/lib/python3*/site-packages/uvloop")), "plain uvicorn only"
     finally:
         subprocess.run(["umount", str(image / "proc")], capture_output=True)
     assert json.loads(answer.stdout)["answer_tokens"] >= 1

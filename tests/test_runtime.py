@@ -291,7 +291,7 @@ def test_runtime_import_pulls_no_torch(artifact_int8):
     code = (
         "import sys; from edgeqa.runtime import QAModel;"
         f"m = QAModel.load({str(artifact_int8)!r}); print(m.answer('What is AI?', max_new_tokens=4).text);"
-        "heavy = [n for n in ('torch', 'transformers', 'optimum') if n in sys.modules];"
+        "heavy = [n for n in ('torch', 'transformers', 'optimum', 'starlette', 'uvicorn') if n in sys.modules];"
         "sys.exit(f'heavy modules imported: {heavy}' if heavy else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

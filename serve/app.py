@@ -1,0 +1,261 @@
+"""The Starlette app: OpenAI-compatible endpoints, edgeqa's /v1/answer, /health, /metrics and the page."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from edgeqa.errors import InputError
+from edgeqa.manifest import Manifest
+from edgeqa.runtime import GenerationOptions, QAModel
+from edgeqa.serve.config import ServeConfig
+from edgeqa.serve.engine import Engine, QueueFull
+from edgeqa.serve.jobs import Job
+from edgeqa.serve.metrics import Metrics
+from edgeqa.serve.middleware import ApiKeyMiddleware, MetricsMiddleware
+from edgeqa.serve.protocol import ApiError, parse_body, parse_native, parse_openai
+from edgeqa.serve.streams import EventStream, native_stream, openai_response, openai_stream, wait_all
+
+logger = logging.getLogger(__name__)
+
+
+def unavailable(message: str, code: str) -> ApiError:
+    return ApiError(503, message, type="server_error", code=code, headers={"Retry-After": "1"})
+
+
+class Service:
+    """What the endpoints share: the config, the engine, the metrics, the shutdown state."""
+
+    def __init__(self, config: ServeConfig, engine: Engine, metrics: Metrics, manifest: Manifest):
+        self.config = config
+        self.engine = engine
+        self.metrics = metrics
+        self.manifest = manifest
+        self.model_id = config.artifact.resolve().name or "edgeqa"
+        self.draining = False
+
+    @property
+    def busy(self) -> bool:
+        return self.engine.queue_depth > 0 or self.engine.active_rows > 0
+
+    def model(self) -> QAModel:
+        """The loaded model, or 503 while loading or shutting down."""
+        if self.draining:
+            raise unavailable("the server is shutting down; retry on another instance", "shutting_down")
+        if self.engine.state != "ready" or self.engine.model is None:
+            raise unavailable(f"the model is {self.engine.state}; retry shortly", f"model_{self.engine.state}")
+        return self.engine.model
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        limit = self.config.max_body_bytes
+        too_large = ApiError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        return parse_body(bytes(body))
+
+    def jobs(self, model: QAModel, questions: list[str], opts: GenerationOptions, **extra: Any) -> list[Job]:
+        started = time.perf_counter()
+        encoded = model.tokenizer.encode_checked(questions)
+        each_ms = (time.perf_counter() - started) * 1000 / len(questions)
+        return [Job(ids=ids, opts=opts, truncated=cut, tokenize_ms=each_ms, **extra) for ids, cut in encoded]
+
+    def submit(self, jobs: list[Job]) -> None:
+        try:
+            self.engine.submit(jobs)
+        except QueueFull as e:
+            raise unavailable(str(e), "queue_full") from None
+        finally:
+            self.metrics.queue_depth.set(self.engine.queue_depth)
+
+
+async def openai_endpoint(request: Request, chat: bool) -> Response:
+    service: Service = request.app.state.service
+    model = service.model()
+    parsed = parse_openai(await service.read_json(request), model, chat)
+    [job] = service.jobs(model, [parsed.question], parsed.options, stream=parsed.stream, stop=parsed.stop)
+    if job.truncated:
+        limit = model.manifest.max_input_tokens
+        raise ApiError(
+            400,
+            f"the question is longer than the model's {limit} input tokens; shorten it "
+            "(edgeqa's /v1/answer truncates instead)",
+            param="messages" if chat else "prompt",
+            code="context_length_exceeded",
+        )
+    service.submit([job])
+    if parsed.stream:
+        return EventStream(openai_stream(service, job, parsed, chat), service.engine, [job])
+    return await openai_response(request, service, job, chat)
+
+
+async def chat_completions(request: Request) -> Response:
+    return await openai_endpoint(request, chat=True)
+
+
+async def completions(request: Request) -> Response:
+    return await openai_endpoint(request, chat=False)
+
+
+async def answer(request: Request) -> Response:
+    service: Service = request.app.state.service
+    model = service.model()
+    data = await service.read_json(request)
+    questions, opts, stream = parse_native(data, model)
+    if len(questions) > service.config.max_queue:
+        raise ApiError(400, f"'questions' has {len(questions)} questions; at most {service.config.max_queue} a request")
+    jobs = service.jobs(model, questions, opts, stream=stream)
+    service.submit(jobs)
+    if stream:
+        return EventStream(native_stream(service, jobs[0]), service.engine, jobs)
+    results = await wait_all(request, service.engine, jobs)
+    if results is None:
+        return Response(status_code=499)
+    rows = [{"question": q, **r.to_dict()} for q, r in zip(questions, results, strict=True)]
+    return JSONResponse(rows[0] if "question" in data else {"answers": rows})
+
+
+async def health(request: Request) -> Response:
+    service: Service = request.app.state.service
+    state = "draining" if service.draining else service.engine.state
+    body: dict[str, Any] = {"status": "ok" if state == "ready" else state}
+    if service.engine.error:
+        body["error"] = service.engine.error
+    return JSONResponse(body, status_code=200 if state == "ready" else 503)
+
+
+async def metrics(request: Request) -> Response:
+    service: Service = request.app.state.service
+    service.metrics.queue_depth.set(service.engine.queue_depth)
+    service.metrics.active_rows.set(service.engine.active_rows)
+    return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def models(request: Request) -> Response:
+    service: Service = request.app.state.service
+    card = {"id": service.model_id, "object": "model", "created": 0, "owned_by": "edgeqa"}
+    return JSONResponse({"object": "list", "data": [card]})
+
+
+async def info(request: Request) -> Response:
+    service: Service = request.app.state.service
+    manifest = service.manifest
+    return JSONResponse(
+        {
+            "id": service.model_id,
+            "status": service.engine.state,
+            "summary": manifest.describe(),
+            "max_input_tokens": manifest.max_input_tokens,
+            "max_answer_tokens": manifest.max_answer_tokens,
+            "max_batch_size": service.config.max_batch_size,
+        }
+    )
+
+
+async def page(request: Request) -> Response:
+    html = resources.files("edgeqa.serve").joinpath("page.html").read_text(encoding="utf-8")
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    body = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", type=kind).body()
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def input_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse(ApiError(400, str(exc)).body(), status_code=400)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    logger.exception("edgeqa serve: unexpected error on %s", request.url.path, exc_info=exc)
+    return JSONResponse(ApiError(500, "internal server error", type="server_error").body(), status_code=500)
+
+
+def create_app(config: ServeConfig, load: Callable[[], QAModel] | None = None) -> Starlette:
+    """The server's ASGI app. The model loads on the inference thread when the app starts (lifespan).
+
+    Args:
+        config: The server's settings.
+        load: Returns the model (default: `QAModel.load(config.artifact, ...)`); tests pass a loaded one.
+    """
+    manifest = Manifest.read(config.artifact)
+    metrics_ = Metrics(config.max_batch_size)
+    engine = Engine(
+        load or (lambda: QAModel.load(config.artifact, threads=config.threads, verify=config.verify)),
+        max_batch_size=config.max_batch_size,
+        batch_wait_ms=config.batch_wait_ms,
+        max_queue=config.max_queue,
+        on_batch=metrics_.batch_size.observe,
+        on_tokens=metrics_.tokens.inc,
+        on_cancel=metrics_.cancelled.inc,
+    )
+    service = Service(config, engine, metrics_, manifest)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine.start()
+        yield
+        engine.stop(timeout=config.shutdown_timeout)
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/answer", answer, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/info", info, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    if config.ui:
+        routes.append(Route("/", page, methods=["GET"]))
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics_)]
+    if config.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+                max_age=600,
+            )
+        )
+    if config.api_key:
+        # the page is static HTML with no data (it asks for the key); /health is for load balancers
+        middleware.append(Middleware(ApiKeyMiddleware, key=config.api_key, public=("/health", "/")))
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: api_error,
+            InputError: input_error,
+            HTTPException: http_error,
+            Exception: server_error,
+        },
+    )
+    app.state.service = service
+    return app

@@ -1,0 +1,65 @@
+"""`ServeConfig`: how `edgeqa serve` listens, batches and protects itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeqa.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Settings of one server, validated once.
+
+    Attributes:
+        artifact: The artifact folder to serve.
+        host: Address to bind (0.0.0.0: every interface).
+        port: TCP port (0: any free one).
+        threads: onnxruntime threads per graph (default: physical cores).
+        max_batch_size: Most requests decoded together.
+        batch_wait_ms: Longest wait for more requests to batch once one is queued.
+        max_queue: Most waiting requests; more are refused with 503 and Retry-After.
+        api_key: Key asked of every endpoint but /health and the page (also EDGEQA_API_KEY).
+        cors_origins: Origins allowed by CORS, comma-separated (default: CORS off).
+        ui: Serve the web page at /.
+        max_body_bytes: Largest request body (413 above it).
+        shutdown_timeout: Seconds SIGTERM waits for in-flight requests.
+        keepalive_s: Seconds between `: ping` comments on a quiet stream.
+        verify: Check the artifact's checksums on load.
+    """
+
+    artifact: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int | None = None
+    max_batch_size: int = 8
+    batch_wait_ms: float = 5.0
+    max_queue: int = 64
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    ui: bool = True
+    max_body_bytes: int = 1 << 20
+    shutdown_timeout: float = 30.0
+    keepalive_s: float = 10.0
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.port <= 65535, "port must be between 0 and 65535"),
+            (self.threads is None or self.threads >= 1, "threads must be at least 1"),
+            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
+            (self.batch_wait_ms >= 0, "batch_wait_ms must be 0 or more"),
+            (self.max_queue >= 1, "max_queue must be at least 1"),
+            (self.api_key is None or self.api_key.strip() != "", "api_key must not be empty"),
+            (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
+            (self.shutdown_timeout >= 0, "shutdown_timeout must be 0 or more"),
+            (self.keepalive_s > 0, "keepalive_s must be greater than 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{message} (got {self})")
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")

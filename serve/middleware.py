@@ -1,0 +1,86 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware, which would buffer streams and hide disconnects):
+API-key checks and request metrics."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgeqa.serve.metrics import Metrics
+
+
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class ApiKeyMiddleware:
+    """Every path but the public ones needs `Authorization: Bearer KEY` or `x-api-key: KEY`."""
+
+    def __init__(self, app: ASGIApp, key: str, public: tuple[str, ...]):
+        self.app = app
+        self.key = key.encode()
+        self.public = public
+
+    def _given(self, scope: Scope) -> bytes | None:
+        for name, value in scope.get("headers", []):
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                return value[7:].strip()
+            if name == b"x-api-key":
+                return value.strip()
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.public:
+            await self.app(scope, receive, send)
+            return
+        given = self._given(scope)
+        if given is not None and hmac.compare_digest(given, self.key):
+            await self.app(scope, receive, send)
+            return
+        message = "Invalid API key." if given is not None else "Missing API key: send 'Authorization: Bearer KEY'."
+        body = {"error": {"message": message, "type": "authentication_error", "param": None, "code": "invalid_api_key"}}
+        await send_json(send, 401, body, {"www-authenticate": "Bearer"})
+
+
+class MetricsMiddleware:
+    """Counts every HTTP request by endpoint and status and times it until its last byte."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        endpoint = self.metrics.endpoint(scope["path"])
+        started = time.perf_counter()
+        status = {"code": 500, "counted": False}
+
+        def count() -> None:
+            if not status["counted"]:
+                status["counted"] = True
+                self.metrics.requests.labels(endpoint, str(status["code"])).inc()
+                self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+        async def counting_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                count()
+
+        try:
+            await self.app(scope, receive, counting_send)
+        finally:
+            if not status["counted"]:  # the caller left mid-response
+                status["code"] = status["code"] if status["code"] != 200 else 499
+                count()

@@ -1,0 +1,251 @@
+"""Request parsing and response shapes: OpenAI's chat/completions API and edgeqa's native /v1/answer.
+
+Validation is by hand (no pydantic): every bad field is a 400 with an OpenAI-style error body
+that names the field.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, fields
+from typing import Any
+
+from edgeqa.errors import InputError
+from edgeqa.runtime import GenerationOptions, QAModel
+
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(f"the request body is not valid UTF-8 (byte {e.start})", code="invalid_encoding") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise bad(f"the request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise bad("the request body must be a JSON object")
+    return data
+
+
+def _typed(data: dict[str, Any], name: str, kinds: tuple[type, ...], label: str) -> Any:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise bad(f"'{name}' must be {label}, got {json.dumps(value)[:40]}", param=name)
+    return value
+
+
+def check_question(text: Any, param: str) -> str:
+    if not isinstance(text, str):
+        raise bad(f"'{param}' must be a string", param=param)
+    if "\x00" in text:
+        raise bad(f"'{param}' contains a NUL character; remove it", param=param)
+    if not text.strip():
+        raise bad(f"'{param}' is empty; ask something, e.g. \"What is the capital of France?\"", param=param)
+    return text
+
+
+@dataclass(frozen=True)
+class OpenAIRequest:
+    """What an OpenAI chat or completions request asks for."""
+
+    question: str
+    options: GenerationOptions
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    model: str
+
+
+def _chat_question(data: dict[str, Any]) -> str:
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad("'messages' must be a non-empty list of {role, content} objects", param="messages")
+    question = None
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise bad(f"'{param}' must be an object with 'role' and 'content'", param=param)
+        role = message.get("role")
+        if role not in ROLES:
+            raise bad(f"'{param}.role' must be one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}", param=param)
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: only text parts are understood
+            texts = []
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                    raise bad(f'\'{param}.content\' parts must be {{"type": "text", "text": ...}}', param=param)
+                texts.append(part["text"])
+            content = "\n".join(texts)
+        if content is not None and not isinstance(content, str):
+            raise bad(f"'{param}.content' must be a string or a list of text parts", param=param)
+        if role == "user":
+            question = check_question(content, f"{param}.content")
+    if question is None:
+        raise bad("'messages' has no user message: the last user message is the question", param="messages")
+    return question
+
+
+def parse_openai(data: dict[str, Any], model: QAModel, chat: bool) -> OpenAIRequest:
+    """Validate a chat (`chat=True`) or completions request against the model's limits."""
+    if chat:
+        question = _chat_question(data)
+    else:
+        prompt = data.get("prompt")
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise bad("'prompt' must be one string (one question per request)", param="prompt")
+            prompt = prompt[0]
+        question = check_question(prompt, "prompt")
+    n = _typed(data, "n", (int,), "an integer")
+    if n is not None and n != 1:
+        raise bad("'n' must be 1: one answer per request", param="n", code="unsupported_value")
+    limit = model.manifest.max_answer_tokens
+    max_tokens = _typed(
+        data, "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens", (int,), "an integer"
+    )
+    if max_tokens is not None and max_tokens < 1:
+        raise bad("'max_tokens' must be at least 1", param="max_tokens")
+    temperature = _typed(data, "temperature", (int, float), "a number")
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise bad("'temperature' must be between 0 and 2", param="temperature")
+    top_p = _typed(data, "top_p", (int, float), "a number")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise bad("'top_p' must be in (0, 1]", param="top_p")
+    seed = _typed(data, "seed", (int,), "an integer")
+    stop = data.get("stop")
+    stops = [stop] if isinstance(stop, str) else stop
+    if stops is not None and (
+        not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops)
+    ):
+        raise bad("'stop' must be a string or a list of at most 4 strings", param="stop")
+    stream = _typed(data, "stream", (bool,), "true or false") or False
+    stream_options = data.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise bad("'stream_options' must be an object", param="stream_options")
+    include_usage = _typed(stream_options, "include_usage", (bool,), "true or false") or False
+    sampling = bool(temperature)
+    overrides: dict[str, Any] = {"max_new_tokens": min(max_tokens or model.defaults.max_new_tokens, limit)}
+    if sampling:
+        overrides.update(do_sample=True, num_beams=1, temperature=float(temperature), seed=seed)
+    else:
+        overrides["do_sample"] = False
+    if top_p is not None:
+        overrides["top_p"] = float(top_p)
+    model_name = data.get("model")
+    return OpenAIRequest(
+        question=question,
+        options=_options(model, overrides),
+        stop=tuple(s for s in stops or () if s),
+        stream=stream,
+        include_usage=include_usage,
+        model=model_name if isinstance(model_name, str) else "",
+    )
+
+
+def _options(model: QAModel, overrides: dict[str, Any]) -> GenerationOptions:
+    try:
+        return model.defaults.updated(**overrides)
+    except InputError as e:
+        raise bad(str(e)) from None
+
+
+_KINDS = {int: ((int,), "an integer"), float: ((int, float), "a number"), bool: ((bool,), "true or false")}
+
+
+def parse_native(data: dict[str, Any], model: QAModel) -> tuple[list[str], GenerationOptions, bool]:
+    """`{"question": ...}` or `{"questions": [...]}` plus `GenerationOptions` fields and `stream`."""
+    known = {f.name: f for f in fields(GenerationOptions)}
+    unknown = sorted(set(data) - set(known) - {"question", "questions", "stream"})
+    if unknown:
+        raise bad(f"unknown field(s) {', '.join(unknown)}; valid options: {', '.join(known)}", param=unknown[0])
+    if ("question" in data) == ("questions" in data):
+        raise bad("give either 'question' (a string) or 'questions' (a list of strings)", param="question")
+    if "question" in data:
+        questions = [check_question(data["question"], "question")]
+    else:
+        batch = data["questions"]
+        if not isinstance(batch, list) or not batch:
+            raise bad("'questions' must be a non-empty list of strings", param="questions")
+        questions = [check_question(q, f"questions[{i}]") for i, q in enumerate(batch)]
+    overrides = {}
+    for name, spec in known.items():
+        kind = {"int": int, "float": float, "bool": bool, "int | None": int}.get(str(spec.type), int)
+        kinds, label = _KINDS[kind]
+        value = _typed(data, name, kinds, label)
+        if value is not None:
+            overrides[name] = kind(value)
+    if overrides.get("max_new_tokens", 0) > model.manifest.max_answer_tokens:
+        overrides["max_new_tokens"] = model.manifest.max_answer_tokens
+    stream = _typed(data, "stream", (bool,), "true or false") or False
+    if stream and len(questions) > 1:
+        raise bad("'stream' works with one 'question', not 'questions'", param="stream")
+    return questions, _options(model, overrides), stream
+
+
+def completion_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def choice(chat: bool, text: str, finish_reason: str | None, delta: bool = False) -> dict[str, Any]:
+    if not chat:
+        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    if delta:
+        return {
+            "index": 0,
+            "delta": {"content": text} if text else {},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+
+
+def envelope(chat: bool, id: str, model: str, created: int | None = None, chunk: bool = False) -> dict[str, Any]:
+    kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
+    return {
+        "id": id,
+        "object": kind,
+        "created": created or int(time.time()),
+        "model": model,
+        "system_fingerprint": None,
+    }

@@ -1,0 +1,104 @@
+"""Helpers of the server tests: the app in-process over the ASGI transport, a real uvicorn in a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+try:  # the openai client >= 3 is built on httpx2; older ones on httpx
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx  # type: ignore[no-redef]
+
+from edgeqa.runtime import QAModel
+from edgeqa.serve import ServeConfig, create_app
+
+KEY = "sk-test-key"
+
+
+def in_process(
+    artifact: Path, model: QAModel, body: Callable[[Any, Any], Awaitable[None]], load=None, **settings: Any
+) -> Any:
+    """Run `body(app, http)` against the app (lifespan entered, model ready) with an ASGI httpx client."""
+    app = create_app(ServeConfig(artifact=artifact, **settings), load=load or (lambda: model))
+
+    async def main() -> None:
+        async with app.router.lifespan_context(app):
+            engine = app.state.service.engine
+            if load is None:
+                for _ in range(200):
+                    if engine.ready.is_set():
+                        break
+                    await asyncio.sleep(0.02)
+                assert engine.state == "ready", engine.error
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+                await body(app, http)
+
+    return asyncio.run(main())
+
+
+def openai_client(http: Any, key: str = "unused") -> Any:
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url="http://127.0.0.1/v1", api_key=key, http_client=http, max_retries=0)
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a Prometheus metric's samples (all labels) in /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class ServerProcess:
+    """`edgeqa serve` on 127.0.0.1:0 in a subprocess; stderr is collected by a thread."""
+
+    def __init__(self, artifact: Path, *args: str):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        command = [sys.executable, "-m", "edgeqa.cli", "serve", str(artifact), "--port", "0", "--threads", "1", *args]
+        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self.lines: list[str] = []
+        self._port = threading.Event()
+        self.url = ""
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._port.wait(90):
+            self.stop()
+            raise RuntimeError("edgeqa serve did not start:\n" + "".join(self.lines))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("edgeqa serve never became healthy:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+            if found:
+                self.url = found.group(1)
+                self._port.set()
+
+    def metrics(self) -> str:
+        return httpx.get(self.url + "/metrics", timeout=5).text
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -1,0 +1,187 @@
+"""`edgeqa serve` as people run it: a real uvicorn in a subprocess on 127.0.0.1:0. Streaming, the
+caller leaving, a full queue, the web page in headless Chromium, and the SIGTERM drain (last: it
+stops the module's server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette")
+
+from serve_helpers import ServerProcess, httpx, metric  # noqa: E402
+
+from edgeqa.runtime import QAModel  # noqa: E402
+
+QUESTION = "What color is a banana when overripe?"
+LONG = 512  # tokens: min_new_tokens forces the whole length, a few tenths of a second on the test model
+
+
+@pytest.fixture(scope="module")
+def server(artifact_fp32):
+    process = ServerProcess(
+        artifact_fp32, "--max-batch-size", "2", "--max-queue", "2", "--shutdown-timeout", "20", "--no-verify"
+    )
+    yield process
+    process.stop()
+
+
+def long_request(stream: bool) -> dict:
+    return {"question": QUESTION, "max_new_tokens": LONG, "min_new_tokens": LONG, "stream": stream}
+
+
+def wait_for(condition, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_streaming_arrives_chunk_by_chunk(server):
+    first_seen_running = None
+    with httpx.stream("POST", server.url + "/v1/answer", json=long_request(True), timeout=60) as reply:
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream")
+        events = []
+        for line in reply.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(line[6:])
+            if first_seen_running is None:  # the answer is still being generated when its first piece arrives
+                first_seen_running = metric(server.metrics(), "edgeqa_active_rows")
+    assert first_seen_running == 1
+    assert events[-1] == "[DONE]"
+    final = json.loads(events[-2])
+    assert final["answer_tokens"] == LONG and final["finish_reason"] == "length"
+    deltas = [json.loads(e)["delta"] for e in events[:-2]]
+    assert len(deltas) > 20 and "".join(deltas) == final["answer"]
+
+
+def test_a_caller_leaving_frees_its_row(server):
+    before = server.metrics()
+    cancelled, tokens = metric(before, "edgeqa_cancelled_rows_total"), metric(before, "edgeqa_generated_tokens_total")
+    # streaming: leave after the first piece
+    with httpx.stream("POST", server.url + "/v1/answer", json=long_request(True), timeout=60) as reply:
+        for line in reply.iter_lines():
+            if line.startswith('data: {"delta"'):
+                break
+    assert wait_for(lambda: metric(server.metrics(), "edgeqa_cancelled_rows_total") == cancelled + 1)
+    # not streaming: leave while the answer is being generated
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps(long_request(False)).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(
+            b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert wait_for(lambda: metric(server.metrics(), "edgeqa_active_rows") == 1)
+    assert wait_for(lambda: metric(server.metrics(), "edgeqa_cancelled_rows_total") == cancelled + 2)
+    after = server.metrics()
+    assert metric(after, "edgeqa_active_rows") == 0
+    assert metric(after, "edgeqa_generated_tokens_total") - tokens < 2 * LONG, "the rows ran to the end"
+
+
+def test_a_full_queue_answers_503_with_retry_after(server):
+    def post(_: int) -> httpx.Response:
+        return httpx.post(server.url + "/v1/answer", json=long_request(False), timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(post, range(8)))
+    statuses = sorted(r.status_code for r in replies)
+    assert set(statuses) == {200, 503} and statuses.count(200) >= 2, statuses
+    for reply in replies:
+        if reply.status_code == 503:
+            assert reply.headers["retry-after"] == "1"
+            assert reply.json()["error"]["code"] == "queue_full"
+    assert httpx.post(server.url + "/v1/answer", json={"question": QUESTION}, timeout=30).status_code == 200
+
+
+@pytest.mark.slow
+def test_the_page_streams_an_answer_in_a_real_browser(server, artifact_fp32, tmp_path):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    expected = QAModel.load(artifact_fp32, threads=1, verify=False).answer(QUESTION).text
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=900,700",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        driver.get(server.url + "/")
+        info = lambda d: d.find_element(By.ID, "info").get_attribute("textContent")  # noqa: E731 (hidden: no .text)
+        WebDriverWait(driver, 20).until(lambda d: "input tokens" in info(d))
+        # count the changes to the answer (records, not callbacks, which are batched): streamed text comes in pieces
+        driver.execute_script(
+            "window.updates = 0; new MutationObserver((records) => { window.updates += records.length; })"
+            ".observe(document.getElementById('answer'), {childList: true, characterData: true, subtree: true});"
+        )
+        driver.find_element(By.ID, "question").send_keys(QUESTION)
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "timings").text)
+        assert driver.find_element(By.ID, "answer").text == expected
+        assert "tokens" in driver.find_element(By.ID, "timings").text
+        assert driver.execute_script("return window.updates") >= 3
+        driver.find_element(By.TAG_NAME, "details").click()
+        shot = tmp_path / "page.png"
+        driver.save_screenshot(str(shot))
+        if os.environ.get("EDGEQA_SCREENSHOT_DIR"):
+            shutil.copy(shot, Path(os.environ["EDGEQA_SCREENSHOT_DIR"]) / "serve-page.png")
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
+
+
+def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(server):
+    lines: list[str] = []
+    started = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", server.url + "/v1/answer", json=long_request(True), timeout=60) as reply:
+            for line in reply.iter_lines():
+                if line:
+                    lines.append(line)
+                    started.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert started.wait(30)
+    server.proc.send_signal(signal.SIGTERM)
+    assert wait_for(lambda: "finishing in-flight requests" in "".join(server.lines), 10)
+    try:
+        refused = httpx.post(server.url + "/v1/answer", json={"question": QUESTION}, timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "shutting_down"
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 503
+    except httpx.ConnectError:
+        pass  # the in-flight answer finished first and the server already closed its socket: refused too
+    reader.join(60)
+    assert lines[-1] == "data: [DONE]", lines[-3:]
+    assert json.loads(lines[-2][6:])["answer_tokens"] == LONG
+    assert server.proc.wait(30) == 0, "".join(server.lines)
