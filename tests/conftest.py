@@ -68,6 +68,28 @@ def memo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, memo_data: Path) -> Path:
+    """A tiny model fine-tuned with `edgeqa.finetune` for 96 steps on `memo_data`; returns the run folder
+    (the fine-tuning tests' run: metrics per epoch, the saved training record)."""
+    from edgeqa.finetune import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("run") / "run"
+    finetune(
+        FinetuneConfig(
+            model=str(tiny_model),
+            data=str(memo_data),
+            output_dir=out,
+            epochs=12,
+            learning_rate=1.5e-2,
+            eval_max_new_tokens=16,
+            logging_steps=50,
+            device="cpu",
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def facts_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Questions about FACTS_RELATIONS from `edgeqa.facts`: train.jsonl, validation.jsonl (a phrasing
     never trained on) and test.jsonl (templates never trained on)."""
