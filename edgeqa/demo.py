@@ -247,7 +247,7 @@ def _exact_match(qa: Any, path: Path, max_new_tokens: int) -> tuple[float, int]:
 
 def summary(result: DemoResult, trained_model: str | None = None, serve: bool = False) -> str:
     """What `edgeqa demo` prints on stdout: parity, exact match, answers and the next commands."""
-    lines = ["", "Parity of the int8 artifact against the PyTorch model:", result.parity_table]
+    lines = ["Parity of the int8 artifact against the PyTorch model:", result.parity_table]
     if result.exact_match:
         parts = [
             f"{label} {result.exact_match[split] * 100:.1f}% of {result.questions[split]}"
@@ -274,8 +274,7 @@ def summary(result: DemoResult, trained_model: str | None = None, serve: bool = 
         lines.append(f"  edgeqa serve {artifact}")
     if trained_model is None:
         lines += [
-            "the real run fine-tunes a pretrained model on a GPU server, then exports it:",
-            "  edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa",
+            "  edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa   # the real run, on a GPU",
             "  edgeqa export runs/qa/final model-int8 --quantize",
         ]
     return "\n".join(lines)
