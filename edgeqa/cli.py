@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import os
 import re
 import sys
 import traceback
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -44,24 +44,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is at the time of the record (it may be replaced, e.g. in tests)."""
-
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: D102
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
+VerboseOpt = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show everything the libraries log and warn, progress bars included.")
+]
 
 
-def _setup_logging(quiet: bool = False) -> None:
-    """edgeqa's progress on stderr; third-party chatter on the root logger only from ERROR up."""
-    handler = _StderrHandler()
-    handler.addFilter(lambda record: record.name != "root" or record.levelno >= logging.ERROR)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
-    logging.getLogger("edgeqa").setLevel(logging.WARNING if quiet else logging.INFO)
+def _setup_logging(quiet: bool = False, verbose: bool = False, libraries: bool = False) -> None:
+    from edgeqa.logs import setup_logging
+
+    setup_logging(quiet=quiet, verbose=verbose, libraries=libraries)
 
 
 def handle_errors(command: F) -> F:
@@ -214,6 +205,7 @@ def finetune(
     config: Annotated[
         Path | None, typer.Option(help="TOML file with FinetuneConfig fields; flags override it.")
     ] = None,
+    verbose: VerboseOpt = False,
     *,
     fields: dict[str, Any],
 ) -> None:
@@ -227,8 +219,8 @@ def finetune(
     from edgeqa.finetune import finetune as run
     from edgeqa.finetune import metrics_table
 
-    _setup_logging()
-    result = run(settings)
+    _setup_logging(verbose=verbose, libraries=True)
+    result = run(settings, progress_bars=verbose)
     if not result.main_process:  # under torchrun, one process reports
         return
     typer.echo(metrics_table(result.history))
@@ -247,6 +239,7 @@ def finetune(
 def export(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (e.g. RUN/final) or hub name.")],
     output: Annotated[Path, typer.Argument(help="Artifact folder to create.")],
+    verbose: VerboseOpt = False,
     *,
     fields: dict[str, Any],
 ) -> None:
@@ -258,7 +251,7 @@ def export(
 
     from edgeqa.export import export_artifact
 
-    _setup_logging()
+    _setup_logging(verbose=verbose, libraries=True)
     result = export_artifact(settings)
     if result.parity:
         typer.echo(result.parity.table())
@@ -277,6 +270,7 @@ def parity_command(
     max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 64,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Compare an artifact's answers with its PyTorch checkpoint's (ROUGE, agreement, latency); exit 1 on failure.
 
@@ -285,7 +279,7 @@ def parity_command(
     from edgeqa.export import run_parity
     from edgeqa.records import read_records, sample_data
 
-    _setup_logging()
+    _setup_logging(verbose=verbose, libraries=True)
     records = read_records(data or sample_data("validation"))[:samples]
     report = run_parity(reference, artifact, records, max_new_tokens=max_new_tokens, threads=threads)
     typer.echo(json.dumps(dataclasses.asdict(report), indent=2) if as_json else report.table())
@@ -296,46 +290,49 @@ def parity_command(
 # ---------------------------------------------------------------- demo
 
 
+class DemoData(StrEnum):
+    """What `edgeqa demo` trains on."""
+
+    facts = "facts"
+    dolly = "dolly"
+
+
 @app.command()
 @handle_errors
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for everything the demo writes.")] = Path(
         "edgeqa-demo"
     ),
+    data: Annotated[
+        DemoData,
+        typer.Option(help="facts: countries and cities, exact short answers; dolly: open QA, long answers (ROUGE)."),
+    ] = DemoData.facts,
     model: Annotated[
         str | None, typer.Option(help="A real T5 checkpoint to fine-tune instead of the demo model.")
     ] = None,
-    max_steps: Annotated[int, typer.Option(help="Fine-tuning steps.")] = 400,
-    parity_samples: Annotated[int, typer.Option(help="Held-out questions for the parity gate.")] = 64,
+    max_steps: Annotated[int | None, typer.Option(help="Fine-tuning steps [facts 1800, dolly 400].")] = None,
+    parity_samples: Annotated[int | None, typer.Option(help="Held-out questions for the parity gate.")] = None,
     force: Annotated[bool, typer.Option(help="Reuse a non-empty --output.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
-    """Run the whole pipeline offline on the bundled data: fine-tune, export int8, answer.
+    """Run the whole pipeline offline on bundled data: fine-tune, export int8, answer.
 
     Example: edgeqa demo --output ./edgeqa-demo
     """
-    from edgeqa.demo import run_demo
+    from edgeqa.demo import run_demo, summary
 
-    _setup_logging()
-    result = run_demo(output, model=model, max_steps=max_steps, parity_samples=parity_samples, force=force)
-    typer.echo("\nParity of the int8 artifact against the PyTorch model:\n")
-    typer.echo(result.parity_table)
-    typer.echo(
-        f"\nsizes: PyTorch checkpoint {result.checkpoint_mb:.1f} MB, int8 artifact {result.artifact_mb:.1f} MB\n"
+    _setup_logging(verbose=verbose, libraries=True)
+    result = run_demo(
+        output,
+        data=data.value,
+        model=model,
+        max_steps=max_steps,
+        parity_samples=parity_samples,
+        force=force,
+        progress_bars=verbose,
     )
-    for question, answer in result.answers:
-        typer.echo(f"Q: {question}\nA: {answer}\n")
-    if model is None:
-        typer.echo(
-            "The demo model is tiny and trained for minutes from random weights, so its answers are rough.\n"
-            "A real run fine-tunes a pretrained checkpoint on a GPU server:\n"
-            "  edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa\n"
-            "  edgeqa export runs/qa/final model-int8 --quantize"
-        )
-    typer.echo(
-        f"\neverything is in {result.output}; continue with:\n"
-        f'  edgeqa ask {result.artifact} "What is the capital of France?"\n'
-        f"  edgeqa info {result.artifact}"
-    )
+    serve = any(command.name == "serve" for command in app.registered_commands)
+    typer.echo(summary(result, trained_model=model, serve=serve))
 
 
 # ---------------------------------------------------------------- serve
@@ -354,16 +351,9 @@ def serve(
 
     Example: edgeqa serve ./model-int8 --port 8080
     """
-    try:
-        from edgeqa.serve import run_server
-    except ImportError as e:
-        if e.name not in ("starlette", "uvicorn", "prometheus_client", "anyio"):
-            raise
-        from edgeqa.errors import MissingExtraError
+    from edgeqa.extras import import_extra
 
-        raise MissingExtraError(
-            f"edgeqa serve needs the serve extra ({e.name} is missing): pip install 'edgeqa[serve]'"
-        ) from e
+    run_server = import_extra("edgeqa.serve", "serve", "edgeqa serve").run_server
 
     _setup_logging(quiet)
     api_key = fields.get("api_key") or os.environ.get("EDGEQA_API_KEY") or None
@@ -405,7 +395,7 @@ def bench(
 
     Example: edgeqa bench --compare --shapes small
     """
-    _setup_logging()
+    _setup_logging(libraries=True)
     if serve:
         from edgeqa.bench import serve_load
 

@@ -11,7 +11,7 @@ from edgeqa.errors import MissingExtraError
 EXTRA_MODULES = {
     "train": ("torch", "transformers", "datasets", "accelerate", "rouge_score", "nltk", "sentencepiece", "google"),
     "export": ("torch", "transformers", "optimum", "onnx", "onnx_ir", "rouge_score", "nltk"),
-    "serve": ("starlette", "uvicorn", "prometheus_client"),
+    "serve": ("starlette", "uvicorn", "prometheus_client", "anyio"),
 }
 
 

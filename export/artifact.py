@@ -90,10 +90,10 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
                 sources[role] = raw / f"{config.quantize}-{name}"
                 kept_float += quantize_graph(graphs[role], sources[role], settings)
         shared = save_graphs(sources, {role: staging / name for role, name in GRAPHS.items()})
-        for name in GRAPHS.values():
-            logger.info("%s: %s", name, _mb(staging / name, staging / weights_file(name)))
+        sizes = [f"{name} {_mb(staging / name, staging / weights_file(name))}" for name in GRAPHS.values()]
         if shared:
-            logger.info("%s (used by both graphs): %s", EMBEDDING_FILE, _mb(staging / EMBEDDING_FILE))
+            sizes.append(f"{EMBEDDING_FILE} {_mb(staging / EMBEDDING_FILE)} (used by both graphs)")
+        logger.info("export: %s", ", ".join(sizes))
         if settings and settings.keep_fp32 and not kept_float:
             raise ConfigError(
                 f"--keep-fp32 {','.join(settings.keep_fp32)} matches no node; "
@@ -159,7 +159,7 @@ def _parity_records(config: ExportConfig) -> list[QARecord]:
     if path is None:
         path = heldout_path(config.checkpoint) or sample_data("validation")
     records = read_records(path)[: config.parity_samples]
-    logger.info("parity: %d questions from %s", len(records), path)
+    logger.info("parity: PyTorch and the artifact answer %d questions from %s", len(records), path)
     return records
 
 

@@ -85,11 +85,11 @@ def run_parity(
     references = [r.answer for r in records]
     prompts = [format_prompt(q, model.manifest.prompt_template) for q in questions]
     check_tokenizer(checkpoint, model, prompts, questions)
-    logger.info("parity: PyTorch answers %d questions", len(records))
+    logger.debug("parity: PyTorch answers %d questions", len(records))
     expected, reference_ms = reference_answers(
         checkpoint, prompts, model.manifest.max_input_tokens, batch_size, max_new_tokens=max_new_tokens
     )
-    logger.info("parity: the artifact answers %d questions", len(records))
+    logger.debug("parity: the artifact answers %d questions", len(records))
     started = time.perf_counter()
     # GenerationOptions' own defaults are plain greedy search, as `generate` runs above.
     answers = model.answer_batch(questions, GenerationOptions(max_new_tokens=max_new_tokens), batch_size=batch_size)

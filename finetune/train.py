@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from transformers import (
     AutoTokenizer,
     DataCollatorForSeq2Seq,
     GenerationConfig,
+    PrinterCallback,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
     TrainerCallback,
@@ -26,7 +28,7 @@ from edgeqa.checkpoint import HELDOUT, TrainingRecord
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
-from edgeqa.metrics import rouge
+from edgeqa.metrics import exact_match, rouge
 
 logger = logging.getLogger(__name__)
 
@@ -105,16 +107,39 @@ def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
 
 
 def finetune(
-    config: FinetuneConfig, callbacks: list | None = None, trainer_overrides: dict[str, Any] | None = None
+    config: FinetuneConfig,
+    callbacks: list | None = None,
+    trainer_overrides: dict[str, Any] | None = None,
+    progress_bars: bool = False,
 ) -> FinetuneResult:
-    """Fine-tune, evaluate ROUGE each epoch, keep the best checkpoint and save it as `final/`.
+    """Fine-tune, evaluate ROUGE and exact match each epoch, keep the best checkpoint and save it as `final/`.
+
+    Progress is logged as one line per evaluation (step, loss, exact match, ROUGE-L).
 
     Args:
         config: The run.
         callbacks: Extra `transformers.TrainerCallback`s.
         trainer_overrides: `Seq2SeqTrainingArguments` fields set over edgeqa's choices
-            (the GPU benchmark uses it to run the original tutorial's settings).
+            (the GPU benchmark uses it to run the original tutorial's settings, the demo to
+            evaluate every few hundred steps).
+        progress_bars: Also show transformers' and datasets' progress bars (and the Trainer's
+            printed log dictionaries).
     """
+    import datasets
+
+    bars_were_on = datasets.is_progress_bar_enabled()
+    if not progress_bars:
+        datasets.disable_progress_bars()
+    try:
+        return _finetune(config, callbacks, trainer_overrides, progress_bars)
+    finally:
+        if not progress_bars and bars_were_on:
+            datasets.enable_progress_bars()
+
+
+def _finetune(
+    config: FinetuneConfig, callbacks: list | None, trainer_overrides: dict[str, Any] | None, progress_bars: bool
+) -> FinetuneResult:
     resume_from = prepare_output_dir(config)
     use_cpu, bf16, tf32 = resolve_precision(config)
     raw = load_raw(config)
@@ -152,6 +177,7 @@ def finetune(
         logging_steps=config.logging_steps,
         report_to=[],
         save_safetensors=True,
+        disable_tqdm=not progress_bars,
     )
     args = Seq2SeqTrainingArguments(**(settings | (trainer_overrides or {})))
     history = MetricsHistory(config.output_dir / METRICS)
@@ -163,8 +189,10 @@ def finetune(
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
         processing_class=tokenizer,
         compute_metrics=RougeMetrics(tokenizer),
-        callbacks=[history, *(callbacks or [])],
+        callbacks=[history, ProgressLog(), *(callbacks or [])],
     )
+    if not progress_bars:
+        trainer.remove_callback(PrinterCallback)  # it prints every log dictionary to stdout
     trainer.train(resume_from_checkpoint=resume_from)
     final_dir = config.output_dir / FINAL
     if trainer.is_world_process_zero():
@@ -210,7 +238,8 @@ def training_record(config: FinetuneConfig, global_step: int) -> TrainingRecord:
 
 
 class RougeMetrics:
-    """`compute_metrics` for generated predictions: ROUGE-1/2/L/Lsum and mean generated length."""
+    """`compute_metrics` for generated predictions: ROUGE-1/2/L/Lsum, exact match (both in percent)
+    and mean generated length."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
@@ -225,6 +254,7 @@ class RougeMetrics:
         decoded = self.tokenizer.batch_decode(predictions, skip_special_tokens=True)
         references = self.tokenizer.batch_decode(labels, skip_special_tokens=True)
         scores = {key: round(value * 100, 4) for key, value in rouge(decoded, references).items()}
+        scores["exact_match"] = round(exact_match(decoded, references) * 100, 4)
         lengths = [int(np.count_nonzero((row != pad) & (row != self.tokenizer.eos_token_id))) for row in predictions]
         scores["gen_len"] = float(np.mean(lengths)) if lengths else 0.0
         return scores
@@ -251,9 +281,48 @@ class MetricsHistory(TrainerCallback):
         tmp.replace(self.path)
 
 
+class ProgressLog(TrainerCallback):
+    """One log line per evaluation: the learning curve (exact match and ROUGE-L on the validation split)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.loss: float | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any):
+        if not state.is_world_process_zero or not metrics:
+            return
+        width = len(str(state.max_steps))
+        loss = f"loss {self.loss:.3f}, " if self.loss is not None else ""
+        logger.info(
+            "step %*d/%d %5.0f s: %sexact match %5.1f%%, ROUGE-L %5.1f",
+            width,
+            state.global_step,
+            state.max_steps,
+            time.perf_counter() - self.started,
+            loss,
+            metrics.get("eval_exact_match", 0.0),
+            metrics.get("eval_rougeL", 0.0),
+        )
+
+
 def metrics_table(history: list[dict[str, float]]) -> str:
-    """A Markdown table of ROUGE and generated length per evaluation."""
-    keys = ["eval_rouge1", "eval_rouge2", "eval_rougeL", "eval_rougeLsum", "eval_gen_len", "eval_loss"]
+    """A Markdown table of exact match, ROUGE and generated length per evaluation."""
+    keys = [
+        "eval_exact_match",
+        "eval_rouge1",
+        "eval_rouge2",
+        "eval_rougeL",
+        "eval_rougeLsum",
+        "eval_gen_len",
+        "eval_loss",
+    ]
     header = "| epoch | step | " + " | ".join(k.removeprefix("eval_") for k in keys) + " |"
     rows = [header, "|" + " --- |" * (len(keys) + 2)]
     for entry in history:

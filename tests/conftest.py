@@ -16,6 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from edgeqa.demo import DEMO_SHAPE  # noqa: E402
 from edgeqa.prompt import DEFAULT_MAX_INPUT_TOKENS, format_prompt  # noqa: E402
 from edgeqa.records import sample_data  # noqa: E402
 
@@ -23,11 +24,17 @@ from edgeqa.records import sample_data  # noqa: E402
 TINY = dict(
     d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8
 )
+# The facts fixture: the demo's model shape (a narrower one, d_model 64, learnt next to nothing in
+# 600 steps), trained for 500 steps (about a minute on 2 cores) on capitals and continents.
+FACTS_SHAPE = DEMO_SHAPE
+FACTS_RELATIONS = ("capital", "continent")
+FACTS_STEPS = 500
+FACTS_LR = 4e-3
 # google/flan-t5-small's public config (d_kv 64 != d_model / heads).
 SMALL = dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6)
 
 
-def build_t5(folder: Path, seed: int = 0, **sizes: int) -> Path:
+def build_t5(folder: Path, seed: int = 0, **sizes: float) -> Path:
     """Save a seeded, randomly initialised FLAN-T5-shaped model with the bundled tokenizer."""
     pytest.importorskip("torch")
     from edgeqa.finetune.models import build_random_t5
@@ -62,7 +69,8 @@ def memo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, memo_data: Path) -> Path:
-    """A tiny model fine-tuned with `edgeqa.finetune` for 96 steps; returns the run folder."""
+    """A tiny model fine-tuned with `edgeqa.finetune` for 96 steps on `memo_data`; returns the run folder
+    (the fine-tuning tests' run: metrics per epoch, the saved training record)."""
     from edgeqa.finetune import FinetuneConfig, finetune
 
     out = tmp_path_factory.mktemp("run") / "run"
@@ -82,8 +90,50 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, memo
 
 
 @pytest.fixture(scope="session")
-def trained_model(trained_run: Path) -> Path:
-    return trained_run / "final"
+def facts_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Questions about FACTS_RELATIONS from `edgeqa.facts`: train.jsonl, validation.jsonl (a phrasing
+    never trained on) and test.jsonl (templates never trained on)."""
+    from edgeqa.facts import load_facts, make_splits, write_splits
+
+    folder = tmp_path_factory.mktemp("facts-data")
+    splits = make_splits(load_facts(FACTS_RELATIONS))
+    write_splits(folder, {name: splits[name] for name in ("train", "validation", "test")})
+    return folder
+
+
+@pytest.fixture(scope="session")
+def facts_run(tmp_path_factory: pytest.TempPathFactory, facts_data: Path) -> Path:
+    """A FACTS_SHAPE model fine-tuned on `facts_data` with `edgeqa.finetune`; returns the run folder."""
+    from edgeqa.finetune import FinetuneConfig, finetune
+
+    base = build_t5(tmp_path_factory.mktemp("facts-base"), initializer_factor=0.5, **FACTS_SHAPE)
+    out = tmp_path_factory.mktemp("facts-run") / "run"
+    finetune(
+        FinetuneConfig(
+            model=str(base),
+            data=str(facts_data),
+            output_dir=out,
+            epochs=1000,
+            max_steps=FACTS_STEPS,
+            learning_rate=FACTS_LR,
+            batch_size=32,
+            eval_batch_size=100,
+            max_eval_samples=200,
+            max_target_tokens=16,
+            eval_max_new_tokens=16,
+            save_total_limit=1,
+            logging_steps=50,
+            device="cpu",
+        ),
+        trainer_overrides=dict(eval_strategy="no", save_strategy="no", load_best_model_at_end=False),
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def facts_model(facts_run: Path) -> Path:
+    """Checkpoint folder of a model that knows the capitals and continents of the bundled countries."""
+    return facts_run / "final"
 
 
 def _export(checkpoint: Path, output: Path, **options) -> Path:
@@ -96,13 +146,32 @@ def _export(checkpoint: Path, output: Path, **options) -> Path:
 
 
 @pytest.fixture(scope="session")
-def artifact_fp32(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
-    return _export(trained_model, tmp_path_factory.mktemp("art") / "fp32")
+def facts_artifact_fp32(tmp_path_factory: pytest.TempPathFactory, facts_model: Path) -> Path:
+    """`facts_model` exported to float graphs through the parity gate (on its held-out phrasing)."""
+    return _export(facts_model, tmp_path_factory.mktemp("facts-art") / "fp32")
 
 
 @pytest.fixture(scope="session")
-def artifact_int8(tmp_path_factory: pytest.TempPathFactory, trained_model: Path) -> Path:
-    return _export(trained_model, tmp_path_factory.mktemp("art") / "int8", quantize="int8")
+def facts_artifact_int8(tmp_path_factory: pytest.TempPathFactory, facts_model: Path) -> Path:
+    """`facts_model` exported to int8 through the parity gate (on its held-out phrasing)."""
+    return _export(facts_model, tmp_path_factory.mktemp("facts-art") / "int8", quantize="int8")
+
+
+# Every test that needs a trained model uses the facts model: it knows something, so its answers
+# (and any damage to them) mean something.
+@pytest.fixture(scope="session")
+def trained_model(facts_model: Path) -> Path:
+    return facts_model
+
+
+@pytest.fixture(scope="session")
+def artifact_fp32(facts_artifact_fp32: Path) -> Path:
+    return facts_artifact_fp32
+
+
+@pytest.fixture(scope="session")
+def artifact_int8(facts_artifact_int8: Path) -> Path:
+    return facts_artifact_int8
 
 
 @pytest.fixture(scope="session")

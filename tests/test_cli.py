@@ -165,7 +165,7 @@ def test_finetune_flags_override_the_config(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake(config, callbacks=None):
+    def fake(config, callbacks=None, **options):
         seen["config"] = config
         return FinetuneResult(Path(config.output_dir) / "final", 3, [], None)
 
@@ -349,14 +349,15 @@ def test_every_finetune_config_field_is_a_flag(monkeypatch, tmp_path):
     assert set(sample) == {f.name for f in dataclasses.fields(FinetuneConfig)}
     seen = {}
 
-    def fake(config):
-        seen["config"] = config
+    def fake(config, **options):
+        seen["config"], seen["options"] = config, options
         return FinetuneResult(Path(config.output_dir) / "final", 3, [], None)
 
     monkeypatch.setattr(finetune_module, "finetune", fake)
     result = runner.invoke(app, ["finetune", *_flags(sample, {"learning_rate": "--lr", "output_dir": "--output"})])
     assert result.exit_code == 0, result.output
     assert seen["config"] == FinetuneConfig(**sample)
+    assert seen["options"] == {"progress_bars": False}, "progress bars only with --verbose"
 
 
 def test_every_export_config_field_is_an_option(monkeypatch, tmp_path):

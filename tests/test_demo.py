@@ -1,28 +1,64 @@
-"""`edgeqa demo` end to end, offline, with fewer steps than the default."""
+"""`edgeqa demo` end to end, offline, with fewer steps than the default; and its quiet log."""
 
 from __future__ import annotations
+
+import re
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
 from edgeqa.cli import app
-from edgeqa.demo import SAMPLE_QUESTIONS
+from edgeqa.demo import showcase
 from edgeqa.manifest import Manifest
 
 
+def test_showcase_questions_come_from_the_facts_with_their_answers():
+    asked = {a.question: (a.expected, a.note) for a in showcase()}
+    assert asked["What is the capital of France?"] == ("Paris", "held-out phrasing")
+    assert asked["Tell me the capital city of Japan."] == ("Tokyo", "never-seen template")
+    assert {note for _, note in asked.values()} == {"trained phrasing", "held-out phrasing", "never-seen template"}
+
+
+def test_demo_options_reach_the_library(monkeypatch, tmp_path):
+    import edgeqa.demo
+
+    seen = {}
+
+    def fake(output, **options):
+        seen.update(options, output=output)
+        raise edgeqa.demo.ConfigError("stop here")
+
+    monkeypatch.setattr(edgeqa.demo, "run_demo", fake)
+    result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), "--data", "dolly", "--max-steps", "7"])
+    assert result.exit_code == 1 and "error: stop here" in result.stderr
+    assert seen["data"] == "dolly" and seen["max_steps"] == 7 and seen["progress_bars"] is False
+    result = CliRunner().invoke(app, ["demo", "--data", "wiki"])
+    assert result.exit_code == 2 and "wiki" in result.output
+
+
 @pytest.mark.slow
-def test_demo_runs_the_whole_pipeline(tmp_path):
+def test_demo_runs_the_whole_pipeline_with_a_quiet_log(tmp_path):
+    """The real command in a subprocess (as a user runs it): answers, parity, next steps, and a log of
+    at most 40 lines in which every warning is edgeqa's own."""
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--output", str(out), "--max-steps", "60", "--parity-samples", "24"])
-    assert result.exit_code == 0, result.output
+    steps = 300
+    command = [sys.executable, "-m", "edgeqa.cli", "demo", "--output", str(out), "--max-steps", str(steps)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stderr + run.stdout
+    assert len(log.splitlines()) <= 40, log
+    assert not re.search(r"Warning|warn\(|Traceback|it/s|examples/s|\{'loss'", log), log
+    curve = re.findall(r"step +(\d+)/(\d+) .*exact match +([\d.]+)%", run.stderr)
+    assert curve and curve[-1][:2] == (str(steps), str(steps)), log
     manifest = Manifest.read(out / "model-int8")
     assert manifest.quantization and manifest.parity and manifest.parity.passed
-    for text in ("| rougeL |", "mean latency ms", "identical answers", "gate (int8"):
-        assert text in result.stdout
-    for question in SAMPLE_QUESTIONS:
-        line = result.stdout.split(f"Q: {question}\nA: ", 1)[1].split("\n", 1)[0]
-        assert line.strip(), f"no answer printed for {question!r}"
-    assert f"edgeqa ask {out / 'model-int8'}" in result.stdout
-    assert "google/flan-t5-base" in result.stdout
+    for text in ("| rougeL |", "gate (int8", "held-out phrasing", "never-seen templates"):
+        assert text in run.stdout
+    for asked in showcase():
+        assert f"  {asked.question}" in run.stdout, f"no answer printed for {asked.question!r}"
+    assert f"edgeqa ask {out / 'model-int8'}" in run.stdout
+    assert "google/flan-t5-base" in run.stdout
     again = CliRunner().invoke(app, ["demo", "--output", str(out)])
     assert again.exit_code == 1 and "--force" in again.stderr

@@ -45,7 +45,7 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
     for entry in manifest.files.values():
         assert sha256_of(artifact_int8 / entry.path) == entry.sha256
         assert (artifact_int8 / entry.path).stat().st_size == entry.size
-    assert (manifest.dims.d_kv, manifest.dims.num_heads, manifest.dims.vocab_size) == (8, 4, 32128)
+    assert (manifest.dims.d_kv, manifest.dims.num_heads, manifest.dims.vocab_size) == (32, 4, 32128)
     assert manifest.prompt_template == "Please answer this question: {question}"
     assert manifest.quantization and manifest.quantization.preset == detect_preset()
     assert manifest.quantization.activation_granularity == "per-token"
