@@ -97,8 +97,94 @@ def test_empty_and_missing_files(tmp_path):
 
 
 def test_hub_dataset_offline_says_how_to_pass_a_file():
-    with pytest.raises(DataError, match="--data"):
+    with pytest.raises(DataError, match="--data train.jsonl"):
+        load_raw(config("some-user/some-qa-dataset"))
+
+
+def test_yahoo_answers_offline_asks_for_the_network_or_a_local_copy(monkeypatch):
+    monkeypatch.delenv("EDGEQA_YAHOO_ANSWERS_URL", raising=False)
+    with pytest.raises(DataError, match="needs the network, or a local copy") as error:
         load_raw(config("yahoo_answers_qa"))
+    assert "nfL6.json.gz" in str(error.value) and "\n" not in str(error.value)
+
+
+def nfl6_records(count: int) -> list[dict]:
+    """Records in the layout of the tutorial's nfL6.json (a JSON list, not JSON lines)."""
+    return [
+        {
+            "id": str(i),
+            "question": f"why q{i}?",
+            "answer": f"because a{i}",
+            "nbestanswers": [f"because a{i}", "x"],
+            "main_category": "Science",
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Refuse every socket connection except to 127.0.0.1."""
+    import socket
+
+    connect = socket.socket.connect
+
+    def guarded(sock, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
+            raise OSError(f"test refused a connection to {address}")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+def test_yahoo_answers_downloads_nfl6_over_http(tmp_path, monkeypatch, loopback_only):
+    """`--data yahoo_answers_qa`: datasets' json builder really fetches the gzipped JSON list from the URL."""
+    import gzip
+    import http.server
+    import threading
+    from functools import partial
+
+    import datasets
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "nfL6.json.gz").write_bytes(gzip.compress(json.dumps(nfl6_records(10)).encode()))
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+            monkeypatch.delenv(flag, raising=False)
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+        monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", tmp_path / "cache" / "downloads")
+        monkeypatch.setenv("EDGEQA_YAHOO_ANSWERS_URL", f"http://127.0.0.1:{server.server_port}/nfL6.json.gz")
+        raw = load_raw(config("yahoo_answers_qa"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert any(path.endswith("/nfL6.json.gz") for path in requests), requests
+    assert len(raw["train"]) == 10
+    assert set(raw["train"].column_names) == {"id", "question", "answer", "nbestanswers", "main_category"}
+    train, validation = prepare_splits(raw, config("yahoo_answers_qa"))
+    assert (len(train), len(validation)) == (7, 3)
+    assert sorted([*train["answer"], *validation["answer"]]) == sorted(f"because a{i}" for i in range(10))
+
+
+def test_yahoo_answers_from_a_local_copy(tmp_path, monkeypatch):
+    import gzip
+
+    copy = tmp_path / "nfL6.json.gz"
+    copy.write_bytes(gzip.compress(json.dumps(nfl6_records(6)).encode()))
+    monkeypatch.setenv("EDGEQA_YAHOO_ANSWERS_URL", str(copy))
+    assert len(load_raw(config("yahoo_answers_qa"))["train"]) == 6
 
 
 def test_missing_model_says_how_to_pass_a_folder(tmp_path, rows):
