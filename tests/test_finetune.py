@@ -334,3 +334,70 @@ def test_two_process_ddp_run(tmp_path, memo_data):
     assert "(step 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
     assert result.stdout.count("best checkpoint") == 1
     assert (out / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["ddp", "fsdp", "zero3"])
+def test_two_process_accelerate_launch(tmp_path, memo_data, tiny_model, launcher):
+    """`accelerate launch` with edgeqa's shipped config, unchanged, on 2 CPU processes (gloo)."""
+    import os
+
+    from edgeqa.finetune.launchers import accelerate_config
+
+    env = dict(os.environ)
+    if launcher == "fsdp":  # accelerate runs FSDP on accelerators only; see tests/fsdp_on_cpu/
+        env |= {"EDGEQA_TEST_FSDP_ON_CPU": "1", "PYTHONPATH": str(Path(__file__).parent / "fsdp_on_cpu")}
+    if launcher == "zero3":
+        pytest.importorskip("deepspeed")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(accelerate_config(launcher)),
+            "--num_processes",
+            "2",
+            "-m",
+            "edgeqa.cli",
+            "finetune",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(memo_data),
+            "-o",
+            str(out),
+            "--epochs",
+            "2",
+            "--eval-max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(step 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
+    assert result.stdout.count("best checkpoint") == 1
+    checkpoint = out / "checkpoint-4"
+    sharded = {
+        "ddp": [checkpoint / "model.safetensors"],
+        "fsdp": [checkpoint / "pytorch_model_fsdp_0"],  # one sharded (DCP) state dict, written by both ranks
+        "zero3": [checkpoint / "global_step4" / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)],
+    }[launcher]
+    assert all(p.exists() for p in sharded), sorted(p.name for p in checkpoint.iterdir())
+
+    from transformers import T5ForConditionalGeneration
+
+    before = dict(T5ForConditionalGeneration.from_pretrained(tiny_model).named_parameters())
+    after = T5ForConditionalGeneration.from_pretrained(out / "final")
+    changed = [name for name, p in after.named_parameters() if not torch_equal(p, before[name])]
+    assert len(changed) == len(before), "every weight was trained and saved"
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.detach(), b.detach()))
