@@ -227,7 +227,7 @@ class MetricsHistory(TrainerCallback):
         self.path = path
         self.validation = ""  # "full" tags the final whole-validation-set evaluation after an eval_subset run
 
-    def load(self) -> list[dict[str, float]]:
+    def load(self) -> list[dict[str, Any]]:
         if self.path.is_file():
             return json.loads(self.path.read_text(encoding="utf-8"))
         return []
@@ -235,10 +235,12 @@ class MetricsHistory(TrainerCallback):
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any):
         if not state.is_world_process_zero or not metrics:
             return
-        tag = {"validation": self.validation} if self.validation else {}
-        same = {"step": state.global_step, "validation": self.validation or None}
-        entries = [e for e in self.load() if {"step": e.get("step"), "validation": e.get("validation")} != same]
-        entries.append({"epoch": round(state.epoch or 0, 2), "step": state.global_step, **tag, **metrics})
+        key = (state.global_step, self.validation or None)
+        entries: list[dict[str, Any]] = [e for e in self.load() if (e.get("step"), e.get("validation")) != key]
+        entry: dict[str, Any] = {"epoch": round(state.epoch or 0, 2), "step": state.global_step}
+        if self.validation:
+            entry["validation"] = self.validation
+        entries.append(entry | metrics)
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
         tmp.replace(self.path)

@@ -206,6 +206,96 @@ def test_config_validation_and_toml(tmp_path):
     assert FinetuneConfig.from_toml(tmp_path / "run.toml").epochs == 2
 
 
+def test_recipes_and_speed_settings_reach_the_trainer(tmp_path):
+    from edgeqa.finetune.train import resolve_precision
+    from edgeqa.finetune.trainer import training_arguments
+
+    def args(**fields):
+        cfg = FinetuneConfig(output_dir=tmp_path, device="cpu", **fields)
+        return training_arguments(cfg, *resolve_precision(cfg))
+
+    edgeqa, tutorial = args(), args(recipe="tutorial")
+    assert (edgeqa.group_by_length, edgeqa.logging_nan_inf_filter) == (True, False)
+    assert (tutorial.group_by_length, tutorial.logging_nan_inf_filter, tutorial.bf16) == (False, True, False)
+    assert args(length_grouping="answer").group_by_length is False  # edgeqa's own sampler does it
+    assert args(torch_compile=True).torch_compile is True
+    # A global batch of 32 is 4 x the tutorial's 8: sqrt scaling doubles the learning rate, linear quadruples it.
+    assert args(batch_size=32, lr_scaling="sqrt").learning_rate == pytest.approx(6e-4)
+    assert args(batch_size=32).learning_rate == pytest.approx(3e-4)
+    assert FinetuneConfig(batch_size=16, lr_scaling="linear").learning_rate_for(processes=2) == pytest.approx(1.2e-3)
+    with pytest.raises(ConfigError, match="length_grouping 'labels' is not one of auto, none, prompt, answer"):
+        FinetuneConfig(length_grouping="labels")
+    with pytest.raises(ConfigError, match="recipe 'nanot5' is not one of edgeqa, tutorial"):
+        FinetuneConfig(recipe="nanot5")
+    with pytest.raises(ConfigError, match="pad_to_multiple_of must be at least 1"):
+        FinetuneConfig(pad_to_multiple_of=0)
+
+
+def padding_shares(tiny_model: Path, tmp_path: Path, **fields) -> tuple[float, set[tuple[int, int]]]:
+    """Share of padding in the answers of one epoch of training batches, and the batch shapes seen."""
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, T5ForConditionalGeneration
+
+    from edgeqa.finetune.data import tokenize
+    from edgeqa.finetune.train import resolve_precision
+    from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
+    from edgeqa.records import BUNDLED_QA
+
+    cfg = FinetuneConfig(model=str(tiny_model), data=str(BUNDLED_QA), output_dir=tmp_path, device="cpu", **fields)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = T5ForConditionalGeneration.from_pretrained(tiny_model)
+    train = tokenize(prepare_splits(load_raw(cfg), cfg)[0], tokenizer, cfg)
+    lengths = [len(ids) for ids in train["labels"]] if cfg.grouping == "answer" else None
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=cfg.pad_to_multiple_of)
+    args = training_arguments(cfg, *resolve_precision(cfg))
+    trainer = EdgeQATrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=train, data_collator=collator, answer_lengths=lengths
+    )
+    padded = total = 0
+    shapes = set()
+    for batch in trainer.get_train_dataloader():
+        padded += int((batch["labels"] == -100).sum())
+        total += batch["labels"].numel()
+        shapes.add((batch["input_ids"].shape[1], batch["labels"].shape[1]))
+    return padded / total, shapes
+
+
+def test_answer_length_batches_cut_the_padding(tiny_model, tmp_path):
+    """On the bundled data (answers of a few to 512 tokens) most answer tokens in a batch are padding, unless
+    batches are grouped by answer length; transformers' prompt-length grouping does not help there."""
+    plain, _ = padding_shares(tiny_model, tmp_path, length_grouping="none")
+    prompt, _ = padding_shares(tiny_model, tmp_path, length_grouping="prompt")
+    answer, _ = padding_shares(tiny_model, tmp_path, length_grouping="answer")
+    padded, shapes = padding_shares(tiny_model, tmp_path, length_grouping="answer", pad_to_multiple_of=32)
+    print(f"\nanswer padding: plain {plain:.0%}, prompt-grouped {prompt:.0%}, answer-grouped {answer:.0%}")
+    assert plain > 0.5 and prompt > 0.5 and answer < plain / 3
+    assert all(source % 32 == 0 and target % 32 == 0 for source, target in shapes)
+    assert len(shapes) <= (128 // 32) * (512 // 32)  # a bounded set of shapes for torch.compile
+
+
+def test_validation_subset_each_epoch_then_the_full_set(tmp_path, tiny_model, memo_data):
+    from edgeqa.finetune import finetune, metrics_table
+
+    result = finetune(
+        FinetuneConfig(
+            model=str(tiny_model),
+            data=str(memo_data),
+            output_dir=tmp_path / "run",
+            epochs=2,
+            eval_subset=8,
+            eval_batch_size=64,
+            eval_max_new_tokens=4,
+            length_grouping="answer",
+            pad_to_multiple_of=8,
+            device="cpu",
+        )
+    )
+    evaluated = [round(e["eval_runtime"] * e["eval_samples_per_second"]) for e in result.history]
+    assert evaluated == [8, 8, 64] and [e.get("validation") for e in result.history] == [None, None, "full"]
+    assert "(full validation)" in metrics_table(result.history).splitlines()[-1]
+    saved = json.loads((result.final_dir / "edgeqa_config.json").read_text())
+    assert (saved["eval_subset"], saved["length_grouping"]) == (8, "answer")
+
+
 def test_non_empty_output_is_refused(tmp_path, memo_data, tiny_model):
     from edgeqa.finetune import finetune
 
