@@ -13,11 +13,20 @@ from edgeqa.typed_json import check_types
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+RECIPES = ("edgeqa", "tutorial")
+LENGTH_GROUPINGS = ("auto", "none", "prompt", "answer")
+LR_SCALINGS = ("none", "sqrt", "linear")
+# The batch `learning_rate` is meant for when `lr_scaling` is on: the tutorial's (one device, batch 8).
+REFERENCE_BATCH = 8
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """A fine-tuning run. Defaults are the original tutorial's hyper-parameters.
+
+    The speed settings after `recipe` are opt-in: they cut padding, compile time and evaluation
+    time, but none has been measured on a GPU yet (`python -m edgeqa.bench.finetune_speed`), so
+    the defaults stay those measured on an H100 (benchmarks/results/finetune-speed-h100.md).
 
     Attributes:
         model: T5 checkpoint name on the hub or a local folder.
@@ -49,6 +58,20 @@ class FinetuneConfig:
         logging_steps: Steps between loss logs.
         resume: Continue from the last checkpoint in output_dir.
         overwrite: Delete a non-empty output_dir first.
+        recipe: edgeqa (bf16 where supported, TF32, batches grouped by prompt length, no per-step
+            loss check) or tutorial (the original tutorial's fp32 run: no TF32, plain batches,
+            transformers' per-step NaN/inf loss check). It decides what precision auto and
+            length_grouping auto mean.
+        length_grouping: Batch records of similar length: auto (the recipe's), none, prompt
+            (transformers' group_by_length, prompt tokens) or answer (answer tokens, where most
+            padding is: answers run to max_target_tokens, prompts to max_source_tokens).
+        pad_to_multiple_of: Pad prompts and answers to a multiple of this many tokens, so that a
+            compiled model sees a bounded set of shapes (None: pad to the longest in the batch).
+        torch_compile: Compile the model with torch.compile (pair with pad_to_multiple_of).
+        lr_scaling: Scale learning_rate from a global batch of 8 (the tutorial's) to the run's
+            (batch_size x processes): none, sqrt or linear.
+        eval_subset: Validation records generated for ROUGE at each epoch: a fixed, seeded subset;
+            the full validation set is evaluated once at the end (None: the full set each epoch).
     """
 
     model: str = "google/flan-t5-base"
@@ -78,6 +101,12 @@ class FinetuneConfig:
     logging_steps: int = 50
     resume: bool = False
     overwrite: bool = False
+    recipe: str = "edgeqa"
+    length_grouping: str = "auto"
+    pad_to_multiple_of: int | None = None
+    torch_compile: bool = False
+    lr_scaling: str = "none"
+    eval_subset: int | None = None
 
     def __post_init__(self) -> None:
         check_types(self, ConfigError)
@@ -88,6 +117,13 @@ class FinetuneConfig:
             raise ConfigError(
                 f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)} (fp16 overflows in T5)"
             )
+        for name, allowed in (
+            ("recipe", RECIPES),
+            ("length_grouping", LENGTH_GROUPINGS),
+            ("lr_scaling", LR_SCALINGS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
         positive = (
@@ -103,7 +139,7 @@ class FinetuneConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_train_samples", "max_eval_samples", "max_steps"):
+        for name in ("max_train_samples", "max_eval_samples", "max_steps", "pad_to_multiple_of", "eval_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1 when set, got {value}")
@@ -112,6 +148,18 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
+
+    @property
+    def grouping(self) -> str:
+        """length_grouping with auto resolved by the recipe: none, prompt or answer."""
+        if self.length_grouping != "auto":
+            return self.length_grouping
+        return "none" if self.recipe == "tutorial" else "prompt"
+
+    def learning_rate_for(self, processes: int) -> float:
+        """learning_rate scaled by lr_scaling to a global batch of batch_size x processes."""
+        ratio = self.batch_size * processes / REFERENCE_BATCH
+        return self.learning_rate * {"none": 1.0, "sqrt": ratio**0.5, "linear": ratio}[self.lr_scaling]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

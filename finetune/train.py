@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,8 +19,6 @@ from transformers import (
     DataCollatorForSeq2Seq,
     GenerationConfig,
     PrinterCallback,
-    Seq2SeqTrainer,
-    Seq2SeqTrainingArguments,
     TrainerCallback,
 )
 from transformers.trainer_utils import get_last_checkpoint
@@ -28,6 +27,7 @@ from edgeqa.checkpoint import HELDOUT, TrainingRecord
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
+from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
 from edgeqa.metrics import exact_match, rouge
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def prepare_output_dir(config: FinetuneConfig) -> str | None:
                 f"--overwrite: {out} holds files that are not from an edgeqa run ({', '.join(foreign[:3])}); "
                 "pick another --output"
             )
-        shutil.rmtree(out)
+        if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, one process deletes
+            shutil.rmtree(out)
     return None
 
 
@@ -87,8 +88,8 @@ def resolve_precision(config: FinetuneConfig) -> tuple[bool, bool, bool]:
     bf16_ok = not use_cpu and torch.cuda.is_bf16_supported()
     if config.precision == "bf16" and not bf16_ok:
         raise ConfigError("--precision bf16 needs a CUDA device that supports bf16; use --precision fp32")
-    bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_ok)
-    tf32 = not use_cpu and torch.cuda.get_device_capability()[0] >= 8
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and bf16_ok and config.recipe != "tutorial")
+    tf32 = not use_cpu and torch.cuda.get_device_capability()[0] >= 8 and config.recipe != "tutorial"
     return use_cpu, bf16, tf32
 
 
@@ -144,59 +145,43 @@ def _finetune(
     use_cpu, bf16, tf32 = resolve_precision(config)
     raw = load_raw(config)
     train_split, eval_split = prepare_splits(raw, config)
+    # Training arguments before the model: under DeepSpeed ZeRO-3 they make from_pretrained load it sharded.
+    args = training_arguments(
+        config, use_cpu, bf16, tf32, {"disable_tqdm": not progress_bars} | (trainer_overrides or {})
+    )
     model, tokenizer = load_model(config)
     train_set = tokenize(train_split, tokenizer, config)
     eval_set = tokenize(eval_split, tokenizer, config)
-
-    generation = GenerationConfig.from_model_config(model.config)
-    generation.max_new_tokens = config.eval_max_new_tokens
-    generation.num_beams = config.eval_num_beams
-    settings: dict[str, Any] = dict(
-        output_dir=str(config.output_dir),
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps or -1,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model="rougeL",
-        greater_is_better=True,
-        predict_with_generate=True,
-        generation_config=generation,
-        group_by_length=True,
-        bf16=bf16,
-        tf32=tf32 or None,
-        # transformers' NaN/inf loss filter waits for the GPU every step (+17% samples/s without, on an H100).
-        logging_nan_inf_filter=False,
-        use_cpu=use_cpu,
-        seed=config.seed,
-        logging_steps=config.logging_steps,
-        report_to=[],
-        save_safetensors=True,
-        disable_tqdm=not progress_bars,
-    )
-    args = Seq2SeqTrainingArguments(**(settings | (trainer_overrides or {})))
+    args.generation_config = GenerationConfig.from_model_config(model.config)
+    args.generation_config.max_new_tokens = config.eval_max_new_tokens
+    args.generation_config.num_beams = config.eval_num_beams
+    epoch_eval_set = eval_set
+    if config.eval_subset and config.eval_subset < len(eval_set):
+        epoch_eval_set = eval_set.shuffle(seed=config.seed).select(range(config.eval_subset))
     history = MetricsHistory(config.output_dir / METRICS)
-    trainer = Seq2SeqTrainer(
+    answer_lengths = [len(ids) for ids in train_set["labels"]] if config.grouping == "answer" else None
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, model=model, label_pad_token_id=-100, pad_to_multiple_of=config.pad_to_multiple_of
+    )
+    trainer = EdgeQATrainer(
         model=model,
         args=args,
         train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        eval_dataset=epoch_eval_set,
+        data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=RougeMetrics(tokenizer),
         callbacks=[history, ProgressLog(), *(callbacks or [])],
+        answer_lengths=answer_lengths,
     )
     if not progress_bars:
         trainer.remove_callback(PrinterCallback)  # it prints every log dictionary to stdout
     trainer.train(resume_from_checkpoint=resume_from)
+    if epoch_eval_set is not eval_set:  # the best model (chosen on the subset) on the whole validation set
+        history.validation = "full"
+        trainer.evaluate(eval_dataset=eval_set)
     final_dir = config.output_dir / FINAL
-    if trainer.is_world_process_zero():
-        save_final(trainer, tokenizer, config, eval_split, final_dir)
+    save_final(trainer, tokenizer, config, eval_split, final_dir)
     return FinetuneResult(
         final_dir,
         trainer.state.global_step,
@@ -207,10 +192,22 @@ def _finetune(
 
 
 def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split: Any, final_dir: Path) -> None:
-    """Write the best model with its tokenizer, training config and held-out questions, atomically."""
+    """Write the best model with its tokenizer, training config and held-out questions, atomically.
+
+    Every process calls this: under FSDP, gathering the weights is a collective; the main process writes.
+    """
     staging = final_dir.with_name(final_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_fsdp_enabled:  # Trainer.save_model writes nothing for sharded FSDP state dicts
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+        if trainer.is_world_process_zero():
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(staging), state_dict=state_dict)
+    else:
+        trainer.save_model(str(staging))
+    if not trainer.is_world_process_zero():
+        return
     tokenizer.save_pretrained(str(staging))
     training_record(config, trainer.state.global_step).write(staging)
     with open(staging / HELDOUT, "w", encoding="utf-8") as f:
@@ -265,8 +262,9 @@ class MetricsHistory(TrainerCallback):
 
     def __init__(self, path: Path):
         self.path = path
+        self.validation = ""  # "full" tags the final whole-validation-set evaluation after an eval_subset run
 
-    def load(self) -> list[dict[str, float]]:
+    def load(self) -> list[dict[str, Any]]:
         if self.path.is_file():
             return json.loads(self.path.read_text(encoding="utf-8"))
         return []
@@ -274,8 +272,12 @@ class MetricsHistory(TrainerCallback):
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, **kw: Any):
         if not state.is_world_process_zero or not metrics:
             return
-        entries = [e for e in self.load() if e.get("step") != state.global_step]
-        entries.append({"epoch": round(state.epoch or 0, 2), "step": state.global_step, **metrics})
+        key = (state.global_step, self.validation or None)
+        entries: list[dict[str, Any]] = [e for e in self.load() if (e.get("step"), e.get("validation")) != key]
+        entry: dict[str, Any] = {"epoch": round(state.epoch or 0, 2), "step": state.global_step}
+        if self.validation:
+            entry["validation"] = self.validation
+        entries.append(entry | metrics)
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
         tmp.replace(self.path)
@@ -327,5 +329,6 @@ def metrics_table(history: list[dict[str, float]]) -> str:
     rows = [header, "|" + " --- |" * (len(keys) + 2)]
     for entry in history:
         values = " | ".join(f"{entry[k]:.2f}" if k in entry else "-" for k in keys)
-        rows.append(f"| {entry.get('epoch', 0):.2f} | {entry.get('step', 0)} | {values} |")
+        epoch = f"{entry.get('epoch', 0):.2f}" + (" (full validation)" if entry.get("validation") == "full" else "")
+        rows.append(f"| {epoch} | {entry.get('step', 0)} | {values} |")
     return "\n".join(rows)

@@ -95,16 +95,20 @@ def test_unknown_shape_is_refused(shapes):
 
 
 def test_finetune_speed_runs_settings_and_reports_them(tmp_path: Path, tiny_model: Path) -> None:
-    """The GPU fine-tuning benchmark on the CPU with a tiny model: the tutorial's end and edgeqa's end of the ladder."""
-    from edgeqa.bench.finetune_speed import SETTINGS, run
+    """The GPU fine-tuning benchmark on the CPU, tiny model: the tutorial recipe against answer-length batches."""
+    from edgeqa.bench.finetune_speed import LADDER, OPT_IN, SETTINGS, run
 
-    assert SETTINGS[-1][1:] == ("auto", {}), "the ladder ends at edgeqa's own defaults"
-    ends = [SETTINGS[0], SETTINGS[-1]]
-    results = run("base", steps=4, warmup_steps=1, output=tmp_path, model=tiny_model, settings=ends)
-    assert [r.setting for r in results] == [name for name, _, _ in ends]
-    assert all(r.timed_steps == 3 and r.samples_per_second > 0 for r in results)
+    assert LADDER[-1][1:] == ({}, {}), "the ladder reaches edgeqa's own defaults"
+    assert SETTINGS == LADDER + OPT_IN
+    picked = [LADDER[0], OPT_IN[0]]
+    results = run("base", steps=4, warmup_steps=1, output=tmp_path, model=tiny_model, settings=picked)
+    assert [r.setting for r in results] == [name for name, _, _ in picked]
+    assert all(r.timed_steps == 3 and r.samples_per_second > 0 and r.eval_seconds > 0 for r in results)
+    tutorial, answer = results
+    # The bundled answers run from a few tokens to 512: plain batches pad most of each answer batch.
+    assert tutorial.answer_padding > 0.5 and answer.answer_padding < tutorial.answer_padding / 3, results
     report = (tmp_path / "finetune-speed.md").read_text()
-    assert "| + no per-step loss check = edgeqa defaults |" in report and "1.00x" in report
+    assert "| + answer-length batches | 8 |" in report and "1.00x" in report
     assert json.loads((tmp_path / "finetune-speed.json").read_text())["steps"] == 4
 
 
@@ -113,9 +117,16 @@ def test_finetune_speed_setting_flag_is_parsed_or_refused() -> None:
 
     from edgeqa.bench.finetune_speed import parse_setting
 
-    assert parse_setting('compiled|auto|{"torch_compile": true}') == ("compiled", "auto", {"torch_compile": True})
-    with pytest.raises(argparse.ArgumentTypeError, match="NAME\\|PRECISION\\|JSON"):
+    assert parse_setting('answers|{"length_grouping": "answer"}') == ("answers", {"length_grouping": "answer"}, {})
+    assert parse_setting('no pin|{}|{"dataloader_pin_memory": false}') == (
+        "no pin",
+        {},
+        {"dataloader_pin_memory": False},
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME\\|CONFIG_JSON"):
         parse_setting("compiled")
+    with pytest.raises(argparse.ArgumentTypeError, match="length_grouping 'labels' is not one of"):
+        parse_setting('bad|{"length_grouping": "labels"}')
 
 
 @pytest.mark.parametrize("weights_beside", [True, False])

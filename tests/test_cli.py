@@ -345,6 +345,12 @@ def test_every_finetune_config_field_is_a_flag(monkeypatch, tmp_path):
         logging_steps=5,
         resume=False,
         overwrite=True,
+        recipe="tutorial",
+        length_grouping="answer",
+        pad_to_multiple_of=32,
+        torch_compile=True,
+        lr_scaling="sqrt",
+        eval_subset=50,
     )
     assert set(sample) == {f.name for f in dataclasses.fields(FinetuneConfig)}
     seen = {}

@@ -97,8 +97,94 @@ def test_empty_and_missing_files(tmp_path):
 
 
 def test_hub_dataset_offline_says_how_to_pass_a_file():
-    with pytest.raises(DataError, match="--data"):
+    with pytest.raises(DataError, match="--data train.jsonl"):
+        load_raw(config("some-user/some-qa-dataset"))
+
+
+def test_yahoo_answers_offline_asks_for_the_network_or_a_local_copy(monkeypatch):
+    monkeypatch.delenv("EDGEQA_YAHOO_ANSWERS_URL", raising=False)
+    with pytest.raises(DataError, match="needs the network, or a local copy") as error:
         load_raw(config("yahoo_answers_qa"))
+    assert "nfL6.json.gz" in str(error.value) and "\n" not in str(error.value)
+
+
+def nfl6_records(count: int) -> list[dict]:
+    """Records in the layout of the tutorial's nfL6.json (a JSON list, not JSON lines)."""
+    return [
+        {
+            "id": str(i),
+            "question": f"why q{i}?",
+            "answer": f"because a{i}",
+            "nbestanswers": [f"because a{i}", "x"],
+            "main_category": "Science",
+        }
+        for i in range(count)
+    ]
+
+
+@pytest.fixture
+def loopback_only(monkeypatch):
+    """Refuse every socket connection except to 127.0.0.1."""
+    import socket
+
+    connect = socket.socket.connect
+
+    def guarded(sock, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "localhost"):
+            raise OSError(f"test refused a connection to {address}")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
+def test_yahoo_answers_downloads_nfl6_over_http(tmp_path, monkeypatch, loopback_only):
+    """`--data yahoo_answers_qa`: datasets' json builder really fetches the gzipped JSON list from the URL."""
+    import gzip
+    import http.server
+    import threading
+    from functools import partial
+
+    import datasets
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "nfL6.json.gz").write_bytes(gzip.compress(json.dumps(nfl6_records(10)).encode()))
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for flag in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+            monkeypatch.delenv(flag, raising=False)
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+        monkeypatch.setattr(datasets.config, "DOWNLOADED_DATASETS_PATH", tmp_path / "cache" / "downloads")
+        monkeypatch.setenv("EDGEQA_YAHOO_ANSWERS_URL", f"http://127.0.0.1:{server.server_port}/nfL6.json.gz")
+        raw = load_raw(config("yahoo_answers_qa"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert any(path.endswith("/nfL6.json.gz") for path in requests), requests
+    assert len(raw["train"]) == 10
+    assert set(raw["train"].column_names) == {"id", "question", "answer", "nbestanswers", "main_category"}
+    train, validation = prepare_splits(raw, config("yahoo_answers_qa"))
+    assert (len(train), len(validation)) == (7, 3)
+    assert sorted([*train["answer"], *validation["answer"]]) == sorted(f"because a{i}" for i in range(10))
+
+
+def test_yahoo_answers_from_a_local_copy(tmp_path, monkeypatch):
+    import gzip
+
+    copy = tmp_path / "nfL6.json.gz"
+    copy.write_bytes(gzip.compress(json.dumps(nfl6_records(6)).encode()))
+    monkeypatch.setenv("EDGEQA_YAHOO_ANSWERS_URL", str(copy))
+    assert len(load_raw(config("yahoo_answers_qa"))["train"]) == 6
 
 
 def test_missing_model_says_how_to_pass_a_folder(tmp_path, rows):
@@ -118,6 +204,96 @@ def test_config_validation_and_toml(tmp_path):
         FinetuneConfig.from_toml(tmp_path / "run.toml")
     (tmp_path / "run.toml").write_text('model = "m"\nepochs = 2\n')
     assert FinetuneConfig.from_toml(tmp_path / "run.toml").epochs == 2
+
+
+def test_recipes_and_speed_settings_reach_the_trainer(tmp_path):
+    from edgeqa.finetune.train import resolve_precision
+    from edgeqa.finetune.trainer import training_arguments
+
+    def args(**fields):
+        cfg = FinetuneConfig(output_dir=tmp_path, device="cpu", **fields)
+        return training_arguments(cfg, *resolve_precision(cfg))
+
+    edgeqa, tutorial = args(), args(recipe="tutorial")
+    assert (edgeqa.group_by_length, edgeqa.logging_nan_inf_filter) == (True, False)
+    assert (tutorial.group_by_length, tutorial.logging_nan_inf_filter, tutorial.bf16) == (False, True, False)
+    assert args(length_grouping="answer").group_by_length is False  # edgeqa's own sampler does it
+    assert args(torch_compile=True).torch_compile is True
+    # A global batch of 32 is 4 x the tutorial's 8: sqrt scaling doubles the learning rate, linear quadruples it.
+    assert args(batch_size=32, lr_scaling="sqrt").learning_rate == pytest.approx(6e-4)
+    assert args(batch_size=32).learning_rate == pytest.approx(3e-4)
+    assert FinetuneConfig(batch_size=16, lr_scaling="linear").learning_rate_for(processes=2) == pytest.approx(1.2e-3)
+    with pytest.raises(ConfigError, match="length_grouping 'labels' is not one of auto, none, prompt, answer"):
+        FinetuneConfig(length_grouping="labels")
+    with pytest.raises(ConfigError, match="recipe 'nanot5' is not one of edgeqa, tutorial"):
+        FinetuneConfig(recipe="nanot5")
+    with pytest.raises(ConfigError, match="pad_to_multiple_of must be at least 1"):
+        FinetuneConfig(pad_to_multiple_of=0)
+
+
+def padding_shares(tiny_model: Path, tmp_path: Path, **fields) -> tuple[float, set[tuple[int, int]]]:
+    """Share of padding in the answers of one epoch of training batches, and the batch shapes seen."""
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, T5ForConditionalGeneration
+
+    from edgeqa.finetune.data import tokenize
+    from edgeqa.finetune.train import resolve_precision
+    from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
+    from edgeqa.records import BUNDLED_QA
+
+    cfg = FinetuneConfig(model=str(tiny_model), data=str(BUNDLED_QA), output_dir=tmp_path, device="cpu", **fields)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = T5ForConditionalGeneration.from_pretrained(tiny_model)
+    train = tokenize(prepare_splits(load_raw(cfg), cfg)[0], tokenizer, cfg)
+    lengths = [len(ids) for ids in train["labels"]] if cfg.grouping == "answer" else None
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=cfg.pad_to_multiple_of)
+    args = training_arguments(cfg, *resolve_precision(cfg))
+    trainer = EdgeQATrainer(
+        model=model, args=args, train_dataset=train, eval_dataset=train, data_collator=collator, answer_lengths=lengths
+    )
+    padded = total = 0
+    shapes = set()
+    for batch in trainer.get_train_dataloader():
+        padded += int((batch["labels"] == -100).sum())
+        total += batch["labels"].numel()
+        shapes.add((batch["input_ids"].shape[1], batch["labels"].shape[1]))
+    return padded / total, shapes
+
+
+def test_answer_length_batches_cut_the_padding(tiny_model, tmp_path):
+    """On the bundled data (answers of a few to 512 tokens) most answer tokens in a batch are padding, unless
+    batches are grouped by answer length; transformers' prompt-length grouping does not help there."""
+    plain, _ = padding_shares(tiny_model, tmp_path, length_grouping="none")
+    prompt, _ = padding_shares(tiny_model, tmp_path, length_grouping="prompt")
+    answer, _ = padding_shares(tiny_model, tmp_path, length_grouping="answer")
+    padded, shapes = padding_shares(tiny_model, tmp_path, length_grouping="answer", pad_to_multiple_of=32)
+    print(f"\nanswer padding: plain {plain:.0%}, prompt-grouped {prompt:.0%}, answer-grouped {answer:.0%}")
+    assert plain > 0.5 and prompt > 0.5 and answer < plain / 3
+    assert all(source % 32 == 0 and target % 32 == 0 for source, target in shapes)
+    assert len(shapes) <= (128 // 32) * (512 // 32)  # a bounded set of shapes for torch.compile
+
+
+def test_validation_subset_each_epoch_then_the_full_set(tmp_path, tiny_model, memo_data):
+    from edgeqa.finetune import finetune, metrics_table
+
+    result = finetune(
+        FinetuneConfig(
+            model=str(tiny_model),
+            data=str(memo_data),
+            output_dir=tmp_path / "run",
+            epochs=2,
+            eval_subset=8,
+            eval_batch_size=64,
+            eval_max_new_tokens=4,
+            length_grouping="answer",
+            pad_to_multiple_of=8,
+            device="cpu",
+        )
+    )
+    evaluated = [round(e["eval_runtime"] * e["eval_samples_per_second"]) for e in result.history]
+    assert evaluated == [8, 8, 64] and [e.get("validation") for e in result.history] == [None, None, "full"]
+    assert "(full validation)" in metrics_table(result.history).splitlines()[-1]
+    saved = json.loads((result.final_dir / "edgeqa_config.json").read_text())
+    assert (saved["eval_subset"], saved["length_grouping"]) == (8, "answer")
 
 
 def test_non_empty_output_is_refused(tmp_path, memo_data, tiny_model):
@@ -248,3 +424,70 @@ def test_two_process_ddp_run(tmp_path, memo_data):
     assert "(step 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
     assert result.stdout.count("best checkpoint") == 1
     assert (out / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["ddp", "fsdp", "zero3"])
+def test_two_process_accelerate_launch(tmp_path, memo_data, tiny_model, launcher):
+    """`accelerate launch` with edgeqa's shipped config, unchanged, on 2 CPU processes (gloo)."""
+    import os
+
+    from edgeqa.finetune.launchers import accelerate_config
+
+    env = dict(os.environ)
+    if launcher == "fsdp":  # accelerate runs FSDP on accelerators only; see tests/fsdp_on_cpu/
+        env |= {"EDGEQA_TEST_FSDP_ON_CPU": "1", "PYTHONPATH": str(Path(__file__).parent / "fsdp_on_cpu")}
+    if launcher == "zero3":
+        pytest.importorskip("deepspeed")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(accelerate_config(launcher)),
+            "--num_processes",
+            "2",
+            "-m",
+            "edgeqa.cli",
+            "finetune",
+            "--model",
+            str(tiny_model),
+            "--data",
+            str(memo_data),
+            "-o",
+            str(out),
+            "--epochs",
+            "2",
+            "--eval-max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(step 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
+    assert result.stdout.count("best checkpoint") == 1
+    checkpoint = out / "checkpoint-4"
+    sharded = {
+        "ddp": [checkpoint / "model.safetensors"],
+        "fsdp": [checkpoint / "pytorch_model_fsdp_0"],  # one sharded (DCP) state dict, written by both ranks
+        "zero3": [checkpoint / "global_step4" / f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)],
+    }[launcher]
+    assert all(p.exists() for p in sharded), sorted(p.name for p in checkpoint.iterdir())
+
+    from transformers import T5ForConditionalGeneration
+
+    before = dict(T5ForConditionalGeneration.from_pretrained(tiny_model).named_parameters())
+    after = T5ForConditionalGeneration.from_pretrained(out / "final")
+    changed = [name for name, p in after.named_parameters() if not torch_equal(p, before[name])]
+    assert len(changed) == len(before), "every weight was trained and saved"
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.detach(), b.detach()))
