@@ -53,7 +53,9 @@ def per_token_activations(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]
             model = onnx.version_converter.convert_version(model, OPSET)
         except Exception as e:  # the converter raises assorted types
             raise ExportError(f"converting the graph to opset {OPSET} for per-token quantization failed: {e}") from e
-    rewritten = sum(_rewrite(graph) for graph in _graphs(model.graph))
+    # a subgraph (If branch) reads weights of the graphs around it
+    weights = {tensor.name: tensor for graph in _graphs(model.graph) for tensor in graph.initializer}
+    rewritten = sum(_rewrite(graph, weights) for graph in _graphs(model.graph))
     if rewritten and not any(opset.domain == _CONTRIB for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid(_CONTRIB, 1))
     return model, rewritten
@@ -67,7 +69,7 @@ def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
                 yield from _graphs(attribute.g)
 
 
-def _rewrite(graph: onnx.GraphProto) -> int:
+def _rewrite(graph: onnx.GraphProto, weights: dict[str, onnx.TensorProto]) -> int:
     quantizers = [node for node in graph.node if node.op_type == "DynamicQuantizeLinear"]
     if not quantizers:
         return 0
@@ -76,7 +78,6 @@ def _rewrite(graph: onnx.GraphProto) -> int:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    weights = {tensor.name: tensor for tensor in graph.initializer}
     _add_constants(graph)
     removed: set[int] = set()
     retyped: set[str] = set()
