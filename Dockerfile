@@ -20,6 +20,7 @@ COPY finetune finetune
 COPY export export
 COPY runtime runtime
 COPY benchmarks benchmarks
+COPY serve serve
 RUN python3 -m venv /build && /build/bin/pip install --no-cache-dir -q --upgrade pip \
     && /build/bin/pip wheel --no-cache-dir --no-deps -w /dist .
 

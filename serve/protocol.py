@@ -206,8 +206,9 @@ def parse_native(data: dict[str, Any], model: QAModel) -> tuple[list[str], Gener
         value = _typed(data, name, kinds, label)
         if value is not None:
             overrides[name] = kind(value)
-    if overrides.get("max_new_tokens", 0) > model.manifest.max_answer_tokens:
-        overrides["max_new_tokens"] = model.manifest.max_answer_tokens
+    for name in ("max_new_tokens", "min_new_tokens"):  # capped at the artifact's limit, as max_tokens is
+        if overrides.get(name, 0) > model.manifest.max_answer_tokens:
+            overrides[name] = model.manifest.max_answer_tokens
     stream = _typed(data, "stream", (bool,), "true or false") or False
     if stream and len(questions) > 1:
         raise bad("'stream' works with one 'question', not 'questions'", param="stream")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import FACTS_SHAPE
 from edgeqa.cli import app
 from edgeqa.manifest import FORMAT_VERSION
 
@@ -115,7 +116,13 @@ def test_ask_text_file_to_stdout(artifact_int8, tmp_path):
 def test_info_shows_the_manifest(artifact_int8):
     result = runner.invoke(app, ["info", str(artifact_int8)])
     assert result.exit_code == 0
-    for text in ("dynamic-int8", "Please answer this question", "parity          PASS", "4 heads x 8", "uint8 32128x"):
+    for text in (
+        "dynamic-int8",
+        "Please answer this question",
+        "parity          PASS",
+        f"{FACTS_SHAPE['num_heads']} heads x {FACTS_SHAPE['d_kv']}",
+        "uint8 32128x",
+    ):
         assert text in result.stdout
     data = json.loads(runner.invoke(app, ["info", str(artifact_int8), "--json"]).stdout)
     assert data["format_version"] == FORMAT_VERSION

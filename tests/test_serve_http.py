@@ -27,9 +27,19 @@ LONG = 512  # tokens: min_new_tokens forces the whole length, a few tenths of a 
 
 
 @pytest.fixture(scope="module")
-def server(artifact_fp32):
+def long_artifact(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> Path:
+    """The tiny memorisation model, whose answers may run to 512 tokens (the facts model stops at 16)."""
+    from edgeqa.export import ExportConfig, export_artifact
+
+    out = tmp_path_factory.mktemp("serve-long") / "fp32"
+    export_artifact(ExportConfig(checkpoint=str(trained_run / "final"), output=out, parity=False))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(long_artifact):
     process = ServerProcess(
-        artifact_fp32, "--max-batch-size", "2", "--max-queue", "2", "--shutdown-timeout", "20", "--no-verify"
+        long_artifact, "--max-batch-size", "2", "--max-queue", "2", "--shutdown-timeout", "20", "--no-verify"
     )
     yield process
     process.stop()
@@ -108,7 +118,7 @@ def test_a_full_queue_answers_503_with_retry_after(server):
 
 
 @pytest.mark.slow
-def test_the_page_streams_an_answer_in_a_real_browser(server, artifact_fp32, tmp_path):
+def test_the_page_streams_an_answer_in_a_real_browser(server, long_artifact, tmp_path):
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver_path:
         pytest.skip("Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
@@ -116,7 +126,7 @@ def test_the_page_streams_an_answer_in_a_real_browser(server, artifact_fp32, tmp
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    expected = QAModel.load(artifact_fp32, threads=1, verify=False).answer(QUESTION).text
+    expected = QAModel.load(long_artifact, threads=1, verify=False).answer(QUESTION).text
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in (
