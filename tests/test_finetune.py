@@ -23,6 +23,16 @@ pytest.importorskip("datasets")
 from edgeqa.finetune.data import load_raw, prepare_splits  # noqa: E402  (needs the train extra)
 
 
+def finetune_command(model: Path, data: Path, out: Path, epochs: int) -> list[str]:
+    """`-m edgeqa.cli finetune ...` for a short CPU run, after `python` or a launcher."""
+    return ["-m", "edgeqa.cli", "finetune", "--model", str(model), "--data", str(data), "-o", str(out)] + [
+        "--epochs",
+        str(epochs),
+        "--eval-max-new-tokens",
+        "4",
+    ]
+
+
 def config(data: Path | str, **fields) -> FinetuneConfig:
     return FinetuneConfig(model="unused", data=str(data), **fields)
 
@@ -364,19 +374,7 @@ def test_resume_after_kill_finishes_at_the_same_step(tmp_path, tiny_model, memo_
     resumed = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "edgeqa.cli",
-            "finetune",
-            "--model",
-            str(tiny_model),
-            "--data",
-            str(memo_data),
-            "-o",
-            str(out),
-            "--epochs",
-            "3",
-            "--eval-max-new-tokens",
-            "4",
+            *finetune_command(tiny_model, memo_data, out, epochs=3),
             "--device",
             "cpu",
             "--resume",
@@ -402,19 +400,7 @@ def test_two_process_ddp_run(tmp_path, memo_data):
             "torch.distributed.run",
             "--nproc_per_node",
             "2",
-            "-m",
-            "edgeqa.cli",
-            "finetune",
-            "--model",
-            str(model),
-            "--data",
-            str(memo_data),
-            "-o",
-            str(out),
-            "--epochs",
-            "2",
-            "--eval-max-new-tokens",
-            "4",
+            *finetune_command(model, memo_data, out, epochs=2),
             "--device",
             "cpu",
         ],
@@ -451,19 +437,7 @@ def test_two_process_accelerate_launch(tmp_path, memo_data, tiny_model, launcher
             str(accelerate_config(launcher)),
             "--num_processes",
             "2",
-            "-m",
-            "edgeqa.cli",
-            "finetune",
-            "--model",
-            str(tiny_model),
-            "--data",
-            str(memo_data),
-            "-o",
-            str(out),
-            "--epochs",
-            "2",
-            "--eval-max-new-tokens",
-            "4",
+            *finetune_command(tiny_model, memo_data, out, epochs=2),
         ],
         capture_output=True,
         text=True,
