@@ -93,6 +93,12 @@ class _QuietFilter(logging.Filter):
         return True
 
 
+def _no_cpu_accelerator_note(record: logging.LogRecord) -> bool:
+    """DeepSpeed (when installed, accelerate imports it) warns at import that it runs on the CPU;
+    edgeqa's --device already says where training runs."""
+    return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False, libraries: bool = False) -> None:
     """Configure stderr logging for one CLI command.
 
@@ -112,6 +118,12 @@ def setup_logging(quiet: bool = False, verbose: bool = False, libraries: bool = 
     if not libraries:
         return
     logging.captureWarnings(not verbose)
+    # DeepSpeed's logger keeps its own handler; a filter set on it now holds when it is created.
+    deepspeed = logging.getLogger("DeepSpeed")
+    if verbose:
+        deepspeed.removeFilter(_no_cpu_accelerator_note)
+    else:
+        deepspeed.addFilter(_no_cpu_accelerator_note)
     for name in LIBRARIES:
         _route(name, logging.INFO if verbose else logging.WARNING)
 
