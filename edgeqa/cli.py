@@ -331,7 +331,9 @@ def demo(
         force=force,
         progress_bars=verbose,
     )
-    serve = any(command.name == "serve" for command in app.registered_commands)
+    import importlib.util
+
+    serve = importlib.util.find_spec("starlette") is not None  # `edgeqa serve` needs the serve extra
     typer.echo(summary(result, trained_model=model, serve=serve))
 
 
