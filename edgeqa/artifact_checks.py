@@ -21,13 +21,14 @@ whoever writes a file can write its checksum too. Pin an artifact by its manifes
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 from edgeqa.errors import ArtifactError
 
@@ -152,7 +153,7 @@ def _check_shared_tensors(manifest: Manifest) -> None:
 
 
 @contextmanager
-def open_member(folder: Path, name: str, where: str) -> Iterator[BinaryIO]:
+def open_member(folder: Path, name: str, where: str) -> Iterator[io.BufferedReader]:
     """Open a file of the artifact (a name `check_file_name` passed) for reading: a regular file,
     never through a symbolic link.
 
@@ -229,15 +230,8 @@ def check_file(folder: Path, role: str, entry: FileEntry, checksum: bool = True)
                 f"{entry.path} in {folder} has {size} bytes, the manifest says {entry.size}: "
                 "the file is truncated or replaced; re-export the artifact"
             )
-        if checksum and _sha256(f) != entry.sha256:
+        if checksum and hashlib.file_digest(f, "sha256").hexdigest() != entry.sha256:
             raise ArtifactError(
                 f"{entry.path} in {folder} does not match its sha256 in the manifest: the file is corrupted; "
                 "re-export or copy the artifact again"
             )
-
-
-def _sha256(f: BinaryIO, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    while block := f.read(chunk):
-        digest.update(block)
-    return digest.hexdigest()

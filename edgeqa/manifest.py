@@ -364,12 +364,9 @@ class Manifest:
             artifact_checks.check_file(folder, role, entry, checksum=checksums)
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def file_entry(folder: Path, name: str) -> FileEntry:
