@@ -39,7 +39,7 @@ def variant(fp32: Path, target: Path, settings: QuantizeSettings, weights_beside
     with tempfile.TemporaryDirectory() as tmp:
         sources = {role: Path(tmp) / name for role, name in GRAPHS.items()}
         for role, name in GRAPHS.items():
-            quantize_graph(fp32 / name, sources[role], settings)
+            quantize_graph(fp32 / name, sources[role], settings, role)
         if weights_beside:
             shared = save_graphs(sources, {role: target / name for role, name in GRAPHS.items()})
         else:

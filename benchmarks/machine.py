@@ -36,7 +36,7 @@ def measure() -> MachineLimits:
     bandwidth = 2 * source.nbytes / best / 1e9
     a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
     gemm = min(_timed(lambda: a @ a) for _ in range(5))
-    from edgeqa.runtime.graphs import physical_cores
+    from edgeqa.cpu import physical_cores
 
     return MachineLimits(cpu_name(), physical_cores(), bandwidth, 2 * 2048**3 / gemm / 1e9)
 

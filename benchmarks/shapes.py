@@ -41,9 +41,10 @@ def optimum_int8(checkpoint: Path, target: Path) -> Path:
         main_export(str(checkpoint), output=raw, task="text2text-generation-with-past", do_validation=False)
         staging = raw / "int8"
         staging.mkdir()
-        for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+        for role, name in (("encoder", "encoder_model.onnx"), ("decoder", "decoder_model_merged.onnx")):
             # per-tensor: the per-token rewrite does not yet handle the merged decoder's If branches
-            quantize_graph(raw / name, raw / f"int8-{name}", settings_for("auto", activation_granularity="per-tensor"))
+            settings = settings_for("auto", activation_granularity="per-tensor")
+            quantize_graph(raw / name, raw / f"int8-{name}", settings, role)
             save_graph(raw / f"int8-{name}", staging / name)
         for name in ("config.json", "generation_config.json"):
             shutil.copy2(raw / name, staging / name)

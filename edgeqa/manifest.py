@@ -23,7 +23,9 @@ from edgeqa.typed_json import read_record
 #    `identical_answers`, with exact match against the references beside it).
 # 2: the encoder graph returns the cross-attention cache and one decoder graph runs every step
 #    (1 had Optimum's merged decoder).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+#: Format 3 lacks only fields that have defaults (the outlier search and the export CPU).
+OLDEST_READABLE_FORMAT = 3
 MANIFEST_NAME = "manifest.json"
 #: Roles the runtime needs; other roles (the model's config files) are listed for checksums only.
 REQUIRED_ROLES = ("encoder", "decoder", "tokenizer")
@@ -117,6 +119,105 @@ class GenerationDefaults:
 
 
 @dataclass(frozen=True)
+class SmoothingRecord:
+    """One activation whose outlier channels were moved into the weights before quantizing.
+
+    Attributes:
+        activation: Where it is read, e.g. `decoder/block.0/layer.2 wo input`.
+        channels: Channels rescaled.
+        max_scale: The largest scale (a power of two).
+    """
+
+    activation: str
+    channels: int
+    max_scale: int
+
+
+@dataclass(frozen=True)
+class FloatGroupRecord:
+    """Nodes left in float by the accuracy-aware fallback, and why.
+
+    Attributes:
+        group: The activation they read, e.g. `decoder/block.1/layer.2 wo` or `lm_head`.
+        modules: Projections (MatMul or Gather weights) left in float.
+        parameters: Weights left in float.
+        error_reduction: Share of the worst tuning questions' logit error that goes away with this
+            group alone in float (the search's ranking figure).
+    """
+
+    group: str
+    modules: int
+    parameters: int
+    error_reduction: float
+
+
+@dataclass(frozen=True)
+class GateAttempt:
+    """One candidate the export's search put through the parity gate.
+
+    Attributes:
+        name: e.g. `int8`, `int8 + smoothing`, `int8 + smoothing + 2 groups float`.
+        questions: `tuning` or `confirmation`, and how many.
+        rouge_l_delta: Artifact ROUGE-L minus PyTorch ROUGE-L.
+        exact_match_delta: Artifact exact match minus PyTorch exact match.
+        identical_answers: Share of token-identical answers.
+        passed: Whether the gate passed.
+    """
+
+    name: str
+    questions: str
+    rouge_l_delta: float
+    exact_match_delta: float
+    identical_answers: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class OutlierSearch:
+    """What the export did to pass the gate without node names from the user.
+
+    Attributes:
+        mode: `auto` (smoothing, then float fallback), `smooth`, `fallback` or `none`.
+        smoothing: Activations smoothed (empty: none was needed, or it did not help).
+        float_groups: Node groups left in float by the fallback, in ranking order.
+        float_share: Share of the quantizable weights left in float.
+        attempts: Every gate run, in order.
+        seconds: Time the search took beyond the first candidate.
+    """
+
+    mode: str
+    smoothing: list[SmoothingRecord] = field(default_factory=list)
+    float_groups: list[FloatGroupRecord] = field(default_factory=list)
+    float_share: float = 0.0
+    attempts: list[GateAttempt] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        smoothed = sum(s.channels for s in self.smoothing)
+        parts = [f"{smoothed} channels in {len(self.smoothing)} activations smoothed" if smoothed else "no smoothing"]
+        if self.float_groups:
+            names = ", ".join(g.group for g in self.float_groups)
+            parts.append(f"{len(self.float_groups)} groups float ({self.float_share * 100:.1f}% of weights: {names})")
+        else:
+            parts.append("no fallback")
+        parts.append(f"{len(self.attempts)} gate runs, {self.seconds:.0f} s")
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class CpuRecord:
+    """The CPU an int8 artifact was exported on.
+
+    Attributes:
+        machine: `platform.machine()` (x86_64, arm64, ...).
+        vnni: Whether it has VNNI (AVX-VNNI or AVX512-VNNI): int8 products without 16-bit saturation.
+    """
+
+    machine: str
+    vnni: bool
+
+
+@dataclass(frozen=True)
 class QuantizationRecord:
     """How the graphs were quantized.
 
@@ -135,6 +236,9 @@ class QuantizationRecord:
             row: a row's result does not depend on its batch or padding), "per-tensor" (one
             scale for the whole batch; None in artifacts written before this was recorded), or
             for int4 "per-token, blocks of N".
+        outliers: What the export's search did (smoothing, float fallback, gate runs), or None
+            where none ran (`--fallback none`, no gate, artifacts before format 4).
+        export_cpu: The CPU the export ran on (None before format 4).
     """
 
     method: str
@@ -148,6 +252,8 @@ class QuantizationRecord:
     block_size: int | None = None
     accuracy_level: int | None = None
     activation_granularity: str | None = None
+    outliers: OutlierSearch | None = None
+    export_cpu: CpuRecord | None = None
 
     @property
     def is_int4(self) -> bool:
@@ -183,6 +289,7 @@ class ParityRecord:
         passed: Whether the gate passed.
         gate: The rule applied.
         max_new_tokens: Answer length limit of both.
+        split: Which parity questions: `all`, or the export search's `tuning` or `confirmation` half.
     """
 
     samples: int
@@ -199,6 +306,7 @@ class ParityRecord:
     passed: bool
     gate: str
     max_new_tokens: int
+    split: str = "all"
 
     def table(self) -> str:
         """A Markdown table of the figures and the verdict."""
@@ -213,7 +321,7 @@ class ParityRecord:
             f"x{self.reference_ms / max(self.artifact_ms, 1e-9):.2f} faster |"
         )
         return "\n".join(rows) + (
-            f"\n\n{self.samples} questions, {self.max_new_tokens} new tokens at most; identical answers "
+            f"\n\n{self.samples} questions ({self.split}), {self.max_new_tokens} new tokens at most; identical answers "
             f"{self.identical_answers * 100:.1f}%, token agreement {self.token_agreement * 100:.1f}%; "
             f"gate ({self.gate}): {'PASS' if self.passed else 'FAIL'}"
         )
@@ -283,7 +391,12 @@ class Manifest:
             f"size            {self.total_bytes / 1e6:.1f} MB in {len(self.files)} files",
         ]
         lines += [f"  {role:<17} {e.path} ({e.size / 1e6:.1f} MB)" for role, e in self.files.items()]
-        lines.append(f"quantization    {self.quantization.summary() if self.quantization else 'none (float32)'}")
+        q = self.quantization
+        lines.append(f"quantization    {q.summary() if q else 'none (float32)'}")
+        if q and q.outliers:
+            lines.append(f"outliers        {q.outliers.mode}: {q.outliers.summary()}")
+        if q and q.export_cpu:
+            lines.append(f"exported on     {q.export_cpu.machine}, VNNI {'yes' if q.export_cpu.vnni else 'no'}")
         lines += [
             f"shared          {self.files[t.role].path}: {t.dtype} {'x'.join(map(str, t.shape))}, "
             f"one tensor for {' and '.join(t.names)}"
@@ -316,9 +429,10 @@ class Manifest:
                 f"manifest format {version} is newer than this edgeqa supports ({FORMAT_VERSION}); "
                 "upgrade edgeqa or re-export"
             )
-        if version < FORMAT_VERSION:
+        if version < OLDEST_READABLE_FORMAT:
             raise ArtifactError(
-                f"manifest format {version} is from an older edgeqa (this one reads {FORMAT_VERSION}); "
+                f"manifest format {version} is from an older edgeqa (this one reads "
+                f"{OLDEST_READABLE_FORMAT} to {FORMAT_VERSION}); "
                 "re-export the checkpoint with `edgeqa export`"
             )
         manifest = read_record(cls, data, "manifest.json", ArtifactError, "re-export the artifact")

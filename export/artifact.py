@@ -16,8 +16,9 @@ from edgeqa.errors import ConfigError, ExportError, ModelError
 from edgeqa.export.config import ExportConfig, QuantizeSettings, settings_for
 from edgeqa.export.graphs import build_graphs
 from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
-from edgeqa.export.parity import run_parity
+from edgeqa.export.parity import ParityCheck, run_parity
 from edgeqa.export.quantize import quantize_graph
+from edgeqa.export.search import Build, SearchFailed, search
 from edgeqa.manifest import (
     GenerationDefaults,
     Manifest,
@@ -75,51 +76,86 @@ def export_artifact(config: ExportConfig) -> ExportResult:
 
 
 def _build(config: ExportConfig, staging: Path) -> ExportResult:
-    with tempfile.TemporaryDirectory(prefix="edgeqa-onnx-") as raw_dir:
-        raw = Path(raw_dir)
-        _onnx_export(config.checkpoint, raw)
-        graphs = build_graphs(config.checkpoint, raw)
-        graph_names = tuple(graph.name for graph in graphs.values())
-        fp32_bytes = sum(p.stat().st_size for p in raw.iterdir() if p.name.startswith(graph_names))
-        settings = settings_for(config.preset, config.keep_fp32, config.quantize) if config.quantize else None
-        kept_float = 0
-        sources = {}
-        for role, name in GRAPHS.items():
-            sources[role] = graphs[role]
-            if settings:
-                sources[role] = raw / f"{config.quantize}-{name}"
-                kept_float += quantize_graph(graphs[role], sources[role], settings)
-        shared = save_graphs(sources, {role: staging / name for role, name in GRAPHS.items()})
-        sizes = [f"{name} {_mb(staging / name, staging / weights_file(name))}" for name in GRAPHS.values()]
-        if shared:
-            sizes.append(f"{EMBEDDING_FILE} {_mb(staging / EMBEDDING_FILE)} (used by both graphs)")
-        logger.info("export: %s", ", ".join(sizes))
-        if settings and settings.keep_fp32 and not kept_float:
-            raise ConfigError(
-                f"--keep-fp32 {','.join(settings.keep_fp32)} matches no node; "
-                "use node-name parts such as lm_head, wo, wi_0, wi_1, q, k, v, o"
-            )
-        for name in CONFIG_FILES.values():
-            if (raw / name).exists():
-                shutil.copy2(raw / name, staging / name)
-    _save_tokenizer(config.checkpoint, staging)
-    manifest = _manifest(config, staging, settings, shared)
-    manifest.write(staging)
+    settings = settings_for(config.preset, config.keep_fp32, config.quantize) if config.quantize else None
+    with tempfile.TemporaryDirectory(prefix="edgeqa-onnx-") as work_dir:
+        work = Path(work_dir)
+        exported: dict[str, tuple[dict[str, Path], Path]] = {}
 
-    report = None
-    if config.parity:
-        records = _parity_records(config)
-        report = run_parity(config.checkpoint, staging, records, config.parity_max_new_tokens, threads=config.threads)
-        manifest = replace(manifest, parity=report)
-        manifest.write(staging)
-        if not report.passed and not config.allow_parity_failure:
-            hints = {
-                "int8": " (try --keep-fp32 lm_head, or --preset avx2 for 7-bit weights)",
-                "int4": " (int4 loses more than int8: try --quantize alone, or --keep-fp32 lm_head)",
-            }
-            hint = hints.get(config.quantize or "", "")
-            raise ExportError(f"parity gate failed; no artifact written{hint}\n\n{report.table()}")
-    return ExportResult(output=staging, manifest=manifest, parity=report, fp32_bytes=fp32_bytes)
+        def build(weights: str, float_modules: frozenset[str]) -> int:
+            """The artifact from these float weights, with these modules left in float, in `staging`."""
+            if weights not in exported:
+                raw = work / f"onnx-{len(exported)}"
+                _onnx_export(weights, raw)
+                exported[weights] = build_graphs(weights, raw), raw
+            graphs, raw = exported[weights]
+            for stale in staging.iterdir():
+                stale.unlink()
+            kept_float = 0
+            sources = {}
+            for role, name in GRAPHS.items():
+                sources[role] = graphs[role]
+                if settings:
+                    sources[role] = work / f"{config.quantize}-{name}"
+                    kept_float += quantize_graph(graphs[role], sources[role], settings, role, float_modules)
+            shared = save_graphs(sources, {role: staging / name for role, name in GRAPHS.items()})
+            sizes = [f"{name} {_mb(staging / name, staging / weights_file(name))}" for name in GRAPHS.values()]
+            if shared:
+                sizes.append(f"{EMBEDDING_FILE} {_mb(staging / EMBEDDING_FILE)} (used by both graphs)")
+            logger.info("export: %s", ", ".join(sizes))
+            if settings and settings.keep_fp32 and not kept_float:
+                raise ConfigError(
+                    f"--keep-fp32 {','.join(settings.keep_fp32)} matches no node; "
+                    "use node-name parts such as lm_head, wo, wi_0, wi_1, q, k, v, o"
+                )
+            for name in CONFIG_FILES.values():
+                if (raw / name).exists():
+                    shutil.copy2(raw / name, staging / name)
+            _save_tokenizer(config.checkpoint, staging)
+            _manifest(config, staging, settings, shared).write(staging)
+            return kept_float
+
+        report: ParityRecord | None = None
+        if settings and config.parity and config.fallback != "none":
+            report = _search(config, settings, build, staging, work)
+        else:
+            build(config.checkpoint, frozenset())
+            if config.parity:
+                report = _plain_gate(config, staging)
+        graph_names = tuple(graph.name for graph in exported[config.checkpoint][0].values())
+        raw = exported[config.checkpoint][1]
+        fp32_bytes = sum(p.stat().st_size for p in raw.iterdir() if p.name.startswith(graph_names))
+    return ExportResult(output=staging, manifest=Manifest.read(staging), parity=report, fp32_bytes=fp32_bytes)
+
+
+def _search(config: ExportConfig, settings: QuantizeSettings, build: Build, staging: Path, work: Path) -> ParityRecord:
+    """Plain quantization, else smoothing, else float fallback (`export.search`); record what happened."""
+    check = ParityCheck(
+        config.checkpoint, _parity_records(config), config.parity_max_new_tokens, threads=config.threads
+    )
+    try:
+        result = search(config.fallback, config.checkpoint, check, settings, build, staging, work)
+        failure = None
+    except SearchFailed as e:
+        result, failure = e.result, e
+    manifest = Manifest.read(staging)
+    quantization = replace(manifest.quantization, outliers=result.outliers) if manifest.quantization else None
+    replace(manifest, quantization=quantization, parity=result.parity).write(staging)
+    if failure and not config.allow_parity_failure:
+        raise ExportError(f"{failure}; no artifact written\n\n{result.parity.table()}")
+    return result.parity
+
+
+def _plain_gate(config: ExportConfig, staging: Path) -> ParityRecord:
+    """The gate on every parity question, as `--fallback none` (and float exports) run it."""
+    report = run_parity(
+        config.checkpoint, staging, _parity_records(config), config.parity_max_new_tokens, threads=config.threads
+    )
+    manifest = Manifest.read(staging)
+    replace(manifest, parity=report).write(staging)
+    if not report.passed and not config.allow_parity_failure:
+        hint = " (drop --fallback none to let the export search for what needs float)" if config.quantize else ""
+        raise ExportError(f"parity gate failed; no artifact written{hint}\n\n{report.table()}")
+    return report
 
 
 def _mb(*paths: Path) -> str:

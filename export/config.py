@@ -3,11 +3,11 @@ work starts (stdlib only, so the CLI checks flags without loading torch or Optim
 
 from __future__ import annotations
 
-import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeqa.cpu import detect_preset, this_cpu
 from edgeqa.errors import ConfigError
 from edgeqa.manifest import INT4_METHOD, INT8_METHOD, QuantizationRecord
 from edgeqa.typed_json import check_types
@@ -16,6 +16,9 @@ PRESETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
 METHODS = ("int8", "int4")
 #: int8 activation quantization: one scale per token row, or onnxruntime's one per tensor.
 GRANULARITIES = ("per-tensor", "per-token")
+#: What the export may do when quantized graphs fail the parity gate (`export.search`): smooth
+#: outlier channels then keep the costliest node groups float, one of the two, or fail.
+SEARCH_MODES = ("auto", "smooth", "float", "none")
 # int4: one scale per 128 weights along the input dimension; products computed in int8.
 INT4_BLOCK_SIZE = 128
 INT4_ACCURACY_LEVEL = 4
@@ -40,6 +43,10 @@ class ExportConfig:
             needs onnxruntime 1.20+ where it runs).
         preset: CPU family the quantization targets; auto reads this CPU's flags.
         keep_fp32: Node-name parts to keep in float when quantizing, e.g. lm_head,wo.
+        fallback: When the quantized graphs fail the parity gate: auto smooths activation
+            outliers into the weights, then keeps the node groups that cost most in float
+            (measured, within 20% of the weights); smooth or float does one of the two; none
+            fails the export as the gate says.
         parity: Run the parity gate against the checkpoint.
         parity_data: Held-out questions (JSONL/CSV) for the gate; default: the checkpoint's
             held-out split, else the bundled validation sample.
@@ -55,6 +62,7 @@ class ExportConfig:
     quantize: str | None = field(default=None, metadata={"choices": METHODS})
     preset: str = field(default="auto", metadata={"choices": PRESETS})
     keep_fp32: tuple[str, ...] = ()
+    fallback: str = field(default="auto", metadata={"choices": SEARCH_MODES})
     parity: bool = True
     parity_data: Path | None = None
     parity_samples: int = 200
@@ -68,6 +76,8 @@ class ExportConfig:
         if self.quantize not in (None, *METHODS):
             raise ConfigError(f"quantize must be int8, int4 or unset, got {self.quantize!r} (T5 must not run in fp16)")
         check_preset(self.preset)
+        if self.fallback not in SEARCH_MODES:
+            raise ConfigError(f"fallback must be one of {', '.join(SEARCH_MODES)}, got {self.fallback!r}")
         if self.keep_fp32 and not self.quantize:
             raise ConfigError("keep_fp32 only applies with quantize (--keep-fp32 needs --quantize)")
         unknown = [part for part in self.keep_fp32 if part not in NODE_PARTS and not _NUMBERED_PART.fullmatch(part)]
@@ -130,7 +140,9 @@ class QuantizeSettings:
 
     def record(self) -> QuantizationRecord:
         """The manifest's account of these settings."""
-        common = dict(preset=self.preset, op_types=list(self.op_types), keep_fp32=list(self.keep_fp32))
+        common = dict(
+            preset=self.preset, op_types=list(self.op_types), keep_fp32=list(self.keep_fp32), export_cpu=this_cpu()
+        )
         if self.bits == 4:
             return QuantizationRecord(
                 method=INT4_METHOD,
@@ -155,22 +167,6 @@ def check_preset(preset: str) -> str:
     if preset not in PRESETS:
         raise ConfigError(f"quantization preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
     return preset
-
-
-def detect_preset() -> str:
-    """The preset for this CPU: arm64, avx512_vnni, avx512 or avx2."""
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return "arm64"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    if "avx512_vnni" in flags or "avx_vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"
 
 
 def settings_for(

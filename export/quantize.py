@@ -17,6 +17,7 @@ import onnx
 
 from edgeqa.errors import ExportError
 from edgeqa.export.config import INT4_ACCURACY_LEVEL, QuantizeSettings
+from edgeqa.export.nodes import node_module
 from edgeqa.export.per_token import per_token_activations
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,27 @@ def count_ops(path: Path) -> Counter[str]:
     return Counter(node.op_type for node in _nodes(model.graph))
 
 
-def quantize_graph(source: Path, target: Path, settings: QuantizeSettings) -> int:
-    """Quantize one graph file (subgraphs too); returns how many nodes stayed float."""
+def float_nodes(model: onnx.ModelProto, role: str, settings: QuantizeSettings, modules: frozenset[str]) -> list[str]:
+    """Names of the nodes of the `role` graph to leave in float: those of `modules` (module paths, as
+    `export.nodes.module_path` writes them) and those `settings.keep_fp32` names a part of."""
+    keep = set(settings.keep_fp32)
+    found = set()
+    for node in _nodes(model.graph):
+        module = node_module(role, node.name)
+        if module is None:
+            continue
+        parts = {*module.split("/"), node.name.rsplit("/", 1)[-1].split("_")[0]}
+        if module in modules or parts & keep:
+            found.add(node.name)
+    return sorted(found)
+
+
+def quantize_graph(
+    source: Path, target: Path, settings: QuantizeSettings, role: str, modules: frozenset[str] = frozenset()
+) -> int:
+    """Quantize one graph file (subgraphs too), leaving `float_nodes` in float; returns how many."""
     model = onnx.load(str(source), load_external_data=False)
-    excluded = sorted(
-        {node.name for node in _nodes(model.graph) if set(node.name.split("/")) & set(settings.keep_fp32)}
-    )
+    excluded = float_nodes(model, role, settings, modules)
     if settings.bits == 4:
         _quantize_int4(source, target, settings, excluded)
         return len(excluded)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeqa.artifact_checks import open_member, shown
+from edgeqa.cpu import has_vnni, physical_cores
 from edgeqa.errors import ArtifactError
 from edgeqa.manifest import Manifest, cache_names
 from edgeqa.runtime.onnx_refs import check_graph_files
@@ -20,23 +21,7 @@ INT4_MIN_ONNXRUNTIME = (1, 20)
 # onnxruntime's CPU kernels support from 1.19 (microsoft/onnxruntime#20977; tested on 1.32).
 PER_TOKEN_MIN_ONNXRUNTIME = (1, 19)
 
-
-def physical_cores() -> int:
-    """Physical CPU cores (hyper-threads do not help matrix work), falling back to logical ones."""
-    try:
-        cores = set()
-        physical = "0"
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("physical id"):
-                    physical = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    cores.add((physical, line.split(":")[1].strip()))
-        if cores:
-            return len(cores)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
+logger = logging.getLogger(__name__)
 
 
 def _check_runtime_supports(manifest: Manifest) -> None:
@@ -57,6 +42,28 @@ def _check_runtime_supports(manifest: Manifest) -> None:
             f"{'.'.join(map(str, PER_TOKEN_MIN_ONNXRUNTIME))} or newer; this is {ort.__version__}: "
             "pip install -U onnxruntime"
         )
+
+
+def warn_if_saturating(manifest: Manifest) -> str | None:
+    """Warn (and return the warning) when full-range int8 weights from a VNNI CPU meet a CPU without VNNI.
+
+    Without VNNI, onnxruntime's u8 x s8 products go through saturating 16-bit sums
+    (`vpmaddubsw`), which full 8-bit weights overflow (onnxruntime #5849, #6004): 7-bit weights
+    (`reduce_range`, what the export picks on such CPUs) do not.
+    """
+    quantization = manifest.quantization
+    if quantization is None or quantization.weight_type != "int8" or quantization.reduce_range:
+        return None
+    exported = quantization.export_cpu
+    if exported is None or not exported.vnni or has_vnni():
+        return None
+    message = (
+        f"this artifact's int8 weights use the full 8-bit range (exported on a VNNI CPU, preset "
+        f"{quantization.preset}); this CPU has no VNNI, where such products can saturate and answers "
+        "degrade: re-export on this machine, or with --preset avx2 (7-bit weights)"
+    )
+    logger.warning(message)
+    return message
 
 
 def _map_shared_tensors(folder: Path, manifest: Manifest) -> list[tuple[dict[str, str], ort.OrtValue]]:
@@ -122,6 +129,7 @@ class T5Graphs:
         session_config: dict[str, str] | None = None,
     ):
         _check_runtime_supports(manifest)
+        warn_if_saturating(manifest)
         for role in ("decoder", "encoder"):
             check_graph_files(folder, manifest, role)
         self.threads = threads or physical_cores()

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from edgeqa.bench.outliers import FACTS_RELATIONS, train_facts_model, write_facts_data  # noqa: E402, F401
 from edgeqa.demo import DEMO_SHAPE  # noqa: E402
 from edgeqa.prompt import DEFAULT_MAX_INPUT_TOKENS, format_prompt  # noqa: E402
 from edgeqa.records import sample_data  # noqa: E402
@@ -25,11 +26,8 @@ TINY = dict(
     d_model=32, d_kv=8, d_ff=37, num_layers=2, num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8
 )
 # The facts fixture: the demo's model shape (a narrower one, d_model 64, learnt next to nothing in
-# 600 steps), trained for 500 steps (about a minute on 2 cores) on capitals and continents.
+# 600 steps), trained for FACTS_STEPS steps (about a minute on 2 cores) on FACTS_RELATIONS.
 FACTS_SHAPE = DEMO_SHAPE
-FACTS_RELATIONS = ("capital", "continent")
-FACTS_STEPS = 500
-FACTS_LR = 4e-3
 # google/flan-t5-small's public config (d_kv 64 != d_model / heads).
 SMALL = dict(d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6)
 
@@ -93,41 +91,14 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, memo
 def facts_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Questions about FACTS_RELATIONS from `edgeqa.facts`: train.jsonl, validation.jsonl (a phrasing
     never trained on) and test.jsonl (templates never trained on)."""
-    from edgeqa.facts import load_facts, make_splits, write_splits
-
-    folder = tmp_path_factory.mktemp("facts-data")
-    splits = make_splits(load_facts(FACTS_RELATIONS))
-    write_splits(folder, {name: splits[name] for name in ("train", "validation", "test")})
-    return folder
+    return write_facts_data(tmp_path_factory.mktemp("facts-data"))
 
 
 @pytest.fixture(scope="session")
 def facts_run(tmp_path_factory: pytest.TempPathFactory, facts_data: Path) -> Path:
     """A FACTS_SHAPE model fine-tuned on `facts_data` with `edgeqa.finetune`; returns the run folder."""
-    from edgeqa.finetune import FinetuneConfig, finetune
-
-    base = build_t5(tmp_path_factory.mktemp("facts-base"), initializer_factor=0.5, **FACTS_SHAPE)
-    out = tmp_path_factory.mktemp("facts-run") / "run"
-    finetune(
-        FinetuneConfig(
-            model=str(base),
-            data=str(facts_data),
-            output_dir=out,
-            epochs=1000,
-            max_steps=FACTS_STEPS,
-            learning_rate=FACTS_LR,
-            batch_size=32,
-            eval_batch_size=100,
-            max_eval_samples=200,
-            max_target_tokens=16,
-            eval_max_new_tokens=16,
-            save_total_limit=1,
-            logging_steps=50,
-            device="cpu",
-        ),
-        trainer_overrides=dict(eval_strategy="no", save_strategy="no", load_best_model_at_end=False),
-    )
-    return out
+    pytest.importorskip("torch")
+    return train_facts_model(tmp_path_factory.mktemp("facts-run") / "run", facts_data)
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +111,7 @@ def _export(checkpoint: Path, output: Path, **options) -> Path:
     from edgeqa.export import ExportConfig, export_artifact
 
     export_artifact(
-        ExportConfig(checkpoint=str(checkpoint), output=output, parity_samples=48, parity_max_new_tokens=16, **options)
+        ExportConfig(checkpoint=str(checkpoint), output=output, parity_samples=96, parity_max_new_tokens=16, **options)
     )
     return output
 

@@ -382,6 +382,7 @@ def test_every_export_config_field_is_an_option(monkeypatch, tmp_path):
         quantize="int4",
         preset="avx2",
         keep_fp32=("lm_head", "wo"),
+        fallback="smooth",
         parity=False,
         parity_data=str(tmp_path / "held.jsonl"),
         parity_samples=10,

@@ -48,7 +48,7 @@ def _quantized(source: Path, granularity: str):
     import onnxruntime as ort
 
     target = source.with_name(f"{granularity}.onnx")
-    quantize_graph(source, target, settings_for("avx512_vnni", activation_granularity=granularity))
+    quantize_graph(source, target, settings_for("avx512_vnni", activation_granularity=granularity), "decoder")
     return target, ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
 
 
