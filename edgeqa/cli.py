@@ -255,6 +255,9 @@ def export(
     result = export_artifact(settings)
     if result.parity:
         typer.echo(result.parity.table())
+    quantization = result.manifest.quantization
+    if quantization and quantization.outliers:
+        typer.echo(f"\nto pass the gate ({quantization.outliers.mode}): {quantization.outliers.summary()}")
     size = result.manifest.total_bytes
     typer.echo(f"\nartifact: {result.output} ({size / 1e6:.1f} MB; float graphs were {result.fp32_bytes / 1e6:.1f} MB)")
     typer.echo(f'next: edgeqa ask {result.output} "your question"')

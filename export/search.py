@@ -5,8 +5,8 @@ Candidates, cheapest first, each through the real gate on the real graphs:
 1. plain int8 (or int4): what `--fallback none` exports;
 2. smoothing (`export.smoothing`): outlier channels moved into the weights, everything int8;
 3. float fallback (`export.fallback`): the node groups whose quantization costs most stay float,
-   the top 1, 2, 4, ... of the ranking, within `MAX_FLOAT_SHARE` of the weights and
-   `MAX_GATE_RUNS` gate runs.
+   the top 1, 2, 4, ... of the ranking, from the smoothed weights where smoothing helped, then
+   (auto) from the plain ones, within `MAX_FLOAT_SHARE` of the weights and `MAX_GATE_RUNS` gate runs.
 
 The parity questions are split in two: the search ranks and gates on the tuning half (even
 positions); a candidate that passes there is confirmed on the other half, whose figures are the
@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import ExportError
-from edgeqa.export.calibration import teacher_forced
+from edgeqa.export.calibration import input_ranges, teacher_forced
 from edgeqa.export.config import QuantizeSettings
 from edgeqa.export.fallback import RankedGroup, node_groups, rank_groups
 from edgeqa.export.nodes import module_path
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 #: At most this share of the quantizable weights stays float: the int8 artifact then stays under
 #: 45% of the float one (0.25 x 0.75 + 0.25).
 MAX_FLOAT_SHARE = 0.25
-MAX_GATE_RUNS = 8
+MAX_GATE_RUNS = 12
 
 #: Builds the artifact in the staging folder from float weights (a checkpoint folder), with the
 #: given modules (module paths) left in float, and returns the number of float nodes.
@@ -75,7 +75,6 @@ def search(
     total = len(check.records)
     tune, confirm = list(range(0, total, 2)), list(range(1, total, 2))
     attempts: list[GateAttempt] = []
-    outliers = OutlierSearch(mode=mode)
 
     def gate(name: str, weights: str, groups: list[RankedGroup]) -> tuple[ParityRecord, ParityRecord | None]:
         """(tuning record, confirmation record if the tuning half passed)."""
@@ -93,7 +92,7 @@ def search(
 
     last, confirmed = gate(method, checkpoint, [])
     if confirmed and confirmed.passed:
-        return SearchResult(replace(outliers, attempts=attempts), confirmed)
+        return SearchResult(OutlierSearch(mode=mode, attempts=attempts), confirmed)
     started = time.perf_counter()
     model, tokenizer = _load(checkpoint)
     data = teacher_forced(
@@ -109,12 +108,12 @@ def search(
     share = 0.0
     smoothing: list[SmoothingRecord] = []
 
-    def finish(record: ParityRecord, groups: list[RankedGroup] | None = None, share: float = 0.0) -> SearchResult:
-        floats = [_float_group(r) for r in groups or []]
+    def finish(record: ParityRecord) -> SearchResult:
+        """The search so far: what the last candidate built in `staging` has, and `record`."""
         found = OutlierSearch(
             mode=mode,
             smoothing=smoothing,
-            float_groups=floats,
+            float_groups=[_float_group(r) for r in chosen],
             float_share=share,
             attempts=attempts,
             seconds=time.perf_counter() - started,
@@ -122,8 +121,6 @@ def search(
         return SearchResult(found, record)
 
     if mode in ("auto", "smooth"):
-        from edgeqa.export.calibration import input_ranges
-
         scales = smoothing_scales(model, input_ranges(model, data))
         if scales:
             records = apply_smoothing(model, scales)
@@ -137,13 +134,17 @@ def search(
                 return finish(confirmed)
             if _closer(tuning, last):
                 weights, last = smoothed, tuning
-            else:  # smoothing did not help: the fallback starts from the plain weights
+            elif mode == "auto":  # smoothing did not help: the fallback starts from the plain weights
                 logger.info("export: smoothing did not bring the tuning figures closer; not kept")
                 smoothing = []
-                model, tokenizer = _load(checkpoint)
         else:
             logger.info("export: no activation needs smoothing")
-    if mode in ("auto", "float"):
+    # The fallback starts from the smoothed weights where smoothing helped, then (auto) from the
+    # plain ones: smoothing moves range into the weights, which can leave int4 weights worse off.
+    starts = [(weights, smoothing)] + ([(checkpoint, [])] if mode == "auto" and smoothing else [])
+    for weights, records in starts if mode in ("auto", "float") else []:
+        smoothing = records
+        model = _load(checkpoint)[0] if not records else model
         groups = node_groups(model)
         ranked = rank_groups(model, data, settings, groups)
         quantizable = sum(g.parameters for g in groups)
@@ -159,8 +160,8 @@ def search(
             prefix = f"{method} + smoothing" if smoothing else method
             last, confirmed = gate(f"{prefix} + {count} groups float", weights, chosen)
             if confirmed and confirmed.passed:
-                return finish(confirmed, chosen, share)
-    result = finish(confirmed or last, chosen, share)
+                return finish(confirmed)
+    result = finish(confirmed or last)
     tried = "; ".join(f"{a.name} ({a.questions}): {_figures(a)}" for a in attempts)
     raise SearchFailed(
         f"parity gate failed after {len(attempts)} gate runs ({tried}); the search stops at "

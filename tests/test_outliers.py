@@ -137,6 +137,7 @@ def test_export_passes_the_gate_by_itself_on_an_outlier_model(
     out = tmp_path / "int8"
     result = runner.invoke(app, ["export", str(outlier_model), str(out), "--quantize", "int8"] + GATE)
     assert result.exit_code == 0, result.output
+    assert "to pass the gate (auto): " in result.output and "activations smoothed" in result.output
     manifest = Manifest.read(out)
     parity, quantization = manifest.parity, manifest.quantization
     assert parity and parity.passed and parity.split == "confirmation" and parity.samples == 100
