@@ -51,10 +51,8 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
     assert manifest.quantization and manifest.quantization.preset == detect_preset()
     assert manifest.quantization.activation_granularity == "per-token"
     # the gate's confirmation half of the fixture's 96 questions (the plain int8 graphs passed the tuning half)
-    assert manifest.parity and manifest.parity.passed and (manifest.parity.samples, manifest.parity.split) == (
-        48,
-        "confirmation",
-    )
+    parity = manifest.parity
+    assert parity and parity.passed and (parity.samples, parity.split) == (48, "confirmation")
     assert manifest.versions["onnxruntime"]
     assert sorted(p.name for p in artifact_int8.iterdir()) == sorted(
         [e.path for e in manifest.files.values()] + ["manifest.json"]
