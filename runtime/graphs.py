@@ -142,6 +142,9 @@ class T5Graphs:
         self.decoder = self._session(folder, manifest, "decoder", self._options(session_config, "decoder"))
         self.encoder = self._session(folder, manifest, "encoder", self._options(encoder_config, "encoder"))
         self.dims = manifest.dims
+        # int4's MatMulNBits kernel computes rows two at a time and a lone last row another way (a
+        # float-rounding difference), so an odd batch would answer unlike the same rows in an even one.
+        self.even_rows = bool(manifest.quantization and manifest.quantization.is_int4)
         self._bind_io()
 
     def _options(self, session_config: dict[str, str] | None, role: str) -> ort.SessionOptions:
@@ -205,14 +208,23 @@ class T5Graphs:
         return DecoderState(encoder_mask=attention_mask, cross_cache=cross, self_cache=[empty] * len(self._self_names))
 
     def step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
-        """Run the decoder on one new token per row; returns float32 logits (rows, vocab)."""
+        """Run the decoder on one new token per row; returns float32 logits (rows, vocab).
+
+        With `even_rows` (int4), an odd number of rows runs with a copy of the last one beside it,
+        whose results are dropped: every row then takes the kernel's two-row path, whatever its batch.
+        """
         feed = {
             "input_ids": tokens.reshape(-1, 1).astype(np.int64, copy=False),
             "encoder_attention_mask": state.encoder_mask,
         }
         feed.update(zip(self._self_names, state.self_cache, strict=True))
         feed.update(zip(self._cross_names, state.cross_cache, strict=True))
+        paired = self.even_rows and state.rows % 2 == 1
+        if paired:
+            feed = {name: np.concatenate([value, value[-1:]]) for name, value in feed.items()}
         outputs = _run(self.decoder, "decoder", self._decoder_outputs, feed)
+        if paired:
+            outputs = [output[:-1] for output in outputs]
         logits = outputs[0]
         if logits.ndim != 3 or logits.shape[0] != state.rows or logits.shape[2] != self.dims.vocab_size:
             raise ArtifactError(
