@@ -18,7 +18,8 @@ class ServeConfig:
         port: TCP port (0: any free one).
         threads: onnxruntime threads per graph (default: physical cores).
         max_batch_size: Most requests decoded together.
-        batch_wait_ms: Longest wait for more requests to batch once one is queued.
+        batch_wait_ms: Longest wait for more requests to batch once one is queued (none for a
+            lone caller: one request queued after a batch of one).
         max_queue: Most waiting requests; more are refused with 503 and Retry-After.
         api_key: Key asked of every endpoint but /health and the page (also EDGEQA_API_KEY).
         cors_origins: Origins allowed by CORS, comma-separated (default: CORS off).

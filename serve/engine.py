@@ -1,7 +1,8 @@
 """The batcher: one inference thread owns the model and decodes queued requests together.
 
 Requests wait in a bounded queue. The thread takes the oldest one and up to `max_batch_size - 1`
-others of the closest prompt lengths (waiting at most `batch_wait_ms` for them), encodes them as
+others of the closest prompt lengths (waiting at most `batch_wait_ms` for them, unless one caller
+is alone: one request queued after a batch of one), encodes them as
 one batch and decodes step by step. A row leaves the batch as soon as its answer is finished or
 its caller is gone, and its caches are dropped, so the batch shrinks as it goes. Beam search
 requests run alone.
@@ -70,6 +71,7 @@ class Engine:
         self.ready = threading.Event()
         self.active_rows = 0
         self.cancelled_rows = 0
+        self._last_rows = 1
 
     # ------------------------------------------------------------ the caller's side (event loop)
 
@@ -153,7 +155,10 @@ class Engine:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            deadline = time.monotonic() + self.batch_wait_s
+            # A lone caller (one request queued, the last batch a single row) starts at once: the
+            # wait only pays when others are asking too.
+            crowd = len(self._pending) > 1 or self._last_rows > 1
+            deadline = time.monotonic() + (self.batch_wait_s if crowd else 0.0)
             while len(self._pending) < self.max_batch_size and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -162,13 +167,14 @@ class Engine:
             first = self._pending.popleft()
             self.active_rows = 1  # under the lock: the job is never in neither place (the drain looks)
             if first.opts.num_beams > 1:
+                self._last_rows = 1
                 return [first]
             window = [job for job in list(self._pending)[: 4 * self.max_batch_size] if job.opts.num_beams == 1]
             window.sort(key=lambda job: abs(len(job.ids) - len(first.ids)))  # stable: the oldest first on ties
             picked = window[: self.max_batch_size - 1]
             for job in picked:
                 self._pending.remove(job)
-            self.active_rows = 1 + len(picked)
+            self.active_rows = self._last_rows = 1 + len(picked)
             return [first, *picked]
 
     def _cancelled(self, job: Job) -> None:

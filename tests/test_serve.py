@@ -418,3 +418,31 @@ def test_text_that_may_begin_a_stop_string_is_held_back():
     assert _held_back("The capital", ("Paris",)) == 0
     assert _stop_at("It is Paris, France", ("France", "Paris")) == 6
     assert _stop_at("It is Rome", ("Paris",)) is None
+
+
+def test_a_lone_caller_does_not_wait_for_a_batch_but_a_crowd_does():
+    """--batch-wait-ms gathers concurrent callers; one caller alone must not pay it on every request."""
+    from edgeqa.runtime import GenerationOptions
+    from edgeqa.serve.engine import Engine
+    from edgeqa.serve.jobs import Job
+
+    class Recording(threading.Condition):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float | None] = []
+
+        def wait(self, timeout: float | None = None) -> bool:
+            self.waits.append(timeout)
+            return False
+
+    engine = Engine(lambda: None, max_batch_size=8, batch_wait_ms=1000)  # type: ignore[arg-type,return-value]
+    engine._cond = Recording()
+    alone = Job(ids=[5, 1], opts=GenerationOptions())
+    engine._pending.append(alone)
+    assert engine._take() == [alone] and engine._cond.waits == []  # after a batch of one: no wait
+    crowd = [Job(ids=[5, 1], opts=GenerationOptions()) for _ in range(2)]
+    engine._pending.extend(crowd)
+    assert engine._take() == crowd and engine._cond.waits and 0 < engine._cond.waits[0] <= 1.0
+    engine._cond.waits.clear()
+    engine._pending.append(alone)  # the last batch had two rows: others are asking, so it waits
+    assert engine._take() == [alone] and engine._cond.waits
