@@ -22,6 +22,8 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from edgeqa.bench.outliers import OutlierPlan, save_with_outliers, train_facts_model
@@ -38,21 +40,19 @@ def export_all(
 
     rows = {}
     for mode in modes:
-        if force_search and mode != "none":
-            _fail_first_gate_run()
-        started = time.perf_counter()
-        result = export_artifact(
-            ExportConfig(
-                checkpoint=str(checkpoint),
-                output=folder / mode,
-                quantize=quantize,
-                fallback=mode,
-                parity_samples=200,
-                parity_max_new_tokens=16,
-                allow_parity_failure=True,
-                force=True,
-            )
+        config = ExportConfig(
+            checkpoint=str(checkpoint),
+            output=folder / mode,
+            quantize=quantize,
+            fallback=mode,
+            parity_samples=200,
+            parity_max_new_tokens=16,
+            allow_parity_failure=True,
+            force=True,
         )
+        started = time.perf_counter()
+        with _first_gate_run_fails() if force_search and mode != "none" else nullcontext():
+            result = export_artifact(config)
         assert result.parity is not None
         rows[mode] = dict(
             path=folder / mode,
@@ -64,8 +64,9 @@ def export_all(
     return rows
 
 
-def _fail_first_gate_run() -> None:
-    """Make the next search's first gate run fail (for measuring what the search costs)."""
+@contextmanager
+def _first_gate_run_fails() -> Iterator[None]:
+    """Within the block, the first gate run counts as failed (for measuring what the search costs)."""
     from dataclasses import replace
 
     from edgeqa.export.parity import ParityCheck
@@ -79,6 +80,10 @@ def _fail_first_gate_run() -> None:
         return replace(record, passed=False) if len(calls) == 1 else record
 
     ParityCheck.run = failing_once  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ParityCheck.run = run  # type: ignore[method-assign]
 
 
 def batch1_ms(paths: list[Path], questions: list[str], rounds: int = 5) -> list[float]:

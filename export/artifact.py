@@ -110,7 +110,9 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
             for name in CONFIG_FILES.values():
                 if (raw / name).exists():
                     shutil.copy2(raw / name, staging / name)
-            _save_tokenizer(config.checkpoint, staging)
+            if not (work / "tokenizer.json").exists():  # once, from the checkpoint, for every candidate
+                _save_tokenizer(config.checkpoint, work)
+            shutil.copy2(work / "tokenizer.json", staging / "tokenizer.json")
             _manifest(config, staging, settings, shared).write(staging)
             return kept_float
 

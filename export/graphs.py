@@ -18,10 +18,10 @@ import torch
 from transformers import T5ForConditionalGeneration
 
 from edgeqa.errors import ExportError
+from edgeqa.export.nodes import CROSS_PREFIX
 from edgeqa.manifest import cache_names
 
 OPTIMUM_GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
-_CROSS = "cross_kv/"
 
 
 def build_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
@@ -79,15 +79,15 @@ def _cross_cache_graph(checkpoint: str, path: Path, opset: int) -> onnx.ModelPro
 def _append(encoder: onnx.ModelProto, cross: onnx.ModelProto) -> onnx.ModelProto:
     """One graph: the encoder, then the cross-attention projections of its output, which it returns."""
     cross.ir_version = encoder.ir_version
-    cross = onnx.compose.add_prefix(cross, _CROSS)
+    cross = onnx.compose.add_prefix(cross, CROSS_PREFIX)
     outputs = [output.name for output in cross.graph.output]
     merged = onnx.compose.merge_models(
-        encoder, cross, io_map=[("last_hidden_state", _CROSS + "encoder_hidden_states")], outputs=outputs
+        encoder, cross, io_map=[("last_hidden_state", CROSS_PREFIX + "encoder_hidden_states")], outputs=outputs
     )
     opsets = {opset.domain: opset.version for opset in merged.opset_import}  # merge_models lists "" twice
     del merged.opset_import[:]
     merged.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items())
-    renamed = {name: name.removeprefix(_CROSS) for name in outputs}
+    renamed = {name: name.removeprefix(CROSS_PREFIX) for name in outputs}
     for output in merged.graph.output:
         output.name = renamed[output.name]
     for node in merged.graph.node:

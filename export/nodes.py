@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-_PROJECTION = re.compile(r"cross_kv//projections\.(\d+)/")
+#: The prefix `export.graphs` gives the appended cross-attention graph's names.
+CROSS_PREFIX = "cross_kv/"
+_PROJECTION = re.compile(re.escape(CROSS_PREFIX) + r"/projections\.(\d+)/")
 
 
 def module_path(module: str) -> str:

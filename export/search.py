@@ -82,12 +82,12 @@ def search(
         build(weights, modules)
         tuning = check.run(staging, tune, "tuning")
         attempts.append(_attempt(name, tuning))
-        logger.info("export: %s on %d tuning questions: %s", name, len(tune), _figures(tuning))
+        logger.info("export: %s on %d tuning questions: %s", name, len(tune), _figures(attempts[-1]))
         if not tuning.passed:
             return tuning, None
         confirmation = check.run(staging, confirm, "confirmation")
         attempts.append(_attempt(name, confirmation))
-        logger.info("export: %s on %d confirmation questions: %s", name, len(confirm), _figures(confirmation))
+        logger.info("export: %s on %d confirmation questions: %s", name, len(confirm), _figures(attempts[-1]))
         return tuning, confirmation
 
     last, confirmed = gate(method, checkpoint, [])
@@ -197,15 +197,10 @@ def _attempt(name: str, record: ParityRecord) -> GateAttempt:
     )
 
 
-def _figures(record: ParityRecord | GateAttempt) -> str:
-    em = (
-        record.exact_match_delta
-        if isinstance(record, GateAttempt)
-        else record.artifact_exact_match - record.reference_exact_match
-    )
+def _figures(attempt: GateAttempt) -> str:
     return (
-        f"ROUGE-L {record.rouge_l_delta * 100:+.1f}, exact match {em * 100:+.1f}, "
-        f"identical {record.identical_answers * 100:.0f}%, {'pass' if record.passed else 'FAIL'}"
+        f"ROUGE-L {attempt.rouge_l_delta * 100:+.1f}, exact match {attempt.exact_match_delta * 100:+.1f}, "
+        f"identical {attempt.identical_answers * 100:.0f}%, {'pass' if attempt.passed else 'FAIL'}"
     )
 
 
