@@ -12,9 +12,9 @@ from pathlib import Path
 
 from edgeqa import __version__
 from edgeqa.checkpoint import TrainingRecord, heldout_path, read_training_record
-from edgeqa.errors import ConfigError, ExportError, ModelError
+from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.config import ExportConfig, QuantizeSettings, settings_for
-from edgeqa.export.graphs import build_graphs
+from edgeqa.export.graphs import export_graphs, graph_bytes
 from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
 from edgeqa.export.parity import ParityCheck, run_parity
 from edgeqa.export.quantize import quantize_graph
@@ -85,8 +85,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
             """The artifact from these float weights, with these modules left in float, in `staging`."""
             if weights not in exported:
                 raw = work / f"onnx-{len(exported)}"
-                _onnx_export(weights, raw)
-                exported[weights] = build_graphs(weights, raw), raw
+                exported[weights] = export_graphs(weights, raw), raw
             graphs, raw = exported[weights]
             for stale in staging.iterdir():
                 stale.unlink()
@@ -123,9 +122,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
             build(config.checkpoint, frozenset())
             if config.parity:
                 report = _plain_gate(config, staging)
-        graph_names = tuple(graph.name for graph in exported[config.checkpoint][0].values())
-        raw = exported[config.checkpoint][1]
-        fp32_bytes = sum(p.stat().st_size for p in raw.iterdir() if p.name.startswith(graph_names))
+        fp32_bytes = sum(graph_bytes(path) for path in exported[config.checkpoint][0].values())
     return ExportResult(output=staging, manifest=Manifest.read(staging), parity=report, fp32_bytes=fp32_bytes)
 
 
@@ -162,23 +159,6 @@ def _plain_gate(config: ExportConfig, staging: Path) -> ParityRecord:
 
 def _mb(*paths: Path) -> str:
     return f"{sum(p.stat().st_size for p in paths if p.exists()) / 1e6:.1f} MB"
-
-
-def _onnx_export(checkpoint: str, raw: Path) -> None:
-    from optimum.exporters.onnx import main_export
-
-    logger.info("export: %s -> ONNX (encoder + cross-attention cache, decoder step with cache)", checkpoint)
-    try:
-        main_export(
-            checkpoint, output=raw, task="text2text-generation-with-past", do_validation=False, no_post_process=True
-        )
-    except OSError as e:
-        raise ModelError(
-            f"cannot load checkpoint {checkpoint!r}: {e}. Offline, pass a local checkpoint folder "
-            "(e.g. OUTPUT/final from `edgeqa finetune`)"
-        ) from e
-    except Exception as e:  # the exporter raises ValueError, RuntimeError, KeyError, ...
-        raise ExportError(f"ONNX export of {checkpoint!r} failed: {e}") from e
 
 
 def _save_tokenizer(checkpoint: str, staging: Path) -> None:

@@ -1,4 +1,4 @@
-"""edgeqa's two graphs from Optimum's export: an encoder that also computes every decoder layer's
+"""edgeqa's two graphs from Optimum's exporter: an encoder that also computes every decoder layer's
 cross-attention keys/values, and Optimum's decoder-with-cache graph, which then runs every step.
 
 Optimum's merged decoder holds a first-step branch (which computes the cross-attention
@@ -6,35 +6,121 @@ keys/values) and a cached-step branch behind an If node, and onnxruntime pre-pac
 each branch separately. With the first step's only extra work moved into the encoder graph, one
 decoder graph serves every step (the first with an empty self-attention cache): 16 MB less
 memory on flan-t5-small and no If node.
+
+Memory: the graphs are exported one at a time, each from a freshly loaded (memory-mapped)
+model, with their weights written straight to external-data files (`export.torch_export`); the
+encoder and cross-attention graphs are joined without loading their weights, and freed memory
+goes back to the system between steps (`export.memory`). Exporting then needs little more than
+the weights of the graph at hand; the peak of an int8 export is onnxruntime's quantizer
+(flan-t5-large: 5.9 GB for 3.1 GB of weights, `benchmarks/README.md`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import onnx
 import onnx.compose
 import torch
-from transformers import T5ForConditionalGeneration
+from onnx.external_data_helper import uses_external_data
+from transformers import AutoConfig, T5ForConditionalGeneration
 
-from edgeqa.errors import ExportError
+from edgeqa.errors import ExportError, ModelError
+from edgeqa.export.memory import release_memory
 from edgeqa.export.nodes import CROSS_PREFIX
+from edgeqa.export.torch_export import UnknownWeight, export_streamed
 from edgeqa.manifest import cache_names
 
-OPTIMUM_GRAPHS = ("encoder_model.onnx", "decoder_model.onnx", "decoder_with_past_model.onnx")
+logger = logging.getLogger(__name__)
+
+ENCODER, DECODER = "encoder_model", "decoder_with_past_model"  # Optimum's names for the two parts
 
 
-def build_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
-    """From Optimum's graphs in `raw`: {"encoder": encoder + cross-attention cache, "decoder": decoder step}."""
-    missing = [name for name in OPTIMUM_GRAPHS if not (raw / name).exists()]
-    if missing:
-        raise ExportError(f"the ONNX exporter wrote no {', '.join(missing)}; is {checkpoint!r} a T5 model?")
-    encoder = onnx.load(str(raw / "encoder_model.onnx"))
-    opset = next(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx"))
+def export_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
+    """Export `checkpoint` into `raw`: {"encoder": encoder + cross-attention cache, "decoder": decoder
+    step}, weights in external-data files, plus the model's config.json and generation_config.json.
+
+    Raises:
+        ModelError: the checkpoint cannot be loaded.
+        ExportError: the checkpoint is not a T5 model, or the exporter failed.
+    """
+    raw.mkdir(parents=True, exist_ok=True)
+    logger.info("export: %s -> ONNX (encoder + cross-attention cache, decoder step with cache)", checkpoint)
+    encoder = _export_part(checkpoint, ENCODER, raw)
+    release_memory()  # the model is freed once its reference cycles are collected, after the call
+    encoder_graph = onnx.load(str(encoder), load_external_data=False)
+    opset = next(o.version for o in encoder_graph.opset_import if o.domain in ("", "ai.onnx"))
     cross = _cross_cache_graph(checkpoint, raw / "cross_kv.onnx", opset)
+    release_memory()
     target = raw / "encoder_with_cross_cache.onnx"
-    onnx.save_model(_append(encoder, cross), str(target), save_as_external_data=True, location=target.name + "_data")
-    return {"encoder": target, "decoder": raw / "decoder_with_past_model.onnx"}
+    joined = _append(encoder_graph, onnx.load(str(cross), load_external_data=False))
+    onnx.save_model(joined, str(target))  # the weights stay where they are: the two graphs' data files
+    onnx.checker.check_model(str(target))
+    decoder = _export_part(checkpoint, DECODER, raw)
+    release_memory()
+    return {"encoder": target, "decoder": decoder}
+
+
+def graph_bytes(path: Path) -> int:
+    """Size of a graph file and of the external-data files its weights are in."""
+    model = onnx.load(str(path), load_external_data=False)
+    locations = {
+        entry.value
+        for tensor in model.graph.initializer
+        if uses_external_data(tensor)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return path.stat().st_size + sum((path.parent / location).stat().st_size for location in locations)
+
+
+def _load(checkpoint: str) -> T5ForConditionalGeneration:
+    try:
+        config = AutoConfig.from_pretrained(checkpoint)
+        if config.model_type != "t5":
+            raise ExportError(f"{checkpoint!r} is a {config.model_type} model; edgeqa exports T5 models (FLAN-T5)")
+        model = T5ForConditionalGeneration.from_pretrained(checkpoint, config=config, dtype=torch.float32)
+    except OSError as e:
+        raise ModelError(
+            f"cannot load checkpoint {checkpoint!r}: {e}. Offline, pass a local checkpoint folder "
+            "(e.g. OUTPUT/final from `edgeqa finetune`)"
+        ) from e
+    return model.eval()
+
+
+def _export_part(checkpoint: str, part: str, raw: Path) -> Path:
+    """One of Optimum's graphs of the checkpoint, weights in PART.onnx_data (`export.torch_export`);
+    the first call also saves the configs."""
+    from optimum.exporters.onnx.convert import export
+    from optimum.exporters.onnx.model_configs import T5OnnxConfig
+    from optimum.exporters.utils import get_encoder_decoder_models_for_export
+
+    path = raw / f"{part}.onnx"
+    model = _load(checkpoint)
+    if not (raw / "config.json").exists():
+        model.config.save_pretrained(raw)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(raw)
+    try:
+        config = T5OnnxConfig(model.config, task="text2text-generation", use_past=True)
+        module, part_config = get_encoder_decoder_models_for_export(model, config)[part]
+        try:
+            export_streamed(module, part_config, path, config.DEFAULT_ONNX_OPSET)
+        except UnknownWeight as e:
+            logger.warning("export: %s: cannot write the weights one by one (%s); exporting at full memory", part, e)
+            export(module, part_config, path, config.DEFAULT_ONNX_OPSET)
+            _weights_beside(path)
+    except Exception as e:  # the exporter raises ValueError, RuntimeError, KeyError, ...
+        raise ExportError(f"ONNX export of {checkpoint!r} failed: {e}") from e
+    return path
+
+
+def _weights_beside(path: Path) -> None:
+    """Move a graph's weights into PATH_data, unless the exporter already did (graphs over 2 GB)."""
+    model = onnx.load(str(path))
+    if not any(uses_external_data(tensor) for tensor in model.graph.initializer):
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + "_data")
 
 
 class _CrossCache(torch.nn.Module):
@@ -54,8 +140,9 @@ class _CrossCache(torch.nn.Module):
         )
 
 
-def _cross_cache_graph(checkpoint: str, path: Path, opset: int) -> onnx.ModelProto:
-    model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval()
+def _cross_cache_graph(checkpoint: str, path: Path, opset: int) -> Path:
+    """Every decoder layer's cross-attention key/value projections as one graph, weights beside it."""
+    model = _load(checkpoint)
     outputs = [f"present.{name}" for name in cache_names(model.config.num_decoder_layers, "encoder")]
     axes = {"encoder_hidden_states": {0: "batch", 1: "encoder_sequence"}}
     axes |= {name: {0: "batch", 2: "encoder_sequence"} for name in outputs}
@@ -73,20 +160,32 @@ def _cross_cache_graph(checkpoint: str, path: Path, opset: int) -> onnx.ModelPro
             )
     except Exception as e:  # the exporter raises assorted types
         raise ExportError(f"exporting the cross-attention projections of {checkpoint!r} failed: {e}") from e
-    return onnx.load(str(path))
+    _weights_beside(path)
+    return path
 
 
 def _append(encoder: onnx.ModelProto, cross: onnx.ModelProto) -> onnx.ModelProto:
-    """One graph: the encoder, then the cross-attention projections of its output, which it returns."""
-    cross.ir_version = encoder.ir_version
+    """One graph: the encoder, then the cross-attention projections of its output, which it returns.
+
+    Graph by graph (`merge_graphs`, not `merge_models`): the model checker would look for the
+    external weights relative to the working directory; the joined file is checked once saved.
+    """
     cross = onnx.compose.add_prefix(cross, CROSS_PREFIX)
     outputs = [output.name for output in cross.graph.output]
-    merged = onnx.compose.merge_models(
-        encoder, cross, io_map=[("last_hidden_state", CROSS_PREFIX + "encoder_hidden_states")], outputs=outputs
+    graph = onnx.compose.merge_graphs(
+        encoder.graph,
+        cross.graph,
+        io_map=[("last_hidden_state", CROSS_PREFIX + "encoder_hidden_states")],
+        outputs=outputs,
     )
-    opsets = {opset.domain: opset.version for opset in merged.opset_import}  # merge_models lists "" twice
-    del merged.opset_import[:]
-    merged.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items())
+    opsets = {opset.domain: opset.version for model in (encoder, cross) for opset in model.opset_import}
+    merged = onnx.helper.make_model(
+        graph,
+        ir_version=encoder.ir_version,
+        opset_imports=[onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items()],
+        producer_name=encoder.producer_name,
+        producer_version=encoder.producer_version,
+    )
     renamed = {name: name.removeprefix(CROSS_PREFIX) for name in outputs}
     for output in merged.graph.output:
         output.name = renamed[output.name]

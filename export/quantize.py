@@ -17,6 +17,7 @@ import onnx
 
 from edgeqa.errors import ExportError
 from edgeqa.export.config import INT4_ACCURACY_LEVEL, QuantizeSettings
+from edgeqa.export.memory import release_memory
 from edgeqa.export.nodes import node_module
 from edgeqa.export.per_token import per_token_activations
 
@@ -63,7 +64,13 @@ def quantize_graph(
     excluded = float_nodes(model, role, settings, modules)
     if settings.bits == 4:
         _quantize_int4(source, target, settings, excluded)
-        return len(excluded)
+    else:
+        _quantize_int8(source, target, settings, excluded)
+    release_memory()
+    return len(excluded)
+
+
+def _quantize_int8(source: Path, target: Path, settings: QuantizeSettings, excluded: list[str]) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
@@ -86,7 +93,6 @@ def quantize_graph(
         for stale in (target, target.with_name(target.name + ".data")):
             stale.unlink(missing_ok=True)
         onnx.save_model(model, str(target), save_as_external_data=True, location=target.name + ".data")
-    return len(excluded)
 
 
 def _quantize_int4(source: Path, target: Path, settings: QuantizeSettings, excluded: list[str]) -> None:

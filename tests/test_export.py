@@ -8,7 +8,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from conftest import SMALL, build_t5
@@ -204,7 +207,6 @@ def test_export_fails_the_gate_with_exit_1_and_writes_nothing(trained_model, tmp
 
 
 def test_encoder_returns_the_cross_attention_cache_and_graphs_stand_alone(artifact_int8, trained_model):
-    import numpy as np
     import onnxruntime as ort
     import torch
     from transformers import T5ForConditionalGeneration
@@ -268,8 +270,6 @@ def test_int4_export_is_opt_in_weight_only_with_its_parity_record(trained_model,
 
 def _gather_graph(path, table):
     """A one-node graph that looks a row up in `table` (an embedding-shaped initializer)."""
-    import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     node = helper.make_node("Gather", ["table", "ids"], ["rows"])
@@ -286,7 +286,6 @@ def _gather_graph(path, table):
 
 @pytest.mark.parametrize("same", [True, False])
 def test_embedding_is_stored_once_only_when_both_graphs_hold_the_same_one(tmp_path, same):
-    import numpy as np
     import onnxruntime as ort
 
     from edgeqa.export.layout import EMBEDDING_FILE, save_graphs
@@ -323,3 +322,80 @@ def test_the_artifact_answers_as_long_as_training_evaluated(tiny_model, memo_dat
     assert result.exit_code == 0, result.output
     assert Manifest.read(out).generation.max_new_tokens == 40
     assert QAModel.load(out).defaults.max_new_tokens == 40
+
+
+@pytest.mark.parametrize("part", ["encoder_model", "decoder_with_past_model"])
+def test_streamed_export_writes_the_graph_the_standard_export_writes(tiny_model, tmp_path, part):
+    """Weights written one at a time from the model: the same nodes, inputs, outputs and weights
+    (names, shapes, values) as Optimum's export, which serializes them with the graph."""
+    from optimum.exporters.onnx.convert import export
+    from optimum.exporters.onnx.model_configs import T5OnnxConfig
+    from optimum.exporters.utils import get_encoder_decoder_models_for_export
+    from transformers import T5ForConditionalGeneration
+
+    from edgeqa.export.torch_export import export_streamed
+
+    graphs = {}
+    for kind in ("standard", "streamed"):
+        model = T5ForConditionalGeneration.from_pretrained(tiny_model).eval()
+        config = T5OnnxConfig(model.config, task="text2text-generation", use_past=True)
+        module, part_config = get_encoder_decoder_models_for_export(model, config)[part]
+        path = tmp_path / kind / f"{part}.onnx"
+        path.parent.mkdir()
+        (export if kind == "standard" else export_streamed)(module, part_config, path, config.DEFAULT_ONNX_OPSET)
+        graphs[kind] = onnx.load(str(path))
+    standard, streamed = graphs["standard"].graph, graphs["streamed"].graph
+    unloaded = onnx.load(str(tmp_path / "streamed" / f"{part}.onnx"), load_external_data=False).graph
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in unloaded.initializer)  # all in PART.onnx_data
+    assert list(streamed.node) == list(standard.node)
+    assert list(streamed.input) == list(standard.input) and list(streamed.output) == list(standard.output)
+    assert [t.name for t in streamed.initializer] == [t.name for t in standard.initializer]
+    assert len(standard.initializer) > 10
+    for ours, theirs in zip(streamed.initializer, standard.initializer, strict=True):
+        assert np.array_equal(numpy_helper.to_array(ours), numpy_helper.to_array(theirs)), ours.name
+
+
+def test_a_weight_the_streamed_export_cannot_rebuild_is_refused_before_writing(tmp_path):
+    import torch
+
+    from edgeqa.export.torch_export import UnknownWeight, _attach_weights
+
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])
+    weight = onnx.helper.make_tensor_value_info("onnx::Mul_7", onnx.TensorProto.FLOAT, [2, 2])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
+    node = onnx.helper.make_node("Mul", ["x", "onnx::Mul_7"], ["y"], name="/scale/Mul")
+    model = onnx.helper.make_model(onnx.helper.make_graph([node], "g", [x, weight], [y]))
+    with pytest.raises(UnknownWeight, match="onnx::Mul_7"):
+        _attach_weights(model, {"x"}, {"scale.weight": torch.ones(2, 2)}, tmp_path / "g.onnx_data")
+    assert not (tmp_path / "g.onnx_data").exists()
+
+
+@pytest.mark.slow
+def test_large_shaped_export_peaks_within_2_3_times_the_checkpoint(tmp_path):
+    """flan-t5-large's shape (3.1 GB of fp32 weights, random): the int8 export's peak memory within
+    2.3x the checkpoint (it was 3.7x), an artifact under 30% of it, and the artifact answers."""
+    from edgeqa.bench.export_memory import checkpoint_bytes, export_command, measure
+    from edgeqa.finetune.models import FLAN_T5_SHAPES
+
+    checkpoint = build_t5(tmp_path / "large", **FLAN_T5_SHAPES["large"])
+    weights = checkpoint_bytes(checkpoint)
+    out = tmp_path / "int8"
+    run = measure(export_command(checkpoint, out, "--quantize", "--no-parity"))
+    assert run.returncode == 0, run.output[-2000:]
+    assert run.peak <= 2.3 * weights, f"peak {run.peak / 1e9:.2f} GB for {weights / 1e9:.2f} GB of weights"
+    size = sum(entry.size for entry in Manifest.read(out).files.values())
+    assert size <= 0.30 * weights, size
+    asked = measure([sys.executable, "-m", "edgeqa.cli", "ask", str(out), "What is the capital of France?"])
+    assert asked.returncode == 0 and asked.output.strip(), asked.output[-2000:]
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    sizes = dict(encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2)
+    config = BartConfig(vocab_size=64, d_model=16, encoder_ffn_dim=16, decoder_ffn_dim=16, **sizes)
+    BartForConditionalGeneration(config).save_pretrained(tmp_path / "bart")
+    result = runner.invoke(app, ["export", str(tmp_path / "bart"), str(tmp_path / "out"), "--no-parity"])
+    assert result.exit_code == 1
+    assert "is a bart model; edgeqa exports T5 models" in result.output
+    assert not (tmp_path / "out").exists()
