@@ -45,7 +45,7 @@ class ExportConfig:
         keep_fp32: Node-name parts to keep in float when quantizing, e.g. lm_head,wo.
         fallback: When the quantized graphs fail the parity gate: auto smooths activation
             outliers into the weights, then keeps the node groups that cost most in float
-            (measured, within 20% of the weights); smooth or float does one of the two; none
+            (measured, within 25% of the weights); smooth or float does one of the two; none
             fails the export as the gate says.
         parity: Run the parity gate against the checkpoint.
         parity_data: Held-out questions (JSONL/CSV) for the gate; default: the checkpoint's
