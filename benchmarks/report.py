@@ -15,9 +15,18 @@ COLUMNS = [
     ("b8.questions_per_s", "b8 q/s", "{:.1f}"),
     ("b8.same_as_b1", "b8 answers = b1", "{:.0%}"),
     ("beam4.median_ms", "beam-4 b1 ms", "{:.0f}"),
+    ("beam4-b8.questions_per_s", "beam-4 b8 q/s", "{:.1f}"),
     ("cold_start_s", "cold start s", "{:.2f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("size_mb", "size MB", "{:.0f}"),
+]
+
+# figures compared with CTranslate2's better row (1 or 2 threads)
+VERSUS_CT2 = [
+    ("b1.median_ms", "b1"),
+    ("b8.questions_per_s", "b8"),
+    ("beam4.median_ms", "beam-4 b1"),
+    ("beam4-b8.questions_per_s", "beam-4 b8"),
 ]
 
 
@@ -35,15 +44,14 @@ def markdown(result: BenchResult, threads: int, new_tokens: int, inputs: int) ->
         lines.append(
             "| engine | "
             + " | ".join(title for _, title, _ in COLUMNS)
-            + " | b1 vs PyTorch | b1 vs best CT2 | b8 vs best CT2 |"
+            + " | b1 vs PyTorch | "
+            + " | ".join(f"{title} vs best CT2" for _, title in VERSUS_CT2)
+            + " |"
         )
-        lines.append("| --- |" + " --- |" * (len(COLUMNS) + 3))
+        lines.append("| --- |" + " --- |" * (len(COLUMNS) + 1 + len(VERSUS_CT2)))
         torch_b1 = engines.get("pytorch", {}).get("b1.median_ms")
         ct2_rows = [row for engine, row in engines.items() if engine.startswith("ctranslate2")]
-        ct2 = {
-            "b1.median_ms": min((r["b1.median_ms"] for r in ct2_rows), default=None),
-            "b8.questions_per_s": max((r["b8.questions_per_s"] for r in ct2_rows), default=None),
-        }
+        ct2 = {key: _best(key, [r[key] for r in ct2_rows if key in r]) for key, _ in VERSUS_CT2}
         for engine, row in engines.items():
             cells = []
             for key, _, fmt in COLUMNS:
@@ -52,11 +60,8 @@ def markdown(result: BenchResult, threads: int, new_tokens: int, inputs: int) ->
                     continue
                 spread = row.get(key + "~spread", 0)
                 cells.append(fmt.format(row[key]) + (f" ({spread:.0%})" if spread > 0.10 else ""))
-            ratios = [
-                _ratio(row.get("b1.median_ms"), torch_b1),
-                _ratio(row.get("b1.median_ms"), ct2.get("b1.median_ms")),
-                _ratio(row.get("b8.questions_per_s"), ct2.get("b8.questions_per_s")),
-            ]
+            ratios = [_ratio(row.get("b1.median_ms"), torch_b1)]
+            ratios += [_ratio(row.get(key), ct2[key]) for key, _ in VERSUS_CT2]
             lines.append(f"| {label(engine)} | " + " | ".join(cells + ratios) + " |")
         floor = result.floors.get(shape)
         if floor:
@@ -69,6 +74,13 @@ def markdown(result: BenchResult, threads: int, new_tokens: int, inputs: int) ->
         lines.append("")
     lines += [f"- {note}" for note in result.notes]
     return "\n".join(lines) + "\n"
+
+
+def _best(key: str, values: list[float]) -> float | None:
+    """The better figure: the lowest latency or the highest throughput."""
+    if not values:
+        return None
+    return min(values) if key.endswith("_ms") else max(values)
 
 
 def _ratio(value: float | None, reference: float | None) -> str:

@@ -77,7 +77,7 @@ class BenchConfig:
         threads: Threads for every engine.
         rounds: Rounds per engine (the spread is reported); each round runs every engine once, so
             that a busy machine's slow spells spread over all of them.
-        beam_shapes: Shapes on which beam search (4 beams) is measured too.
+        beam_shapes: Shapes on which beam search (4 beams, batch 1 and 8) is measured too.
         output: Results folder (README.md table, results.json, chart.png).
         cache: Where the benchmark models are built.
     """
@@ -143,7 +143,7 @@ def run_worker(
     engine, threads = split_engine(engine)
     modes = [{"name": "b1", "batch": 1, "beams": 1}, {"name": "b8", "batch": 8, "beams": 1}]
     if beams:
-        modes.append({"name": "beam4", "batch": 1, "beams": 4})
+        modes += [{"name": "beam4", "batch": 1, "beams": 4}, {"name": "beam4-b8", "batch": 8, "beams": 4}]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(
             {

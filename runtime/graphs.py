@@ -102,9 +102,14 @@ class DecoderState:
     def reorder(self, rows: np.ndarray) -> None:
         """Keep the self-attention cache of the given rows (beam search's surviving beams).
 
-        Beams of one question share their cross-attention cache, so it needs no reordering.
+        Beams of one question share their cross-attention cache, so it needs no reordering. Only the
+        rows that change are copied, in place: the caches are the decoder's own outputs.
         """
-        self.self_cache = [cache[rows] for cache in self.self_cache]
+        moved = np.flatnonzero(rows != np.arange(len(rows)))
+        if moved.size:
+            sources = rows[moved]
+            for cache in self.self_cache:
+                cache[moved] = cache[sources]
 
     def select(self, rows: np.ndarray | list[int]) -> None:
         """Keep only the given rows, dropping the caches of the others (finished or cancelled answers)."""

@@ -43,7 +43,7 @@ def test_every_engine_generates_exactly_the_forced_tokens(engine, trained_model,
     inputs = prompts(8, tokenizer)
     assert len(inputs) == 8 and all(12 <= len(p) <= 64 for p in inputs)
     result = merge_rounds([run_worker(engine, path, tokenizer, inputs, config, beams=True) for _ in range(2)])
-    for mode in ("b1", "b8", "beam4"):
+    for mode in ("b1", "b8", "beam4", "beam4-b8"):
         assert result[f"{mode}.tokens"] == 6, (engine, mode)
     assert result["b1.median_ms"] > 0 and result["b8.questions_per_s"] > 0
     assert 20 < result["peak_rss_mb"] < 4000 and result["cold_start_s"] > 0
@@ -90,16 +90,21 @@ def test_optimum_on_the_same_int8_weights_agrees_with_edgeqa(optimum_model, arti
 def test_report_ratios_use_the_better_ctranslate2_row():
     from edgeqa.bench.machine import MachineLimits
 
-    row = {"b1.median_ms": 100.0, "b8.questions_per_s": 10.0}
+    row = {"b1.median_ms": 100.0, "b8.questions_per_s": 10.0, "beam4.median_ms": 200.0}
     result = BenchResult(limits=MachineLimits("cpu", 2, 20.0, 100.0))
     result.rows["small"] = {
-        "ctranslate2": dict(row),
-        "ctranslate2@1": {"b1.median_ms": 50.0, "b8.questions_per_s": 8.0},
-        "edgeqa-int8": {"b1.median_ms": 40.0, "b8.questions_per_s": 20.0},
+        "ctranslate2": row | {"beam4-b8.questions_per_s": 4.0},
+        "ctranslate2@1": {"b1.median_ms": 50.0, "b8.questions_per_s": 8.0, "beam4.median_ms": 250.0},
+        "edgeqa-int8": {
+            "b1.median_ms": 40.0,
+            "b8.questions_per_s": 20.0,
+            "beam4.median_ms": 150.0,
+            "beam4-b8.questions_per_s": 6.0,
+        },
     }
     table = markdown(result, threads=2, new_tokens=32, inputs=32)
     assert "| edgeqa runtime int8 |" in table
-    assert "0.80x | 2.00x |" in table  # 40 / 50 ms, 20 / 10 q/s
+    assert "0.80x | 2.00x | 0.75x | 1.50x |" in table  # 40 / 50 ms, 20 / 10 q/s, 150 / 200 ms, 6 / 4 q/s
 
 
 @pytest.mark.parametrize("shapes", [{"shapes": ("xl",)}, {"beam_shapes": ("small", "xl")}])

@@ -80,6 +80,52 @@ def test_softmax_terms_skip_denormals_without_changing_results():
     np.testing.assert_array_equal(terms[kept], np.exp(shifted[kept]))
 
 
+@pytest.mark.parametrize("min_new_tokens", [0, 5])
+def test_grouped_beam_candidates_equal_the_full_ranking(min_new_tokens):
+    """The grouped search gives the full ranking's scores, beams and tokens, ties and rounding included."""
+    import numpy as np
+
+    from edgeqa.runtime.generate import _NEG, grouped_candidates, log_softmax, process_scores, top_k_indices
+
+    rng = np.random.default_rng(0)
+    opts = GenerationOptions(num_beams=4, min_new_tokens=min_new_tokens, max_new_tokens=8)
+    decided = 0
+    for trial in range(300):
+        batch, beams, vocab = int(rng.integers(1, 4)), int(rng.integers(2, 6)), int(rng.choice([32128, 1000, 333]))
+        logits = (rng.standard_normal((batch * beams, vocab)) * rng.choice([0.01, 1.0, 40.0])).astype(np.float32)
+        if trial % 3 == 0:
+            logits = np.round(logits, 1)  # many exact ties
+        running = rng.standard_normal((batch, beams)).astype(np.float32)
+        if trial % 4 == 0:
+            running[:, 1:] = _NEG  # the first step: one live beam
+        sequences = np.zeros((batch * beams, 3), dtype=np.int64)
+        log_probs = process_scores(sequences, log_softmax(logits), opts, eos=1)
+        log_probs = (log_probs.reshape(batch, beams, vocab) + running[:, :, None]).reshape(batch, -1)
+        top = top_k_indices(log_probs, 2 * beams)
+        expected = (np.take_along_axis(log_probs, top, axis=1), top // vocab, top % vocab)
+        found = grouped_candidates(logits, running, 2 * beams, banned=1 if min_new_tokens else None)
+        if found is not None:
+            decided += 1
+            for got, want in zip(found, expected, strict=True):
+                np.testing.assert_array_equal(got, want)
+    assert decided > 150
+
+
+def test_reorder_copies_the_surviving_beams_rows():
+    import numpy as np
+
+    from edgeqa.runtime.graphs import DecoderState
+
+    rng = np.random.default_rng(0)
+    for rows in ([0, 1, 2, 3], [0, 0, 1, 2], [3, 3, 3, 0], [1, 0, 3, 2]):
+        caches = [rng.standard_normal((4, 2, 3, 5)).astype(np.float32) for _ in range(3)]
+        expected = [cache[rows] for cache in caches]
+        state = DecoderState(encoder_mask=np.ones((4, 3)), cross_cache=[], self_cache=caches)
+        state.reorder(np.array(rows))
+        for got, want in zip(state.self_cache, expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_stream_yields_the_greedy_answer(model):
     pieces = list(model.stream("Who wrote Hamlet?", max_new_tokens=12))
     assert "".join(pieces) == model.answer("Who wrote Hamlet?", max_new_tokens=12).text
