@@ -32,17 +32,21 @@ def measure(command: list[str]) -> Measured:
     """Run a command; its peak resident memory is that of the process or of its largest waited-for child."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # wait4, not wait(): it returns the child's rusage
+        returncode = os.waitstatus_to_exitcode(status)
+        process.returncode = returncode  # reaped here: Popen must not wait for it again
         log.seek(0)
         output = log.read()
-    return Measured(process.returncode, usage.ru_maxrss * 1024, time.perf_counter() - start, output)
+    return Measured(returncode, usage.ru_maxrss * 1024, time.perf_counter() - start, output)
 
 
 def checkpoint_bytes(checkpoint: Path) -> int:
     """The checkpoint's weights (one safetensors file, or shards)."""
-    return sum(path.stat().st_size for path in checkpoint.glob("*.safetensors"))
+    total = sum(path.stat().st_size for path in checkpoint.glob("*.safetensors"))
+    if not total:
+        raise SystemExit(f"{checkpoint} holds no *.safetensors weights; save it with save_pretrained()")
+    return total
 
 
 def export_command(checkpoint: Path, output: Path, *options: str) -> list[str]:

@@ -386,7 +386,7 @@ def bench(
     ] = False,
     shapes: Annotated[str, typer.Option(help="Comma-separated model shapes: small, base.")] = "small,base",
     beam_shapes: Annotated[
-        str, typer.Option(help="Shapes on which beam search (4 beams, batch 1 and 8) are measured too (slower).")
+        str, typer.Option(help="Shapes on which beam search (4 beams, batch 1 and 8) is measured too (slower).")
     ] = "small",
     artifact: Annotated[Path | None, typer.Option(help="Also measure this edgeqa artifact.")] = None,
     new_tokens: Annotated[int, typer.Option(help="Forced answer length.")] = 32,

@@ -86,6 +86,10 @@ def _load(checkpoint: str) -> T5ForConditionalGeneration:
             f"cannot load checkpoint {checkpoint!r}: {e}. Offline, pass a local checkpoint folder "
             "(e.g. OUTPUT/final from `edgeqa finetune`)"
         ) from e
+    except ExportError:
+        raise
+    except Exception as e:  # transformers and safetensors raise ValueError, RuntimeError, ... on bad files
+        raise ModelError(f"cannot load checkpoint {checkpoint!r}: {e}") from e
     return model.eval()
 
 

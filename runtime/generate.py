@@ -38,6 +38,7 @@ def shifted_and_log_total(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Log-probabilities of each row of logits."""
     shifted, log_total = shifted_and_log_total(x)
     return shifted - log_total
 
@@ -80,6 +81,7 @@ def grouped_candidates(
     Args:
         logits: float32 (questions x beams, vocab).
         running_scores: (questions, beams).
+        keep: Candidates to return per question.
         banned: A token no candidate may be (end-of-answer before the minimum length), or None.
     """
     rows, vocab = logits.shape
@@ -105,8 +107,9 @@ def grouped_candidates(
     last = top_scores[:, keep - 1 : keep]
     runner_up = gather(maxima, order[:, keep:])
     bound = ((runner_up - log_total) + running_scores.reshape(-1, 1)).reshape(batch, beams)
-    # a tie at the cut is broken by `top_k_indices`' partition, which depends on all the scores
-    if (bound >= last).any() or (top_scores[:, keep:] == last).any():
+    # the full ranking decides a tie at the cut (`top_k_indices`' partition depends on all the scores)
+    # and scores that are not finite (NaN compares false with the bound)
+    if not np.isfinite(last).all() or (bound >= last).any() or (top_scores[:, keep:] == last).any():
         return None
     top = top[:, :keep]
     return top_scores[:, :keep], top // per_beam, gather(tokens.reshape(batch, -1), top)

@@ -103,7 +103,8 @@ class DecoderState:
         """Keep the self-attention cache of the given rows (beam search's surviving beams).
 
         Beams of one question share their cross-attention cache, so it needs no reordering. Only the
-        rows that change are copied, in place: the caches are the decoder's own outputs.
+        rows that change are copied, in place: the caches are the decoder's own outputs. `rows` names a
+        source row for every row (a permutation with repeats); `select` drops rows.
         """
         moved = np.flatnonzero(rows != np.arange(len(rows)))
         if moved.size:

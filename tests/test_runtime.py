@@ -95,6 +95,10 @@ def test_grouped_beam_candidates_equal_the_full_ranking(min_new_tokens):
         logits = (rng.standard_normal((batch * beams, vocab)) * rng.choice([0.01, 1.0, 40.0])).astype(np.float32)
         if trial % 3 == 0:
             logits = np.round(logits, 1)  # many exact ties
+        if trial % 5 == 1:
+            logits[:, 1] += 20.0  # the end-of-answer token on top: the minimum length bans it
+        if trial % 7 == 2:
+            logits[:, ::3] = -np.inf
         running = rng.standard_normal((batch, beams)).astype(np.float32)
         if trial % 4 == 0:
             running[:, 1:] = _NEG  # the first step: one live beam
