@@ -7,12 +7,13 @@ each branch separately. With the first step's only extra work moved into the enc
 decoder graph serves every step (the first with an empty self-attention cache): 16 MB less
 memory on flan-t5-small and no If node.
 
-Memory: the graphs are exported one at a time, each from a freshly loaded (memory-mapped)
-model, with their weights written straight to external-data files (`export.torch_export`); the
-encoder and cross-attention graphs are joined without loading their weights, and freed memory
-goes back to the system between steps (`export.memory`). Exporting then needs little more than
-the weights of the graph at hand; the peak of an int8 export is onnxruntime's quantizer
-(flan-t5-large: 5.9 GB for 3.1 GB of weights, `benchmarks/README.md`).
+Memory: the graphs are exported one at a time, the encoder's two from one freshly loaded
+(memory-mapped) model and the decoder's from another, with their weights written straight to
+external-data files (`export.torch_export`); the encoder and cross-attention graphs are joined
+without loading their weights, and freed memory goes back to the system between steps
+(`export.memory`). Exporting then needs little more than the weights of the graph at hand; the
+peak of an int8 export is onnxruntime's quantizer (flan-t5-large: 5.9 GB for 3.1 GB of weights,
+`benchmarks/README.md`).
 """
 
 from __future__ import annotations
@@ -47,17 +48,14 @@ def export_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
     """
     raw.mkdir(parents=True, exist_ok=True)
     logger.info("export: %s -> ONNX (encoder + cross-attention cache, decoder step with cache)", checkpoint)
-    encoder = _export_part(checkpoint, ENCODER, raw)
+    encoder, cross = _export_encoder(checkpoint, raw)
     release_memory()  # the model is freed once its reference cycles are collected, after the call
-    encoder_graph = onnx.load(str(encoder), load_external_data=False)
-    opset = next(o.version for o in encoder_graph.opset_import if o.domain in ("", "ai.onnx"))
-    cross = _cross_cache_graph(checkpoint, raw / "cross_kv.onnx", opset)
-    release_memory()
     target = raw / "encoder_with_cross_cache.onnx"
-    joined = _append(encoder_graph, onnx.load(str(cross), load_external_data=False))
+    joined = _append(onnx.load(str(encoder), load_external_data=False), onnx.load(str(cross), load_external_data=False))
     onnx.save_model(joined, str(target))  # the weights stay where they are: the two graphs' data files
     onnx.checker.check_model(str(target))
-    decoder = _export_part(checkpoint, DECODER, raw)
+    # a model of its own: the encoder's pages are no longer resident, and its export's config changes are gone
+    decoder = _export_part(_load(checkpoint), DECODER, raw)
     release_memory()
     return {"encoder": target, "decoder": decoder}
 
@@ -93,19 +91,24 @@ def _load(checkpoint: str) -> T5ForConditionalGeneration:
     return model.eval()
 
 
-def _export_part(checkpoint: str, part: str, raw: Path) -> Path:
-    """One of Optimum's graphs of the checkpoint, weights in PART.onnx_data (`export.torch_export`);
-    the first call also saves the configs."""
+def _export_encoder(checkpoint: str, raw: Path) -> tuple[Path, Path]:
+    """Optimum's encoder graph and the cross-attention graph, from one load of the model, which also
+    gives the configs."""
+    model = _load(checkpoint)
+    model.config.save_pretrained(raw)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(raw)
+    cross = _cross_cache_graph(model, raw / "cross_kv.onnx")
+    return _export_part(model, ENCODER, raw), cross
+
+
+def _export_part(model: T5ForConditionalGeneration, part: str, raw: Path) -> Path:
+    """One of Optimum's graphs of the model, weights in PART.onnx_data (`export.torch_export`)."""
     from optimum.exporters.onnx.convert import export
     from optimum.exporters.onnx.model_configs import T5OnnxConfig
     from optimum.exporters.utils import get_encoder_decoder_models_for_export
 
     path = raw / f"{part}.onnx"
-    model = _load(checkpoint)
-    if not (raw / "config.json").exists():
-        model.config.save_pretrained(raw)
-        if model.generation_config is not None:
-            model.generation_config.save_pretrained(raw)
     try:
         config = T5OnnxConfig(model.config, task="text2text-generation", use_past=True)
         module, part_config = get_encoder_decoder_models_for_export(model, config)[part]
@@ -116,7 +119,7 @@ def _export_part(checkpoint: str, part: str, raw: Path) -> Path:
             export(module, part_config, path, config.DEFAULT_ONNX_OPSET)
             _weights_beside(path)
     except Exception as e:  # the exporter raises ValueError, RuntimeError, KeyError, ...
-        raise ExportError(f"ONNX export of {checkpoint!r} failed: {e}") from e
+        raise ExportError(f"ONNX export of {model.name_or_path!r} failed: {e}") from e
     return path
 
 
@@ -144,9 +147,11 @@ class _CrossCache(torch.nn.Module):
         )
 
 
-def _cross_cache_graph(checkpoint: str, path: Path, opset: int) -> Path:
-    """Every decoder layer's cross-attention key/value projections as one graph, weights beside it."""
-    model = _load(checkpoint)
+def _cross_cache_graph(model: T5ForConditionalGeneration, path: Path) -> Path:
+    """Every decoder layer's cross-attention key/value projections as one graph, weights beside it,
+    at the opset of Optimum's T5 graphs."""
+    from optimum.exporters.onnx.model_configs import T5OnnxConfig
+
     outputs = [f"present.{name}" for name in cache_names(model.config.num_decoder_layers, "encoder")]
     axes = {"encoder_hidden_states": {0: "batch", 1: "encoder_sequence"}}
     axes |= {name: {0: "batch", 2: "encoder_sequence"} for name in outputs}
@@ -159,11 +164,11 @@ def _cross_cache_graph(checkpoint: str, path: Path, opset: int) -> Path:
                 input_names=["encoder_hidden_states"],
                 output_names=outputs,
                 dynamic_axes=axes,
-                opset_version=opset,
+                opset_version=T5OnnxConfig.DEFAULT_ONNX_OPSET,
                 dynamo=False,
             )
     except Exception as e:  # the exporter raises assorted types
-        raise ExportError(f"exporting the cross-attention projections of {checkpoint!r} failed: {e}") from e
+        raise ExportError(f"exporting the cross-attention projections of {model.name_or_path!r} failed: {e}") from e
     _weights_beside(path)
     return path
 
