@@ -37,7 +37,9 @@ class PromptTokenizer:
         data = read_member(path.parent, path.name, "files.tokenizer", entry.size)
         try:
             self._tokenizer = Tokenizer.from_str(data.decode("utf-8"))
-        except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+        except BaseException as e:  # a bare Exception on bad JSON; a Rust panic (no Exception) on bad data
+            if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                raise  # KeyboardInterrupt, SystemExit
             raise ArtifactError(
                 f"{path.name} cannot be read as a tokenizer ({shown(str(e), 160)}); re-export the artifact"
             ) from e

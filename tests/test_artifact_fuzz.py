@@ -223,6 +223,26 @@ def test_byte_flips_in_each_file(work, artifact_tiny, original, role, data):
         os.link(artifact_tiny / name, work / name)
 
 
+def test_a_tokenizer_that_makes_tokenizers_panic_is_refused_in_one_line(work, artifact_tiny, original):
+    """A byte the fuzzer found: a '(' in the normalizer's precompiled map makes the Rust code panic
+    (pyo3's PanicException is no Exception), re-signed so that the checksum lets it through."""
+    name = original[0]["files"]["tokenizer"]["path"]
+    text = (artifact_tiny / name).read_bytes()
+    start = text.index(b'"precompiled_charsmap": "') + len(b'"precompiled_charsmap": "')
+    manifest = json.loads(json.dumps(original[0]))
+    try:
+        replace_file(work / name, text[: start + 40] + b"(" + text[start + 41 :])
+        manifest["files"]["tokenizer"] = dict(manifest["files"]["tokenizer"], sha256=file_entry(work, name).sha256)
+        write_manifest(work, manifest)
+        with pytest.raises(ArtifactError, match=r"^tokenizer\.json cannot be read as a tokenizer .*re-export") as error:
+            QAModel.load(work, threads=1)
+        assert "\n" not in str(error.value)
+    finally:
+        (work / name).unlink()
+        os.link(artifact_tiny / name, work / name)
+        write_manifest(work, original[0])
+
+
 @settings(max_examples=3000, deadline=None)
 @given(st.binary(max_size=200) | st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=4), st.integers(1, 500)))
 def test_external_data_reader_on_random_bytes(data):
