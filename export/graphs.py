@@ -28,8 +28,10 @@ from onnx.external_data_helper import uses_external_data
 from transformers import AutoConfig, T5ForConditionalGeneration
 
 from edgeqa.errors import ExportError, ModelError
+from edgeqa.export.attention import fuse_attention
 from edgeqa.export.memory import release_memory
 from edgeqa.export.nodes import CROSS_PREFIX
+from edgeqa.export.static_shapes import fold_reshape_shapes
 from edgeqa.export.torch_export import UnknownWeight, export_streamed
 from edgeqa.manifest import cache_names
 
@@ -54,9 +56,12 @@ def export_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
     joined = _append(onnx.load(str(encoder), load_external_data=False), onnx.load(str(cross), load_external_data=False))
     onnx.save_model(joined, str(target))  # the weights stay where they are: the two graphs' data files
     onnx.checker.check_model(str(target))
+    fold_reshape_shapes(target)
     # a model of its own: the encoder's pages are no longer resident, and its export's config changes are gone
     decoder = _export_part(_load(checkpoint), DECODER, raw)
     release_memory()
+    fold_reshape_shapes(decoder)
+    fuse_attention(decoder, AutoConfig.from_pretrained(raw).num_heads)
     return {"encoder": target, "decoder": decoder}
 
 

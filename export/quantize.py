@@ -17,6 +17,7 @@ import onnx
 
 from edgeqa.errors import ExportError
 from edgeqa.export.config import INT4_ACCURACY_LEVEL, QuantizeSettings
+from edgeqa.export.joined_products import join_shared_products
 from edgeqa.export.memory import release_memory
 from edgeqa.export.nodes import node_module
 from edgeqa.export.per_token import per_token_activations
@@ -65,12 +66,12 @@ def quantize_graph(
     if settings.bits == 4:
         _quantize_int4(source, target, settings, excluded)
     else:
-        _quantize_int8(source, target, settings, excluded)
+        _quantize_int8(source, target, settings, excluded, join=role == "decoder")
     release_memory()
     return len(excluded)
 
 
-def _quantize_int8(source: Path, target: Path, settings: QuantizeSettings, excluded: list[str]) -> None:
+def _quantize_int8(source: Path, target: Path, settings: QuantizeSettings, excluded: list[str], join: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
@@ -90,6 +91,8 @@ def _quantize_int8(source: Path, target: Path, settings: QuantizeSettings, exclu
     if settings.activation_granularity == "per-token":
         model, rewritten = per_token_activations(onnx.load(str(target)))
         logger.info("%s: %d MatMuls quantize their activations per token", source.name, rewritten)
+        if join:  # the decoder step's few rows; the encoder's many rows pay more to split the joined outputs
+            join_shared_products(model)
         for stale in (target, target.with_name(target.name + ".data")):
             stale.unlink(missing_ok=True)
         onnx.save_model(model, str(target), save_as_external_data=True, location=target.name + ".data")

@@ -1,0 +1,238 @@
+"""T5's attention in the decoder step graph as onnxruntime's `MultiHeadAttention` op, one node a layer's attention.
+
+The exporter writes each attention as some fifteen nodes that run every step: reshapes and
+transposes into heads, the cache concatenated, QK^T, the position bias (or encoder mask) added,
+softmax, the product with V, and back. onnxruntime's own T5 fusions do not match edgeqa's graphs
+(and its `RelativePositionBias` op has no CPU kernel), so this pass matches the exporter's
+pattern itself and writes, for each attention of each layer:
+
+    self-attention:   MultiHeadAttention(q, k, v, attention_bias=position bias + causal mask,
+                                         past_key, past_value) -> out, present_key, present_value
+    cross-attention:  MultiHeadAttention(q, cross key, cross value (BNSH, from the encoder graph),
+                                         attention_bias=encoder mask) -> out
+
+with `scale=1` (T5 does not scale its scores). The projections stay as they were, so
+quantization treats them as before. On the flan-t5-base decoder step that is 276 fewer nodes
+(`benchmarks/README.md`, levers table). An attention that does not match the pattern exactly is
+left as exported.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from edgeqa.errors import ExportError
+from edgeqa.export.static_shapes import drop_unused
+
+logger = logging.getLogger(__name__)
+
+_CONTRIB = "com.microsoft"
+_TO_HEADS, _TO_KEYS_LAST = [0, 2, 1, 3], [0, 1, 3, 2]
+
+
+@dataclass
+class _Graph:
+    """Who produces and who reads each tensor of a graph."""
+
+    graph: onnx.GraphProto
+
+    def __post_init__(self) -> None:
+        self.producer = {out: node for node in self.graph.node for out in node.output}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+        self.inputs = {i.name for i in self.graph.input}
+        self.outputs = {o.name for o in self.graph.output}
+
+    def depends_on(self, name: str, sources: set[str]) -> bool:
+        """Whether computing `name` reads any of `sources`."""
+        pending, seen = [name], set()
+        while pending:
+            current = pending.pop()
+            if current in sources:
+                return True
+            node = self.producer.get(current)
+            if node is not None and id(node) not in seen:
+                seen.add(id(node))
+                pending += node.input
+        return False
+
+    def made_by(self, name: str, op_type: str, perm: list[int] | None = None) -> onnx.NodeProto | None:
+        node = self.producer.get(name)
+        if node is None or node.op_type != op_type:
+            return None
+        if perm is not None and _perm(node) != perm:
+            return None
+        return node
+
+    def only_reader(self, name: str, op_type: str, perm: list[int] | None = None) -> onnx.NodeProto | None:
+        readers = self.readers.get(name, [])
+        if len(readers) != 1 or name in self.outputs:
+            return None
+        node = readers[0]
+        if node.op_type != op_type or (perm is not None and _perm(node) != perm):
+            return None
+        return node
+
+
+def _perm(node: onnx.NodeProto) -> list[int] | None:
+    return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+
+
+def fuse_attention(path: Path, num_heads: int) -> int:
+    """Rewrite the decoder step graph at `path` in place (weights untouched); returns how many
+    attentions became `MultiHeadAttention` nodes."""
+    model = onnx.load(str(path), load_external_data=False)
+    graph = _Graph(model.graph)
+    replacements: dict[int, onnx.NodeProto] = {}  # id of the last node of a match -> its MHA node
+    removed: set[int] = set()
+    for softmax in [node for node in model.graph.node if node.op_type == "Softmax"]:
+        match = _match(graph, softmax, num_heads)
+        if match is None:
+            continue
+        nodes, fused = match
+        replacements[id(nodes[-1])] = fused
+        removed.update(id(node) for node in nodes)
+    if not replacements:
+        return 0
+    kept = []
+    for node in model.graph.node:
+        if id(node) in replacements:
+            kept.append(replacements[id(node)])
+        elif id(node) not in removed:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    drop_unused(model.graph)
+    _check_order(model.graph)
+    # ONNX shape inference knows no contrib op: declare what the fused nodes return (the quantizer reads it)
+    typed = {info.name for info in [*model.graph.value_info, *model.graph.output]}
+    model.graph.value_info.extend(
+        helper.make_tensor_value_info(fused.output[0], onnx.TensorProto.FLOAT, None)
+        for fused in replacements.values()
+        if fused.output[0] not in typed
+    )
+    if not any(opset.domain == _CONTRIB for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(_CONTRIB, 1))
+    onnx.save_model(model, str(path))
+    logger.info("%s: %d attentions fused into MultiHeadAttention", path.name, len(replacements))
+    return len(replacements)
+
+
+def _check_order(graph: onnx.GraphProto) -> None:
+    """Every node reads only what the graph's inputs, its weights or earlier nodes give."""
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    for node in graph.node:
+        missing = [name for name in node.input if name not in known]
+        if missing:
+            raise ExportError(f"fusing attention left {node.name} reading {missing[0]} before it is computed")
+        known.update(node.output)
+
+
+def _match(
+    graph: _Graph, softmax: onnx.NodeProto, num_heads: int
+) -> tuple[list[onnx.NodeProto], onnx.NodeProto] | None:
+    """The exporter's nodes of one attention around `softmax` (the last one is the output Reshape),
+    and the `MultiHeadAttention` node that computes the same; None where anything differs."""
+    nodes: list[onnx.NodeProto] = [softmax]
+    scores = softmax.input[0]
+    cast = graph.made_by(scores, "Cast")
+    if cast is not None:
+        if len(graph.readers[scores]) != 1:
+            return None
+        nodes.append(cast)
+        scores = cast.input[0]
+    add = graph.made_by(scores, "Add")
+    if add is None or len(graph.readers.get(scores, [])) != 1:
+        return None
+    products = [name for name in add.input if graph.made_by(name, "MatMul") is not None]
+    if len(products) != 1 or graph.only_reader(products[0], "Add") is None:
+        return None
+    bias = next(name for name in add.input if name != products[0])
+    qk = graph.producer[products[0]]
+    query_heads = graph.made_by(qk.input[0], "Transpose", _TO_HEADS)
+    query = _projection(graph, query_heads) if query_heads is not None else None
+    weighted = graph.only_reader(softmax.output[0], "MatMul")
+    back = graph.only_reader(weighted.output[0], "Transpose", _TO_HEADS) if weighted is not None else None
+    merged = graph.only_reader(back.output[0], "Reshape") if back is not None else None
+    if query_heads is None or query is None or weighted is None or back is None or merged is None:
+        return None
+    if weighted.input[0] != softmax.output[0] or len(graph.readers[qk.input[1]]) != 1:
+        return None
+    nodes += [add, qk, query_heads, graph.producer[query_heads.input[0]], weighted, back, merged]
+    found = _keys_and_values(graph, qk.input[1], weighted.input[1])
+    if found is None:
+        return None
+    inputs, outputs, kv_nodes = found
+    nodes += kv_nodes
+    removed = {out for node in nodes for out in node.output} - set(outputs) - {merged.output[0]}
+    if graph.depends_on(bias, removed | set(outputs)):
+        return None  # layer 0 sizes the position bias by the cache it returns: the node would read its own output
+    fused = helper.make_node(
+        "MultiHeadAttention",
+        [query, *inputs[:2], "", "", bias, *inputs[2:]],
+        [merged.output[0], *outputs],
+        name=merged.name.rsplit("/", 1)[0] + "/MultiHeadAttention",
+        domain=_CONTRIB,
+        num_heads=num_heads,
+        scale=1.0,
+    )
+    nodes.remove(merged)
+    return [*nodes, merged], fused
+
+
+def _keys_and_values(
+    graph: _Graph, keys_side: str, values: str
+) -> tuple[list[str], list[str], list[onnx.NodeProto]] | None:
+    """What `MultiHeadAttention` reads for the keys (as QK^T's right side reads them) and the values:
+    (key, value[, past key, past value]), the present cache outputs, and the nodes that made them.
+
+    Two forms: the cross-attention cache from the encoder graph (graph inputs, BNSH), or the
+    self-attention cache, Concat(past, new), which the graph returns as the present cache.
+    """
+    transposed = graph.made_by(keys_side, "Transpose")
+    if transposed is None:
+        return None
+    keys = transposed.input[0]
+    if _perm(transposed) != _TO_KEYS_LAST:
+        return None
+    if keys in graph.inputs and values in graph.inputs:
+        return [keys, values], [], [transposed]
+    cached = [_cached(graph, name) for name in (keys, values)]
+    if cached[0] is None or cached[1] is None:
+        return None
+    (past_key, key, key_nodes), (past_value, value, value_nodes) = cached[0], cached[1]
+    return [key, value, past_key, past_value], [keys, values], [transposed, *key_nodes, *value_nodes]
+
+
+def _projection(graph: _Graph, to_heads: onnx.NodeProto) -> str | None:
+    """The (batch, length, heads x d_kv) projection that the Transpose `to_heads` reads through a Reshape,
+    where only it reads that Reshape and only one node reads it."""
+    split = graph.made_by(to_heads.input[0], "Reshape")
+    if split is None or len(graph.readers[split.output[0]]) != 1:
+        return None
+    if len(graph.readers.get(to_heads.output[0], [])) != 1:
+        return None
+    return split.input[0]
+
+
+def _cached(graph: _Graph, present: str) -> tuple[str, str, list[onnx.NodeProto]] | None:
+    """For a present cache output Concat(past, Transpose(Reshape(projection))): past, projection, those nodes."""
+    concat = graph.made_by(present, "Concat")
+    if concat is None or present not in graph.outputs or len(concat.input) != 2:
+        return None
+    axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
+    past, new = concat.input
+    to_heads = graph.made_by(new, "Transpose", _TO_HEADS)
+    if axis not in (2, -2) or past not in graph.inputs or to_heads is None:
+        return None
+    projection = _projection(graph, to_heads)
+    if projection is None:
+        return None
+    return past, projection, [concat, to_heads, graph.producer[to_heads.input[0]]]

@@ -1,0 +1,112 @@
+"""One integer product for the weights that read the same quantized activation, then a Split.
+
+T5's q, k and v projections read the same normed activation, as do the two halves of the gated
+feed-forward (wi_0, wi_1) and, in the encoder graph, every decoder layer's cross-attention k and v.
+After per-token quantization (`export.per_token`) each is a `MatMulIntegerToFloat` of the same
+quantized rows. This pass joins each such set into one product over the weights side by side
+(columns concatenated, with their per-column scales and zero points), whose output a Split cuts
+back into the original tensors. The integer sums are exact and every column keeps its own scale,
+so the results are bit-identical; fewer, wider products read the weights at a better rate (at
+batch 1 a decoder step's 109 products become 73; `benchmarks/README.md`, levers table).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+logger = logging.getLogger(__name__)
+
+_PRODUCT = "MatMulIntegerToFloat"
+
+
+def join_shared_products(model: onnx.ModelProto) -> int:
+    """Join, in place, the int8 products of the model's main graph that share their activation input
+    (weights loaded in the model); returns how many products were joined."""
+    graph = model.graph
+    weights = {tensor.name: tensor for tensor in graph.initializer}
+    groups: dict[tuple[str, ...], list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.op_type == _PRODUCT and _joinable(node, weights):
+            key = (node.input[0], node.input[2], node.input[4])  # rows, their scales, their zero point
+            groups.setdefault(key, []).append(node)
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    replacements: dict[int, list[onnx.NodeProto]] = {}
+    removed: set[int] = set()
+    for products in groups.values():
+        if len(products) > 1:
+            # at the first product's place: its inputs are ready there, and later nodes read its output
+            replacements[id(products[0])] = _join(graph, products, weights, readers)
+            removed.update(id(node) for node in products)
+    if not replacements:
+        return 0
+    nodes = []
+    for node in graph.node:
+        nodes += replacements.get(id(node), [])
+        if id(node) not in removed:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    logger.info("%d int8 products joined into %d", len(removed), len(replacements))
+    return len(removed)
+
+
+def _joinable(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
+    """A product of a 2-D constant weight with constant scales and zero points, without a bias."""
+    if len(node.input) != 6 or any(name not in weights for name in node.input[3:4] + node.input[5:6]):
+        return False
+    weight = weights.get(node.input[1])
+    return weight is not None and len(weight.dims) == 2
+
+
+def _join(
+    graph: onnx.GraphProto,
+    products: list[onnx.NodeProto],
+    weights: dict[str, onnx.TensorProto],
+    readers: dict[str, int],
+) -> list[onnx.NodeProto]:
+    """The joined product and its Split; the weights only these products read are replaced by the joined ones."""
+    columns = [int(weights[node.input[1]].dims[1]) for node in products]
+    arrays = {"weight": [numpy_helper.to_array(weights[node.input[1]]) for node in products]}
+    for part, index in (("scale", 3), ("zero_point", 5)):
+        arrays[part] = [
+            _per_column(numpy_helper.to_array(weights[node.input[index]]), width)
+            for node, width in zip(products, columns, strict=True)
+        ]
+    base = products[0].name or products[0].output[0]
+    names = {part: f"{base}_joined_{part}" for part in arrays}
+    for part, parts in arrays.items():
+        graph.initializer.append(numpy_helper.from_array(np.concatenate(parts, axis=-1), names[part]))
+    for node in products:  # drop the separate weights unless something else reads them too
+        for index in (1, 3, 5):
+            name = node.input[index]
+            readers[name] -= 1
+            if readers[name] == 0 and name in weights:
+                graph.initializer.remove(weights.pop(name))
+    first = products[0]
+    joined_output = f"{base}_joined"
+    sizes = f"{base}_joined_split"
+    graph.initializer.append(numpy_helper.from_array(np.array(columns, dtype=np.int64), sizes))
+    return [
+        helper.make_node(
+            _PRODUCT,
+            [first.input[0], names["weight"], first.input[2], names["scale"], first.input[4], names["zero_point"]],
+            [joined_output],
+            name=f"{base}_joined",
+            domain=first.domain,
+        ),
+        helper.make_node(
+            "Split", [joined_output, sizes], [node.output[0] for node in products], name=f"{base}_split", axis=-1
+        ),
+    ]
+
+
+def _per_column(values: np.ndarray, width: int) -> np.ndarray:
+    """A weight's scales or zero points, one per column (a per-tensor one repeated)."""
+    return values.reshape(-1) if values.size == width else np.full(width, values.reshape(-1)[0], dtype=values.dtype)
