@@ -1,13 +1,14 @@
 """One integer product for the weights that read the same quantized activation, then a Split.
 
 T5's q, k and v projections read the same normed activation, as do the two halves of the gated
-feed-forward (wi_0, wi_1) and, in the encoder graph, every decoder layer's cross-attention k and v.
-After per-token quantization (`export.per_token`) each is a `MatMulIntegerToFloat` of the same
-quantized rows. This pass joins each such set into one product over the weights side by side
-(columns concatenated, with their per-column scales and zero points), whose output a Split cuts
-back into the original tensors. The integer sums are exact and every column keeps its own scale,
-so the results are bit-identical; fewer, wider products read the weights at a better rate (at
-batch 1 a decoder step's 109 products become 73; `benchmarks/README.md`, levers table).
+feed-forward (wi_0, wi_1). After per-token quantization (`export.per_token`) each is a
+`MatMulIntegerToFloat` of the same quantized rows. This pass joins each such set into one product
+over the weights side by side (columns concatenated, with their per-column scales and zero points),
+whose output a Split cuts back into the original tensors. The integer sums are exact and every
+column keeps its own scale, so the results are bit-identical; fewer, wider products read the
+weights at a better rate (a flan-t5-base decoder step's 109 products become 73; `benchmarks/README.md`,
+levers table). Only the decoder graph is joined: the encoder's products have many rows (batch x
+length), and there the Split's copy of the joined outputs costs more than the join saves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgeqa.export.static_shapes import has_subgraphs
+
 logger = logging.getLogger(__name__)
 
 _PRODUCT = "MatMulIntegerToFloat"
@@ -27,12 +30,16 @@ def join_shared_products(model: onnx.ModelProto) -> int:
     """Join, in place, the int8 products of the model's main graph that share their activation input
     (weights loaded in the model); returns how many products were joined."""
     graph = model.graph
+    if has_subgraphs(graph):
+        return 0  # a subgraph may read the weights this would replace
     weights = {tensor.name: tensor for tensor in graph.initializer}
-    groups: dict[tuple[str, ...], list[onnx.NodeProto]] = {}
+    groups: dict[tuple[object, ...], list[onnx.NodeProto]] = {}
     for node in graph.node:
-        if node.op_type == _PRODUCT and _joinable(node, weights):
-            key = (node.input[0], node.input[2], node.input[4])  # rows, their scales, their zero point
-            groups.setdefault(key, []).append(node)
+        kinds = _joinable(node, weights)
+        if kinds is not None:
+            # the same rows, their scales and zero point, and weights of the same types
+            groups.setdefault((node.input[0], node.input[2], node.input[4], *kinds), []).append(node)
+    outputs = {output.name for output in graph.output}
     readers: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
@@ -42,7 +49,7 @@ def join_shared_products(model: onnx.ModelProto) -> int:
     for products in groups.values():
         if len(products) > 1:
             # at the first product's place: its inputs are ready there, and later nodes read its output
-            replacements[id(products[0])] = _join(graph, products, weights, readers)
+            replacements[id(products[0])] = _join(graph, products, weights, readers, outputs)
             removed.update(id(node) for node in products)
     if not replacements:
         return 0
@@ -57,12 +64,18 @@ def join_shared_products(model: onnx.ModelProto) -> int:
     return len(removed)
 
 
-def _joinable(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> bool:
-    """A product of a 2-D constant weight with constant scales and zero points, without a bias."""
-    if len(node.input) != 6 or any(name not in weights for name in node.input[3:4] + node.input[5:6]):
-        return False
-    weight = weights.get(node.input[1])
-    return weight is not None and len(weight.dims) == 2
+def _joinable(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> tuple[int, int] | None:
+    """The weight's and zero point's types, for a product of a 2-D constant weight with constant
+    scales and zero points (one, or one per column) and no bias; None for any other node."""
+    if node.op_type != _PRODUCT or len(node.input) != 6:
+        return None
+    weight, scale, zero_point = (weights.get(node.input[index]) for index in (1, 3, 5))
+    if weight is None or scale is None or zero_point is None or len(weight.dims) != 2:
+        return None
+    columns = int(weight.dims[1])
+    if any(int(np.prod(tensor.dims)) not in (1, columns) for tensor in (scale, zero_point)):
+        return None
+    return weight.data_type, zero_point.data_type
 
 
 def _join(
@@ -70,6 +83,7 @@ def _join(
     products: list[onnx.NodeProto],
     weights: dict[str, onnx.TensorProto],
     readers: dict[str, int],
+    outputs: set[str],
 ) -> list[onnx.NodeProto]:
     """The joined product and its Split; the weights only these products read are replaced by the joined ones."""
     columns = [int(weights[node.input[1]].dims[1]) for node in products]
@@ -83,12 +97,18 @@ def _join(
     names = {part: f"{base}_joined_{part}" for part in arrays}
     for part, parts in arrays.items():
         graph.initializer.append(numpy_helper.from_array(np.concatenate(parts, axis=-1), names[part]))
+    unread = set()
     for node in products:  # drop the separate weights unless something else reads them too
         for index in (1, 3, 5):
             name = node.input[index]
             readers[name] -= 1
-            if readers[name] == 0 and name in weights:
-                graph.initializer.remove(weights.pop(name))
+            if readers[name] == 0 and name in weights and name not in outputs:
+                unread.add(name)
+                weights.pop(name)
+    if unread:  # one rebuild: remove() compares whole tensors
+        kept = [tensor for tensor in graph.initializer if tensor.name not in unread]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
     first = products[0]
     joined_output = f"{base}_joined"
     sizes = f"{base}_joined_split"

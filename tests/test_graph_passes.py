@@ -133,15 +133,41 @@ def test_attention_becomes_one_node_a_layer_and_results_stay_bit_identical(expor
     _assert_same_results(exported["decoder"], graph)
 
 
-def test_a_graph_without_the_attention_pattern_is_left_as_it_is(tmp_path):
-    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
-    model = helper.make_model(helper.make_graph([helper.make_node("Softmax", ["x"], ["y"])], "g", [x], [y]))
-    path = tmp_path / "softmax.onnx"
+def test_an_attention_whose_cache_something_else_reads_is_left_as_exported(exported, tmp_path):
+    """A near miss: another node reads layer 1's present key, which the fused node would return only
+    where the attention ends; that attention stays as it is, the others are fused."""
+    graph = _copy(exported["decoder"], tmp_path / "fused")
+    fold_reshape_shapes(graph)
+    model = onnx.load(str(graph), load_external_data=False)
+    model.graph.node.append(helper.make_node("Identity", ["present.1.decoder.key"], ["extra"], name="extra"))
+    model.graph.output.append(helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, None))
+    onnx.save_model(model, str(graph))
+    reference = _copy(graph, tmp_path / "reference")
+    assert fuse_attention(graph, 4) == 2  # the two cross-attentions
+    assert _ops(graph)["Softmax"] == 2
+    _assert_same_results(reference, graph)
+
+
+def test_a_graph_the_shape_inference_cannot_follow_is_left_as_exported(tmp_path, monkeypatch, caplog):
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 6])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    nodes = [
+        helper.make_node("Unknown", ["x"], ["shape"], domain="example.custom"),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("example.custom", 1)],
+    )
+    path = tmp_path / "graph" / "custom.onnx"
+    path.parent.mkdir()
     onnx.save_model(model, str(path))
     written = path.read_bytes()
-    assert fuse_attention(path, 4) == 0
+    monkeypatch.chdir(tmp_path)
+    assert fold_reshape_shapes(path) == 0
     assert path.read_bytes() == written
+    assert "reshape targets left as exported" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["graph"]  # nothing left in the working directory
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
@@ -161,6 +187,55 @@ def test_joined_int8_products_give_bit_identical_results(exported, tmp_path, per
     assert separate["MatMulIntegerToFloat"] - joined["MatMulIntegerToFloat"] == 3 * layers  # qkv: 3 -> 1, wi: 2 -> 1
     assert joined["Split"] - separate["Split"] == 2 * layers
     _assert_same_results(graphs[False], graphs[True])
+
+
+def _products_graph(scales: dict[str, list[float]], extra_reader: bool) -> onnx.ModelProto:
+    """Three int8 products of one quantized input (p, q: per-tensor or per-column scales) and one of another."""
+    rng = np.random.default_rng(0)
+    x = [helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, [3, 4]) for name in ("a", "b")]
+    outputs = [helper.make_tensor_value_info(f"y{name}", onnx.TensorProto.FLOAT, [3, 2]) for name in "pqr"]
+    tensors = [
+        helper.make_tensor("rows_scale", onnx.TensorProto.FLOAT, [3, 1], [0.5, 0.25, 2.0]),
+        helper.make_tensor("rows_zero", onnx.TensorProto.UINT8, [], [128]),
+    ]
+    nodes = []
+    for name, rows in (("p", "a"), ("q", "a"), ("r", "b")):
+        weight = rng.integers(-127, 128, (4, 2)).astype(np.int8)
+        tensors.append(helper.make_tensor(f"w{name}", onnx.TensorProto.INT8, [4, 2], weight.ravel().tolist()))
+        scale = scales.get(name, [0.1])
+        tensors.append(
+            helper.make_tensor(f"s{name}", onnx.TensorProto.FLOAT, [len(scale)] if len(scale) > 1 else [], scale)
+        )
+        tensors.append(helper.make_tensor(f"z{name}", onnx.TensorProto.INT8, [], [0]))
+        inputs = [rows, f"w{name}", "rows_scale", f"s{name}", "rows_zero", f"z{name}"]
+        nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [f"y{name}"], domain="com.microsoft"))
+    if extra_reader:  # something else reads p's weight
+        nodes.append(helper.make_node("Cast", ["wp"], ["wp_float"], to=onnx.TensorProto.FLOAT))
+        outputs.append(helper.make_tensor_value_info("wp_float", onnx.TensorProto.FLOAT, [4, 2]))
+    graph = helper.make_graph(nodes, "g", x, outputs, tensors)
+    return helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+
+
+@pytest.mark.parametrize("extra_reader", [False, True])
+def test_products_of_the_same_rows_are_joined_whatever_their_scales(extra_reader):
+    """p (per-column scales) and q (one scale) read the same rows: one product, then a Split, with the
+    same results; r reads other rows and stays; a weight something else reads stays too."""
+    model = _products_graph({"p": [0.1, 0.3]}, extra_reader)
+    feeds = {name: np.random.default_rng(1).integers(0, 256, (3, 4)).astype(np.uint8) for name in ("a", "b")}
+
+    def run(m: onnx.ModelProto) -> list[np.ndarray]:
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    expected = run(model)
+    assert join_shared_products(model) == 2
+    assert sorted(n.op_type for n in model.graph.node) == sorted(
+        ["MatMulIntegerToFloat", "MatMulIntegerToFloat", "Split"] + ["Cast"] * extra_reader
+    )
+    assert ("wp" in {t.name for t in model.graph.initializer}) == extra_reader
+    for ours, theirs in zip(run(model), expected, strict=True):
+        assert np.array_equal(ours, theirs)
 
 
 def test_products_of_different_rows_are_not_joined():
