@@ -24,12 +24,20 @@ PER_TOKEN_MIN_ONNXRUNTIME = (1, 19)
 logger = logging.getLogger(__name__)
 
 
+# The decoder graph's attention is MultiHeadAttention with its attention_bias input (`export.attention`).
+GRAPHS_MIN_ONNXRUNTIME = (1, 20)
+
+
+def _installed() -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", ort.__version__)[:2])
+
+
 def _check_runtime_supports(manifest: Manifest) -> None:
     """Refuse an int4 or per-token int8 artifact on an onnxruntime without its operators, with the fix."""
     quantization = manifest.quantization
     if quantization is None:
         return
-    installed = tuple(int(part) for part in re.findall(r"\d+", ort.__version__)[:2])
+    installed = _installed()
     if quantization.is_int4 and installed < INT4_MIN_ONNXRUNTIME:
         raise ArtifactError(
             f"this artifact has int4 weights (MatMulNBits), which need onnxruntime "
@@ -176,6 +184,12 @@ class T5Graphs:
                 raise ArtifactError(
                     f"onnxruntime cannot open {path.name}'s weights file without /proc; "
                     "mount /proc in the sandbox or chroot (container runtimes do)"
+                ) from e
+            if _installed() < GRAPHS_MIN_ONNXRUNTIME:
+                raise ArtifactError(
+                    f"onnxruntime {ort.__version__} cannot load {path.name} ({shown(str(e), 160)}): edgeqa's graphs "
+                    f"need onnxruntime {'.'.join(map(str, GRAPHS_MIN_ONNXRUNTIME))} or newer "
+                    "(MultiHeadAttention with attention_bias): pip install -U onnxruntime"
                 ) from e
             raise ArtifactError(
                 f"{path.name} ({role}) is not a loadable ONNX graph: {shown(str(e), 300)}; re-export the artifact"

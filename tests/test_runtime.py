@@ -358,3 +358,15 @@ def test_missing_proc_is_explained(artifact_int8, monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", refuse)
     with pytest.raises(ArtifactError, match="without /proc; mount /proc"):
         QAModel.load(artifact_int8)
+
+
+def test_an_onnxruntime_too_old_for_the_graphs_is_named_with_the_fix(artifact_tiny, monkeypatch):
+    import onnxruntime as ort
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Could not find an implementation for MultiHeadAttention(1) node")
+
+    monkeypatch.setattr(ort, "__version__", "1.19.2")
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    with pytest.raises(ArtifactError, match=r"onnxruntime 1\.19\.2 cannot load .* need onnxruntime 1\.20 or newer"):
+        QAModel.load(artifact_tiny, threads=1)
