@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from edgeqa.errors import ExportError
-from edgeqa.export.static_shapes import drop_unused, has_subgraphs
+from edgeqa.export.graph_edits import drop_unused, has_subgraphs, splice
 
 logger = logging.getLogger(__name__)
 
@@ -109,14 +109,7 @@ def fuse_attention(path: Path, num_heads: int) -> int:
         removed.update(id(node) for node in nodes)
     if not replacements:
         return 0
-    kept = []
-    for node in model.graph.node:
-        if id(node) in replacements:
-            kept.append(replacements[id(node)])
-        elif id(node) not in removed:
-            kept.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
+    splice(model.graph, {key: [node] for key, node in replacements.items()}, removed)
     drop_unused(model.graph)
     _check_order(model.graph)
     # ONNX shape inference knows no contrib op: declare what the fused nodes return (the quantizer reads it)

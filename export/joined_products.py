@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeqa.export.static_shapes import has_subgraphs
+from edgeqa.export.graph_edits import has_subgraphs, splice
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +53,7 @@ def join_shared_products(model: onnx.ModelProto) -> int:
             removed.update(id(node) for node in products)
     if not replacements:
         return 0
-    nodes = []
-    for node in graph.node:
-        nodes += replacements.get(id(node), [])
-        if id(node) not in removed:
-            nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    splice(graph, replacements, removed)
     logger.info("%d int8 products joined into %d", len(removed), len(replacements))
     return len(removed)
 

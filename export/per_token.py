@@ -29,6 +29,7 @@ import onnx.version_converter
 from onnx import helper, numpy_helper
 
 from edgeqa.errors import ExportError
+from edgeqa.export.graph_edits import splice
 
 #: Blocked QuantizeLinear (a scale per row) needs opset 21.
 OPSET = 21
@@ -135,15 +136,9 @@ def _rewrite(graph: onnx.GraphProto, weights: dict[str, onnx.TensorProto]) -> in
         removed.add(id(quantizer))
         retyped.add(xq)
         replacements[id(quantizer)] = new
-    nodes = []
-    for node in graph.node:
-        nodes += replacements.get(id(node), [])
-        if id(node) not in removed:
-            nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    splice(graph, replacements, removed)
     # quantize_dynamic recorded the old tensors' types (uint8 activations); let onnxruntime infer the new ones
-    produced = {out for node in nodes for out in node.output}
+    produced = {out for node in graph.node for out in node.output}
     stale = [info for info in graph.value_info if info.name not in produced or info.name in retyped]
     for info in stale:
         graph.value_info.remove(info)

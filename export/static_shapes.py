@@ -24,6 +24,8 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
+from edgeqa.export.graph_edits import drop_unused, has_subgraphs
+
 logger = logging.getLogger(__name__)
 
 Dim = int | str | None  # a number, a symbol, or unknown
@@ -86,11 +88,6 @@ def _allows_zero(node: onnx.NodeProto) -> bool:
     return any(attribute.name == "allowzero" and attribute.i for attribute in node.attribute)
 
 
-def has_subgraphs(graph: onnx.GraphProto) -> bool:
-    """Whether a node of the graph holds a subgraph (If, Loop), which may read the graph's names."""
-    return any(attribute.type == onnx.AttributeProto.GRAPH for node in graph.node for attribute in node.attribute)
-
-
 def _symbolic_shapes(model: onnx.ModelProto, name: str) -> dict[str, list[Dim]] | None:
     """Every tensor's shape as onnxruntime's symbolic shape inference proves it, weights unread; None
     (and a warning) where it cannot follow the graph, which then stays as it is."""
@@ -125,21 +122,3 @@ def _symbolic_shapes(model: onnx.ModelProto, name: str) -> dict[str, list[Dim]] 
                 for dim in info.type.tensor_type.shape.dim
             ]
     return shapes
-
-
-def drop_unused(graph: onnx.GraphProto) -> int:
-    """Remove the nodes whose outputs nothing reads, and the inline constants only they read."""
-    needed = {output.name for output in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(output in needed for output in node.output):
-            kept.append(node)
-            needed.update(node.input)
-    dropped = len(graph.node) - len(kept)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    kept_tensors = [t for t in graph.initializer if t.name in needed or uses_external_data(t)]
-    if len(kept_tensors) < len(graph.initializer):  # one rebuild: remove() compares whole tensors
-        del graph.initializer[:]
-        graph.initializer.extend(kept_tensors)
-    return dropped

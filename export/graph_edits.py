@@ -1,0 +1,42 @@
+"""Small edits of an ONNX graph that the export's passes share: replacing nodes in place, dropping
+what nothing reads."""
+
+from __future__ import annotations
+
+import onnx
+from onnx.external_data_helper import uses_external_data
+
+
+def has_subgraphs(graph: onnx.GraphProto) -> bool:
+    """Whether a node of the graph holds a subgraph (If, Loop), which may read the graph's names."""
+    return any(attribute.type == onnx.AttributeProto.GRAPH for node in graph.node for attribute in node.attribute)
+
+
+def splice(graph: onnx.GraphProto, replacements: dict[int, list[onnx.NodeProto]], removed: set[int]) -> None:
+    """Put each `replacements[id(node)]` where that node is, and leave out the nodes in `removed` (ids)."""
+    nodes = []
+    for node in graph.node:
+        nodes += replacements.get(id(node), [])
+        if id(node) not in removed:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def drop_unused(graph: onnx.GraphProto) -> int:
+    """Remove the nodes whose outputs nothing reads, and the inline constants only they read; returns
+    how many nodes."""
+    needed = {output.name for output in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(output in needed for output in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    dropped = len(graph.node) - len(kept)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    kept_tensors = [t for t in graph.initializer if t.name in needed or uses_external_data(t)]
+    if len(kept_tensors) < len(graph.initializer):  # one rebuild: remove() compares whole tensors
+        del graph.initializer[:]
+        graph.initializer.extend(kept_tensors)
+    return dropped
