@@ -122,7 +122,7 @@ def fuse_attention(path: Path, num_heads: int) -> int:
     if not any(opset.domain == _CONTRIB for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid(_CONTRIB, 1))
     onnx.save_model(model, str(path))
-    logger.info("%s: %d attentions fused into MultiHeadAttention", path.name, len(replacements))
+    logger.debug("%s: %d attentions fused into MultiHeadAttention", path.name, len(replacements))
     return len(replacements)
 
 

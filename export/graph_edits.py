@@ -35,8 +35,15 @@ def drop_unused(graph: onnx.GraphProto) -> int:
     dropped = len(graph.node) - len(kept)
     del graph.node[:]
     graph.node.extend(reversed(kept))
-    kept_tensors = [t for t in graph.initializer if t.name in needed or uses_external_data(t)]
-    if len(kept_tensors) < len(graph.initializer):  # one rebuild: remove() compares whole tensors
-        del graph.initializer[:]
-        graph.initializer.extend(kept_tensors)
+    remove_initializers(
+        graph, {t.name for t in graph.initializer if t.name not in needed and not uses_external_data(t)}
+    )
     return dropped
+
+
+def remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Delete the named initializers in place, by index: `remove()` compares whole tensors, and
+    rebuilding the list copies every one (a checkpoint's weights, once per call)."""
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name in names:
+            del graph.initializer[index]

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgeqa.export.graph_edits import has_subgraphs, splice
+from edgeqa.export.graph_edits import has_subgraphs, remove_initializers, splice
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def join_shared_products(model: onnx.ModelProto) -> int:
     if not replacements:
         return 0
     splice(graph, replacements, removed)
-    logger.info("%d int8 products joined into %d", len(removed), len(replacements))
+    logger.debug("%d int8 products joined into %d", len(removed), len(replacements))
     return len(removed)
 
 
@@ -99,10 +99,7 @@ def _join(
             if readers[name] == 0 and name in weights and name not in outputs:
                 unread.add(name)
                 weights.pop(name)
-    if unread:  # one rebuild: remove() compares whole tensors
-        kept = [tensor for tensor in graph.initializer if tensor.name not in unread]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+    remove_initializers(graph, unread)
     first = products[0]
     joined_output = f"{base}_joined"
     sizes = f"{base}_joined_split"

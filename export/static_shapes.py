@@ -57,7 +57,7 @@ def fold_reshape_shapes(path: Path) -> int:
     dropped = drop_unused(model.graph)
     if folded:
         onnx.save_model(model, str(path))
-        logger.info("%s: %d reshapes with constant shapes, %d nodes dropped", path.name, folded, dropped)
+        logger.debug("%s: %d reshapes with constant shapes, %d nodes dropped", path.name, folded, dropped)
     return folded
 
 
