@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
 from edgeqa.errors import ExportError
-from edgeqa.export.graph_edits import drop_unused, has_subgraphs, splice
+from edgeqa.export.graph_edits import attribute, drop_unused, has_subgraphs, splice
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +82,7 @@ class _Graph:
 
 
 def _perm(node: onnx.NodeProto) -> list[int] | None:
-    return _attribute(node, "perm", None)
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+    return attribute(node, "perm")
 
 
 def fuse_attention(path: Path, num_heads: int) -> int:
@@ -142,12 +137,12 @@ def _match(
     """The exporter's nodes of one attention around `softmax` (the last one is the output Reshape),
     and the `MultiHeadAttention` node that computes the same; None where anything differs."""
     nodes: list[onnx.NodeProto] = [softmax]
-    if _attribute(softmax, "axis", -1) not in (-1, 3):
+    if attribute(softmax, "axis", -1) not in (-1, 3):
         return None
     scores = softmax.input[0]
     cast = graph.made_by(scores, "Cast")
     if cast is not None:
-        if len(graph.readers[scores]) != 1 or _attribute(cast, "to", None) != onnx.TensorProto.FLOAT:
+        if len(graph.readers[scores]) != 1 or attribute(cast, "to") != onnx.TensorProto.FLOAT:
             return None
         nodes.append(cast)
         scores = cast.input[0]
@@ -168,7 +163,7 @@ def _match(
         return None
     if weighted.input[0] != softmax.output[0] or len(graph.readers[qk.input[1]]) != 1:
         return None
-    nodes += [add, qk, query_heads, graph.producer[query_heads.input[0]], weighted, back, merged]
+    nodes += [add, qk, query_heads, graph.producer[query_heads.input[0]], weighted, back]
     found = _keys_and_values(graph, qk.input[1], weighted.input[1], num_heads)
     if found is None:
         return None
@@ -186,7 +181,6 @@ def _match(
         num_heads=num_heads,
         scale=1.0,
     )
-    nodes.remove(merged)
     return [*nodes, merged], fused
 
 
@@ -236,7 +230,7 @@ def _cached(graph: _Graph, present: str, num_heads: int) -> tuple[str, str, list
     concat = graph.made_by(present, "Concat")
     if concat is None or present not in graph.outputs or len(concat.input) != 2:
         return None
-    axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
+    axis = attribute(concat, "axis")
     past, new = concat.input
     to_heads = graph.made_by(new, "Transpose", _TO_HEADS)
     if axis not in (2, -2) or past not in graph.inputs or to_heads is None:

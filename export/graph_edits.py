@@ -3,8 +3,16 @@ what nothing reads."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import onnx
+from onnx import helper
 from onnx.external_data_helper import uses_external_data
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of a node's attribute, or `default` where the node does not set it."""
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
 def has_subgraphs(graph: onnx.GraphProto) -> bool:

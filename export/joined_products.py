@@ -14,6 +14,7 @@ length), and there the Split's copy of the joined outputs costs more than the jo
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -40,20 +41,22 @@ def join_shared_products(model: onnx.ModelProto) -> int:
             # the same rows, their scales and zero point, and weights of the same types
             groups.setdefault((node.input[0], node.input[2], node.input[4], *kinds), []).append(node)
     outputs = {output.name for output in graph.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = Counter(name for node in graph.node for name in node.input)
     replacements: dict[int, list[onnx.NodeProto]] = {}
     removed: set[int] = set()
     for products in groups.values():
         if len(products) > 1:
             # at the first product's place: its inputs are ready there, and later nodes read its output
-            replacements[id(products[0])] = _join(graph, products, weights, readers, outputs)
+            replacements[id(products[0])] = _join(graph, products, weights)
             removed.update(id(node) for node in products)
+            for node in products:
+                for index in (1, 3, 5):
+                    readers[node.input[index]] -= 1
     if not replacements:
         return 0
     splice(graph, replacements, removed)
+    # the separate weights, scales and zero points, unless something else reads them too
+    remove_initializers(graph, {name for name, count in readers.items() if count == 0 and name not in outputs})
     logger.debug("%d int8 products joined into %d", len(removed), len(replacements))
     return len(removed)
 
@@ -73,13 +76,9 @@ def _joinable(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> tup
 
 
 def _join(
-    graph: onnx.GraphProto,
-    products: list[onnx.NodeProto],
-    weights: dict[str, onnx.TensorProto],
-    readers: dict[str, int],
-    outputs: set[str],
+    graph: onnx.GraphProto, products: list[onnx.NodeProto], weights: dict[str, onnx.TensorProto]
 ) -> list[onnx.NodeProto]:
-    """The joined product and its Split; the weights only these products read are replaced by the joined ones."""
+    """The joined product and its Split, its weights, scales and zero points added to the graph."""
     columns = [int(weights[node.input[1]].dims[1]) for node in products]
     arrays = {"weight": [numpy_helper.to_array(weights[node.input[1]]) for node in products]}
     for part, index in (("scale", 3), ("zero_point", 5)):
@@ -91,15 +90,6 @@ def _join(
     names = {part: f"{base}_joined_{part}" for part in arrays}
     for part, parts in arrays.items():
         graph.initializer.append(numpy_helper.from_array(np.concatenate(parts, axis=-1), names[part]))
-    unread = set()
-    for node in products:  # drop the separate weights unless something else reads them too
-        for index in (1, 3, 5):
-            name = node.input[index]
-            readers[name] -= 1
-            if readers[name] == 0 and name in weights and name not in outputs:
-                unread.add(name)
-                weights.pop(name)
-    remove_initializers(graph, unread)
     first = products[0]
     joined_output = f"{base}_joined"
     sizes = f"{base}_joined_split"

@@ -24,7 +24,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.external_data_helper import uses_external_data
 
-from edgeqa.export.graph_edits import drop_unused, has_subgraphs
+from edgeqa.export.graph_edits import attribute, drop_unused, has_subgraphs
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def fold_reshape_shapes(path: Path) -> int:
     constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
     folded = 0
     for node in model.graph.node:
-        if node.op_type != "Reshape" or _allows_zero(node) or node.input[1] in constants:
+        if node.op_type != "Reshape" or attribute(node, "allowzero", 0) or node.input[1] in constants:
             continue
         target = constant_target(shapes.get(node.input[0]), shapes.get(node.output[0]))
         if target is None:
@@ -82,10 +82,6 @@ def constant_target(source: list[Dim] | None, result: list[Dim] | None) -> list[
     if -1 in target and 0 in target:
         return None  # a copied dimension can be 0 at run time (an empty cache), and -1 is then undefined
     return target
-
-
-def _allows_zero(node: onnx.NodeProto) -> bool:
-    return any(attribute.name == "allowzero" and attribute.i for attribute in node.attribute)
 
 
 def _symbolic_shapes(model: onnx.ModelProto, name: str) -> dict[str, list[Dim]] | None:

@@ -20,12 +20,10 @@ INT4_MIN_ONNXRUNTIME = (1, 20)
 # Per-token int8 graphs quantize each token row with opset 21's blocked QuantizeLinear, which
 # onnxruntime's CPU kernels support from 1.19 (microsoft/onnxruntime#20977; tested on 1.32).
 PER_TOKEN_MIN_ONNXRUNTIME = (1, 19)
-
-logger = logging.getLogger(__name__)
-
-
 # The decoder graph's attention is MultiHeadAttention with its attention_bias input (`export.attention`).
 GRAPHS_MIN_ONNXRUNTIME = (1, 20)
+
+logger = logging.getLogger(__name__)
 
 
 def _installed() -> tuple[int, ...]:
