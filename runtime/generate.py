@@ -204,19 +204,26 @@ def greedy_tokens(
     """Yield the next token of every row, step by step (greedy, or sampling with `do_sample`).
 
     Rows that have finished get `pad`; the iterator ends when every row has produced `eos`
-    or `max_new_tokens` were generated.
+    or `max_new_tokens` were generated. Each step's tokens are a view of the search's own
+    array: read them, don't change them.
     """
+    # Every numpy call here runs with cold caches (each step streams the decoder's weights through
+    # them) and costs 10-30 us, not 1: the loop keeps to a few calls a step, on preallocated arrays.
     rows = state.rows
-    sequences = np.full((rows, 1), start, dtype=np.int64)
-    unfinished = np.ones(rows, dtype=bool)
+    sequences = np.full((rows, 1 + opts.max_new_tokens), start, dtype=np.int64)
+    finished = np.zeros(rows, dtype=bool)
+    any_finished = False
     rng = np.random.default_rng(opts.seed)
-    for _ in range(opts.max_new_tokens):
-        scores = graphs.step(state, sequences[:, -1]).astype(np.float32, copy=False)  # a fresh output: ours to change
-        tokens = np.where(unfinished, choose_tokens(sequences, scores, opts, eos, rng), pad).astype(np.int64)
-        sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
-        unfinished &= tokens != eos
+    for length in range(1, 1 + opts.max_new_tokens):
+        scores = graphs.step(state, sequences[:, length - 1]).astype(np.float32, copy=False)  # fresh: ours to change
+        tokens = sequences[:, length]
+        tokens[:] = choose_tokens(sequences[:, :length], scores, opts, eos, rng)
+        if any_finished:
+            tokens[finished] = pad
+        finished |= tokens == eos
         yield tokens
-        if not unfinished.any():
+        any_finished = bool(finished.any())
+        if any_finished and finished.all():
             return
 
 

@@ -370,3 +370,27 @@ def test_an_onnxruntime_too_old_for_the_graphs_is_named_with_the_fix(artifact_ti
     monkeypatch.setattr(ort, "InferenceSession", refuse)
     with pytest.raises(ArtifactError, match=r"onnxruntime 1\.19\.2 cannot load .* need onnxruntime 1\.20 or newer"):
         QAModel.load(artifact_tiny, threads=1)
+
+
+def test_runs_without_the_sessions_internal_run_give_the_same_answers(artifact_int8, monkeypatch):
+    """The decoder runs through the session's C++ `run` (skipping a per-call Python name check); the
+    public `run` is the fallback where that attribute is missing, and the answers are the same."""
+    import onnxruntime as ort
+
+    model = QAModel.load(artifact_int8, threads=1)
+    direct = model.generate([[100, 200, 300, 1]], max_new_tokens=8, min_new_tokens=8)
+
+    class Public:
+        """A session with only the public interface, counting its runs."""
+
+        def __init__(self, session: ort.InferenceSession):
+            self.session, self.runs = session, 0
+
+        def run(self, outputs, feed):
+            self.runs += 1
+            return self.session.run(outputs, feed)
+
+    public = Public(model.graphs.decoder)
+    monkeypatch.setattr(model.graphs, "decoder", public)
+    assert model.generate([[100, 200, 300, 1]], max_new_tokens=8, min_new_tokens=8) == direct
+    assert public.runs == 8
