@@ -33,6 +33,11 @@ INT8_METHOD = "dynamic-int8"
 INT4_METHOD = "weight-only-int4"
 
 
+#: The first dimension of a decoder graph's cross-cache and encoder-mask inputs where it reads one
+#: row a question, shared by the question's beams (`export/shared_cross_cache.py`); else one a row.
+QUESTIONS_DIM = "questions"
+
+
 def cache_names(layers: int, attention: str) -> list[str]:
     """The graphs' cache tensors, key and value of each decoder layer; `attention` is "decoder" (self)
     or "encoder" (cross). Graph inputs carry them after "past_key_values.", outputs after "present."."""

@@ -17,6 +17,7 @@ onnxruntime runs them, with bit-identical results (`benchmarks/README.md`, lever
 self-attention stays as it is: its position bias is sized by the cache it returns. An attention
 that does not match the pattern exactly is left as exported. The encoder graph is not fused:
 there, over a question's many positions, the op's CPU kernel was slower than the plain nodes.
+`export/shared_cross_cache.py` then lets a question's beams share one cross-attention cache.
 """
 
 from __future__ import annotations

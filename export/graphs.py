@@ -31,6 +31,7 @@ from edgeqa.errors import ExportError, ModelError
 from edgeqa.export.attention import fuse_attention
 from edgeqa.export.memory import release_memory
 from edgeqa.export.nodes import CROSS_PREFIX
+from edgeqa.export.shared_cross_cache import share_cross_cache
 from edgeqa.export.static_shapes import fold_reshape_shapes
 from edgeqa.export.torch_export import UnknownWeight, export_streamed
 from edgeqa.manifest import cache_names
@@ -61,7 +62,9 @@ def export_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
     decoder = _export_part(_load(checkpoint), DECODER, raw)
     release_memory()
     fold_reshape_shapes(decoder)
-    fuse_attention(decoder, AutoConfig.from_pretrained(raw).num_heads)
+    config = AutoConfig.from_pretrained(raw)
+    fuse_attention(decoder, config.num_heads)
+    share_cross_cache(decoder, config.num_heads * config.d_kv)
     return {"encoder": target, "decoder": decoder}
 
 

@@ -13,7 +13,7 @@ import onnxruntime as ort
 from edgeqa.artifact_checks import open_member, shown
 from edgeqa.cpu import has_vnni, physical_cores
 from edgeqa.errors import ArtifactError
-from edgeqa.manifest import Manifest, cache_names
+from edgeqa.manifest import QUESTIONS_DIM, Manifest, cache_names
 from edgeqa.runtime.onnx_refs import check_graph_files
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
@@ -88,22 +88,35 @@ class DecoderState:
     """What one generation carries between decoder steps.
 
     The cross-attention keys/values come from the encoder graph and are only read; the
-    self-attention cache starts empty and grows by one position a step.
+    self-attention cache starts empty and grows by one position a step. With `shared_cross` (a
+    graph from `export/shared_cross_cache.py`) the cross cache and the encoder mask hold one row a
+    question, which its `beams` decoder rows (next to each other) share; otherwise one a decoder row.
     """
 
     encoder_mask: np.ndarray
     cross_cache: list[np.ndarray]
     self_cache: list[np.ndarray]
+    shared_cross: bool = False
+    beams: int = 1
 
     @property
     def rows(self) -> int:
-        return self.encoder_mask.shape[0]
+        """Decoder rows: questions x beams."""
+        return self.encoder_mask.shape[0] * (self.beams if self.shared_cross else 1)
+
+    @property
+    def rows_per_cross_row(self) -> int:
+        """Decoder rows that read one row of the cross cache."""
+        return self.beams if self.shared_cross else 1
 
     def repeat(self, n: int) -> None:
-        """Repeat every row n times (for beam search), before the first step."""
+        """Give every question n rows (for beam search), before the first step."""
+        self.self_cache = [np.repeat(cache, n, axis=0) for cache in self.self_cache]
+        if self.shared_cross:
+            self.beams *= n
+            return
         self.encoder_mask = np.repeat(self.encoder_mask, n, axis=0)
         self.cross_cache = [np.repeat(cache, n, axis=0) for cache in self.cross_cache]
-        self.self_cache = [np.repeat(cache, n, axis=0) for cache in self.self_cache]
 
     def reorder(self, rows: np.ndarray) -> None:
         """Keep the self-attention cache of the given rows (beam search's surviving beams).
@@ -119,11 +132,21 @@ class DecoderState:
                 cache[moved] = cache[sources]
 
     def select(self, rows: np.ndarray | list[int]) -> None:
-        """Keep only the given rows, dropping the caches of the others (finished or cancelled answers)."""
+        """Keep only the given rows, dropping the caches of the others (finished or cancelled answers).
+
+        Raises:
+            ValueError: with beams sharing a cross cache, rows that are not whole questions.
+        """
         rows = np.asarray(rows, dtype=np.int64)
-        self.encoder_mask = self.encoder_mask[rows]
-        self.cross_cache = [cache[rows] for cache in self.cross_cache]
         self.self_cache = [cache[rows] for cache in self.self_cache]
+        cross_rows = rows
+        if self.shared_cross and self.beams > 1:
+            cross_rows = rows[:: self.beams] // self.beams
+            whole = (cross_rows[:, None] * self.beams + np.arange(self.beams)).reshape(-1)
+            if rows.size % self.beams or not np.array_equal(rows, whole):
+                raise ValueError(f"rows {rows.tolist()} are not whole questions of {self.beams} beams")
+        self.encoder_mask = self.encoder_mask[cross_rows]
+        self.cross_cache = [cache[cross_rows] for cache in self.cross_cache]
 
 
 class T5Graphs:
@@ -206,6 +229,10 @@ class T5Graphs:
                 set(self._decoder_outputs),
             ),
         }
+        self._per_question = {"encoder_attention_mask", *self._cross_names}
+        # A graph that reads one cross cache per question says so in its inputs' first dimension
+        first = {i.name: (i.shape or [None])[0] for i in self.decoder.get_inputs()}
+        self.shared_cross = all(first.get(name) == QUESTIONS_DIM for name in self._per_question)
         for role, session in (("encoder", self.encoder), ("decoder", self.decoder)):
             inputs, outputs = expected[role]
             actual = {i.name for i in session.get_inputs()}
@@ -223,7 +250,12 @@ class T5Graphs:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         cross = _run(self.encoder, "encoder", self._encoder_outputs, feed)
         empty = np.zeros((input_ids.shape[0], self.dims.num_heads, 0, self.dims.d_kv), dtype=np.float32)
-        return DecoderState(encoder_mask=attention_mask, cross_cache=cross, self_cache=[empty] * len(self._self_names))
+        return DecoderState(
+            encoder_mask=attention_mask,
+            cross_cache=cross,
+            self_cache=[empty] * len(self._self_names),
+            shared_cross=self.shared_cross,
+        )
 
     def step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
         """Run the decoder on one new token per row; returns float32 logits (rows, vocab).
@@ -238,11 +270,15 @@ class T5Graphs:
         feed.update(zip(self._self_names, state.self_cache, strict=True))
         feed.update(zip(self._cross_names, state.cross_cache, strict=True))
         paired = self.even_rows and state.rows % 2 == 1
-        if paired:
-            feed = {name: np.concatenate([value, value[-1:]]) for name, value in feed.items()}
+        group = state.rows_per_cross_row
+        if paired:  # a copy of the last question: its rows, and its cross-cache row
+            feed = {
+                name: np.concatenate([value, value[-1:] if name in self._per_question else value[-group:]])
+                for name, value in feed.items()
+            }
         outputs = _run(self.decoder, "decoder", self._decoder_outputs, feed)
         if paired:
-            outputs = [output[:-1] for output in outputs]
+            outputs = [output[:-group] for output in outputs]
         logits = outputs[0]
         if logits.ndim != 3 or logits.shape[0] != state.rows or logits.shape[2] != self.dims.vocab_size:
             raise ArtifactError(

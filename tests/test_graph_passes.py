@@ -1,5 +1,6 @@
 """The export's graph passes (constant reshape targets, attention fused into MultiHeadAttention,
-joined int8 products) against the graphs as the exporter writes them: fewer nodes, same numbers."""
+one cross-attention cache per question, joined int8 products) against the graphs as the exporter
+writes them: fewer nodes, same numbers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from onnx import helper
 from edgeqa.export.attention import fuse_attention
 from edgeqa.export.config import settings_for
 from edgeqa.export.joined_products import join_shared_products
+from edgeqa.export.shared_cross_cache import share_cross_cache
 from edgeqa.export.static_shapes import constant_target, fold_reshape_shapes
 
 # (rows, past positions, encoder positions): the first step, later steps, odd batches
@@ -46,10 +48,8 @@ def _feeds(session: ort.InferenceSession, rows: int, past: int, positions: int) 
     decoder = any(spec.name == "encoder_attention_mask" for spec in session.get_inputs())
     feeds = {}
     for spec in session.get_inputs():
-        shape = [
-            rows if "batch" in str(d) else past if "past" in str(d) else positions if isinstance(d, str) else d
-            for d in spec.shape
-        ]
+        shape = [rows if "batch" in str(d) or d == "questions" else past if "past" in str(d) else d for d in spec.shape]
+        shape = [positions if isinstance(d, str) else d for d in shape]
         if spec.name == "input_ids":
             feeds[spec.name] = rng.integers(2, 1000, (rows, 1 if decoder else positions))  # the decoder: one new token
         elif "mask" in spec.name:
@@ -146,6 +146,44 @@ def test_an_attention_whose_cache_something_else_reads_is_left_as_exported(expor
     assert fuse_attention(graph, 4) == 2  # the two cross-attentions
     assert _ops(graph)["Softmax"] == 2
     _assert_same_results(reference, graph)
+
+
+def _fused(exported: dict[str, Path], target: Path) -> Path:
+    graph = _copy(exported["decoder"], target)
+    fold_reshape_shapes(graph)
+    fuse_attention(graph, 4)
+    return graph
+
+
+def test_beams_read_one_cross_attention_cache_per_question(exported, tmp_path):
+    fused = _fused(exported, tmp_path / "fused")
+    shared = _copy(fused, tmp_path / "shared")
+    assert share_cross_cache(shared, hidden=4 * 8)  # conftest.TINY: 4 heads of 8
+    inputs = {i.name: i for i in onnx.load(str(shared), load_external_data=False).graph.input}
+    per_question = ["encoder_attention_mask"] + [n for n in inputs if ".encoder." in n]
+    assert len(per_question) == 1 + 2 * 2
+    assert all(inputs[n].type.tensor_type.shape.dim[0].dim_param == "questions" for n in per_question)
+    _assert_same_results(fused, shared)  # one row a question: bit for bit what it computed before
+
+    # 2 questions x 3 beams against the fused graph fed each question's cache once per beam
+    rows_session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    shared_session = ort.InferenceSession(str(shared), providers=["CPUExecutionProvider"])
+    questions, beams = 2, 3
+    feeds = _feeds(shared_session, questions * beams, 4, 6)
+    feeds.update({n: feeds[n][:questions] for n in per_question})
+    repeated = dict(feeds) | {n: np.repeat(feeds[n], beams, axis=0) for n in per_question}
+    expected, actual = rows_session.run(None, repeated), shared_session.run(None, feeds)
+    for ours, theirs in zip(actual, expected, strict=True):
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)  # one product over the beams, not one a row
+
+
+def test_a_graph_whose_cross_attention_is_not_fused_keeps_a_cache_per_row(exported, tmp_path):
+    graph = _copy(exported["decoder"], tmp_path / "unfused")
+    fold_reshape_shapes(graph)
+    written = graph.read_bytes()
+    assert not share_cross_cache(graph, hidden=32)
+    assert graph.read_bytes() == written
 
 
 def test_a_graph_the_shape_inference_cannot_follow_is_left_as_exported(tmp_path, monkeypatch, caplog):

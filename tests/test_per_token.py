@@ -139,3 +139,10 @@ def test_random_model_answers_the_same_whatever_it_is_batched_with(tmp_path):
     assert QAModel.load(int4).graphs.even_rows
     assert _agreement(int4, questions) == 100
     assert _agreement(int4, questions, even_rows=False) <= 95, "odd rows alone must show the defect"
+    # beam search: 3 beams a question share its cross cache; an odd number of rows gets a whole
+    # extra question (its 3 rows and its cache row), alone (3 rows) as in a batch of 3 (9 rows)
+    model = QAModel.load(int4)
+    assert model.graphs.shared_cross
+    beams = dict(num_beams=3, max_new_tokens=8)
+    alone = [model.answer(question, **beams).tokens for question in questions[:12]]
+    assert [a.tokens for a in model.answer_batch(questions[:12], batch_size=3, **beams)] == alone

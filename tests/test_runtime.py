@@ -130,6 +130,38 @@ def test_reorder_copies_the_surviving_beams_rows():
             np.testing.assert_array_equal(got, want)
 
 
+def test_beams_of_a_question_share_its_cross_cache():
+    import numpy as np
+
+    from edgeqa.runtime.graphs import DecoderState
+
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    cross = [np.arange(2 * 5, dtype=np.float32).reshape(2, 5)]
+    state = DecoderState(mask, cross, [np.zeros((2, 4, 0, 8), np.float32)], shared_cross=True)
+    state.repeat(3)
+    assert (state.rows, state.beams, state.cross_cache[0].shape[0], state.self_cache[0].shape[0]) == (6, 3, 2, 6)
+    state.select([3, 4, 5])  # the second question's beams
+    np.testing.assert_array_equal(state.encoder_mask, mask[1:])
+    np.testing.assert_array_equal(state.cross_cache[0], cross[0][1:])
+    assert state.rows == 3
+    with pytest.raises(ValueError, match="not whole questions of 3 beams"):
+        state.select([0, 1])
+
+    per_row = DecoderState(mask, cross, [np.zeros((2, 4, 0, 8), np.float32)])
+    per_row.repeat(3)  # a graph that wants a cache per row: each question's cache repeated
+    assert (per_row.rows, per_row.cross_cache[0].shape[0], per_row.encoder_mask.shape[0]) == (6, 6, 6)
+
+
+def test_exported_decoder_reads_one_cross_cache_per_question(model):
+    import numpy as np
+
+    assert model.graphs.shared_cross
+    state = model.graphs.encode(*model._pad([[100, 200, 1], [300, 1]]))
+    state.repeat(4)
+    logits = model.graphs.step(state, np.zeros(8, dtype=np.int64))
+    assert logits.shape[0] == 8 and state.cross_cache[0].shape[0] == 2
+
+
 def test_stream_yields_the_greedy_answer(model):
     pieces = list(model.stream("Who wrote Hamlet?", max_new_tokens=12))
     assert "".join(pieces) == model.answer("Who wrote Hamlet?", max_new_tokens=12).text
