@@ -43,6 +43,8 @@ def share_cross_cache(path: Path, hidden: int) -> bool:
 
     Only a graph whose every cross-attention is a fused `MultiHeadAttention` node reading the
     cache inputs directly, all with one attention bias, is rewritten; any other is left as it is.
+    That bias is the exporter's: the encoder mask (then one row a question) over zeros shaped by
+    the positions, the same for every beam of a question, so tiling it over the beams is exact.
 
     Args:
         hidden: heads x d_kv, the query's last dimension.

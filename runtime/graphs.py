@@ -100,14 +100,14 @@ class DecoderState:
     beams: int = 1
 
     @property
-    def rows(self) -> int:
-        """Decoder rows: questions x beams."""
-        return self.encoder_mask.shape[0] * (self.beams if self.shared_cross else 1)
+    def rows_per_cross_row(self) -> int:
+        """Decoder rows that read one row of the cross cache (and of the encoder mask)."""
+        return self.beams if self.shared_cross else 1
 
     @property
-    def rows_per_cross_row(self) -> int:
-        """Decoder rows that read one row of the cross cache."""
-        return self.beams if self.shared_cross else 1
+    def rows(self) -> int:
+        """Decoder rows: questions x beams."""
+        return self.encoder_mask.shape[0] * self.rows_per_cross_row
 
     def repeat(self, n: int) -> None:
         """Give every question n rows (for beam search), before the first step."""
@@ -260,8 +260,9 @@ class T5Graphs:
     def step(self, state: DecoderState, tokens: np.ndarray) -> np.ndarray:
         """Run the decoder on one new token per row; returns float32 logits (rows, vocab).
 
-        With `even_rows` (int4), an odd number of rows runs with a copy of the last one beside it,
-        whose results are dropped: every row then takes the kernel's two-row path, whatever its batch.
+        With `even_rows` (int4), an odd number of rows runs with a copy of the last question beside
+        it (its rows and its cross-cache row; an odd count of rows means an odd count of beams), whose
+        results are dropped: every row then takes the kernel's two-row path, whatever its batch.
         """
         feed = {
             "input_ids": tokens.reshape(-1, 1).astype(np.int64, copy=False),
@@ -271,7 +272,7 @@ class T5Graphs:
         feed.update(zip(self._cross_names, state.cross_cache, strict=True))
         paired = self.even_rows and state.rows % 2 == 1
         group = state.rows_per_cross_row
-        if paired:  # a copy of the last question: its rows, and its cross-cache row
+        if paired:
             feed = {
                 name: np.concatenate([value, value[-1:] if name in self._per_question else value[-group:]])
                 for name, value in feed.items()
