@@ -59,6 +59,7 @@ def share_cross_cache(path: Path, hidden: int) -> bool:
         if node.op_type == "MultiHeadAttention" and len(node.input) == 6 and node.input[1] in inputs
     ]
     keys = {node.input[1] for node in cross}
+    values = {key.replace(".key", ".value") for key in keys}
     biases = {node.input[5] for node in cross}
     if (
         has_subgraphs(graph)
@@ -77,7 +78,7 @@ def share_cross_cache(path: Path, hidden: int) -> bool:
 
     constants = {"rest_of_query": [-1, hidden], "hidden": [hidden], "ones": [1, 1], "one": [1]}
     graph.initializer.extend(
-        numpy_helper.from_array(np.array(values, dtype=np.int64), name(key)) for key, values in constants.items()
+        numpy_helper.from_array(np.array(shape, dtype=np.int64), name(key)) for key, shape in constants.items()
     )
     first_key, (bias,) = _CROSS_KEY.format(0), biases
     shapes = [
@@ -104,8 +105,8 @@ def share_cross_cache(path: Path, hidden: int) -> bool:
             ]
         )
     splice(graph, replacements, {id(node) for node in cross})
-    for tensor in (inputs[_MASK], *(inputs[k] for k in keys), *(inputs[k.replace(".key", ".value")] for k in keys)):
-        tensor.type.tensor_type.shape.dim[0].dim_param = QUESTIONS_DIM
+    for per_question in (_MASK, *keys, *values):
+        inputs[per_question].type.tensor_type.shape.dim[0].dim_param = QUESTIONS_DIM
     onnx.save_model(model, str(path))
     logger.debug("%s: one cross-attention cache per question (%d layers)", path.name, layers)
     return True

@@ -148,15 +148,10 @@ def test_an_attention_whose_cache_something_else_reads_is_left_as_exported(expor
     _assert_same_results(reference, graph)
 
 
-def _fused(exported: dict[str, Path], target: Path) -> Path:
-    graph = _copy(exported["decoder"], target)
-    fold_reshape_shapes(graph)
-    fuse_attention(graph, 4)
-    return graph
-
-
 def test_beams_read_one_cross_attention_cache_per_question(exported, tmp_path):
-    fused = _fused(exported, tmp_path / "fused")
+    fused = _copy(exported["decoder"], tmp_path / "fused")
+    fold_reshape_shapes(fused)
+    fuse_attention(fused, 4)
     shared = _copy(fused, tmp_path / "shared")
     assert share_cross_cache(shared, hidden=4 * 8)  # conftest.TINY: 4 heads of 8
     inputs = {i.name: i for i in onnx.load(str(shared), load_external_data=False).graph.input}
