@@ -203,21 +203,29 @@ class Engine:
         encoded = time.perf_counter()
         rows = [RowText(job, model.tokenizer, special.eos, started, encoded) for job in jobs]
         rngs = [np.random.default_rng(job.opts.seed) for job in jobs]
-        sequences = np.full((len(rows), 1), special.decoder_start, dtype=np.int64)
+        # As in greedy_tokens: numpy calls right after a step run with cold caches, so the loop
+        # writes into one preallocated array and copies nothing while every row chooses alike.
+        longest = 1 + max(job.opts.max_new_tokens for job in jobs)  # every row has left by then
+        sequences = np.full((len(rows), longest), special.decoder_start, dtype=np.int64)
         self.active_rows = len(rows)
+        length = 1
         while rows:
-            logits = model.graphs.step(state, sequences[:, -1]).astype(np.float32, copy=True)
-            tokens = np.empty(len(rows), dtype=np.int64)
-            for group, opts in _groups([row.job.opts for row in rows]):
-                rng = rngs[group[0]]  # a sampled row is a group of its own, with its own generator
-                tokens[group] = choose_tokens(sequences[group], logits[group], opts, special.eos, rng)
-            sequences = np.concatenate([sequences, tokens[:, None]], axis=1)
+            logits = model.graphs.step(state, sequences[:, length - 1]).astype(np.float32, copy=False)  # fresh
+            tokens = sequences[:, length]
+            groups = _groups([row.job.opts for row in rows])
+            if len(groups) == 1:
+                tokens[:] = choose_tokens(sequences[:, :length], logits, groups[0][1], special.eos, rngs[0])
+            else:
+                for group, opts in groups:
+                    rng = rngs[group[0]]  # a sampled row is a group of its own, with its own generator
+                    tokens[group] = choose_tokens(sequences[group, :length], logits[group], opts, special.eos, rng)
+            length += 1
             self._on_tokens(len(rows))
             keep = []
-            for index, row in enumerate(rows):
+            for index, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
                 if row.job.cancelled:
                     self._cancelled(row.job)
-                elif not row.advance(int(tokens[index])):
+                elif not row.advance(token):
                     keep.append(index)
             if len(keep) < len(rows):
                 if keep:
