@@ -5,9 +5,10 @@ cross-attention q and o; every layer's cross-attention k/v, which read the encod
 lm_head; the embedding), as Intel Neural Compressor and OpenVINO NNCF group them. Each group is
 ranked by how much of the teacher-forced logit error on the worst calibration questions goes away
 when that group alone stays float, measured on the PyTorch model with onnxruntime's quantizers
-emulated (int8: per-channel symmetric weights, per-token asymmetric uint8 activations; int4:
-symmetric blocks of weights, per-block int8 activations). The real gate on the real graphs then
-decides how many of the top groups stay float.
+emulated (int8: per-channel symmetric weights, and activations quantized by the rule the graphs
+run, `export.activation_quant`: per token row, symmetric, zero point 128; int4: symmetric blocks of
+weights, per-block int8 activations). The real gate on the real graphs then decides how many of the
+top groups stay float.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from edgeqa.export.activation_quant import fake_quantize
 from edgeqa.export.calibration import TeacherForced
 from edgeqa.export.config import QuantizeSettings
 from edgeqa.export.nodes import module_path
@@ -130,7 +132,7 @@ def emulated_quantization(model: torch.nn.Module, modules: set[str], settings: Q
                 hooks.append(module.register_forward_pre_hook(_int8_blocks(settings.block_size)))
             else:
                 module.weight.data = _symmetric(module.weight.data, 7 if settings.reduce_range else 8, 1)
-                hooks.append(module.register_forward_pre_hook(_uint8_rows))
+                hooks.append(module.register_forward_pre_hook(_uint8_activations(settings.activation_granularity)))
         yield
     finally:
         for handle in hooks:
@@ -153,14 +155,13 @@ def _blockwise(weight: torch.Tensor, bits: int, block: int) -> torch.Tensor:
     return _symmetric(padded, bits, 2).view(rows, -1)[:, :columns]
 
 
-def _uint8_rows(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Asymmetric uint8, one scale and zero point per token row (the range always holds 0)."""
-    x = inputs[0]
-    low = x.amin(dim=-1, keepdim=True).clamp(max=0)
-    high = x.amax(dim=-1, keepdim=True).clamp(min=0)
-    scale = ((high - low) / 255).clamp_min(1e-12)
-    zero = torch.round(-low / scale).clamp(0, 255)
-    return ((torch.clamp(torch.round(x / scale) + zero, 0, 255) - zero) * scale,)
+def _uint8_activations(granularity: str):
+    """A pre-hook that quantizes a Linear's input as the exported graph's activation quantizer does."""
+
+    def hook(_module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (fake_quantize(inputs[0], granularity),)
+
+    return hook
 
 
 def _int8_blocks(block: int):

@@ -4,9 +4,9 @@
 one scale for the whole tensor, i.e. for every row of the batch and, in the encoder, every
 position, padding included. A row's answer then depends on what it is batched with. This
 rewrite gives each token row its own symmetric scale instead, so that a row's numbers depend
-on that row alone:
+on that row alone (the rule, once, with its PyTorch emulation: `export.activation_quant`):
 
-    scale = ReduceMax(Abs(x), axes=-1) / 127            one scale per token row
+    scale = ReduceMax(Abs(x), axes=-1) * (1/127)        one scale per token row
     xq = QuantizeLinear(x, scale, 128, block_size=K)    uint8 (opset 21's blocked quantization)
     y = MatMulIntegerToFloat(xq, Wq, scale, w_scale, 128, w_zero_point)
 
@@ -29,12 +29,12 @@ import onnx.version_converter
 from onnx import helper, numpy_helper
 
 from edgeqa.errors import ExportError
+from edgeqa.export.activation_quant import INV_LEVELS, ZERO_POINT
 from edgeqa.export.graph_edits import splice
 
 #: Blocked QuantizeLinear (a scale per row) needs opset 21.
 OPSET = 21
 _CONTRIB = "com.microsoft"
-_ZERO_POINT = 128
 _INV_127, _LAST_AXIS, _ZERO_POINT_SCALAR = "per_token_inv_127", "per_token_last_axis", "per_token_zero_point"
 
 
@@ -108,7 +108,7 @@ def _rewrite(graph: onnx.GraphProto, weights: dict[str, onnx.TensorProto]) -> in
                     [f"{x}_token_rows"],
                     [zero_point],
                     name=f"{prefix}_token_zero_point",
-                    value=numpy_helper.from_array(np.array([_ZERO_POINT], dtype=np.uint8)),
+                    value=numpy_helper.from_array(np.array([ZERO_POINT], dtype=np.uint8)),
                 ),
             ]
         new.append(
@@ -187,9 +187,9 @@ def _rows(weights: dict[str, onnx.TensorProto], matmul: onnx.NodeProto) -> int |
 def _add_constants(graph: onnx.GraphProto) -> None:
     present = {tensor.name for tensor in graph.initializer}
     constants = (
-        (_INV_127, np.array(1 / 127, dtype=np.float32)),
+        (_INV_127, np.array(INV_LEVELS, dtype=np.float32)),
         (_LAST_AXIS, np.array([-1])),
-        (_ZERO_POINT_SCALAR, np.array(_ZERO_POINT, dtype=np.uint8)),
+        (_ZERO_POINT_SCALAR, np.array(ZERO_POINT, dtype=np.uint8)),
     )
     for name, value in constants:
         if name not in present:
