@@ -146,3 +146,76 @@ def test_random_model_answers_the_same_whatever_it_is_batched_with(tmp_path):
     beams = dict(num_beams=3, max_new_tokens=8)
     alone = [model.answer(question, **beams).tokens for question in questions[:12]]
     assert [a.tokens for a in model.answer_batch(questions[:12], batch_size=3, **beams)] == alone
+
+
+def _rows_with_outliers() -> np.ndarray:
+    """(1, 40, 64) float32 rows: magnitudes 1e-3 to 1e3, outlier channels, exact ties, a row of zeros."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 40, 64)) * 10.0 ** rng.uniform(-3, 3, (1, 40, 1))
+    x[0, :20, [5, 40]] *= 512  # T5's outlier channels, in half the rows
+    x[0, 20, 9] = -1e4  # one huge value, the rest tiny
+    x[0, 21] = 0.0
+    # max |x| 127/16 makes the scale exactly 1/16: (k + 0.5) / 16 lies half-way between two codes
+    x[0, 22] = (rng.integers(-127, 127, 64) + 0.5) / 16
+    x[0, 22, 0] = 127 / 16
+    return x.astype(np.float32)
+
+
+def _with_outputs(path: Path, outputs: dict[str, int]) -> object:
+    """A session of the graph at `path` that also returns the tensors `outputs` names (with their types)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(path))
+    model.graph.output.extend(helper.make_tensor_value_info(name, kind, None) for name, kind in outputs.items())
+    exposed = path.with_name(f"exposed-{path.name}")
+    onnx.save_model(model, str(exposed))
+    return ort.InferenceSession(str(exposed), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("granularity", ["per-token", "per-tensor"])
+def test_the_fallback_emulates_the_exported_activation_quantizer_bit_for_bit(tmp_path, granularity):
+    """export.activation_quant gives onnxruntime's codes and scales exactly, and the fallback's Linear its product."""
+    import torch
+
+    from edgeqa.export.activation_quant import fake_quantize, quantize_rows, quantize_tensor
+    from edgeqa.export.fallback import emulated_quantization
+
+    source = _toy_graph(tmp_path / "toy.onnx")
+    path, _ = _quantized(source, granularity)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    op_type = "QuantizeLinear" if granularity == "per-token" else "DynamicQuantizeLinear"
+    node = next(node for node in graph.node if node.op_type == op_type and node.input[0] == "x")
+    if granularity == "per-token":  # QuantizeLinear(x, scale, zero point) -> codes
+        names = {node.output[0]: TensorProto.UINT8, node.input[1]: TensorProto.FLOAT, node.input[2]: TensorProto.UINT8}
+    else:  # DynamicQuantizeLinear(x) -> codes, scale, zero point
+        names = dict(zip(node.output, (TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8), strict=True))
+    x = _rows_with_outliers()
+    b, *found = _with_outputs(path, names).run(["b", *names], {"x": x})
+    if granularity == "per-token":
+        codes, scale = (t.numpy() for t in quantize_rows(torch.from_numpy(x)))
+        assert np.all(found[2] == 128) and np.array_equal(found[1], scale)
+        live = scale[..., 0] > 0  # the row of zeros: 0 / 0, whose codes onnxruntime makes 0 and any code reads as 0
+        assert np.array_equal(found[0][live], codes[live]) and live.sum() == len(x[0]) - 1
+        with np.errstate(invalid="ignore"):
+            ratio = x[0, 22] / scale[0, 22]
+        assert np.sum(np.abs(ratio) % 1 == 0.5) > 10, "the tie row must hold ties"
+    else:
+        codes, scale, zero = (t.numpy() for t in quantize_tensor(torch.from_numpy(x)))
+        assert np.array_equal(found[0], codes) and found[1] == scale and found[2] == zero
+    dequantized = (found[0].astype(np.float32) - found[-1].astype(np.float32)) * found[1]
+    assert np.array_equal(fake_quantize(torch.from_numpy(x), granularity).numpy(), dequantized)
+    # the product: the fallback's emulated Linear against the exported integer MatMul
+    weight = numpy_helper.to_array(next(t for t in onnx.load(str(source)).graph.initializer if t.name == "w_b"))
+    linear = torch.nn.Linear(64, 32, bias=False)
+    linear.weight.data = torch.from_numpy(weight.T.copy())
+    model = torch.nn.Sequential(linear)
+    with (
+        torch.no_grad(),
+        emulated_quantization(model, {"0"}, settings_for("avx512_vnni", activation_granularity=granularity)),
+    ):
+        emulated = model(torch.from_numpy(x)).numpy()
+    exact = x @ weight
+    peak = np.abs(exact).max(-1, keepdims=True) + 1e-30
+    gap, error = np.abs(emulated - b) / peak, np.abs(exact - b) / peak
+    assert gap.max() < 1e-5, gap.max()
+    assert gap.max() < error.max() / 100, "the emulation is far closer to the graph than float is"
