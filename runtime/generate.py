@@ -1,18 +1,16 @@
-"""Greedy search, sampling and beam search in numpy over `T5Graphs`.
+"""The numpy primitives of the decoder's searches: logits processors, sampling, beam candidates.
 
-The search rules follow transformers' `generate` (4.57) step for step, so that float graphs
-give the same tokens as the PyTorch model: same logits processors in the same order, same
-beam bookkeeping (2 * num_beams candidates, length-normalised finished hypotheses, the same
+The decoder (`runtime/decoder.py`, `runtime/cohorts.py`) steps the graphs and calls these. The
+search rules follow transformers' `generate` (4.57) step for step, so that float graphs give the
+same tokens as the PyTorch model: same logits processors in the same order, same beam
+bookkeeping (2 * num_beams candidates, length-normalised finished hypotheses, the same
 early-stopping heuristic).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
-from edgeqa.runtime.graphs import DecoderState, T5Graphs
 from edgeqa.runtime.options import GenerationOptions
 
 _NEG = np.float32(-1.0e9)
@@ -163,8 +161,8 @@ def process_scores(sequences: np.ndarray, scores: np.ndarray, opts: GenerationOp
     return scores
 
 
-def _warp_and_sample(scores: np.ndarray, opts: GenerationOptions, rng: np.random.Generator) -> np.ndarray:
-    """Temperature, top-k, top-p (transformers' warpers, same order), then one draw per row."""
+def _warp_and_sample(scores: np.ndarray, opts: GenerationOptions, draws: np.ndarray) -> np.ndarray:
+    """Temperature, top-k, top-p (transformers' warpers, same order), then one draw in [0, 1) per row."""
     scores = scores / np.float32(opts.temperature)
     if 0 < opts.top_k < scores.shape[-1]:
         kth = -np.partition(-scores, opts.top_k - 1, axis=-1)[:, opts.top_k - 1 : opts.top_k]
@@ -180,109 +178,41 @@ def _warp_and_sample(scores: np.ndarray, opts: GenerationOptions, rng: np.random
     probs = softmax_terms(scores - scores.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     cumulative = np.cumsum(probs, axis=-1)
-    draws = rng.random((scores.shape[0], 1)) * cumulative[:, -1:]
-    return np.minimum((cumulative < draws).sum(axis=-1), scores.shape[-1] - 1)
+    return np.minimum((cumulative < draws.reshape(-1, 1) * cumulative[:, -1:]).sum(axis=-1), scores.shape[-1] - 1)
+
+
+def choice_key(opts: GenerationOptions) -> tuple:
+    """The options that decide how a row chooses its next token: rows with equal keys choose in one call."""
+    return (
+        opts.do_sample,
+        opts.temperature,
+        opts.top_k,
+        opts.top_p,
+        opts.min_new_tokens,
+        opts.no_repeat_ngram_size,
+        opts.repetition_penalty,
+    )
 
 
 def choose_tokens(
-    sequences: np.ndarray, scores: np.ndarray, opts: GenerationOptions, eos: int, rng: np.random.Generator
+    sequences: np.ndarray,
+    scores: np.ndarray,
+    opts: GenerationOptions,
+    eos: int,
+    rngs: list[np.random.Generator] | None = None,
 ) -> np.ndarray:
     """The next token of each row from one step's logits: greedy, or sampled with `do_sample`.
 
     Args:
         sequences: Decoder tokens so far (rows, length), start token included.
         scores: float32 logits (rows, vocab); modified in place.
-        rng: The sampler's generator (one draw per row and step).
+        rngs: With `do_sample`, each row's own generator (one draw per row and step), so that a
+            seeded row samples the same tokens whatever it is batched with.
     """
     scores = process_scores(sequences, scores, opts, eos)
-    return _warp_and_sample(scores, opts, rng) if opts.do_sample else scores.argmax(axis=-1)
-
-
-def greedy_tokens(
-    graphs: T5Graphs, state: DecoderState, opts: GenerationOptions, start: int, eos: int, pad: int
-) -> Iterator[np.ndarray]:
-    """Yield the next token of every row, step by step (greedy, or sampling with `do_sample`).
-
-    Rows that have finished get `pad`; the iterator ends when every row has produced `eos`
-    or `max_new_tokens` were generated. Each step's tokens are a view of the search's own
-    array: read them, don't change them.
-    """
-    # Every numpy call here runs with cold caches (each step streams the decoder's weights through
-    # them) and costs 10-30 us, not 1: the loop keeps to a few calls a step, on preallocated arrays.
-    rows = state.rows
-    sequences = np.full((rows, 1 + opts.max_new_tokens), start, dtype=np.int64)
-    finished = np.zeros(rows, dtype=bool)
-    any_finished = False
-    rng = np.random.default_rng(opts.seed)
-    for length in range(1, 1 + opts.max_new_tokens):
-        scores = graphs.step(state, sequences[:, length - 1]).astype(np.float32, copy=False)  # fresh: ours to change
-        tokens = sequences[:, length]
-        tokens[:] = choose_tokens(sequences[:, :length], scores, opts, eos, rng)
-        if any_finished:
-            tokens[finished] = pad
-        finished |= tokens == eos
-        yield tokens
-        any_finished = bool(finished.any())
-        if any_finished and finished.all():
-            return
-
-
-def beam_search(
-    graphs: T5Graphs, state: DecoderState, opts: GenerationOptions, start: int, eos: int
-) -> list[list[int]]:
-    """The best beam of every row, start token excluded, ending at `eos` where one was produced."""
-    batch, beams = state.rows, opts.num_beams
-    keep = 2 * beams  # transformers keeps (1 + number of eos ids) * num_beams candidates, at least 2 * num_beams
-    top_mask = np.arange(keep) < beams
-    max_length = 1 + opts.max_new_tokens
-    state.repeat(beams)
-
-    running = np.full((batch, beams, max_length), eos, dtype=np.int64)
-    running[:, :, 0] = start
-    finished_seqs = running.copy()
-    running_scores = np.zeros((batch, beams), dtype=np.float32)
-    running_scores[:, 1:] = _NEG
-    finished_scores = np.full((batch, beams), _NEG, dtype=np.float32)
-    is_finished = np.zeros((batch, beams), dtype=bool)
-    improvable = np.ones((batch, 1), dtype=bool)
-    rows = np.arange(batch)[:, None]
-    cur_len = 1
-    while True:
-        flat = running[:, :, :cur_len].reshape(batch * beams, cur_len)
-        logits = graphs.step(state, flat[:, -1]).astype(np.float32, copy=False)
-        top_scores, source_beam, token = beam_candidates(logits, flat, running_scores, opts, eos, keep)
-        candidates = running[rows, source_beam]
-        candidates[:, :, cur_len] = token
-        hits = (token == eos) | (cur_len + 1 >= max_length)
-
-        # the best candidates that did not just finish keep running
-        alive_scores = top_scores + hits.astype(np.float32) * _NEG
-        best = np.argsort(-alive_scores, axis=1, kind="stable")[:, :beams]
-        running = candidates[rows, best]
-        running_scores = gather(alive_scores, best)
-        parents = gather(source_beam, best)
-
-        # the candidates that did finish compete, length-normalised, for the finished slots
-        just_finished = hits & top_mask[None, :]
-        done_scores = top_scores / np.float32(cur_len**opts.length_penalty)
-        full = is_finished.all(axis=-1, keepdims=True) & opts.early_stopping
-        done_scores = done_scores + full.astype(np.float32) * _NEG
-        done_scores = done_scores + (~improvable).astype(np.float32) * _NEG
-        done_scores = done_scores + (~just_finished).astype(np.float32) * _NEG
-        merged_scores = np.concatenate([finished_scores, done_scores], axis=1)
-        pick = np.argsort(-merged_scores, axis=1, kind="stable")[:, :beams]
-        finished_seqs = np.concatenate([finished_seqs, candidates], axis=1)[rows, pick]
-        finished_scores = gather(merged_scores, pick)
-        is_finished = gather(np.concatenate([is_finished, just_finished], axis=1), pick)
-
-        state.reorder((parents + np.arange(batch)[:, None] * beams).reshape(-1))
-        cur_len += 1
-        # transformers' heuristic for a bool `early_stopping`: the best running beam at its current length
-        best_running = running_scores[:, :1] / np.float32((cur_len - 1) ** opts.length_penalty)
-        worst_finished = np.where(is_finished, finished_scores.min(axis=1, keepdims=True), np.float32(-1.0e9))
-        improvable = improvable & (best_running > worst_finished).any(axis=-1, keepdims=True)
-        open_beams = not (is_finished.all() and opts.early_stopping is True)
-        if not (improvable.any() and open_beams and not hits.all()):
-            break
-
-    return [until_eos(tokens, eos) for tokens in finished_seqs[:, 0, 1:].tolist()]
+    if not opts.do_sample:
+        return scores.argmax(axis=-1)
+    if rngs is None or len(rngs) != scores.shape[0]:
+        raise ValueError("sampling needs one generator per row")
+    draws = np.array([rng.random() for rng in rngs])
+    return _warp_and_sample(scores, opts, draws)

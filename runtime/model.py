@@ -9,22 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeqa.errors import ArtifactError, InputError
 from edgeqa.manifest import Manifest
-from edgeqa.runtime.generate import beam_search, greedy_tokens, until_eos
+from edgeqa.runtime.decoder import Decoder
 from edgeqa.runtime.graphs import T5Graphs
 from edgeqa.runtime.options import GenerationOptions
+from edgeqa.runtime.rows import FinishReason, Row
 from edgeqa.runtime.tokenizer import PromptTokenizer
 
 logger = logging.getLogger(__name__)
-
-# Prompts are padded to a multiple of this many tokens: onnxruntime's float MatMul sums the
-# cross-attention over the encoder positions in groups, and a last group of 3 is summed in another
-# order than a full group. With whole groups only, the zeros that padding adds leave every sum
-# unchanged, so a prompt gets the same numbers however much padding its batch gives it.
-PAD_MULTIPLE = 4
 
 
 @dataclass(frozen=True)
@@ -36,7 +29,8 @@ class Answer:
         tokens: Answer token ids (end-of-answer included when the model produced it).
         prompt_tokens: Prompt length in tokens after truncation.
         encode_ms: Tokenization time (for a batch: the batch's, shared by its answers).
-        generate_ms: Model time, encoder and decoder (likewise shared in a batch).
+        generate_ms: Model time, encoder (its batch's) and decoder until this answer finished.
+        finish_reason: "stop" (end of answer, or a stop string) or "length" (max_new_tokens reached).
     """
 
     text: str
@@ -44,6 +38,19 @@ class Answer:
     prompt_tokens: int
     encode_ms: float
     generate_ms: float
+    finish_reason: FinishReason = FinishReason.STOP
+
+    @classmethod
+    def of(cls, row: Row, encode_ms: float = 0.0) -> Answer:
+        """The answer of a finished row."""
+        return cls(
+            text=row.text,
+            tokens=row.tokens,
+            prompt_tokens=len(row.ids),
+            encode_ms=encode_ms,
+            generate_ms=row.encoder_ms + row.decode_ms,
+            finish_reason=row.finish_reason or FinishReason.STOP,
+        )
 
     @property
     def answer_tokens(self) -> int:
@@ -111,9 +118,13 @@ class QAModel:
         """
         return (options or self.defaults).updated(**overrides)
 
+    def decoder(self) -> Decoder:
+        """A new decoder over this model (one per thread): rows join, step and leave (`edgeqa.runtime.Decoder`)."""
+        return Decoder(self.graphs, self.tokenizer, self.manifest.special_tokens)
+
     def answer(self, question: str, options: GenerationOptions | None = None, **overrides: Any) -> Answer:
         """Answer one question; `overrides` are `GenerationOptions` fields."""
-        return self._generate([question], self.options(options, **overrides))[0]
+        return self._answer([question], self.options(options, **overrides))[0]
 
     def answer_batch(
         self,
@@ -122,13 +133,13 @@ class QAModel:
         batch_size: int = 8,
         **overrides: Any,
     ) -> list[Answer]:
-        """Answer many questions, `batch_size` at a time (rows stop at their own end-of-answer)."""
+        """Answer many questions, `batch_size` at a time (rows leave at their own end-of-answer)."""
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
         opts = self.options(options, **overrides)
         answers: list[Answer] = []
         for first in range(0, len(questions), batch_size):
-            answers += self._generate(list(questions[first : first + batch_size]), opts)
+            answers += self._answer(list(questions[first : first + batch_size]), opts)
         return answers
 
     def stream(self, question: str, options: GenerationOptions | None = None, **overrides: Any) -> Iterator[str]:
@@ -137,66 +148,38 @@ class QAModel:
         Beam search only knows its answer at the end, so it yields it once.
         """
         opts = self.options(options, **overrides)
-        if opts.num_beams > 1:
-            yield self._generate([question], opts)[0].text
-            return
-        ids, mask = self._encode_inputs([question])
-        state = self.graphs.encode(ids, mask)
-        special = self.manifest.special_tokens
-        tokens: list[int] = []
-        shown = ""
-        for step in greedy_tokens(self.graphs, state, opts, special.decoder_start, special.eos, special.pad):
-            tokens.append(int(step[0]))
-            text = self.tokenizer.decode(tokens)
-            if text.startswith(shown) and len(text) > len(shown):
-                yield text[len(shown) :]
-                shown = text
+        decoder = self.decoder()
+        [(ids, _)] = decoder.prompts([question])
+        decoder.join([Row(ids, opts, stream=True)])
+        while decoder.busy:
+            for update in decoder.step():
+                if update.delta:
+                    yield update.delta
 
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], options: GenerationOptions | None = None, **overrides: Any
     ) -> list[list[int]]:
-        """Answer token ids for already tokenized prompts, as one batch (for benchmarks and tools)."""
-        if not prompt_ids or any(len(ids) == 0 for ids in prompt_ids):
+        """Answer token ids for already tokenized prompts, as one batch (for benchmarks and tools).
+
+        Raises:
+            InputError: a prompt without ids, over the input limit, or with ids outside the vocabulary.
+        """
+        opts = self.options(options, **overrides)
+        rows = [Row(list(ids), opts) for ids in prompt_ids]
+        if not rows:
             raise InputError("every prompt needs at least one token id")
-        input_ids, mask = self._pad(prompt_ids)
-        return self._search(input_ids, mask, self.options(options, **overrides))
+        decoder = self.decoder()
+        decoder.join(rows)
+        decoder.run()
+        return [row.tokens for row in rows]
 
-    def _pad(self, encoded: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        width = -(-max(len(ids) for ids in encoded) // PAD_MULTIPLE) * PAD_MULTIPLE
-        pad = self.manifest.special_tokens.pad
-        input_ids = np.full((len(encoded), width), pad, dtype=np.int64)
-        mask = np.zeros((len(encoded), width), dtype=np.int64)
-        for row, ids in enumerate(encoded):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        return input_ids, mask
-
-    def _encode_inputs(self, questions: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        return self._pad(self.tokenizer.encode(questions))
-
-    def _search(self, input_ids: np.ndarray, mask: np.ndarray, opts: GenerationOptions) -> list[list[int]]:
-        special = self.manifest.special_tokens
-        state = self.graphs.encode(input_ids, mask)
-        if opts.num_beams > 1:
-            return beam_search(self.graphs, state, opts, special.decoder_start, special.eos)
-        steps = list(greedy_tokens(self.graphs, state, opts, special.decoder_start, special.eos, special.pad))
-        return [until_eos(row, special.eos) for row in np.stack(steps, axis=1).tolist()]
-
-    def _generate(self, questions: list[str], opts: GenerationOptions) -> list[Answer]:
+    def _answer(self, questions: list[str], opts: GenerationOptions) -> list[Answer]:
         if not questions:
             return []
         started = time.perf_counter()
-        input_ids, mask = self._encode_inputs(questions)
-        encoded = time.perf_counter()
-        sequences = self._search(input_ids, mask, opts)
-        finished = time.perf_counter()
-        return [
-            Answer(
-                text=self.tokenizer.decode(tokens),
-                tokens=tokens,
-                prompt_tokens=int(prompt_mask.sum()),
-                encode_ms=(encoded - started) * 1000,
-                generate_ms=(finished - encoded) * 1000,
-            )
-            for tokens, prompt_mask in zip(sequences, mask, strict=True)
-        ]
+        decoder = self.decoder()
+        rows = [Row(ids, opts) for ids, _ in decoder.prompts(questions)]
+        encode_ms = (time.perf_counter() - started) * 1000
+        decoder.join(rows)
+        decoder.run()
+        return [Answer.of(row, encode_ms) for row in rows]

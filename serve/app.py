@@ -19,9 +19,9 @@ from starlette.routing import Route
 
 from edgeqa.errors import InputError
 from edgeqa.manifest import Manifest
-from edgeqa.runtime import GenerationOptions, QAModel
+from edgeqa.runtime import GenerationOptions, QAModel, Row
 from edgeqa.serve.config import ServeConfig
-from edgeqa.serve.engine import Engine, QueueFull
+from edgeqa.serve.engine import Engine, EngineState, QueueFull
 from edgeqa.serve.jobs import Job
 from edgeqa.serve.metrics import Metrics
 from edgeqa.serve.middleware import ApiKeyMiddleware, MetricsMiddleware
@@ -54,7 +54,7 @@ class Service:
         """The loaded model, or 503 while loading or shutting down."""
         if self.draining:
             raise unavailable("the server is shutting down; retry on another instance", "shutting_down")
-        if self.engine.state != "ready" or self.engine.model is None:
+        if self.engine.state != EngineState.READY or self.engine.model is None:
             raise unavailable(f"the model is {self.engine.state}; retry shortly", f"model_{self.engine.state}")
         return self.engine.model
 
@@ -71,11 +71,20 @@ class Service:
                 raise too_large
         return parse_body(bytes(body))
 
-    def jobs(self, model: QAModel, questions: list[str], opts: GenerationOptions, **extra: Any) -> list[Job]:
+    def jobs(
+        self,
+        model: QAModel,
+        questions: list[str],
+        opts: GenerationOptions,
+        stream: bool = False,
+        stop: tuple[str, ...] = (),
+    ) -> list[Job]:
         started = time.perf_counter()
         encoded = model.tokenizer.encode_checked(questions)
         each_ms = (time.perf_counter() - started) * 1000 / len(questions)
-        return [Job(ids=ids, opts=opts, truncated=cut, tokenize_ms=each_ms, **extra) for ids, cut in encoded]
+        return [
+            Job(Row(ids, opts, stop=stop, stream=stream), truncated=cut, tokenize_ms=each_ms) for ids, cut in encoded
+        ]
 
     def submit(self, jobs: list[Job]) -> None:
         try:
@@ -135,10 +144,10 @@ async def answer(request: Request) -> Response:
 async def health(request: Request) -> Response:
     service: Service = request.app.state.service
     state = "draining" if service.draining else service.engine.state
-    body: dict[str, Any] = {"status": "ok" if state == "ready" else state}
+    body: dict[str, Any] = {"status": "ok" if state == EngineState.READY else state}
     if service.engine.error:
         body["error"] = service.engine.error
-    return JSONResponse(body, status_code=200 if state == "ready" else 503)
+    return JSONResponse(body, status_code=200 if state == EngineState.READY else 503)
 
 
 async def metrics(request: Request) -> Response:

@@ -1,11 +1,12 @@
-"""The batcher: one inference thread owns the model and decodes queued requests together.
+"""The batcher: one inference thread schedules queued requests onto the runtime's decoder.
 
-Requests wait in a bounded queue. The thread takes the oldest one and up to `max_batch_size - 1`
-others of the closest prompt lengths (waiting at most `batch_wait_ms` for them, unless one caller
-is alone: one request queued after a batch of one), encodes them as
-one batch and decodes step by step. A row leaves the batch as soon as its answer is finished or
-its caller is gone, and its caches are dropped, so the batch shrinks as it goes. Beam search
-requests run alone.
+It only schedules; the runtime decodes (`edgeqa.runtime.Decoder`), so a served answer is the
+runtime's answer. Requests wait in a bounded queue. The thread takes the oldest one and up to
+`max_batch_size - 1` others of the closest prompt lengths (waiting at most `batch_wait_ms` for
+them, unless one caller is alone: one request queued after a batch of one), lets them join the
+decoder together and steps it until they are done, handing each row's news to its caller. A row
+leaves as soon as its answer is finished or its caller is gone, so the batch shrinks as it goes.
+Beam search requests run alone.
 """
 
 from __future__ import annotations
@@ -16,20 +17,25 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
-
-import numpy as np
+from enum import StrEnum
 
 from edgeqa.errors import EdgeQAError
-from edgeqa.runtime import QAModel
-from edgeqa.runtime.generate import beam_search, choose_tokens
-from edgeqa.serve.jobs import Delta, Done, Failed, Job, Result, RowText
+from edgeqa.runtime import Decoder, FinishReason, QAModel
+from edgeqa.serve.jobs import Delta, Done, Failed, Job, Result
 
 logger = logging.getLogger(__name__)
 
 
 class QueueFull(EdgeQAError):
     """The request queue is full; the caller should retry later."""
+
+
+class EngineState(StrEnum):
+    """The inference thread's state: loading -> ready | failed."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
 
 
 class Engine:
@@ -66,7 +72,8 @@ class Engine:
         self._stopping = False
         self._thread = threading.Thread(target=self._main, name="edgeqa-inference", daemon=True)
         self.model: QAModel | None = None
-        self.state = "loading"  # loading -> ready | failed
+        self.decoder: Decoder | None = None
+        self.state = EngineState.LOADING
         self.error: str | None = None
         self.ready = threading.Event()
         self.active_rows = 0
@@ -107,10 +114,10 @@ class Engine:
             self._cond.notify_all()
 
     def cancel(self, job: Job) -> None:
-        """Drop a job: out of the queue now, or out of its batch at the next step."""
+        """Drop a job: out of the queue now, or out of the decoder at its next step."""
         if job.finished:
             return
-        job.cancelled = True
+        job.row.cancel()
         with self._cond:
             if job in self._pending:
                 self._pending.remove(job)
@@ -121,27 +128,23 @@ class Engine:
     def _main(self) -> None:
         try:
             self.model = self._load()
-            warm = Job(
-                ids=self.model.tokenizer.encode(["warm up"])[0], opts=self.model.defaults.updated(max_new_tokens=2)
-            )
-            self._decode([warm])
+            self.decoder = self.model.decoder()
+            self.model.answer("warm up", max_new_tokens=2)
         except Exception as e:  # noqa: BLE001 (a failed load is reported through /health and the exit code)
             self.error = str(e)
-            self.state = "failed"
+            self.state = EngineState.FAILED
             logger.error("edgeqa serve: the model could not be loaded: %s", e)
             self.ready.set()
             return
-        self.state = "ready"
+        self.state = EngineState.READY
         self.ready.set()
         while (batch := self._take()) is not None:
             self._on_batch(len(batch))
             try:
-                if batch[0].opts.num_beams > 1:
-                    self._beam(batch[0])
-                else:
-                    self._decode(batch)
+                self._decode(batch)
             except Exception as e:  # noqa: BLE001 (one failed batch must not stop the server)
                 logger.exception("edgeqa serve: a batch failed")
+                self.decoder = self.model.decoder()  # whatever the failed one held is dropped
                 for job in batch:
                     if not job.finished:
                         job.finished = True
@@ -166,11 +169,11 @@ class Engine:
                 self._cond.wait(remaining)
             first = self._pending.popleft()
             self.active_rows = 1  # under the lock: the job is never in neither place (the drain looks)
-            if first.opts.num_beams > 1:
+            if first.row.options.num_beams > 1:
                 self._last_rows = 1
                 return [first]
-            window = [job for job in list(self._pending)[: 4 * self.max_batch_size] if job.opts.num_beams == 1]
-            window.sort(key=lambda job: abs(len(job.ids) - len(first.ids)))  # stable: the oldest first on ties
+            window = [job for job in list(self._pending)[: 4 * self.max_batch_size] if job.row.options.num_beams == 1]
+            window.sort(key=lambda job: abs(len(job.row.ids) - len(first.row.ids)))  # stable: the oldest first on ties
             picked = window[: self.max_batch_size - 1]
             for job in picked:
                 self._pending.remove(job)
@@ -183,82 +186,35 @@ class Engine:
         self._on_cancel()
         job.emit(Failed("cancelled", cancelled=True))
 
-    def _pad(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        assert self.model is not None
-        width = max(len(ids) for ids in rows)
-        input_ids = np.full((len(rows), width), self.model.manifest.special_tokens.pad, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for row, ids in enumerate(rows):
-            input_ids[row, : len(ids)] = ids
-            mask[row, : len(ids)] = 1
-        return input_ids, mask
-
     def _decode(self, jobs: list[Job]) -> None:
-        """Greedy and sampled rows together; each row leaves at its own end."""
-        model = self.model
-        assert model is not None
-        special = model.manifest.special_tokens
-        started = time.perf_counter()
-        state = model.graphs.encode(*self._pad([job.ids for job in jobs]))
-        encoded = time.perf_counter()
-        rows = [RowText(job, model.tokenizer, special.eos, started, encoded) for job in jobs]
-        rngs = [np.random.default_rng(job.opts.seed) for job in jobs]
-        # As in greedy_tokens: numpy calls right after a step run with cold caches, so the loop
-        # writes into one preallocated array and copies nothing while every row chooses alike.
-        longest = 1 + max(job.opts.max_new_tokens for job in jobs)  # every row has left by then
-        sequences = np.full((len(rows), longest), special.decoder_start, dtype=np.int64)
-        self.active_rows = len(rows)
-        length = 1
-        while rows:
-            logits = model.graphs.step(state, sequences[:, length - 1]).astype(np.float32, copy=False)  # fresh
-            tokens = sequences[:, length]
-            groups = _groups([row.job.opts for row in rows])
-            if len(groups) == 1:
-                tokens[:] = choose_tokens(sequences[:, :length], logits, groups[0][1], special.eos, rngs[0])
-            else:
-                for group, opts in groups:
-                    rng = rngs[group[0]]  # a sampled row is a group of its own, with its own generator
-                    tokens[group] = choose_tokens(sequences[group, :length], logits[group], opts, special.eos, rng)
-            length += 1
-            self._on_tokens(len(rows))
-            keep = []
-            for index, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
-                if row.job.cancelled:
-                    self._cancelled(row.job)
-                elif not row.advance(token):
-                    keep.append(index)
-            if len(keep) < len(rows):
-                if keep:
-                    state.select(keep)
-                sequences = sequences[keep]
-                rows = [rows[i] for i in keep]
-                rngs = [rngs[i] for i in keep]
-                self.active_rows = len(rows)
+        """Let the jobs' rows join the decoder and step it until every one has finished."""
+        decoder = self.decoder
+        assert decoder is not None
+        by_row = {job.row: job for job in jobs}
+        decoder.join([job.row for job in jobs])
+        self.active_rows = live = len(jobs)
+        while decoder.busy:
+            updates = decoder.step()
+            self._on_tokens(live)
+            for update in updates:
+                job = by_row[update.row]
+                if update.delta:
+                    job.emit(Delta(update.delta))
+                if update.finished:
+                    live -= 1
+                    self._finished(job)
+            self.active_rows = live
 
-    def _beam(self, job: Job) -> None:
-        model = self.model
-        assert model is not None
-        special = model.manifest.special_tokens
-        started = time.perf_counter()
-        state = model.graphs.encode(*self._pad([job.ids]))
-        encoded = time.perf_counter()
-        self.active_rows = 1
-        tokens = beam_search(model.graphs, state, job.opts, special.decoder_start, special.eos)[0]
-        self._on_tokens(len(tokens))
-        row = RowText(job, model.tokenizer, special.eos, started, encoded)
-        row.finish_with(tokens)
-
-
-def _groups(options: list[Any]) -> list[tuple[list[int], Any]]:
-    """Row indices that can choose their tokens in one call: equal greedy options; each sampled row alone."""
-    groups: dict[Any, list[int]] = {}
-    out: list[tuple[list[int], Any]] = []
-    for index, opts in enumerate(options):
-        if opts.do_sample:
-            out.append(([index], opts))
+    def _finished(self, job: Job) -> None:
+        reason = job.row.finish_reason
+        if reason == FinishReason.CANCELLED:
+            self._cancelled(job)
+            return
+        job.finished = True
+        if reason == FinishReason.FAILED:
+            job.emit(Failed(f"generation failed: {job.row.error}"))
         else:
-            groups.setdefault(opts, []).append(index)
-    return out + [(indices, opts) for opts, indices in groups.items()]
+            job.emit(Done(job.result()))
 
 
-__all__ = ["Delta", "Done", "Engine", "Failed", "Job", "QueueFull", "Result"]
+__all__ = ["Delta", "Done", "Engine", "EngineState", "Failed", "Job", "QueueFull", "Result"]

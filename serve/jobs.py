@@ -1,14 +1,12 @@
-"""One request's journey through the batcher: the job, the events it receives, its text as it grows."""
+"""One request's journey through the batcher: the job and the events it receives."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeqa.runtime import Answer, GenerationOptions
-from edgeqa.runtime.tokenizer import PromptTokenizer
+from edgeqa.runtime import Answer, Row
 
 
 @dataclass(frozen=True)
@@ -66,28 +64,28 @@ Event = Delta | Done | Failed
 
 @dataclass(eq=False)
 class Job:
-    """One question to answer. `eq=False`: jobs compare by identity (queue removal).
+    """One question to answer: the decoder's row, and what the server adds around it.
+    `eq=False`: jobs compare by identity (queue removal).
 
     Attributes:
-        ids: Prompt token ids (already truncated).
-        opts: Generation options.
-        stream: Send `Delta` events as the text grows.
-        stop: Stop strings: the answer ends before the first one (OpenAI's `stop`).
+        row: The decoder row (prompt ids, options, stop strings, streaming); the runtime fills in
+            its answer.
         truncated: The question was cut to the input limit.
         tokenize_ms: Time spent tokenizing, by the caller.
+        finished: Its last event (`Done` or `Failed`) has been sent.
     """
 
-    ids: list[int]
-    opts: GenerationOptions
-    stream: bool = False
-    stop: tuple[str, ...] = ()
+    row: Row
     truncated: bool = False
     tokenize_ms: float = 0.0
     events: asyncio.Queue[Event] | None = field(default=None, repr=False)
-    cancelled: bool = False
     finished: bool = False
     enqueued: float = 0.0
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.row.cancelled
 
     def bind(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
         self._loop = loop
@@ -103,94 +101,14 @@ class Job:
         except RuntimeError:  # the loop was closed: nobody is waiting any more
             pass
 
-
-class RowText:
-    """A row's tokens and text as they grow: stop strings, held-back text, the finish."""
-
-    def __init__(self, job: Job, tokenizer: PromptTokenizer, eos: int, started: float, encoded: float):
-        self.job = job
-        self.tokenizer = tokenizer
-        self.eos = eos
-        self.started = started
-        self.encoded = encoded
-        self.tokens: list[int] = []
-        self.shown = ""
-
-    def advance(self, token: int) -> bool:
-        """Add one token; returns True when the row is finished (and has been reported)."""
-        self.tokens.append(token)
-        if token == self.eos:
-            self._finish("stop")
-            return True
-        text = self.tokenizer.decode(self.tokens) if (self.job.stream or self.job.stop) else ""
-        cut = _stop_at(text, self.job.stop)
-        if cut is not None:
-            self._finish("stop", text[:cut])
-            return True
-        if len(self.tokens) >= self.job.opts.max_new_tokens:
-            self._finish("length")
-            return True
-        if self.job.stream:
-            self._show(text[: len(text) - _held_back(text, self.job.stop)])
-        return False
-
-    def finish_with(self, tokens: list[int]) -> None:
-        """Finish with a whole answer at once (beam search)."""
-        self.tokens = list(tokens)
-        text = self.tokenizer.decode(self.tokens)
-        cut = _stop_at(text, self.job.stop)
-        reason = "stop" if cut is not None or (tokens and tokens[-1] == self.eos) else "length"
-        self._finish(reason, text if cut is None else text[:cut])
-
-    def _show(self, text: str) -> None:
-        if text.startswith(self.shown) and len(text) > len(self.shown):
-            self.job.emit(Delta(text[len(self.shown) :]))
-            self.shown = text
-
-    def _finish(self, reason: str, text: str | None = None) -> None:
-        finished = time.perf_counter()
-        text = self.tokenizer.decode(self.tokens) if text is None else text  # verbatim before a stop string
-        if self.job.stream:
-            if text.startswith(self.shown):
-                self._show(text)
-            else:  # the tokenizer rewrote earlier text (rare): the stream keeps what it sent
-                text = self.shown
-        job = self.job
-        encoder_ms = (self.encoded - self.started) * 1000
-        answer = Answer(
-            text=text,
-            tokens=self.tokens,
-            prompt_tokens=len(job.ids),
-            encode_ms=job.tokenize_ms,
-            generate_ms=(finished - self.started) * 1000,
+    def result(self) -> Result:
+        """The finished row's answer with the server's timings."""
+        row = self.row
+        return Result(
+            answer=Answer.of(row, encode_ms=self.tokenize_ms),
+            finish_reason=str(row.finish_reason),
+            queue_ms=(row.joined_at - self.enqueued) * 1000 if self.enqueued else 0.0,
+            encode_ms=self.tokenize_ms + row.encoder_ms,
+            decode_ms=row.decode_ms,
+            truncated=self.truncated,
         )
-        job.finished = True
-        job.emit(
-            Done(
-                Result(
-                    answer=answer,
-                    finish_reason=reason,
-                    queue_ms=(self.started - job.enqueued) * 1000 if job.enqueued else 0.0,
-                    encode_ms=job.tokenize_ms + encoder_ms,
-                    decode_ms=(finished - self.encoded) * 1000,
-                    truncated=job.truncated,
-                )
-            )
-        )
-
-
-def _stop_at(text: str, stops: tuple[str, ...]) -> int | None:
-    """Where the first stop string starts in text, or None."""
-    found = [text.find(stop) for stop in stops if stop and stop in text]
-    return min(found) if found else None
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters might begin a stop string, and so cannot be streamed yet."""
-    held = 0
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), held, -1):
-            if text.endswith(stop[:size]):
-                held = size
-                break
-    return held

@@ -13,6 +13,7 @@ import uvicorn
 from edgeqa.errors import ArtifactError
 from edgeqa.serve.app import Service, create_app
 from edgeqa.serve.config import ServeConfig
+from edgeqa.serve.engine import EngineState
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class DrainingServer(uvicorn.Server):
         engine = self.service.engine
         while not engine.ready.is_set():
             await asyncio.sleep(0.05)
-        if engine.state == "failed":
+        if engine.state == EngineState.FAILED:
             self.should_exit = True
         else:
             logger.info("edgeqa serve: ready")
@@ -105,5 +106,5 @@ def run_server(config: ServeConfig) -> None:
         timeout_graceful_shutdown=int(config.shutdown_timeout) + 1,
     )
     DrainingServer(uv_config, service).run()
-    if service.engine.state == "failed":
+    if service.engine.state == EngineState.FAILED:
         raise ArtifactError(f"the model could not be loaded: {service.engine.error}")

@@ -108,7 +108,7 @@ async def openai_response(request: Request, service: Service, job: Job, chat: bo
     result = results[0]
     body = envelope(chat, completion_id(chat), service.model_id)
     body["choices"] = [choice(chat, result.answer.text, result.finish_reason)]
-    body["usage"] = usage(len(job.ids), result.answer.answer_tokens)
+    body["usage"] = usage(len(job.row.ids), result.answer.answer_tokens)
     return JSONResponse(body)
 
 
@@ -135,7 +135,7 @@ async def openai_stream(service: Service, job: Job, parsed: Any, chat: bool) -> 
         else:
             yield _sse({**base, "choices": [choice(chat, "", event.result.finish_reason, delta=True)], **extra})
             if parsed.include_usage:
-                yield _sse({**base, "choices": [], "usage": usage(len(job.ids), event.result.answer.answer_tokens)})
+                yield _sse({**base, "choices": [], "usage": usage(len(job.row.ids), event.result.answer.answer_tokens)})
             yield "data: [DONE]\n\n"
 
 

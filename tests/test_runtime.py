@@ -155,8 +155,10 @@ def test_beams_of_a_question_share_its_cross_cache():
 def test_exported_decoder_reads_one_cross_cache_per_question(model):
     import numpy as np
 
+    from edgeqa.runtime.decoder import pad_prompts
+
     assert model.graphs.shared_cross
-    state = model.graphs.encode(*model._pad([[100, 200, 1], [300, 1]]))
+    state = model.graphs.encode(*pad_prompts([[100, 200, 1], [300, 1]], pad=0))
     state.repeat(4)
     logits = model.graphs.step(state, np.zeros(8, dtype=np.int64))
     assert logits.shape[0] == 8 and state.cross_cache[0].shape[0] == 2

@@ -372,9 +372,10 @@ def test_serve_command_passes_its_flags(monkeypatch, tmp_path):
 
 
 def _job_with_events(*events):
+    from edgeqa.runtime import GenerationOptions, Row
     from edgeqa.serve.jobs import Job
 
-    job = Job(ids=[1, 2, 3], opts=None)  # type: ignore[arg-type]
+    job = Job(Row([1, 2, 3], GenerationOptions()))
 
     async def feed():
         job.bind(asyncio.get_running_loop(), 0.0)
@@ -411,18 +412,18 @@ def test_quiet_streams_get_ping_comments_and_failures_an_error_event():
 
 
 def test_text_that_may_begin_a_stop_string_is_held_back():
-    from edgeqa.serve.jobs import _held_back, _stop_at
+    from edgeqa.runtime.text import held_back, stop_at
 
-    assert _held_back("The capital is Par", ("Paris",)) == 3
-    assert _held_back("The capital is P", ("Paris", "is Pe")) == 4
-    assert _held_back("The capital", ("Paris",)) == 0
-    assert _stop_at("It is Paris, France", ("France", "Paris")) == 6
-    assert _stop_at("It is Rome", ("Paris",)) is None
+    assert held_back("The capital is Par", ("Paris",)) == 3
+    assert held_back("The capital is P", ("Paris", "is Pe")) == 4
+    assert held_back("The capital", ("Paris",)) == 0
+    assert stop_at("It is Paris, France", ("France", "Paris")) == 6
+    assert stop_at("It is Rome", ("Paris",)) is None
 
 
 def test_a_lone_caller_does_not_wait_for_a_batch_but_a_crowd_does():
     """--batch-wait-ms gathers concurrent callers; one caller alone must not pay it on every request."""
-    from edgeqa.runtime import GenerationOptions
+    from edgeqa.runtime import GenerationOptions, Row
     from edgeqa.serve.engine import Engine
     from edgeqa.serve.jobs import Job
 
@@ -437,10 +438,10 @@ def test_a_lone_caller_does_not_wait_for_a_batch_but_a_crowd_does():
 
     engine = Engine(lambda: None, max_batch_size=8, batch_wait_ms=1000)  # type: ignore[arg-type,return-value]
     engine._cond = Recording()
-    alone = Job(ids=[5, 1], opts=GenerationOptions())
+    alone = Job(Row([5, 1], GenerationOptions()))
     engine._pending.append(alone)
     assert engine._take() == [alone] and engine._cond.waits == []  # after a batch of one: no wait
-    crowd = [Job(ids=[5, 1], opts=GenerationOptions()) for _ in range(2)]
+    crowd = [Job(Row([5, 1], GenerationOptions())) for _ in range(2)]
     engine._pending.extend(crowd)
     assert engine._take() == crowd and engine._cond.waits and 0 < engine._cond.waits[0] <= 1.0
     engine._cond.waits.clear()

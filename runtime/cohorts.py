@@ -1,0 +1,219 @@
+"""Cohorts: rows that joined the decoder together, and so share one encoder run and one decoder run a step.
+
+A cohort's rows have self-attention caches of one length (the decoder graph has no mask for
+them), so rows that join later form a cohort of their own. `GreedyCohort` holds greedy and
+sampled rows, each choosing with its own options and generator; a row leaves as soon as it is
+finished or cancelled, its caches dropped. `BeamCohort` holds questions searched with the same
+beam options; its rows finish together.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeqa.manifest import SpecialTokens
+from edgeqa.runtime.generate import _NEG, beam_candidates, choice_key, choose_tokens, gather, until_eos
+from edgeqa.runtime.graphs import DecoderState, T5Graphs
+from edgeqa.runtime.options import GenerationOptions
+from edgeqa.runtime.rows import FinishReason, Row, Update
+from edgeqa.runtime.text import AnswerText
+from edgeqa.runtime.tokenizer import PromptTokenizer
+
+
+class GreedyCohort:
+    """Greedy and sampled rows decoded together, one token each a step."""
+
+    def __init__(
+        self,
+        graphs: T5Graphs,
+        state: DecoderState,
+        rows: list[Row],
+        tokenizer: PromptTokenizer,
+        special: SpecialTokens,
+    ):
+        self.graphs, self.state, self.rows, self.eos = graphs, state, rows, special.eos
+        self.texts = [AnswerText(tokenizer, row.stop, row.stream) for row in rows]
+        # every row has a generator (a greedy one never draws): a seeded row samples alike in any batch
+        self.rngs = [np.random.default_rng(row.options.seed) for row in rows]
+        # Every numpy call right after a decoder step runs with cold caches (the step streamed the
+        # weights through them) and costs 10-30 us, not 1: a step writes into one preallocated
+        # array and keeps to a few calls while no row leaves.
+        width = 1 + max(row.options.max_new_tokens for row in rows)
+        self.sequences = np.full((len(rows), width), special.decoder_start, dtype=np.int64)
+        self.length = 1
+        self._regroup()
+
+    def _regroup(self) -> None:
+        """Rows that choose alike, in one call each (a sampled row still draws from its own generator)."""
+        by_key: dict[tuple, list[int]] = {}
+        for index, row in enumerate(self.rows):
+            by_key.setdefault(choice_key(row.options), []).append(index)
+        self.groups: list[tuple[np.ndarray | None, GenerationOptions, list[np.random.Generator] | None]] = []
+        for indices in by_key.values():
+            opts = self.rows[indices[0]].options
+            rngs = [self.rngs[i] for i in indices] if opts.do_sample else None
+            rows = None if len(by_key) == 1 else np.asarray(indices)  # None: all rows, no fancy-index copies
+            self.groups.append((rows, opts, rngs))
+        self.limits = np.array([row.options.max_new_tokens for row in self.rows])
+        self.shortest = int(self.limits.min())
+        self.watched = [i for i, text in enumerate(self.texts) if text.watched]
+
+    def step(self) -> list[Update]:
+        length = self.length
+        logits = self.graphs.step(self.state, self.sequences[:, length - 1]).astype(np.float32, copy=False)  # fresh
+        tokens = self.sequences[:, length]
+        for members, opts, rngs in self.groups:
+            if members is None:
+                tokens[:] = choose_tokens(self.sequences[:, :length], logits, opts, self.eos, rngs)
+            else:
+                tokens[members] = choose_tokens(self.sequences[members, :length], logits[members], opts, self.eos, rngs)
+        self.length = length + 1
+        ended = tokens == self.eos
+        if length >= self.shortest:
+            ended |= length >= self.limits
+        cancelled = any(row.cancelled for row in self.rows)
+        if not (self.watched or cancelled or ended.any()):
+            return []
+        updates: list[Update] = []
+        leaving: list[int] = []
+        candidates = range(len(self.rows)) if cancelled else sorted({*self.watched, *np.flatnonzero(ended).tolist()})
+        for index in candidates:
+            row, text, done = self.rows[index], self.texts[index], bool(ended[index])
+            if row.cancelled:
+                row.finish(FinishReason.CANCELLED)
+                updates.append(Update(row))
+                leaving.append(index)
+                continue
+            if not (done or text.watched):
+                continue
+            row.tokens = self.sequences[index, 1 : length + 1].tolist()
+            final = None
+            if not done:
+                delta, final = text.advance(row.tokens)
+                if final is None:
+                    if delta:
+                        updates.append(Update(row, delta))
+                    continue
+            delta, answer, stopped = text.finish(row.tokens, final)
+            reason = FinishReason.STOP if stopped or row.tokens[-1] == self.eos else FinishReason.LENGTH
+            row.finish(reason, answer)
+            updates.append(Update(row, delta))
+            leaving.append(index)
+        if leaving:
+            self._drop(leaving)
+        return updates
+
+    def _drop(self, leaving: list[int]) -> None:
+        keep = [i for i in range(len(self.rows)) if i not in leaving]
+        self.rows = [self.rows[i] for i in keep]
+        if not keep:
+            return
+        self.state.select(keep)
+        self.sequences = self.sequences[keep]
+        self.texts = [self.texts[i] for i in keep]
+        self.rngs = [self.rngs[i] for i in keep]
+        self._regroup()
+
+
+class BeamCohort:
+    """Questions searched with the same beam options, as transformers' `generate` (4.57) searches.
+
+    Same logits processors in the same order and the same bookkeeping (2 * num_beams candidates,
+    length-normalised finished hypotheses, the same early-stopping heuristic), so float graphs give
+    the PyTorch model's tokens. Every question's answer is known when the search ends.
+    """
+
+    def __init__(
+        self,
+        graphs: T5Graphs,
+        state: DecoderState,
+        rows: list[Row],
+        tokenizer: PromptTokenizer,
+        special: SpecialTokens,
+    ):
+        self.graphs, self.state, self.rows, self.eos = graphs, state, rows, special.eos
+        self.tokenizer = tokenizer
+        self.opts = opts = rows[0].options
+        batch, beams = len(rows), opts.num_beams
+        # transformers keeps (1 + number of eos ids) * num_beams candidates, at least 2 * num_beams
+        self.keep = 2 * beams
+        self.top_mask = np.arange(self.keep) < beams
+        self.max_length = 1 + opts.max_new_tokens
+        state.repeat(beams)
+        self.running = np.full((batch, beams, self.max_length), special.eos, dtype=np.int64)
+        self.running[:, :, 0] = special.decoder_start
+        self.finished_seqs = self.running.copy()
+        self.running_scores = np.zeros((batch, beams), dtype=np.float32)
+        self.running_scores[:, 1:] = _NEG
+        self.finished_scores = np.full((batch, beams), _NEG, dtype=np.float32)
+        self.is_finished = np.zeros((batch, beams), dtype=bool)
+        self.improvable = np.ones((batch, 1), dtype=bool)
+        self.cur_len = 1
+
+    def step(self) -> list[Update]:
+        live = [row for row in self.rows if not row.finished]
+        updates = []
+        for row in live:
+            if row.cancelled:
+                row.finish(FinishReason.CANCELLED)
+                updates.append(Update(row))
+        if len(updates) == len(live):
+            self.rows = []
+            return updates
+        if not self._search_step():
+            updates += self._finish()
+            self.rows = []
+        return updates
+
+    def _search_step(self) -> bool:
+        """One step of the search; False once it has ended."""
+        opts, state, cur_len, eos = self.opts, self.state, self.cur_len, self.eos
+        batch, beams = self.running_scores.shape
+        rows = np.arange(batch)[:, None]
+        flat = self.running[:, :, :cur_len].reshape(batch * beams, cur_len)
+        logits = self.graphs.step(state, flat[:, -1]).astype(np.float32, copy=False)
+        top_scores, source_beam, token = beam_candidates(logits, flat, self.running_scores, opts, eos, self.keep)
+        candidates = self.running[rows, source_beam]
+        candidates[:, :, cur_len] = token
+        hits = (token == eos) | (cur_len + 1 >= self.max_length)
+
+        # the best candidates that did not just finish keep running
+        alive_scores = top_scores + hits.astype(np.float32) * _NEG
+        best = np.argsort(-alive_scores, axis=1, kind="stable")[:, :beams]
+        self.running = candidates[rows, best]
+        self.running_scores = gather(alive_scores, best)
+        parents = gather(source_beam, best)
+
+        # the candidates that did finish compete, length-normalised, for the finished slots
+        just_finished = hits & self.top_mask[None, :]
+        done_scores = top_scores / np.float32(cur_len**opts.length_penalty)
+        full = self.is_finished.all(axis=-1, keepdims=True) & opts.early_stopping
+        done_scores = done_scores + full.astype(np.float32) * _NEG
+        done_scores = done_scores + (~self.improvable).astype(np.float32) * _NEG
+        done_scores = done_scores + (~just_finished).astype(np.float32) * _NEG
+        merged_scores = np.concatenate([self.finished_scores, done_scores], axis=1)
+        pick = np.argsort(-merged_scores, axis=1, kind="stable")[:, :beams]
+        self.finished_seqs = np.concatenate([self.finished_seqs, candidates], axis=1)[rows, pick]
+        self.finished_scores = gather(merged_scores, pick)
+        self.is_finished = gather(np.concatenate([self.is_finished, just_finished], axis=1), pick)
+
+        state.reorder((parents + np.arange(batch)[:, None] * beams).reshape(-1))
+        self.cur_len = cur_len = cur_len + 1
+        # transformers' heuristic for a bool `early_stopping`: the best running beam at its current length
+        best_running = self.running_scores[:, :1] / np.float32((cur_len - 1) ** opts.length_penalty)
+        worst_finished = np.where(self.is_finished, self.finished_scores.min(axis=1, keepdims=True), np.float32(-1.0e9))
+        self.improvable = self.improvable & (best_running > worst_finished).any(axis=-1, keepdims=True)
+        open_beams = not (self.is_finished.all() and opts.early_stopping is True)
+        return bool(self.improvable.any() and open_beams and not hits.all())
+
+    def _finish(self) -> list[Update]:
+        updates = []
+        for row, tokens in zip(self.rows, self.finished_seqs[:, 0, 1:].tolist(), strict=True):
+            if row.finished:  # cancelled on the way
+                continue
+            row.tokens = until_eos(tokens, self.eos)
+            delta, answer, stopped = AnswerText(self.tokenizer, row.stop, row.stream).finish(row.tokens)
+            ended = stopped or bool(row.tokens and row.tokens[-1] == self.eos)
+            row.finish(FinishReason.STOP if ended else FinishReason.LENGTH, answer)
+            updates.append(Update(row, delta))
+        return updates

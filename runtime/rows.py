@@ -1,0 +1,91 @@
+"""A row of the decoder: one answer being generated, what its caller asked and what it has become."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from edgeqa.runtime.options import GenerationOptions
+
+
+class FinishReason(StrEnum):
+    """Why a row left the decoder."""
+
+    STOP = "stop"  # end of answer, or a stop string
+    LENGTH = "length"  # max_new_tokens reached
+    CANCELLED = "cancelled"  # its caller cancelled it
+    FAILED = "failed"  # decoding it failed (`Row.error` says why)
+
+
+@dataclass(eq=False)
+class Row:
+    """One answer being generated. `eq=False`: rows compare by identity.
+
+    The caller sets the first four fields; the decoder fills in the rest. Any thread may call
+    `cancel`; the row leaves at the decoder's next step.
+
+    Attributes:
+        ids: Prompt token ids, at most the artifact's input limit (`Decoder.prompts` makes them).
+        options: How to generate.
+        stop: Stop strings: the answer ends before the first one (OpenAI's `stop`).
+        stream: Report new text at every step (`Update.delta`); otherwise text comes at the end.
+        tokens: Answer token ids so far (end-of-answer included once produced).
+        text: The answer's text once finished (verbatim before a stop string).
+        finish_reason: None while the row is generating.
+        error: What went wrong, when finish_reason is FAILED.
+        joined_at, encoded_at, finished_at: `time.perf_counter()` when the row joined, when its
+            encoder run ended and when it finished.
+    """
+
+    ids: list[int]
+    options: GenerationOptions
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    error: str | None = None
+    joined_at: float = 0.0
+    encoded_at: float = 0.0
+    finished_at: float = 0.0
+    cancelled: bool = field(default=False, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def encoder_ms(self) -> float:
+        """Its batch's encoder run."""
+        return (self.encoded_at - self.joined_at) * 1000
+
+    @property
+    def decode_ms(self) -> float:
+        """Decoder steps while the row was in its batch."""
+        return (self.finished_at - self.encoded_at) * 1000
+
+    def cancel(self) -> None:
+        """Ask the decoder to drop this row (from any thread); it leaves at the next step."""
+        self.cancelled = True
+
+    def finish(self, reason: FinishReason, text: str = "", error: str | None = None) -> None:
+        self.finish_reason, self.text, self.error = reason, text, error
+        self.finished_at = time.perf_counter()
+
+
+@dataclass(frozen=True)
+class Update:
+    """News of one row from a decoder step: text to stream, and whether the row has finished.
+
+    Attributes:
+        row: The row (its `finish_reason`, `tokens` and `text` once finished).
+        delta: New answer text (streaming rows only; the last piece comes with the finish).
+    """
+
+    row: Row
+    delta: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.row.finished

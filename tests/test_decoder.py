@@ -1,0 +1,166 @@
+"""The decoder's unit layer: rows join and leave mid-batch, cancel, stop at their limits, stream,
+and always get the tokens they would get alone (seconds, on the untrained tiny artifact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeqa.errors import InputError
+from edgeqa.runtime import Decoder, FinishReason, GenerationOptions, QAModel, Row
+
+PROMPTS = [[100, 200, 300, 1], [7, 8, 1], [400, 500, 600, 700, 800, 900, 1000, 1], [42, 1]]
+
+
+@pytest.fixture(scope="module")
+def model(artifact_tiny: Path) -> QAModel:
+    return QAModel.load(artifact_tiny, threads=1)
+
+
+def opts(**fields) -> GenerationOptions:
+    return GenerationOptions(**({"max_new_tokens": 10} | fields))
+
+
+def alone(model: QAModel, ids: list[int], options: GenerationOptions) -> Row:
+    row = Row(ids, options)
+    decoder = model.decoder()
+    decoder.join([row])
+    decoder.run()
+    return row
+
+
+def test_a_row_that_joins_mid_batch_gets_its_answer_alone(model):
+    decoder = model.decoder()
+    first = [Row(ids, opts()) for ids in PROMPTS[:2]]
+    decoder.join(first)
+    for _ in range(3):
+        assert decoder.step() == []  # nobody streams, nobody has finished
+    late = Row(PROMPTS[2], opts(max_new_tokens=6))
+    decoder.join([late])
+    assert set(decoder.rows) == {*first, late}
+    decoder.run()
+    for row in (*first, late):
+        assert row.tokens == alone(model, row.ids, row.options).tokens
+    assert len(late.tokens) == 6 and late.finish_reason == FinishReason.LENGTH
+    assert not decoder.busy and decoder.rows == []
+
+
+def test_rows_leave_at_their_own_limits_and_the_rest_are_unchanged(model):
+    limits = [2, 9, 5, 7]
+    rows = [Row(ids, opts(max_new_tokens=n)) for ids, n in zip(PROMPTS, limits, strict=True)]
+    decoder = model.decoder()
+    decoder.join(rows)
+    finished_at = {}
+    for step in range(1, 10):
+        for update in decoder.step():
+            assert update.finished and update.delta == ""
+            finished_at[update.row.ids[0]] = step
+    assert finished_at == {ids[0]: n for ids, n in zip(PROMPTS, limits, strict=True)}
+    for row in rows:
+        assert [len(row.tokens), row.finish_reason] == [row.options.max_new_tokens, FinishReason.LENGTH]
+        assert row.tokens == alone(model, row.ids, row.options).tokens
+
+
+def test_min_new_tokens_and_the_end_of_answer(model):
+    forced = alone(model, PROMPTS[0], opts(min_new_tokens=10))
+    assert len(forced.tokens) == 10 and 1 not in forced.tokens  # end-of-answer forbidden before 10
+    ended = Row(PROMPTS[0], opts(max_new_tokens=1))
+    decoder = model.decoder()
+    decoder.join([ended])
+    [update] = decoder.step()
+    assert update.finished and len(ended.tokens) == 1
+    assert ended.finish_reason == (FinishReason.STOP if ended.tokens == [1] else FinishReason.LENGTH)
+
+
+def test_a_cancelled_row_leaves_at_the_next_step_and_the_others_finish_as_alone(model):
+    rows = [Row(ids, opts()) for ids in PROMPTS[:3]]
+    decoder = model.decoder()
+    decoder.join(rows)
+    decoder.step()
+    rows[1].cancel()
+    [update] = decoder.step()
+    assert update.row is rows[1] and rows[1].finish_reason == FinishReason.CANCELLED
+    assert decoder.rows == [rows[0], rows[2]]
+    decoder.run()
+    for row in (rows[0], rows[2]):
+        assert row.tokens == alone(model, row.ids, row.options).tokens
+
+
+def test_beam_greedy_and_seeded_sampled_rows_together_answer_as_alone(model):
+    rows = [
+        Row(PROMPTS[0], opts(num_beams=3)),
+        Row(PROMPTS[1], opts(do_sample=True, seed=11, temperature=0.7, top_k=20)),
+        Row(PROMPTS[2], opts()),
+        Row(PROMPTS[3], opts(do_sample=True, seed=12, top_p=0.8)),
+        Row(PROMPTS[1], opts(num_beams=2, max_new_tokens=5)),
+    ]
+    decoder = model.decoder()
+    decoder.join(rows)
+    decoder.run()
+    for row in rows:
+        assert row.tokens == alone(model, row.ids, row.options).tokens, row.options
+
+
+def test_a_cancelled_beam_search_ends(model):
+    row = Row(PROMPTS[0], opts(num_beams=3))
+    decoder = model.decoder()
+    decoder.join([row])
+    decoder.step()
+    row.cancel()
+    [update] = decoder.step()
+    assert update.finished and row.finish_reason == FinishReason.CANCELLED and not decoder.busy
+
+
+def test_streamed_pieces_add_up_to_the_answer(model):
+    for options in (opts(max_new_tokens=12), opts(num_beams=2, max_new_tokens=6)):
+        row = Row(PROMPTS[2], options, stream=True)
+        decoder = model.decoder()
+        decoder.join([row])
+        pieces = []
+        while decoder.busy:
+            pieces += [update.delta for update in decoder.step()]
+        assert "".join(pieces) == row.text == alone(model, row.ids, options).text
+        assert row.text == model.tokenizer.decode(row.tokens)
+
+
+def test_a_stop_string_ends_the_answer_before_it_and_is_never_streamed(model):
+    plain = alone(model, PROMPTS[2], opts(max_new_tokens=16))
+    assert len(plain.text) >= 8, "the tiny model's answer must be long enough to cut"
+    stop = plain.text[4:7]
+    expected = plain.text[: plain.text.find(stop)]
+    for stream in (False, True):
+        row = Row(PROMPTS[2], opts(max_new_tokens=16), stop=(stop,), stream=stream)
+        decoder = model.decoder()
+        decoder.join([row])
+        pieces = []
+        while decoder.busy:
+            pieces += [update.delta for update in decoder.step()]
+        assert row.text == expected and row.finish_reason == FinishReason.STOP
+        assert "".join(pieces) == (expected if stream else "")
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([], "at least one token id"),
+        ([5] * 10_000, "more than the artifact's"),
+        ([5, 10**9], "token ids must be in"),
+        ([-1, 5], "token ids must be in"),
+    ],
+)
+def test_bad_prompts_are_refused_and_nothing_joins(model, ids, message):
+    decoder = model.decoder()
+    with pytest.raises(InputError, match=message):
+        decoder.join([Row([5, 1], opts()), Row(ids, opts())])
+    assert not decoder.busy
+
+
+def test_prompts_are_cut_to_the_input_limit(model):
+    decoder: Decoder = model.decoder()
+    [(short, cut_short), (long, cut_long)] = decoder.prompts(["What is AI?", "why " * 5000])
+    assert not cut_short and cut_long and len(long) == model.manifest.max_input_tokens
+    row = Row(long, opts(max_new_tokens=2))
+    decoder.join([row])
+    decoder.run()
+    assert len(row.tokens) == 2 and row.encoder_ms > 0 and row.decode_ms > 0
