@@ -5,9 +5,15 @@ them), so rows that join later form a cohort of their own. `GreedyCohort` holds 
 sampled rows, each choosing with its own options and generator; a row leaves as soon as it is
 finished or cancelled, its caches dropped. `BeamCohort` holds questions searched with the same
 beam options; its rows finish together.
+
+A step either happens or not: when it raises, the cohort is as it was before it, so that the
+decoder can split it into cohorts of one row each, which take the step again alone (see
+`Decoder.step`): a row that fails alone fails; the others get the tokens they would have had.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -57,16 +63,37 @@ class GreedyCohort:
         self.limits = np.array([row.options.max_new_tokens for row in self.rows])
         self.shortest = int(self.limits.min())
         self.watched = [i for i, text in enumerate(self.texts) if text.watched]
+        self.sampled = [rng for rng, row in zip(self.rngs, self.rows, strict=True) if row.options.do_sample]
+
+    def split(self) -> list[GreedyCohort]:
+        """One cohort a row, each where this one is (copies of its caches)."""
+        parts = []
+        for index, row in enumerate(self.rows):
+            part = copy.copy(self)
+            part.state = self.state.subset([index])
+            part.rows, part.texts, part.rngs = [row], [self.texts[index]], [self.rngs[index]]
+            part.sequences = self.sequences[[index]]
+            part._regroup()
+            parts.append(part)
+        return parts
 
     def step(self) -> list[Update]:
-        length = self.length
-        logits = self.graphs.step(self.state, self.sequences[:, length - 1]).astype(np.float32, copy=False)  # fresh
-        tokens = self.sequences[:, length]
-        for members, opts, rngs in self.groups:
-            if members is None:
-                tokens[:] = choose_tokens(self.sequences[:, :length], logits, opts, self.eos, rngs)
-            else:
-                tokens[members] = choose_tokens(self.sequences[members, :length], logits[members], opts, self.eos, rngs)
+        length, cache = self.length, self.state.self_cache
+        drawn = [rng.bit_generator.state for rng in self.sampled]
+        try:
+            logits = self.graphs.step(self.state, self.sequences[:, length - 1]).astype(np.float32, copy=False)
+            tokens = self.sequences[:, length]
+            for members, opts, rngs in self.groups:
+                if members is None:
+                    tokens[:] = choose_tokens(self.sequences[:, :length], logits, opts, self.eos, rngs)
+                else:
+                    chosen = choose_tokens(self.sequences[members, :length], logits[members], opts, self.eos, rngs)
+                    tokens[members] = chosen
+        except Exception:
+            self.state.self_cache = cache  # as before the step
+            for rng, state in zip(self.sampled, drawn, strict=True):
+                rng.bit_generator.state = state
+            raise
         self.length = length + 1
         ended = tokens == self.eos
         if length >= self.shortest:
@@ -87,21 +114,29 @@ class GreedyCohort:
             if not (done or text.watched):
                 continue
             row.tokens = self.sequences[index, 1 : length + 1].tolist()
-            final = None
-            if not done:
-                delta, final = text.advance(row.tokens)
-                if final is None:
-                    if delta:
-                        updates.append(Update(row, delta))
-                    continue
-            delta, answer, stopped = text.finish(row.tokens, final)
-            reason = FinishReason.STOP if stopped or row.tokens[-1] == self.eos else FinishReason.LENGTH
-            row.finish(reason, answer)
-            updates.append(Update(row, delta))
-            leaving.append(index)
+            try:
+                update = self._text(row, text, done)
+            except Exception as e:  # noqa: BLE001 (this row's text failed: this row fails, not its batch)
+                row.finish(FinishReason.FAILED, error=e)
+                update = Update(row)
+            if update is not None:
+                updates.append(update)
+            if row.finished:
+                leaving.append(index)
         if leaving:
             self._drop(leaving)
         return updates
+
+    def _text(self, row: Row, text: AnswerText, done: bool) -> Update | None:
+        """The row's news after a token: text to stream, or its finish (a stop string, its end, its limit)."""
+        final = None
+        if not done:
+            delta, final = text.advance(row.tokens)
+            if final is None:
+                return Update(row, delta) if delta else None
+        delta, answer, stopped = text.finish(row.tokens, final)
+        row.finish(FinishReason.STOP if stopped or row.tokens[-1] == self.eos else FinishReason.LENGTH, answer)
+        return Update(row, delta)
 
     def _drop(self, leaving: list[int]) -> None:
         keep = [i for i in range(len(self.rows)) if i not in leaving]
@@ -150,29 +185,49 @@ class BeamCohort:
         self.improvable = np.ones((batch, 1), dtype=bool)
         self.cur_len = 1
 
+    def split(self) -> list[BeamCohort]:
+        """One cohort a question, each where this one is (copies of its caches)."""
+        beams, parts = self.opts.num_beams, []
+        for question, row in enumerate(self.rows):
+            part = copy.copy(self)
+            part.state = self.state.subset(list(range(question * beams, (question + 1) * beams)))
+            part.rows = [row]
+            for name in ("running", "finished_seqs", "running_scores", "finished_scores", "is_finished", "improvable"):
+                setattr(part, name, getattr(self, name)[question : question + 1].copy())
+            parts.append(part)
+        return parts
+
     def step(self) -> list[Update]:
-        live = [row for row in self.rows if not row.finished]
-        updates = []
-        for row in live:
-            if row.cancelled:
-                row.finish(FinishReason.CANCELLED)
-                updates.append(Update(row))
-        if len(updates) == len(live):
+        if all(row.cancelled or row.finished for row in self.rows):
+            updates = self._cancel()
             self.rows = []
             return updates
-        if not self._search_step():
+        searching = self._search_step()
+        updates = self._cancel()
+        if not searching:
             updates += self._finish()
             self.rows = []
         return updates
 
+    def _cancel(self) -> list[Update]:
+        cancelled = [row for row in self.rows if row.cancelled and not row.finished]
+        for row in cancelled:
+            row.finish(FinishReason.CANCELLED)
+        return [Update(row) for row in cancelled]
+
     def _search_step(self) -> bool:
-        """One step of the search; False once it has ended."""
+        """One step of the search (all of it, or nothing where it raises); False once it has ended."""
         opts, state, cur_len, eos = self.opts, self.state, self.cur_len, self.eos
         batch, beams = self.running_scores.shape
         rows = np.arange(batch)[:, None]
         flat = self.running[:, :, :cur_len].reshape(batch * beams, cur_len)
-        logits = self.graphs.step(state, flat[:, -1]).astype(np.float32, copy=False)
-        top_scores, source_beam, token = beam_candidates(logits, flat, self.running_scores, opts, eos, self.keep)
+        cache = state.self_cache
+        try:
+            logits = self.graphs.step(state, flat[:, -1]).astype(np.float32, copy=False)
+            top_scores, source_beam, token = beam_candidates(logits, flat, self.running_scores, opts, eos, self.keep)
+        except Exception:
+            state.self_cache = cache
+            raise
         candidates = self.running[rows, source_beam]
         candidates[:, :, cur_len] = token
         hits = (token == eos) | (cur_len + 1 >= self.max_length)
@@ -212,7 +267,12 @@ class BeamCohort:
             if row.finished:  # cancelled on the way
                 continue
             row.tokens = until_eos(tokens, self.eos)
-            delta, answer, stopped = AnswerText(self.tokenizer, row.stop, row.stream).finish(row.tokens)
+            try:
+                delta, answer, stopped = AnswerText(self.tokenizer, row.stop, row.stream).finish(row.tokens)
+            except Exception as e:  # noqa: BLE001 (this row's text failed: this row fails, not its batch)
+                row.finish(FinishReason.FAILED, error=e)
+                updates.append(Update(row))
+                continue
             ended = stopped or bool(row.tokens and row.tokens[-1] == self.eos)
             row.finish(FinishReason.STOP if ended else FinishReason.LENGTH, answer)
             updates.append(Update(row, delta))

@@ -10,13 +10,19 @@ text live here once, so an answer does not depend on who asks or with whom:
 - int4 graphs run an even number of rows (`T5Graphs.step`);
 - a sampled row draws from its own generator, seeded by its own options.
 
+A failure is one row's: when a batch's encoder run or step raises, its rows are tried again one
+by one (a step changes nothing where it raises), so that the row at fault finishes as FAILED, with
+the error, and the others get the tokens they would have had alone.
+
 Not thread-safe: one decoder per thread (the model's sessions are shared and are).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 
@@ -25,8 +31,11 @@ from edgeqa.manifest import SpecialTokens
 from edgeqa.runtime.cohorts import BeamCohort, GreedyCohort
 from edgeqa.runtime.graphs import T5Graphs
 from edgeqa.runtime.options import GenerationOptions
-from edgeqa.runtime.rows import Row, Update
+from edgeqa.runtime.rows import FinishReason, Row, Update
 from edgeqa.runtime.tokenizer import PromptTokenizer
+
+logger = logging.getLogger(__name__)
+Cohort: TypeAlias = GreedyCohort | BeamCohort
 
 # Prompts are padded to a multiple of this many tokens: onnxruntime's float MatMul sums the
 # cross-attention over the encoder positions in groups, and a last group of 3 is summed in another
@@ -59,7 +68,8 @@ class Decoder:
         self.graphs, self.tokenizer, self.special = graphs, tokenizer, special
         self.vocab_size = graphs.dims.vocab_size
         self.max_input_tokens = tokenizer.max_input_tokens
-        self._cohorts: list[GreedyCohort | BeamCohort] = []
+        self._cohorts: list[Cohort] = []
+        self._failed: list[Row] = []  # rows whose encoder run failed, reported at the next step
 
     def prompts(self, questions: Sequence[str]) -> list[tuple[list[int], bool]]:
         """Prompt ids for each question (the artifact's template, cut to its input limit) and whether it was cut.
@@ -79,23 +89,36 @@ class Decoder:
         """
         for row in rows:
             self._check(row)
-        started = time.perf_counter()
         greedy = [row for row in rows if row.options.num_beams == 1]
         beams: dict[GenerationOptions, list[Row]] = {}
         for row in rows:
             if row.options.num_beams > 1:
                 beams.setdefault(row.options, []).append(row)
-        for group, cohort_type in [(greedy, GreedyCohort), *((group, BeamCohort) for group in beams.values())]:
-            if not group:
-                continue
-            for row in group:
-                row.joined_at = started
-            state = self.graphs.encode(*pad_prompts([row.ids for row in group], self.special.pad))
-            encoded = time.perf_counter()
-            for row in group:
-                row.encoded_at = encoded
-            self._cohorts.append(cohort_type(self.graphs, state, list(group), self.tokenizer, self.special))
-            started = encoded
+        if greedy:
+            self._start(greedy, GreedyCohort)
+        for group in beams.values():
+            self._start(group, BeamCohort)
+
+    def _start(self, rows: list[Row], kind: type[Cohort]) -> None:
+        """Encode rows together and add their cohort; where that fails, each row alone."""
+        started = time.perf_counter()
+        for row in rows:
+            row.joined_at = started
+        try:
+            state = self.graphs.encode(*pad_prompts([row.ids for row in rows], self.special.pad))
+        except Exception as e:  # noqa: BLE001 (one row's failure must not fail its batch-mates)
+            if len(rows) == 1:
+                logger.warning("edgeqa: a prompt could not be encoded: %s", e)
+                rows[0].finish(FinishReason.FAILED, error=e)
+                self._failed.append(rows[0])
+            else:
+                for row in rows:
+                    self._start([row], kind)
+            return
+        encoded = time.perf_counter()
+        for row in rows:
+            row.encoded_at = encoded
+        self._cohorts.append(kind(self.graphs, state, list(rows), self.tokenizer, self.special))
 
     def _check(self, row: Row) -> None:
         if not isinstance(row.options, GenerationOptions):
@@ -117,18 +140,34 @@ class Decoder:
 
     @property
     def busy(self) -> bool:
-        """Whether any row is still generating."""
-        return bool(self._cohorts)
+        """Whether any row is still generating (or has news to report)."""
+        return bool(self._cohorts or self._failed)
 
     def step(self) -> list[Update]:
         """Advance every live row by one token; the news of each row that has any (text, its finish)."""
-        updates: list[Update] = []
+        updates = [Update(row) for row in self._failed]
+        self._failed = []
+        cohorts: list[Cohort] = []
         for cohort in self._cohorts:
-            updates += cohort.step()
-        self._cohorts = [cohort for cohort in self._cohorts if cohort.rows]
+            updates += self._step(cohort, cohorts)
+        self._cohorts = [cohort for cohort in cohorts if cohort.rows]
+        return updates
+
+    def _step(self, cohort: Cohort, cohorts: list[Cohort]) -> list[Update]:
+        """Step one cohort into `cohorts`; where the step fails, each of its rows (or questions) alone."""
+        try:
+            updates = cohort.step()
+        except Exception as e:  # noqa: BLE001 (one row's failure must not fail its batch-mates)
+            if len(cohort.rows) > 1:
+                return [update for part in cohort.split() for update in self._step(part, cohorts)]
+            logger.warning("edgeqa: a row failed while decoding: %s", e)
+            [row] = cohort.rows
+            row.finish(FinishReason.FAILED, error=e)
+            return [Update(row)]
+        cohorts.append(cohort)
         return updates
 
     def run(self) -> None:
         """Step until every row has finished."""
-        while self._cohorts:
+        while self.busy:
             self.step()

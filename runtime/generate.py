@@ -162,8 +162,13 @@ def process_scores(sequences: np.ndarray, scores: np.ndarray, opts: GenerationOp
 
 
 def _warp_and_sample(scores: np.ndarray, opts: GenerationOptions, draws: np.ndarray) -> np.ndarray:
-    """Temperature, top-k, top-p (transformers' warpers, same order), then one draw in [0, 1) per row."""
-    scores = scores / np.float32(opts.temperature)
+    """Temperature, top-k, top-p (transformers' warpers, same order), then one draw in [0, 1) per row.
+
+    The temperature divides scores shifted to a maximum of 0 (softmax is the same), in float64, so
+    that any accepted temperature stays finite: a tiny one leaves only the best tokens (greedy), a
+    huge one makes every allowed token equally likely.
+    """
+    scores = ((scores - scores.max(axis=-1, keepdims=True)) / np.float64(opts.temperature)).astype(np.float32)
     if 0 < opts.top_k < scores.shape[-1]:
         kth = -np.partition(-scores, opts.top_k - 1, axis=-1)[:, opts.top_k - 1 : opts.top_k]
         scores = np.where(scores < kth, -np.inf, scores)

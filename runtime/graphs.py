@@ -131,6 +131,14 @@ class DecoderState:
             for cache in self.self_cache:
                 cache[moved] = cache[sources]
 
+    def subset(self, rows: list[int]) -> DecoderState:
+        """A new state of the given rows only (copies); this one is left as it is."""
+        state = DecoderState(
+            self.encoder_mask, list(self.cross_cache), list(self.self_cache), self.shared_cross, self.beams
+        )
+        state.select(rows)
+        return state
+
     def select(self, rows: np.ndarray | list[int]) -> None:
         """Keep only the given rows, dropping the caches of the others (finished or cancelled answers).
 

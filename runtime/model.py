@@ -150,11 +150,13 @@ class QAModel:
         opts = self.options(options, **overrides)
         decoder = self.decoder()
         [(ids, _)] = decoder.prompts([question])
-        decoder.join([Row(ids, opts, stream=True)])
+        row = Row(ids, opts, stream=True)
+        decoder.join([row])
         while decoder.busy:
             for update in decoder.step():
                 if update.delta:
                     yield update.delta
+        _raise_failure([row])
 
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], options: GenerationOptions | None = None, **overrides: Any
@@ -171,6 +173,7 @@ class QAModel:
         decoder = self.decoder()
         decoder.join(rows)
         decoder.run()
+        _raise_failure(rows)
         return [row.tokens for row in rows]
 
     def _answer(self, questions: list[str], opts: GenerationOptions) -> list[Answer]:
@@ -182,4 +185,12 @@ class QAModel:
         encode_ms = (time.perf_counter() - started) * 1000
         decoder.join(rows)
         decoder.run()
+        _raise_failure(rows)
         return [Answer.of(row, encode_ms) for row in rows]
+
+
+def _raise_failure(rows: list[Row]) -> None:
+    """Raise the error of the first row that failed (a caller of the model asked for all of them)."""
+    for row in rows:
+        if row.finish_reason == FinishReason.FAILED and row.error is not None:
+            raise row.error

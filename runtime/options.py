@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgeqa.errors import InputError
 from edgeqa.typed_json import check_types
+
+# Bounds no artifact needs to exceed; an artifact's own limits (max_answer_tokens) and a server's
+# caps are tighter. They keep every accepted value one that numpy and onnxruntime can take.
+MAX_TOKENS = 1 << 16
+MAX_BEAMS = 256
 
 
 @dataclass(frozen=True)
@@ -20,10 +26,10 @@ class GenerationOptions:
         length_penalty: Beam scores are divided by length ** length_penalty.
         early_stopping: Beam search stops once num_beams answers are finished.
         do_sample: Sample instead of taking the most likely token.
-        temperature: Sampling temperature (> 0).
+        temperature: Sampling temperature (> 0; tiny ones choose as greedy search does).
         top_k: Sample among the k most likely tokens (0 = all).
         top_p: Sample among the most likely tokens whose probability adds up to top_p.
-        seed: Seed of the sampler, for reproducible samples.
+        seed: Seed of the sampler (0 to 2**63 - 1), for reproducible samples.
         no_repeat_ngram_size: Forbid repeating any n-gram of this size (0 = off).
         repetition_penalty: > 1 makes tokens already generated less likely.
     """
@@ -43,17 +49,22 @@ class GenerationOptions:
 
     def __post_init__(self) -> None:
         check_types(self, InputError)
+        for name in ("length_penalty", "temperature", "top_p", "repetition_penalty"):
+            if not math.isfinite(getattr(self, name)):
+                raise InputError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         checks = [
-            (self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1"),
+            (1 <= self.max_new_tokens <= MAX_TOKENS, "max_new_tokens", f"must be between 1 and {MAX_TOKENS}"),
             (self.min_new_tokens >= 0, "min_new_tokens", "must be 0 or more"),
             (self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", "must not exceed max_new_tokens"),
-            (self.num_beams >= 1, "num_beams", "must be at least 1"),
+            (1 <= self.num_beams <= MAX_BEAMS, "num_beams", f"must be between 1 and {MAX_BEAMS}"),
             (not (self.do_sample and self.num_beams > 1), "num_beams", "must be 1 when sampling (do_sample)"),
             (self.temperature > 0, "temperature", "must be greater than 0"),
-            (self.top_k >= 0, "top_k", "must be 0 (off) or more"),
+            (0 <= self.top_k < 2**31, "top_k", "must be between 0 (off) and 2**31 - 1"),
+            (self.seed is None or 0 <= self.seed < 2**63, "seed", "must be between 0 and 2**63 - 1"),
             (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
-            (self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be 0 (off) or more"),
-            (self.repetition_penalty > 0, "repetition_penalty", "must be greater than 0"),
+            (0 <= self.no_repeat_ngram_size <= MAX_TOKENS, "no_repeat_ngram_size", f"must be 0 (off) to {MAX_TOKENS}"),
+            (0 < self.repetition_penalty <= 100, "repetition_penalty", "must be in (0, 100]"),
+            (-10 <= self.length_penalty <= 10, "length_penalty", "must be between -10 and 10"),
         ]
         for ok, name, rule in checks:
             if not ok:

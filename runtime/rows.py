@@ -33,7 +33,7 @@ class Row:
         tokens: Answer token ids so far (end-of-answer included once produced).
         text: The answer's text once finished (verbatim before a stop string).
         finish_reason: None while the row is generating.
-        error: What went wrong, when finish_reason is FAILED.
+        error: What went wrong, when finish_reason is FAILED (its batch-mates carry on).
         joined_at, encoded_at, finished_at: `time.perf_counter()` when the row joined, when its
             encoder run ended and when it finished.
     """
@@ -45,7 +45,7 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: FinishReason | None = None
-    error: str | None = None
+    error: Exception | None = None
     joined_at: float = 0.0
     encoded_at: float = 0.0
     finished_at: float = 0.0
@@ -69,7 +69,7 @@ class Row:
         """Ask the decoder to drop this row (from any thread); it leaves at the next step."""
         self.cancelled = True
 
-    def finish(self, reason: FinishReason, text: str = "", error: str | None = None) -> None:
+    def finish(self, reason: FinishReason, text: str = "", error: Exception | None = None) -> None:
         self.finish_reason, self.text, self.error = reason, text, error
         self.finished_at = time.perf_counter()
 

@@ -25,7 +25,7 @@ from edgeqa.serve.engine import Engine, EngineState, QueueFull
 from edgeqa.serve.jobs import Job
 from edgeqa.serve.metrics import Metrics
 from edgeqa.serve.middleware import ApiKeyMiddleware, MetricsMiddleware
-from edgeqa.serve.protocol import ApiError, parse_body, parse_native, parse_openai
+from edgeqa.serve.protocol import ApiError, Caps, parse_body, parse_native, parse_openai
 from edgeqa.serve.streams import EventStream, native_stream, openai_response, openai_stream, wait_all
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,10 @@ class Service:
         if self.engine.state != EngineState.READY or self.engine.model is None:
             raise unavailable(f"the model is {self.engine.state}; retry shortly", f"model_{self.engine.state}")
         return self.engine.model
+
+    def caps(self, model: QAModel) -> Caps:
+        """What one request may ask: the server's caps within the artifact's limits."""
+        return Caps.of(model, self.config.max_new_tokens, self.config.max_beams)
 
     async def read_json(self, request: Request) -> dict[str, Any]:
         limit = self.config.max_body_bytes
@@ -98,7 +102,7 @@ class Service:
 async def openai_endpoint(request: Request, chat: bool) -> Response:
     service: Service = request.app.state.service
     model = service.model()
-    parsed = parse_openai(await service.read_json(request), model, chat)
+    parsed = parse_openai(await service.read_json(request), model, chat, service.caps(model))
     [job] = service.jobs(model, [parsed.question], parsed.options, stream=parsed.stream, stop=parsed.stop)
     if job.truncated:
         limit = model.manifest.max_input_tokens
@@ -127,7 +131,7 @@ async def answer(request: Request) -> Response:
     service: Service = request.app.state.service
     model = service.model()
     data = await service.read_json(request)
-    questions, opts, stream = parse_native(data, model)
+    questions, opts, stream = parse_native(data, model, service.caps(model))
     if len(questions) > service.config.max_queue:
         raise ApiError(400, f"'questions' has {len(questions)} questions; at most {service.config.max_queue} a request")
     jobs = service.jobs(model, questions, opts, stream=stream)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeqa.errors import ConfigError
+from edgeqa.runtime.options import MAX_BEAMS
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,9 @@ class ServeConfig:
         port: TCP port (0: any free one).
         threads: onnxruntime threads per graph (default: physical cores).
         max_batch_size: Most requests decoded together.
+        max_beams: Most beams a request may ask for (a beam request is decoded alone, so a batch
+            never holds more than max(max_batch_size, max_beams) rows).
+        max_new_tokens: Most answer tokens a request may ask for (default: the artifact's limit).
         batch_wait_ms: Longest wait for more requests to batch once one is queued (none for a
             lone caller: one request queued after a batch of one).
         max_queue: Most waiting requests; more are refused with 503 and Retry-After.
@@ -35,6 +39,8 @@ class ServeConfig:
     port: int = 8080
     threads: int | None = None
     max_batch_size: int = 8
+    max_beams: int = 4
+    max_new_tokens: int | None = None
     batch_wait_ms: float = 5.0
     max_queue: int = 64
     api_key: str | None = None
@@ -50,6 +56,8 @@ class ServeConfig:
             (0 <= self.port <= 65535, "port must be between 0 and 65535"),
             (self.threads is None or self.threads >= 1, "threads must be at least 1"),
             (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
+            (1 <= self.max_beams <= MAX_BEAMS, f"max_beams must be between 1 and {MAX_BEAMS}"),
+            (self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
             (self.batch_wait_ms >= 0, "batch_wait_ms must be 0 or more"),
             (self.max_queue >= 1, "max_queue must be at least 1"),
             (self.api_key is None or self.api_key.strip() != "", "api_key must not be empty"),

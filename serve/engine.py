@@ -148,7 +148,7 @@ class Engine:
                 for job in batch:
                     if not job.finished:
                         job.finished = True
-                        job.emit(Failed(f"generation failed: {e}"))
+                        job.emit(Failed(f"generation failed for request {job.id}: {e}"))
             finally:
                 self.active_rows = 0
 
@@ -212,7 +212,8 @@ class Engine:
             return
         job.finished = True
         if reason == FinishReason.FAILED:
-            job.emit(Failed(f"generation failed: {job.row.error}"))
+            logger.error("edgeqa serve: request %s failed: %s", job.id, job.row.error)
+            job.emit(Failed(f"generation failed for request {job.id}: {job.row.error}"))
         else:
             job.emit(Done(job.result()))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,7 @@ class Job:
         truncated: The question was cut to the input limit.
         tokenize_ms: Time spent tokenizing, by the caller.
         finished: Its last event (`Done` or `Failed`) has been sent.
+        id: Names the request in the server's log and in a failure's message.
     """
 
     row: Row
@@ -82,6 +84,7 @@ class Job:
     finished: bool = False
     enqueued: float = 0.0
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    id: str = field(default_factory=lambda: f"req-{uuid.uuid4().hex[:16]}")
 
     @property
     def cancelled(self) -> bool:

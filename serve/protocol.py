@@ -1,7 +1,9 @@
 """Request parsing and response shapes: OpenAI's chat/completions API and edgeqa's native /v1/answer.
 
-Validation is by hand (no pydantic): every bad field is a 400 with an OpenAI-style error body
-that names the field.
+Validation is by hand (no pydantic), here and nowhere else, before anything is queued: every bad
+field is a 400 with an OpenAI-style error body that names the field. The bounds of generation
+options are `GenerationOptions`' own (the runtime enforces the same ones); the server's caps
+(`ServeConfig`: beams, new tokens) come on top, and a request over one is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from edgeqa.errors import InputError
 from edgeqa.runtime import GenerationOptions, QAModel
 
 ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+MAX_DEPTH = 16  # nesting of a request body: OpenAI's deepest is 4 (messages -> content parts -> part)
+MAX_LIST = 256  # messages, content parts
+MAX_STOP = 4  # stop strings, as OpenAI
+MAX_STOP_CHARS = 256
 
 
 class ApiError(Exception):
@@ -43,18 +49,47 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> ApiE
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
-    """The request body as a JSON object."""
+    """The request body as a JSON object, at most `MAX_DEPTH` deep."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise bad(f"the request body is not valid UTF-8 (byte {e.start})", code="invalid_encoding") from None
+    if _depth_over(text, MAX_DEPTH):
+        raise bad(f"the request body is nested more than {MAX_DEPTH} levels deep", code="too_deep")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise bad(f"the request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError as e:  # e.g. an integer of more than 4,300 digits
+        raise bad(f"the request body is not valid JSON: {str(e)[:120]}") from None
     if not isinstance(data, dict):
         raise bad("the request body must be a JSON object")
     return data
+
+
+def _depth_over(text: str, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects more than `limit` deep (brackets in strings don't count).
+
+    Checked before parsing, so that no body reaches the parser's recursion limit.
+    """
+    depth, in_string, escaped = 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def _typed(data: dict[str, Any], name: str, kinds: tuple[type, ...], label: str) -> Any:
@@ -66,11 +101,24 @@ def _typed(data: dict[str, Any], name: str, kinds: tuple[type, ...], label: str)
     return value
 
 
-def check_question(text: Any, param: str) -> str:
+def check_text(text: Any, param: str) -> str:
+    """A string of Unicode scalar values (no lone surrogate escapes) without NUL characters."""
     if not isinstance(text, str):
         raise bad(f"'{param}' must be a string", param=param)
     if "\x00" in text:
         raise bad(f"'{param}' contains a NUL character; remove it", param=param)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad(
+            f"'{param}' contains an unpaired surrogate ({text[e.start]!r} at {e.start}); send valid Unicode",
+            param=param,
+        ) from None
+    return text
+
+
+def check_question(text: Any, param: str) -> str:
+    text = check_text(text, param)
     if not text.strip():
         raise bad(f"'{param}' is empty; ask something, e.g. \"What is the capital of France?\"", param=param)
     return text
@@ -88,10 +136,30 @@ class OpenAIRequest:
     model: str
 
 
+@dataclass(frozen=True)
+class Caps:
+    """What one request may ask of this server (`ServeConfig`'s caps within the artifact's limits).
+
+    Attributes:
+        max_new_tokens: Most answer tokens a request may ask for.
+        max_beams: Most beams (beam requests are decoded alone: this bounds a batch's rows too).
+    """
+
+    max_new_tokens: int
+    max_beams: int
+
+    @classmethod
+    def of(cls, model: QAModel, max_new_tokens: int | None = None, max_beams: int = 4) -> Caps:
+        limit = model.manifest.max_answer_tokens
+        return cls(min(max_new_tokens or limit, limit), max_beams)
+
+
 def _chat_question(data: dict[str, Any]) -> str:
     messages = data.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("'messages' must be a non-empty list of {role, content} objects", param="messages")
+    if len(messages) > MAX_LIST:
+        raise bad(f"'messages' has {len(messages)} messages; at most {MAX_LIST}", param="messages")
     question = None
     for index, message in enumerate(messages):
         param = f"messages[{index}]"
@@ -102,14 +170,18 @@ def _chat_question(data: dict[str, Any]) -> str:
             raise bad(f"'{param}.role' must be one of {', '.join(ROLES)}, got {json.dumps(role)[:40]}", param=param)
         content = message.get("content")
         if isinstance(content, list):  # content parts: only text parts are understood
+            if len(content) > MAX_LIST:
+                raise bad(f"'{param}.content' has {len(content)} parts; at most {MAX_LIST}", param=param)
             texts = []
             for part in content:
                 if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                     raise bad(f'\'{param}.content\' parts must be {{"type": "text", "text": ...}}', param=param)
-                texts.append(part["text"])
+                texts.append(check_text(part["text"], f"{param}.content"))
             content = "\n".join(texts)
         if content is not None and not isinstance(content, str):
             raise bad(f"'{param}.content' must be a string or a list of text parts", param=param)
+        if content is not None:
+            check_text(content, f"{param}.content")
         if role == "user":
             question = check_question(content, f"{param}.content")
     if question is None:
@@ -117,8 +189,9 @@ def _chat_question(data: dict[str, Any]) -> str:
     return question
 
 
-def parse_openai(data: dict[str, Any], model: QAModel, chat: bool) -> OpenAIRequest:
-    """Validate a chat (`chat=True`) or completions request against the model's limits."""
+def parse_openai(data: dict[str, Any], model: QAModel, chat: bool, caps: Caps | None = None) -> OpenAIRequest:
+    """Validate a chat (`chat=True`) or completions request against the model's limits and the server's caps."""
+    caps = caps or Caps.of(model)
     if chat:
         question = _chat_question(data)
     else:
@@ -131,12 +204,12 @@ def parse_openai(data: dict[str, Any], model: QAModel, chat: bool) -> OpenAIRequ
     n = _typed(data, "n", (int,), "an integer")
     if n is not None and n != 1:
         raise bad("'n' must be 1: one answer per request", param="n", code="unsupported_value")
-    limit = model.manifest.max_answer_tokens
-    max_tokens = _typed(
-        data, "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens", (int,), "an integer"
-    )
+    tokens_field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
+    max_tokens = _typed(data, tokens_field, (int,), "an integer")
     if max_tokens is not None and max_tokens < 1:
-        raise bad("'max_tokens' must be at least 1", param="max_tokens")
+        raise bad(f"'{tokens_field}' must be at least 1", param=tokens_field)
+    if max_tokens is not None and max_tokens > caps.max_new_tokens:
+        raise _over_cap(tokens_field, max_tokens, caps.max_new_tokens, model)
     temperature = _typed(data, "temperature", (int, float), "a number")
     if temperature is not None and not 0 <= temperature <= 2:
         raise bad("'temperature' must be between 0 and 2", param="temperature")
@@ -147,16 +220,21 @@ def parse_openai(data: dict[str, Any], model: QAModel, chat: bool) -> OpenAIRequ
     stop = data.get("stop")
     stops = [stop] if isinstance(stop, str) else stop
     if stops is not None and (
-        not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops)
+        not isinstance(stops, list) or len(stops) > MAX_STOP or not all(isinstance(s, str) for s in stops)
     ):
-        raise bad("'stop' must be a string or a list of at most 4 strings", param="stop")
+        raise bad(f"'stop' must be a string or a list of at most {MAX_STOP} strings", param="stop")
+    for stop_string in stops or ():
+        if len(check_text(stop_string, "stop")) > MAX_STOP_CHARS:
+            raise bad(f"a stop string has {len(stop_string)} characters; at most {MAX_STOP_CHARS}", param="stop")
     stream = _typed(data, "stream", (bool,), "true or false") or False
     stream_options = data.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise bad("'stream_options' must be an object", param="stream_options")
     include_usage = _typed(stream_options, "include_usage", (bool,), "true or false") or False
     sampling = bool(temperature)
-    overrides: dict[str, Any] = {"max_new_tokens": min(max_tokens or model.defaults.max_new_tokens, limit)}
+    overrides: dict[str, Any] = {
+        "max_new_tokens": min(max_tokens or model.defaults.max_new_tokens, caps.max_new_tokens)
+    }
     if sampling:
         overrides.update(do_sample=True, num_beams=1, temperature=float(temperature), seed=seed)
     else:
@@ -174,18 +252,30 @@ def parse_openai(data: dict[str, Any], model: QAModel, chat: bool) -> OpenAIRequ
     )
 
 
+def _over_cap(field: str, value: int, cap: int, model: QAModel) -> ApiError:
+    limit = model.manifest.max_answer_tokens
+    source = "the artifact's limit" if cap == limit else f"this server's --max-new-tokens (the artifact allows {limit})"
+    return bad(
+        f"'{field}' is {value}, over {source} of {cap} new tokens; ask for {cap} or fewer", param=field, code="over_cap"
+    )
+
+
 def _options(model: QAModel, overrides: dict[str, Any]) -> GenerationOptions:
     try:
         return model.defaults.updated(**overrides)
     except InputError as e:
-        raise bad(str(e)) from None
+        field = next((name for name in overrides if str(e).startswith(name)), None)
+        raise bad(str(e), param=field) from None
 
 
 _KINDS = {int: ((int,), "an integer"), float: ((int, float), "a number"), bool: ((bool,), "true or false")}
 
 
-def parse_native(data: dict[str, Any], model: QAModel) -> tuple[list[str], GenerationOptions, bool]:
+def parse_native(
+    data: dict[str, Any], model: QAModel, caps: Caps | None = None
+) -> tuple[list[str], GenerationOptions, bool]:
     """`{"question": ...}` or `{"questions": [...]}` plus `GenerationOptions` fields and `stream`."""
+    caps = caps or Caps.of(model)
     known = {f.name: f for f in fields(GenerationOptions)}
     unknown = sorted(set(data) - set(known) - {"question", "questions", "stream"})
     if unknown:
@@ -204,11 +294,21 @@ def parse_native(data: dict[str, Any], model: QAModel) -> tuple[list[str], Gener
         kind = {"int": int, "float": float, "bool": bool, "int | None": int}.get(str(spec.type), int)
         kinds, label = _KINDS[kind]
         value = _typed(data, name, kinds, label)
-        if value is not None:
+        if value is None:
+            continue
+        try:
             overrides[name] = kind(value)
-    for name in ("max_new_tokens", "min_new_tokens"):  # capped at the artifact's limit, as max_tokens is
-        if overrides.get(name, 0) > model.manifest.max_answer_tokens:
-            overrides[name] = model.manifest.max_answer_tokens
+        except OverflowError:  # an integer too large for a float
+            raise bad(f"'{name}' is out of range", param=name) from None
+    for name in ("max_new_tokens", "min_new_tokens"):
+        if overrides.get(name, 0) > caps.max_new_tokens:
+            raise _over_cap(name, overrides[name], caps.max_new_tokens, model)
+    if overrides.get("num_beams", 1) > caps.max_beams:
+        raise bad(
+            f"'num_beams' is {overrides['num_beams']}, over this server's cap of {caps.max_beams} (--max-beams)",
+            param="num_beams",
+            code="over_cap",
+        )
     stream = _typed(data, "stream", (bool,), "true or false") or False
     if stream and len(questions) > 1:
         raise bad("'stream' works with one 'question', not 'questions'", param="stream")

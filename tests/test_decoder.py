@@ -164,3 +164,60 @@ def test_prompts_are_cut_to_the_input_limit(model):
     decoder.join([row])
     decoder.run()
     assert len(row.tokens) == 2 and row.encoder_ms > 0 and row.decode_ms > 0
+
+
+# ------------------------------------------------------------------ one row's failure is that row's
+
+
+class Poisoned:
+    """The model's graphs, failing every encoder run or step that includes a prompt of `length` tokens."""
+
+    def __init__(self, graphs, length: int, where: str):
+        self.graphs, self.length, self.where = graphs, length, where
+
+    def __getattr__(self, name):
+        return getattr(self.graphs, name)
+
+    def encode(self, input_ids, mask):
+        if self.where == "encode" and (mask.sum(axis=1) == self.length).any():
+            raise RuntimeError("injected encoder failure")
+        return self.graphs.encode(input_ids, mask)
+
+    def step(self, state, tokens):
+        if self.where == "step" and (state.encoder_mask.sum(axis=1) == self.length).any():
+            raise RuntimeError("injected step failure")
+        return self.graphs.step(state, tokens)
+
+
+@pytest.mark.parametrize("where", ["encode", "step"])
+@pytest.mark.parametrize("beams", [1, 2])
+def test_a_failing_row_fails_alone_and_its_batch_mates_answer_as_alone(model, where, beams):
+    poison = [9] * 13  # the only prompt of 13 tokens
+    rows = [Row(ids, opts(num_beams=beams)) for ids in PROMPTS] + [Row(poison, opts(num_beams=beams))]
+    rows.insert(2, rows.pop())  # in the middle of the batch
+    decoder = Decoder(Poisoned(model.graphs, 13, where), model.tokenizer, model.manifest.special_tokens)
+    decoder.join(rows)
+    failed = []
+    while decoder.busy:
+        failed += [u.row for u in decoder.step() if u.finished and u.row.finish_reason == FinishReason.FAILED]
+    assert failed == [rows[2]] and str(rows[2].error) == f"injected {where.replace('encode', 'encoder')} failure"
+    for row in rows[:2] + rows[3:]:
+        assert row.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+        assert row.tokens == alone(model, row.ids, row.options).tokens
+
+
+def test_a_failure_in_the_model_is_raised_to_its_caller(model, monkeypatch):
+    monkeypatch.setattr(model, "graphs", Poisoned(model.graphs, 13, "step"))
+    with pytest.raises(RuntimeError, match="injected step failure"):
+        model.generate([[9] * 13], max_new_tokens=3)
+    assert model.generate([PROMPTS[0]], max_new_tokens=3)  # the others are answered
+
+
+def test_any_accepted_temperature_samples_finite_tokens(model):
+    greedy = alone(model, PROMPTS[2], opts()).tokens
+    for seed in range(3):  # tiny temperatures choose as greedy search does
+        assert alone(model, PROMPTS[2], opts(do_sample=True, temperature=1e-30, seed=seed)).tokens == greedy
+    hot = [alone(model, PROMPTS[2], opts(do_sample=True, temperature=1e30, seed=seed)).tokens for seed in range(3)]
+    vocab = model.manifest.dims.vocab_size
+    assert all(len(tokens) == 10 and all(0 <= t < vocab for t in tokens) for tokens in hot)
+    assert len({tuple(tokens) for tokens in hot}) == 3, "a huge temperature samples (almost) uniformly"
