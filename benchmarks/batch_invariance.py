@@ -41,7 +41,7 @@ def variants(shape: str, cache: Path) -> dict[str, tuple[Path, bool]]:
 def measure(models: dict[str, QAModel], even: dict[str, bool], questions: list[str], rounds: int) -> dict:
     agreement = {}
     for name, model in models.items():
-        model.graphs.even_rows = even[name]
+        model.even_rows = even[name]
         batched = [a.tokens for a in model.answer_batch(questions, OPTIONS, batch_size=8)]
         alone = [model.answer_batch([q], OPTIONS, batch_size=1)[0].tokens for q in questions]
         agreement[name] = sum(a == b for a, b in zip(batched, alone, strict=True)) / len(questions)
@@ -49,7 +49,7 @@ def measure(models: dict[str, QAModel], even: dict[str, bool], questions: list[s
     b8: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            model.graphs.even_rows = even[name]
+            model.even_rows = even[name]
             started = time.perf_counter()
             for question in questions[:16]:
                 model.answer_batch([question], OPTIONS, batch_size=1)

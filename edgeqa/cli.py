@@ -395,12 +395,33 @@ def bench(
     threads: Annotated[int, typer.Option(help="Threads for every engine.")] = 2,
     output: Annotated[Path, typer.Option("--output", "-o", help="Results folder.")] = Path("bench-results"),
     max_batch_size: Annotated[int, typer.Option(help="With --serve: the server's --max-batch-size.")] = 8,
+    soak: Annotated[
+        bool,
+        typer.Option(
+            "--soak",
+            help="With --serve: a mixed load (ordinary, streaming, disconnecting, invalid requests) for "
+            "--soak-seconds at --callers callers on the first shape; counts 5xx, wrong answers, memory growth.",
+        ),
+    ] = False,
+    soak_seconds: Annotated[float, typer.Option(help="With --soak: how long.")] = 600.0,
+    callers: Annotated[int, typer.Option(help="With --soak: callers at once.")] = 32,
 ) -> None:
     """Benchmark the runtime side by side with the engines people would use instead.
 
     Example: edgeqa bench --compare --shapes small
     """
     _setup_logging(libraries=True)
+    if serve and soak:
+        from edgeqa.bench import soak as soaking
+
+        shape = shapes.split(",")[0]
+        found = soaking.run_soak(shape, soak_seconds, callers, new_tokens, threads, Path("/tmp/edgeqa-bench-cache"))
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "soak.json").write_text(json.dumps(soaking.as_json(found), indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"{shape} int8\n{soaking.TABLE_HEAD}\n{found.markdown()}")
+        if found.server_errors or found.wrong_answers or found.rss_growth >= 0.05:
+            raise typer.Exit(1)
+        return
     if serve:
         from edgeqa.bench import serve_load
 

@@ -12,8 +12,7 @@ from edgeqa.manifest import ParityRecord
 from edgeqa.metrics import exact_match, rouge
 from edgeqa.prompt import format_prompt
 from edgeqa.records import QARecord
-from edgeqa.runtime import Answer, GenerationOptions, QAModel
-from edgeqa.runtime.generate import until_eos
+from edgeqa.runtime import Answer, GenerationOptions, QAModel, until_eos
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from edgeqa.runtime.options import GenerationOptions
-from edgeqa.runtime.rows import FinishReason, Row, Update
+from edgeqa.runtime.rows import FinishReason, Row, Update, until_eos
 from edgeqa.runtime.verify import VerifyReport, verify_artifact
 
 if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
@@ -28,6 +28,7 @@ __all__ = [
     "Row",
     "Update",
     "VerifyReport",
+    "until_eos",
     "verify_artifact",
 ]
 

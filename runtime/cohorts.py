@@ -18,10 +18,10 @@ import copy
 import numpy as np
 
 from edgeqa.manifest import SpecialTokens
-from edgeqa.runtime.generate import _NEG, beam_candidates, choice_key, choose_tokens, gather, until_eos
+from edgeqa.runtime.generate import _NEG, beam_candidates, choice_key, choose_tokens, gather
 from edgeqa.runtime.graphs import DecoderState, T5Graphs
 from edgeqa.runtime.options import GenerationOptions
-from edgeqa.runtime.rows import FinishReason, Row, Update
+from edgeqa.runtime.rows import FinishReason, Row, Update, until_eos
 from edgeqa.runtime.text import AnswerText
 from edgeqa.runtime.tokenizer import PromptTokenizer
 

@@ -41,11 +41,6 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - log_total
 
 
-def until_eos(tokens: list[int], eos: int) -> list[int]:
-    """The tokens up to and including the first end-of-answer (all of them if there is none)."""
-    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
-
-
 def gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """values[row, index[row]] for each row: `np.take_along_axis` on axis 1 without its overhead."""
     return values[np.arange(values.shape[0])[:, None], index]

@@ -118,6 +118,16 @@ class QAModel:
         """
         return (options or self.defaults).updated(**overrides)
 
+    @property
+    def even_rows(self) -> bool:
+        """Whether the decoder runs an even number of rows (on for int4 artifacts, whose kernel computes
+        rows in pairs and a lone last row another way); turn it off only to measure what it prevents."""
+        return self.graphs.even_rows
+
+    @even_rows.setter
+    def even_rows(self, value: bool) -> None:
+        self.graphs.even_rows = value
+
     def decoder(self) -> Decoder:
         """A new decoder over this model (one per thread): rows join, step and leave (`edgeqa.runtime.Decoder`)."""
         return Decoder(self.graphs, self.tokenizer, self.manifest.special_tokens)

@@ -74,6 +74,11 @@ class Row:
         self.finished_at = time.perf_counter()
 
 
+def until_eos(tokens: list[int], eos: int) -> list[int]:
+    """The tokens up to and including the first end-of-answer (all of them if there is none)."""
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
 @dataclass(frozen=True)
 class Update:
     """News of one row from a decoder step: text to stream, and whether the row has finished.

@@ -60,7 +60,7 @@ def test_optimum_on_the_same_int8_weights_agrees_with_edgeqa(optimum_model, arti
     """Same weights, same (per-tensor) activation quantization as Optimum's layout: the same tokens.
 
     Only prompts whose length is a multiple of 4 compare: the runtime pads shorter ones to one
-    (`runtime.model.PAD_MULTIPLE`), and per-tensor int8 answers depend on padding (what per-token
+    (`runtime.decoder.PAD_MULTIPLE`), and per-tensor int8 answers depend on padding (what per-token
     activations fix)."""
     from optimum.onnxruntime import ORTModelForSeq2SeqLM
     from transformers import AutoTokenizer
@@ -68,7 +68,7 @@ def test_optimum_on_the_same_int8_weights_agrees_with_edgeqa(optimum_model, arti
     from edgeqa.bench.levers import variant
     from edgeqa.export.config import settings_for
     from edgeqa.runtime import QAModel
-    from edgeqa.runtime.model import PAD_MULTIPLE
+    from edgeqa.runtime.decoder import PAD_MULTIPLE
 
     artifact_int8 = variant(artifact_fp32, tmp_path / "per-tensor", settings_for(activation_granularity="per-tensor"))
     ours = QAModel.load(artifact_int8, threads=2)

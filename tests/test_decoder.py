@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from faults import Poisoned
 
 from edgeqa.errors import InputError
 from edgeqa.runtime import Decoder, FinishReason, GenerationOptions, QAModel, Row
@@ -167,26 +168,6 @@ def test_prompts_are_cut_to_the_input_limit(model):
 
 
 # ------------------------------------------------------------------ one row's failure is that row's
-
-
-class Poisoned:
-    """The model's graphs, failing every encoder run or step that includes a prompt of `length` tokens."""
-
-    def __init__(self, graphs, length: int, where: str):
-        self.graphs, self.length, self.where = graphs, length, where
-
-    def __getattr__(self, name):
-        return getattr(self.graphs, name)
-
-    def encode(self, input_ids, mask):
-        if self.where == "encode" and (mask.sum(axis=1) == self.length).any():
-            raise RuntimeError("injected encoder failure")
-        return self.graphs.encode(input_ids, mask)
-
-    def step(self, state, tokens):
-        if self.where == "step" and (state.encoder_mask.sum(axis=1) == self.length).any():
-            raise RuntimeError("injected step failure")
-        return self.graphs.step(state, tokens)
 
 
 @pytest.mark.parametrize("where", ["encode", "step"])

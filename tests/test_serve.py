@@ -115,10 +115,17 @@ def test_n_above_one_and_bad_fields_are_refused_with_400(artifact_fp32, model):
     in_process(artifact_fp32, model, body)
 
 
-def test_max_tokens_is_capped_at_the_artifacts_limit(model):
+def test_max_tokens_over_the_cap_is_refused_naming_it(model):
+    from edgeqa.serve.protocol import ApiError, Caps
+
     limit = model.manifest.max_answer_tokens
-    assert parse_openai(chat(max_tokens=10**6), model, chat=True).options.max_new_tokens == limit
+    with pytest.raises(ApiError) as over:
+        parse_openai(chat(max_tokens=10**6), model, chat=True)
+    assert over.value.code == "over_cap" and over.value.param == "max_tokens" and str(limit) in over.value.message
+    assert parse_openai(chat(max_tokens=limit), model, chat=True).options.max_new_tokens == limit
     assert parse_openai(chat(max_tokens=7), model, chat=True).options.max_new_tokens == 7
+    with pytest.raises(ApiError, match="--max-new-tokens"):
+        parse_openai(chat(max_tokens=9), model, chat=True, caps=Caps.of(model, max_new_tokens=8))
     sampled = parse_openai(chat(temperature=0.7, top_p=0.9, seed=3), model, chat=True).options
     assert (sampled.do_sample, sampled.temperature, sampled.top_p, sampled.seed) == (True, 0.7, 0.9, 3)
     assert parse_openai(chat(temperature=0), model, chat=True).options.do_sample is False

@@ -1,0 +1,277 @@
+"""A server no request can break: one caller's failure stays its own, hostile bodies get a 4xx, and
+property-based fuzzing and a soak against a real uvicorn on 127.0.0.1 find no 5xx.
+
+Bounds: the fuzz sends at most FUZZ_EXAMPLES generated requests to each of the three endpoints
+plus FUZZ_EXAMPLES raw byte strings (4 x 60 = 240 requests), within FUZZ_SECONDS; the soak runs
+60 s at 8 callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("starlette")
+
+import httpx  # noqa: E402
+from faults import Poisoned  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from serve_helpers import ServerProcess, in_process, metric  # noqa: E402
+
+from edgeqa.bench.soak import INVALID_BODIES, expected_answers, soak  # noqa: E402
+from edgeqa.runtime import QAModel  # noqa: E402
+
+ORDINARY = ["What is the capital of France?", "Who wrote Hamlet?", "Name a planet.", "Why is the sky blue?"]
+FUZZ_EXAMPLES = 60
+FUZZ_SECONDS = 240
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def model(artifact_tiny: Path) -> QAModel:
+    return QAModel.load(artifact_tiny, threads=1)
+
+
+def test_a_failing_row_fails_its_request_only_and_its_batch_mates_answer_as_alone(artifact_tiny, model):
+    questions = ORDINARY + ["How do bees make honey?", "What is AI?", "Where is Peru?"]
+    lengths = {len(ids) for ids in model.tokenizer.encode(questions)}
+    poison = next(
+        " ".join(["why"] * n)
+        for n in range(1, 200)
+        if len(model.tokenizer.encode([" ".join(["why"] * n)])[0]) not in lengths
+    )
+    expected = [model.answer(q, max_new_tokens=NEW_TOKENS).tokens for q in questions]
+    poisoned = QAModel.load(artifact_tiny, threads=1)
+    poisoned.graphs = Poisoned(poisoned.graphs, len(poisoned.tokenizer.encode([poison])[0]), "step")  # type: ignore[assignment]
+
+    async def body(app, http):
+        asked = [*questions[:3], poison, *questions[3:]]
+        replies = await asyncio.gather(
+            *(http.post("/v1/answer", json={"question": q, "max_new_tokens": NEW_TOKENS}) for q in asked)
+        )
+        failed = replies.pop(3)
+        assert failed.status_code == 500 and failed.json()["error"]["type"] == "server_error"
+        assert (
+            "req-" in failed.json()["error"]["message"] and "injected step failure" in failed.json()["error"]["message"]
+        )
+        assert [r.status_code for r in replies] == [200] * len(questions)
+        assert [r.json()["tokens"] for r in replies] == expected
+        batches = metric((await http.get("/metrics")).text, "edgeqa_batch_size_count") - 1  # the warm-up is one
+        assert batches <= 2, "the poisoned request must have shared a batch with the others"
+
+    in_process(artifact_tiny, poisoned, body, max_batch_size=8, batch_wait_ms=100)
+
+
+HOSTILE = [
+    (b'{"question": "\\ud800 unpaired"}', "/v1/answer", "question"),
+    (b'{"messages": [{"role": "user", "content": "hi \\udfff"}]}', "/v1/chat/completions", "messages[0].content"),
+    (b'{"prompt": "hi", "stop": ["\\ud800"]}', "/v1/completions", "stop"),
+    (b'{"prompt": "hi", "stop": ["' + b"x" * 300 + b'"]}', "/v1/completions", "stop"),
+    (b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", "/v1/chat/completions", None),
+    (b'{"question": "a", "temperature": Infinity, "do_sample": true}', "/v1/answer", "temperature"),
+    (b'{"question": "a", "temperature": NaN, "do_sample": true}', "/v1/answer", "temperature"),
+    (b'{"prompt": "a", "temperature": NaN}', "/v1/completions", "temperature"),
+    (b'{"question": "a", "seed": -1, "do_sample": true}', "/v1/answer", "seed"),
+    (b'{"prompt": "a", "seed": 99999999999999999999999, "temperature": 1}', "/v1/completions", "seed"),
+    (b'{"question": "a", "num_beams": 1000000}', "/v1/answer", "num_beams"),
+    (b'{"question": "a", "max_new_tokens": 100000}', "/v1/answer", "max_new_tokens"),
+    (b'{"prompt": "a", "max_tokens": 1000000}', "/v1/completions", "max_tokens"),
+    (b'{"question": "a", "max_new_tokens": 1' + b"0" * 5000 + b"}", "/v1/answer", None),
+    (b'{"question": "a", "length_penalty": 1e308, "num_beams": 2}', "/v1/answer", "length_penalty"),
+    (b'{"question": "a", "repetition_penalty": 1' + b"0" * 400 + b"}", "/v1/answer", "repetition_penalty"),
+    (b'{"question": "a", "top_k": -5}', "/v1/answer", "top_k"),
+    *((body, "/v1/answer", None) for body in INVALID_BODIES),
+]
+
+
+def test_hostile_bodies_get_a_4xx_naming_the_field(artifact_tiny, model):
+    async def body(app, http):
+        for raw, path, param in HOSTILE:
+            reply = await http.post(path, content=raw, headers={"content-type": "application/json"})
+            assert 400 <= reply.status_code < 500, (raw[:80], reply.text[:200])
+            error = reply.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["message"], raw[:80]
+            if param is not None:
+                assert error["param"] == param, (raw[:80], error)
+        over = (await http.post("/v1/completions", json={"prompt": "a", "max_tokens": 10**6})).json()["error"]
+        assert over["code"] == "over_cap" and str(model.manifest.max_answer_tokens) in over["message"]
+        beams = (await http.post("/v1/answer", json={"question": "a", "num_beams": 5})).json()["error"]
+        assert beams["code"] == "over_cap" and "--max-beams" in beams["message"]
+
+    in_process(artifact_tiny, model, body, max_new_tokens=512)
+
+
+def test_a_tiny_temperature_answers_as_greedy_search(artifact_tiny, model):
+    async def body(app, http):
+        answers = []
+        for temperature in (0, 1e-30, 1e-6):
+            request = {"messages": [{"role": "user", "content": ORDINARY[0]}], "temperature": temperature}
+            reply = (await http.post("/v1/chat/completions", json={**request, "max_tokens": NEW_TOKENS})).json()
+            answers.append(reply["choices"][0]["message"]["content"])
+        assert answers[0] and answers == [answers[0]] * 3
+
+    in_process(artifact_tiny, model, body)
+
+
+# ------------------------------------------------------------------ fuzzing a real server
+
+FIELDS = {
+    "/v1/answer": [
+        "question",
+        "questions",
+        "stream",
+        "max_new_tokens",
+        "min_new_tokens",
+        "num_beams",
+        "length_penalty",
+        "early_stopping",
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        "no_repeat_ngram_size",
+        "repetition_penalty",
+    ],
+    "/v1/chat/completions": [
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "stream",
+        "stream_options",
+    ],
+    "/v1/completions": ["model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream"],
+}
+VALID = {
+    "/v1/answer": {"question": "What is AI?", "max_new_tokens": 4},
+    "/v1/chat/completions": {"messages": [{"role": "user", "content": "What is AI?"}], "max_tokens": 4},
+    "/v1/completions": {"prompt": "What is AI?", "max_tokens": 4},
+}
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([0, 1, 2, 4, -1, 2**31, 2**63, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e-30, 1e30, 0.5, 2.0, 1.0000001]),
+    st.text(max_size=40),  # odd Unicode included: lone surrogates are sent as \\udXXX escapes
+    st.sampled_from(["", " ", "\x00", "\ud800", "What is AI?", "a" * 3000]),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=12), inner, max_size=6)),
+    max_leaves=30,
+)
+
+
+@st.composite
+def request_bodies(draw: st.DrawFn, path: str) -> bytes:
+    """A body for `path`: a valid request with fields replaced, added or removed, or any JSON at all."""
+    shape = draw(st.sampled_from(["mutated", "fields", "any", "deep"]))
+    if shape == "any":
+        return json.dumps(draw(json_values)).encode()
+    if shape == "deep":
+        depth = draw(st.integers(1, 3000))
+        return (
+            ("[" * depth + "]" * depth).encode()
+            if draw(st.booleans())
+            else ('{"a":' * depth + "1" + "}" * depth).encode()
+        )
+    body = dict(VALID[path]) if shape == "mutated" else {}
+    for name in draw(st.lists(st.sampled_from(FIELDS[path]), max_size=5)):
+        body[name] = draw(json_values)
+    if shape == "mutated" and draw(st.booleans()):
+        body.pop(draw(st.sampled_from(sorted(body))), None)
+    return json.dumps(body).encode()
+
+
+@pytest.fixture(scope="module")
+def real_server(artifact_tiny):
+    process = ServerProcess(artifact_tiny, "--max-new-tokens", "16", "--max-queue", "16", "--no-verify")
+    yield process
+    process.stop()
+
+
+def check_reply(reply: httpx.Response) -> None:
+    assert reply.status_code < 500, reply.text[:300]
+    if reply.status_code >= 400:
+        error = reply.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and isinstance(error["message"], str)
+
+
+def ordinary_answers(url: str) -> list[str]:
+    return [
+        httpx.post(url + "/v1/answer", json={"question": q, "max_new_tokens": NEW_TOKENS}, timeout=60).json()["answer"]
+        for q in ORDINARY
+    ]
+
+
+@pytest.mark.slow
+def test_fuzzed_requests_never_get_a_5xx_and_the_server_keeps_its_answers(real_server):
+    url, deadline = real_server.url, time.monotonic() + FUZZ_SECONDS
+    before = ordinary_answers(url)
+    sent = 0
+    fuzz = settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+    def endpoint(path: str) -> None:
+        @fuzz
+        @given(body=request_bodies(path))
+        def send(body: bytes) -> None:
+            nonlocal sent
+            if time.monotonic() > deadline:
+                return
+            sent += 1
+            check_reply(httpx.post(url + path, content=body, headers={"content-type": "application/json"}, timeout=60))
+
+        send()
+
+    for path in FIELDS:
+        endpoint(path)
+
+    @fuzz
+    @given(raw=st.binary(max_size=300), path=st.sampled_from(sorted(FIELDS)))
+    def raw_bytes(raw: bytes, path: str) -> None:
+        nonlocal sent
+        if time.monotonic() > deadline:
+            return
+        sent += 1
+        check_reply(httpx.post(url + path, content=raw, timeout=60))
+
+    raw_bytes()
+    assert sent >= 3 * FUZZ_EXAMPLES, f"only {sent} requests within {FUZZ_SECONDS} s"
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+    assert ordinary_answers(url) == before
+    metrics = real_server.metrics()
+    assert metric(metrics, "edgeqa_requests_total") >= sent
+    server_errors = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("edgeqa_requests_total{") and 'status="5' in line and 'endpoint="/health"' not in line
+    ]
+    assert server_errors == []  # /health answered 503 while the model loaded: that one is right
+
+
+@pytest.mark.slow
+def test_a_one_minute_soak_has_no_5xx_no_wrong_answer_and_no_memory_growth(artifact_tiny, real_server):
+    expected = expected_answers(artifact_tiny, ORDINARY, NEW_TOKENS, threads=1)
+    report = asyncio.run(soak(real_server.url, real_server.proc.pid, expected, 60, 8, NEW_TOKENS))
+    assert all(report.requests[kind] > 5 for kind in report.requests), report
+    assert report.server_errors == 0 and report.wrong_answers == 0 and report.statuses.get(0, 0) == 0, report
+    assert report.rss_growth < 0.05, report
