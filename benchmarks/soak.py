@@ -46,6 +46,7 @@ class SoakReport:
         server_errors: Responses with a 5xx status (the goal: 0).
         wrong_answers: Ordinary or streamed answers unlike the runtime's own (the goal: 0).
         rss_warm_mb, rss_end_mb: The server's resident memory after warm-up and at the end.
+        failures: Connection failures (status 0) by exception, with the kind of request.
     """
 
     seconds: float
@@ -56,6 +57,7 @@ class SoakReport:
     wrong_answers: int = 0
     rss_warm_mb: float = 0.0
     rss_end_mb: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def rss_growth(self) -> float:
@@ -138,8 +140,10 @@ async def soak(
             while time.monotonic() - started < seconds:
                 try:
                     await one(client, rng)
-                except httpx.HTTPError:
+                except httpx.HTTPError as e:
                     count(0)
+                    name = f"{type(e).__name__}: {str(e)[:80]}"
+                    report.failures[name] = report.failures.get(name, 0) + 1
 
     async def watch() -> None:
         await asyncio.sleep(warm_up)

@@ -139,8 +139,8 @@ class Engine:
         self.state = EngineState.READY
         self.ready.set()
         while (batch := self._take()) is not None:
-            self._on_batch(len(batch))
             try:
+                self._on_batch(len(batch))
                 self._decode(batch)
             except Exception as e:  # noqa: BLE001 (one failed batch must not stop the server)
                 logger.exception("edgeqa serve: a batch failed")
@@ -154,19 +154,22 @@ class Engine:
 
     def _take(self) -> list[Job] | None:
         with self._cond:
-            while not self._pending:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            # A lone caller (one request queued, the last batch a single row) starts at once: the
-            # wait only pays when others are asking too.
-            crowd = len(self._pending) > 1 or self._last_rows > 1
-            deadline = time.monotonic() + (self.batch_wait_s if crowd else 0.0)
-            while len(self._pending) < self.max_batch_size and not self._stopping:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while True:
+                while not self._pending:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                # A lone caller (one request queued, the last batch a single row) starts at once: the
+                # wait only pays when others are asking too.
+                crowd = len(self._pending) > 1 or self._last_rows > 1
+                deadline = time.monotonic() + (self.batch_wait_s if crowd else 0.0)
+                while len(self._pending) < self.max_batch_size and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._pending:  # callers that left while it waited took their requests with them
                     break
-                self._cond.wait(remaining)
             first = self._pending.popleft()
             self.active_rows = 1  # under the lock: the job is never in neither place (the drain looks)
             if first.row.options.num_beams > 1:

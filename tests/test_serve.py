@@ -454,3 +454,26 @@ def test_a_lone_caller_does_not_wait_for_a_batch_but_a_crowd_does():
     engine._cond.waits.clear()
     engine._pending.append(alone)  # the last batch had two rows: others are asking, so it waits
     assert engine._take() == [alone] and engine._cond.waits
+
+
+def test_a_request_cancelled_while_its_batch_waits_leaves_the_batcher_waiting():
+    """Found by the soak: the only queued request leaving during --batch-wait-ms killed the inference thread."""
+    from edgeqa.runtime import GenerationOptions, Row
+    from edgeqa.serve.engine import Engine
+    from edgeqa.serve.jobs import Job
+
+    engine = Engine(lambda: None, max_batch_size=8, batch_wait_ms=50)  # type: ignore[arg-type,return-value]
+    gone, later = Job(Row([5, 1], GenerationOptions())), Job(Row([6, 1], GenerationOptions()))
+
+    class Leaving(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            if gone in engine._pending:
+                engine._pending.remove(gone)  # its caller disconnected (what `Engine.cancel` does)
+            elif timeout is None and not engine._pending:
+                engine._pending.append(later)
+            return True
+
+    engine._cond = Leaving()
+    engine._last_rows = 2  # others have been asking: it waits for company
+    engine._pending.append(gone)
+    assert engine._take() == [later]
