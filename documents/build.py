@@ -109,7 +109,8 @@ def build_index(
         tokenizer: The reader's tokenizer.json; passages are measured in its tokens.
         passage_tokens: The most tokens a passage holds [DEFAULT_PASSAGE_TOKENS; with `update`, the index's].
         overlap_tokens: The most tokens a passage repeats from the one before [an eighth of `passage_tokens`].
-        update: Re-index only changed files and drop files gone from `paths`, in one transaction.
+        update: Re-index only changed files and drop files gone from `paths`, in one transaction (no `paths`:
+            the paths the index was built from).
         progress: Called after each file.
         tokenizer_name: A label stored with the tokenizer's sha256 [the tokenizer's file path].
 
@@ -120,12 +121,9 @@ def build_index(
     started = time.perf_counter()
     output, tokenizer_path = Path(output), Path(tokenizer)
     roots = [Path(p) for p in paths]
-    if not roots:
-        raise DataError("no files or folders given to index")
     tok = load_tokenizer(tokenizer_path)
     sha256 = store.tokenizer_sha256(tokenizer_path)
     name = tokenizer_name or str(tokenizer_path)
-    sources, skipped = discover(roots)
     if update and output.exists():
         connection, info = store.open_checked(output, write=True)
         try:
@@ -135,18 +133,23 @@ def build_index(
                     f"{output} holds passages of {info.passage_tokens} tokens, not {passage_tokens}; "
                     "rebuild it without --update to change the size"
                 )
+            roots = roots or [Path(r) for r in info.roots]  # `--update` alone refreshes the paths it was built from
+            sources, skipped = discover(roots)
             summary = IndexSummary(output, info.passage_tokens, skipped=skipped)
             new_info = store.IndexInfo(**{**info.__dict__, "roots": tuple(str(r) for r in roots)})
             _write(connection, sources, tok, new_info, summary, progress, update=True)
         finally:
             connection.close()
     else:
+        if not roots:
+            raise DataError("no files or folders given to index")
         budget = passage_tokens if passage_tokens is not None else DEFAULT_PASSAGE_TOKENS
         overlap = overlap_tokens if overlap_tokens is not None else default_overlap(budget)
         if not 0 <= overlap < budget:
             raise ConfigError(f"overlap_tokens is {overlap}; give 0 to {budget - 1} (less than passage_tokens)")
         from edgeqa import __version__
 
+        sources, skipped = discover(roots)
         info = store.IndexInfo(store.FORMAT_VERSION, name, sha256, budget, overlap, tuple(map(str, roots)), __version__)
         summary = IndexSummary(output, budget, skipped=skipped)
         _build_new(output, sources, tok, info, summary, progress)
