@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +48,25 @@ def discover(paths: list[Path]) -> tuple[list[SourceFile], list[tuple[str, str]]
         if kind is None:
             skipped.append((str(path), f"unsupported file type {path.suffix or '(no suffix)'}"))
             return
+        try:
+            mode = path.stat().st_mode
+        except OSError as e:  # a broken link, a folder we may not enter
+            skipped.append((str(path), f"unreadable ({e.strerror or e})"))
+            return
+        if not stat.S_ISREG(mode):  # a pipe or a device would block or never end
+            skipped.append((str(path), "not a regular file"))
+            return
         key = str(path.resolve())
         found.setdefault(key, SourceFile(key, str(path), kind))
 
     for root in paths:
         root = Path(root)
         if root.is_dir():
-            for folder, dirs, names in os.walk(root):
+
+            def unreadable(error: OSError) -> None:
+                skipped.append((str(error.filename), f"unreadable folder ({error.strerror or error})"))
+
+            for folder, dirs, names in os.walk(root, onerror=unreadable):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
                     if not name.startswith("."):

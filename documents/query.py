@@ -72,9 +72,9 @@ class Passage:
 
     @property
     def source(self) -> str:
-        """Where it is: `file:12-20` (lines) or `file#page=3` (a PDF page)."""
+        """Where it is: `file:12-20` (lines) or `file p.3-4` (PDF pages)."""
         span = str(self.start_line) if self.start_line == self.end_line else f"{self.start_line}-{self.end_line}"
-        return f"{self.file}#page={span}" if self.unit == "page" else f"{self.file}:{span}"
+        return f"{self.file} p.{span}" if self.unit == "page" else f"{self.file}:{span}"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "source": self.source}
