@@ -19,6 +19,8 @@ COLUMN_WEIGHTS = (2.0, 2.0, 1.0)
 MAX_TERMS = 32
 #: Passages one search may return.
 MAX_K = 100
+#: A word in more than this share of the passages does not make a passage a candidate on its own.
+COMMON_FRACTION = 0.05
 
 # Words too common to tell passages apart; dropped unless a question has nothing else.
 STOPWORDS = frozenset(
@@ -32,15 +34,85 @@ STOPWORDS = frozenset(
 _WORD = re.compile(r"\w+")
 
 
-def fts_query(question: str) -> str | None:
-    """An FTS5 query matching any of the question's words, each a quoted string: the user's text is never
-    read as FTS5 syntax (operators, columns, prefixes). None when the question has no words."""
+def question_words(question: str) -> list[str]:
+    """The question's distinct words, lower-cased, common ones left out unless nothing else is left."""
     words = [w.lower() for w in _WORD.findall(question)]
     terms = [w for w in words if w not in STOPWORDS] or words
-    unique = list(dict.fromkeys(terms))[:MAX_TERMS]
-    if not unique:
+    return list(dict.fromkeys(terms))[:MAX_TERMS]
+
+
+def quoted(words: list[str]) -> str:
+    """Words as FTS5 strings joined by OR: each is matched as text, never read as FTS5 syntax."""
+    return " OR ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+def fts_query(question: str, passages_with: dict[str, int] | None = None, total: int = 0) -> str | None:
+    """The FTS5 query for a question: any of its words, each a quoted string. None when it has no word
+    that can match.
+
+    Args:
+        passages_with: How many passages hold each word; words in none are left out, and when some words
+            are in more than `COMMON_FRACTION` of the `total` passages, a passage must hold one of the rarer
+            words to be a candidate (all words still count in its score). This keeps a search over 100k
+            passages from scoring every passage that says "used".
+    """
+    words = question_words(question)
+    if passages_with is None:
+        return quoted(words) if words else None
+    words = [w for w in words if passages_with.get(w, 0) > 0]
+    if not words:
         return None
-    return " OR ".join('"' + term.replace('"', '""') + '"' for term in unique)
+    rare = [w for w in words if passages_with[w] <= COMMON_FRACTION * total]
+    if not rare:
+        rare = [min(words, key=lambda w: passages_with[w])]
+    if len(rare) == len(words):
+        return quoted(words)
+    return f"({quoted(rare)}) AND ({quoted(words)})"
+
+
+_SEARCH = f"""
+SELECT p.id, f.shown, p.title, p.heading, p.start_line, p.end_line, f.unit, p.text, hit.score
+FROM (SELECT rowid, bm25(passages_fts, {", ".join(map(str, COLUMN_WEIGHTS))}) AS score FROM passages_fts
+      WHERE passages_fts MATCH ? ORDER BY score LIMIT ?) AS hit
+JOIN passages AS p ON p.id = hit.rowid
+JOIN files AS f ON f.id = p.file_id
+ORDER BY hit.score
+"""
+
+
+class _Terms:
+    """Counts the passages that hold a word, with the index's own FTS5 tokenizer (stemming included)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self.scratch = sqlite3.connect(":memory:", check_same_thread=False)
+        self.scratch.execute(f'CREATE VIRTUAL TABLE q USING fts5(w, tokenize="{store.TOKENIZE}")')
+        self.scratch.execute("CREATE VIRTUAL TABLE qv USING fts5vocab(q, 'instance')")
+        self.version = -1
+        self.total = 0
+
+    def passages_with(self, words: list[str]) -> tuple[dict[str, int], int]:
+        self.scratch.execute("DELETE FROM q")
+        self.scratch.executemany("INSERT INTO q (rowid, w) VALUES (?, ?)", enumerate(words))
+        terms: dict[int, list[str]] = {}
+        for row, term in self.scratch.execute("SELECT doc, term FROM qv"):
+            terms.setdefault(row, []).append(term)
+        counts = {}
+        for row, word in enumerate(words):
+            found = [self._count(term) for term in terms.get(row, [])]
+            counts[word] = min(found) if found else 0  # a word of several terms is a phrase: at most its rarest
+        version = self.connection.execute("PRAGMA data_version").fetchone()[0]
+        if version != self.version:  # another connection changed the index (an --update)
+            self.version = version
+            self.total = self.connection.execute("SELECT count(*) FROM passages").fetchone()[0]
+        return counts, self.total
+
+    def _count(self, term: str) -> int:
+        row = self.connection.execute("SELECT doc FROM passages_vocab WHERE term = ?", (term,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.scratch.close()
 
 
 @dataclass(frozen=True)
@@ -94,6 +166,7 @@ class Index:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._connections: list[sqlite3.Connection] = []
+        self._terms: list[_Terms] = []
 
     @classmethod
     def open(cls, path: Path | str, tokenizer_sha256: str | None = None, tokenizer_name: str = "the reader") -> Index:
@@ -119,53 +192,49 @@ class Index:
 
     def _adopt(self, connection: sqlite3.Connection) -> None:
         self._local.connection = connection
+        self._local.terms = _Terms(connection)
         self._local.identity = _identity(self.path)
         with self._lock:
             self._connections.append(connection)
+            self._terms.append(self._local.terms)
 
-    def _connection(self) -> sqlite3.Connection:
+    def _reader(self) -> tuple[sqlite3.Connection, _Terms]:
+        """This thread's connection, reopened if a rebuild replaced the file."""
         connection = getattr(self._local, "connection", None)
         if connection is not None and self._local.identity == _identity(self.path):
-            return connection
-        if connection is not None:  # the file was replaced by a rebuild: read the new one
+            return connection, self._local.terms
+        if connection is not None:
             connection.close()
+            self._local.terms.close()
             with self._lock:
                 self._connections.remove(connection)
+                self._terms.remove(self._local.terms)
         connection, info = store.open_checked(self.path)
         if self._tokenizer_sha256 is not None:
             store.check_tokenizer(info, self.path, self._tokenizer_sha256, "the reader")
         self.info = info
         self._adopt(connection)
-        return connection
+        return connection, self._local.terms
 
     def search(self, question: str, k: int = 4) -> list[Passage]:
         """The `k` passages that best match the question by BM25, best first; [] when none shares a word with it.
 
         Raises:
             InputError: `k` is out of range.
+            DataError: the index cannot be read.
         """
         if not 1 <= k <= MAX_K:
             raise InputError(f"k is {k}; ask for 1 to {MAX_K} passages")
-        query = fts_query(question)
-        if query is None:
+        words = question_words(question)
+        if not words:
             return []
-        weights = ", ".join(str(w) for w in COLUMN_WEIGHTS)
         try:
-            rows = (
-                self._connection()
-                .execute(
-                    f"""
-                SELECT p.id, f.shown, p.title, p.heading, p.start_line, p.end_line, f.unit, p.text, hit.score
-                FROM (SELECT rowid, bm25(passages_fts, {weights}) AS score FROM passages_fts
-                      WHERE passages_fts MATCH ? ORDER BY score LIMIT ?) AS hit
-                JOIN passages AS p ON p.id = hit.rowid
-                JOIN files AS f ON f.id = p.file_id
-                ORDER BY hit.score
-                """,
-                    (query, k),
-                )
-                .fetchall()
-            )
+            connection, terms = self._reader()
+            counts, total = terms.passages_with(words)
+            query = fts_query(question, counts, total)
+            if query is None:
+                return []
+            rows = connection.execute(_SEARCH, (query, k)).fetchall()
         except sqlite3.DatabaseError as e:
             raise DataError(
                 f"cannot search {self.path} ({e}); rebuild it with `edgeqa index PATH... -o {self.path}`"
@@ -190,7 +259,10 @@ class Index:
         with self._lock:
             for connection in self._connections:
                 connection.close()
+            for terms in self._terms:
+                terms.close()
             self._connections.clear()
+            self._terms.clear()
         self._local = threading.local()
 
     def __enter__(self) -> Index:

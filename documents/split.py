@@ -38,6 +38,7 @@ class _Unit:
     end: int
     tokens: int
     paragraph: int
+    block: Block
 
 
 def count_tokens(tokenizer: Tokenizer, text: str) -> int:
@@ -110,26 +111,34 @@ def _fit_span(tokenizer: Tokenizer, block: Block, a: int, b: int, budget: int) -
     return out
 
 
+def _counts(tokenizer: Tokenizer, texts: list[str]) -> list[int]:
+    """Token counts of many texts in one call (the tokenizer spreads them over the cores)."""
+    if not texts:
+        return []
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # no offsets: faster
+    return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
+
+
 def _units(tokenizer: Tokenizer, blocks: list[Block], budget: int) -> list[_Unit]:
+    """The sentences of all blocks with their token counts; a sentence over the budget is cut."""
     spans = []
     for paragraph, block in enumerate(blocks):
         for a, b in _sentences(block):
-            for x, y in _fit_span(tokenizer, block, a, b, budget) if b - a > budget else [(a, b)]:
+            for x, y in _fit_span(tokenizer, block, a, b, budget) if b - a > budget * 8 else [(a, b)]:
                 spans.append((block, paragraph, x, y))
     texts = [" ".join(block.text[a:b].split()) for block, _, a, b in spans]
-    counts = [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
     units = []
-    for (block, paragraph, a, b), text, tokens in zip(spans, texts, counts, strict=True):
+    for (block, paragraph, a, b), text, tokens in zip(spans, texts, _counts(tokenizer, texts), strict=True):
         if not text:
             continue
-        if tokens > budget:  # a long sentence of short characters: cut it on tokens
+        if tokens > budget:  # a long sentence: cut it on line breaks, else on tokens
             for x, y in _fit_span(tokenizer, block, a, b, budget):
                 piece = " ".join(block.text[x:y].split())
                 if piece:
                     count = count_tokens(tokenizer, piece)
-                    units.append(_Unit(piece, block.line_at(x), block.line_at(y - 1), count, paragraph))
+                    units.append(_Unit(piece, block.line_at(x), block.line_at(y - 1), count, paragraph, block))
             continue
-        units.append(_Unit(text, block.line_at(a), block.line_at(max(a, b - 1)), tokens, paragraph))
+        units.append(_Unit(text, block.line_at(a), block.line_at(max(a, b - 1)), tokens, paragraph, block))
     return units
 
 
@@ -142,9 +151,10 @@ def _join(units: list[_Unit]) -> str:
     return "".join(parts)
 
 
-def _pack(tokenizer: Tokenizer, units: list[_Unit], budget: int, overlap: int) -> list[list[_Unit]]:
-    """Greedy packing by counted tokens, checked on the joined text; each passage opens with the last
-    sentences of the one before (up to `overlap` tokens), never with all of it."""
+def _pack(tokenizer: Tokenizer, units: list[_Unit], budget: int, overlap: int, exact: bool) -> list[list[_Unit]]:
+    """Greedy packing by the sentences' token counts; with `exact`, each passage is also counted as joined
+    (a tokenizer may count a joined text differently). Each passage opens with the last sentences of the one
+    before (up to `overlap` tokens), never with all of it."""
     pending = deque(units)
     out: list[list[_Unit]] = []
     current: list[_Unit] = []
@@ -152,7 +162,7 @@ def _pack(tokenizer: Tokenizer, units: list[_Unit], budget: int, overlap: int) -
     while pending:
         while pending and (not current or sum(u.tokens for u in current) + pending[0].tokens <= budget):
             current.append(pending.popleft())
-        while len(current) > 1 and count_tokens(tokenizer, _join(current)) > budget:
+        while exact and len(current) > 1 and count_tokens(tokenizer, _join(current)) > budget:
             if len(current) - 1 > carried:
                 pending.appendleft(current.pop())
             else:  # the repeated sentences leave no room for a new one: drop them
@@ -170,19 +180,23 @@ def _pack(tokenizer: Tokenizer, units: list[_Unit], budget: int, overlap: int) -
 
 
 def split_document(document: Document, tokenizer: Tokenizer, budget: int, overlap: int) -> list[Piece]:
-    """The passages of a document, in order; none crosses a section."""
+    """The passages of a document, in order; none crosses a section, none has more than `budget` tokens."""
     if budget < MIN_PASSAGE_TOKENS:
         raise ConfigError(f"passage_tokens is {budget}; give at least {MIN_PASSAGE_TOKENS}")
-    pieces: list[Piece] = []
-    sections: list[list[Block]] = []
-    for block in document.blocks:
-        if sections and sections[-1][0].section == block.section:
-            sections[-1].append(block)
+    sections: list[list[_Unit]] = []
+    for unit in _units(tokenizer, document.blocks, budget):
+        if sections and sections[-1][0].block.section == unit.block.section:
+            sections[-1].append(unit)
         else:
-            sections.append([block])
-    for blocks in sections:
-        for group in _pack(tokenizer, _units(tokenizer, blocks, budget), budget, overlap):
-            start = min(u.start for u in group)
-            end = max(u.end for u in group)
-            pieces.append(Piece(blocks[0].heading, start, end, _join(group)))
-    return pieces
+            sections.append([unit])
+    groups = [_pack(tokenizer, units, budget, overlap, exact=False) for units in sections]
+    texts = [_join(group) for packed in groups for group in packed]
+    counts = iter(_counts(tokenizer, texts))  # all passages checked in one call; a miscounted section is redone
+    for number, packed in enumerate(groups):
+        if any([next(counts) > budget for _ in packed]):
+            groups[number] = _pack(tokenizer, sections[number], budget, overlap, exact=True)
+    return [
+        Piece(group[0].block.heading, min(u.start for u in group), max(u.end for u in group), _join(group))
+        for packed in groups
+        for group in packed
+    ]

@@ -16,6 +16,9 @@ FORMAT_VERSION = 1
 #: How long a writer waits for another writer before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
+#: How FTS5 cuts text into terms, for the index and for questions alike.
+TOKENIZE = "porter unicode61 remove_diacritics 2"
+
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE files (
@@ -43,8 +46,10 @@ CREATE TABLE passages (
 CREATE INDEX passages_by_file ON passages(file_id);
 -- external content: the text is stored once, in passages; deletes name the old values (see build.py)
 CREATE VIRTUAL TABLE passages_fts USING fts5(
-    title, heading, text, content='passages', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
+    title, heading, text, content='passages', content_rowid='id', tokenize="{tokenize}"
 );
+-- how many passages hold each term: a search leaves its common words out of the candidates
+CREATE VIRTUAL TABLE passages_vocab USING fts5vocab(passages_fts, 'row');
 """
 
 
@@ -87,7 +92,7 @@ def connect(path: Path, write: bool = False) -> sqlite3.Connection:
 
 
 def create_schema(connection: sqlite3.Connection, info: IndexInfo) -> None:
-    connection.executescript(SCHEMA)
+    connection.executescript(SCHEMA.format(tokenize=TOKENIZE))
     write_meta(connection, info)
 
 

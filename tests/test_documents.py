@@ -521,6 +521,10 @@ def test_fts_query_quotes_every_term():
     assert fts_query('What is "NEAR(a b)" OR title:x* ^y -z?') == '"near" OR "b" OR "title" OR "x" OR "y" OR "z"'
     assert fts_query("what is it") == '"what" OR "is" OR "it"'
     assert fts_query("  ?!  ") is None
+    common = {"capital": 900, "france": 10, "zzz": 0}
+    assert fts_query("capital of France zzz", common, 1000) == '("france") AND ("capital" OR "france")'
+    assert fts_query("capital", common, 1000) == '"capital"'  # nothing rarer: the common word alone
+    assert fts_query("zzz", common, 1000) is None  # in no passage: no search at all
 
 
 @pytest.fixture(scope="module")
