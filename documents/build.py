@@ -158,7 +158,7 @@ def _write(
                 sizes[source.key] = os.stat(source.key).st_size
             except OSError:
                 sizes[source.key] = 0
-        total, done_bytes = sum(sizes.values()), 0
+        total, done_bytes, changes = sum(sizes.values()), 0, connection.total_changes
         for number, source in enumerate(sources, 1):
             done_bytes += sizes[source.key]
             _index_one(connection, source, known.pop(source.key, None), tok, info, summary)
@@ -166,6 +166,8 @@ def _write(
                 progress(Progress(number, len(sources), done_bytes, total, source.shown))
         for key, (file_id, *_rest) in known.items():
             summary.removed.append(_delete_file(connection, file_id) or key)
+        if connection.total_changes != changes:
+            store.count_terms(connection)
         if update:
             store.write_meta(connection, info)
         summary.files = connection.execute("SELECT count(*) FROM files").fetchone()[0]

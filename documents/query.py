@@ -19,8 +19,9 @@ COLUMN_WEIGHTS = (2.0, 2.0, 1.0)
 MAX_TERMS = 32
 #: Passages one search may return.
 MAX_K = 100
-#: A word in more than this share of the passages does not make a passage a candidate on its own.
-COMMON_FRACTION = 0.05
+#: About how many passages a search scores at most: its rarest words pick the candidates up to this many,
+#: all its words score them. Scoring costs about a microsecond a passage.
+CANDIDATES = 2000
 
 # Words too common to tell passages apart; dropped unless a question has nothing else.
 STOPWORDS = frozenset(
@@ -46,15 +47,15 @@ def quoted(words: list[str]) -> str:
     return " OR ".join('"' + word.replace('"', '""') + '"' for word in words)
 
 
-def fts_query(question: str, passages_with: dict[str, int] | None = None, total: int = 0) -> str | None:
+def fts_query(question: str, passages_with: dict[str, int] | None = None) -> str | None:
     """The FTS5 query for a question: any of its words, each a quoted string. None when it has no word
     that can match.
 
     Args:
-        passages_with: How many passages hold each word; words in none are left out, and when some words
-            are in more than `COMMON_FRACTION` of the `total` passages, a passage must hold one of the rarer
-            words to be a candidate (all words still count in its score). This keeps a search over 100k
-            passages from scoring every passage that says "used".
+        passages_with: How many passages hold each word; words in none are left out, and a passage must
+            hold one of the rarest words (together in at most `CANDIDATES` passages, or the rarest word
+            alone) to be a candidate, all words still counting in its score. This keeps a search over
+            100k passages from scoring every passage that says "used".
     """
     words = question_words(question)
     if passages_with is None:
@@ -62,12 +63,14 @@ def fts_query(question: str, passages_with: dict[str, int] | None = None, total:
     words = [w for w in words if passages_with.get(w, 0) > 0]
     if not words:
         return None
-    rare = [w for w in words if passages_with[w] <= COMMON_FRACTION * total]
-    if not rare:
-        rare = [min(words, key=lambda w: passages_with[w])]
+    rare: list[str] = []
+    for word in sorted(words, key=lambda w: passages_with[w]):  # the rarest first, up to the budget (one at least)
+        if rare and sum(passages_with[w] for w in rare) + passages_with[word] > CANDIDATES:
+            break
+        rare.append(word)
     if len(rare) == len(words):
         return quoted(words)
-    return f"({quoted(rare)}) AND ({quoted(words)})"
+    return f"({quoted(sorted(rare, key=words.index))}) AND ({quoted(words)})"
 
 
 _SEARCH = f"""
@@ -88,10 +91,8 @@ class _Terms:
         self.scratch = sqlite3.connect(":memory:", check_same_thread=False)
         self.scratch.execute(f'CREATE VIRTUAL TABLE q USING fts5(w, tokenize="{store.TOKENIZE}")')
         self.scratch.execute("CREATE VIRTUAL TABLE qv USING fts5vocab(q, 'instance')")
-        self.version = -1
-        self.total = 0
 
-    def passages_with(self, words: list[str]) -> tuple[dict[str, int], int]:
+    def passages_with(self, words: list[str]) -> dict[str, int]:
         self.scratch.execute("DELETE FROM q")
         self.scratch.executemany("INSERT INTO q (rowid, w) VALUES (?, ?)", enumerate(words))
         terms: dict[int, list[str]] = {}
@@ -101,14 +102,10 @@ class _Terms:
         for row, word in enumerate(words):
             found = [self._count(term) for term in terms.get(row, [])]
             counts[word] = min(found) if found else 0  # a word of several terms is a phrase: at most its rarest
-        version = self.connection.execute("PRAGMA data_version").fetchone()[0]
-        if version != self.version:  # another connection changed the index (an --update)
-            self.version = version
-            self.total = self.connection.execute("SELECT count(*) FROM passages").fetchone()[0]
-        return counts, self.total
+        return counts
 
     def _count(self, term: str) -> int:
-        row = self.connection.execute("SELECT doc FROM passages_vocab WHERE term = ?", (term,)).fetchone()
+        row = self.connection.execute("SELECT passages FROM term_counts WHERE term = ?", (term,)).fetchone()
         return int(row[0]) if row else 0
 
     def close(self) -> None:
@@ -230,8 +227,8 @@ class Index:
             return []
         try:
             connection, terms = self._reader()
-            counts, total = terms.passages_with(words)
-            query = fts_query(question, counts, total)
+            counts = terms.passages_with(words)
+            query = fts_query(question, counts)
             if query is None:
                 return []
             rows = connection.execute(_SEARCH, (query, k)).fetchall()

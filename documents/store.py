@@ -48,8 +48,10 @@ CREATE INDEX passages_by_file ON passages(file_id);
 CREATE VIRTUAL TABLE passages_fts USING fts5(
     title, heading, text, content='passages', content_rowid='id', tokenize="{tokenize}"
 );
--- how many passages hold each term: a search leaves its common words out of the candidates
+-- how many passages hold each term (fts5vocab counts by reading the term's whole list, so the counts
+-- are copied into term_counts after each change): a search lets only its rarer words pick candidates
 CREATE VIRTUAL TABLE passages_vocab USING fts5vocab(passages_fts, 'row');
+CREATE TABLE term_counts (term TEXT PRIMARY KEY, passages INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -94,6 +96,12 @@ def connect(path: Path, write: bool = False) -> sqlite3.Connection:
 def create_schema(connection: sqlite3.Connection, info: IndexInfo) -> None:
     connection.executescript(SCHEMA.format(tokenize=TOKENIZE))
     write_meta(connection, info)
+
+
+def count_terms(connection: sqlite3.Connection) -> None:
+    """Refresh `term_counts` from the full-text index (about a second per 100k passages)."""
+    connection.execute("DELETE FROM term_counts")
+    connection.execute("INSERT INTO term_counts (term, passages) SELECT term, doc FROM passages_vocab")
 
 
 def write_meta(connection: sqlite3.Connection, info: IndexInfo) -> None:

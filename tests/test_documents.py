@@ -521,10 +521,14 @@ def test_fts_query_quotes_every_term():
     assert fts_query('What is "NEAR(a b)" OR title:x* ^y -z?') == '"near" OR "b" OR "title" OR "x" OR "y" OR "z"'
     assert fts_query("what is it") == '"what" OR "is" OR "it"'
     assert fts_query("  ?!  ") is None
-    common = {"capital": 900, "france": 10, "zzz": 0}
-    assert fts_query("capital of France zzz", common, 1000) == '("france") AND ("capital" OR "france")'
-    assert fts_query("capital", common, 1000) == '"capital"'  # nothing rarer: the common word alone
-    assert fts_query("zzz", common, 1000) is None  # in no passage: no search at all
+    held = {"capital": 9000, "france": 10, "paris": 1500, "city": 600, "zzz": 0}
+    assert fts_query("capital of France zzz", held) == '("france") AND ("capital" OR "france")'
+    assert (
+        fts_query("city capital paris france", held)
+        == '("city" OR "france") AND ("city" OR "capital" OR "paris" OR "france")'
+    )
+    assert fts_query("capital", held) == '"capital"'  # nothing rarer: the common word alone
+    assert fts_query("zzz", held) is None  # in no passage: no search at all
 
 
 @pytest.fixture(scope="module")
