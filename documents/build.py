@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -291,10 +292,11 @@ def _checkpoint(output: Path) -> None:
 
 
 def _remove_stale_builds(output: Path) -> None:
-    """Remove temporary files left beside `output` by builds that were killed."""
-    for leftover in output.parent.glob(f".{output.name}.*.building"):
-        pid = leftover.name[len(output.name) + 2 : -len(".building")]
-        if pid.isdigit() and not _alive(int(pid)):
+    """Remove temporary files (and their -wal, -shm) left beside `output` by builds that were killed."""
+    pattern = re.compile(re.escape(f".{output.name}.") + r"(\d+)\.building(-wal|-shm|-journal)?")
+    for leftover in output.parent.glob(f".{output.name}.*.building*"):
+        match = pattern.fullmatch(leftover.name)
+        if match and not _alive(int(match.group(1))):
             leftover.unlink(missing_ok=True)
 
 

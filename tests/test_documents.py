@@ -487,7 +487,7 @@ def test_kill_9_during_indexing_leaves_the_previous_index_intact(tmp_path, updat
         assert ix.search("zebra0")[0].file.endswith("doc0.md") and ix.search("changed0") == []
     summary = build_index([docs], index, TOKENIZER, update=update, passage_tokens=None if update else 48)
     assert len(summary.indexed) == 6
-    assert list(tmp_path.glob(".index.db.*.building")) == []  # a killed build's leftover is cleaned up
+    assert list(tmp_path.glob(".index.db.*")) == []  # a killed build's leftovers are cleaned up
 
 
 # ---------------------------------------------------------------- search
@@ -577,6 +577,15 @@ def test_any_file_is_indexed_skipped_or_reported(tmp_path_factory, data, suffix)
     target = str(folder / f"f{suffix}")
     assert (target in summary.indexed) != (target in [path for path, _ in summary.skipped])
     shutil.rmtree(folder)
+
+
+def test_the_documents_package_loads_no_model_libraries():
+    code = (
+        "import sys, edgeqa.documents, edgeqa.documents.sizing; "
+        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'numpy', 'pypdf') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------- CLI
