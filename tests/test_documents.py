@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -346,6 +348,8 @@ def test_a_reader_keeps_answering_from_the_old_state_during_an_update(tmp_path):
     docs = corpus(tmp_path / "docs", files=3)
     index = tmp_path / "index.db"
     build_index([docs], index, TOKENIZER, passage_tokens=48)
+    with sqlite3.connect(index) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     write(docs / "doc0.md", "# Document 0\n\nplatypus only now.\n")
     seen = []
     ix = Index.open(index)
@@ -515,6 +519,23 @@ def test_search_ranks_by_bm25_and_returns_nothing_for_unknown_words(tmp_path):
         for thread in threads:
             thread.join()
         assert len(results) == 4 and all(r and r[0].file.endswith("doc2.md") for r in results)
+
+
+def test_each_country_page_is_found_first_by_its_question(tmp_path):
+    """The documents demo's shape: one page per country of the bundled facts world, one question each."""
+    with open(bundled_tokenizer().parents[1] / "facts" / "countries.csv", encoding="utf-8") as f:
+        countries = [{key: value.strip() for key, value in row.items()} for row in csv.DictReader(f)]
+    for row in countries:
+        name = row["name"]
+        write(
+            tmp_path / "pages" / f"{re.sub('[^A-Za-z]+', '-', name)}.md",
+            f"# {name}\n\n{name} is a country in {row['continent']}. The capital of {name} is {row['capital']}. "
+            f"The currency of {name} is the {row['currency']}. Its internet domain is {row['tld']}.\n",
+        )
+    build_index([tmp_path / "pages"], tmp_path / "index.db", TOKENIZER)
+    with Index.open(tmp_path / "index.db") as ix:
+        first = [ix.search(f"What is the capital of {row['name']}?")[0].title for row in countries]
+    assert first == [row["name"] for row in countries]
 
 
 def test_fts_query_quotes_every_term():
