@@ -627,3 +627,13 @@ def test_cli_index_prints_the_summary_and_errors_exit_1(tmp_path):
         app, ["index", str(docs), "-o", str(tmp_path / "k.db"), "--tokenizer", str(docs / "doc0.md")]
     )
     assert result.exit_code == 1 and "cannot load the tokenizer" in result.stderr
+
+
+def test_the_retrieval_benchmark_measures_a_small_corpus(tmp_path):
+    from edgeqa.bench.retrieval import measure, table
+
+    result = measure(150, tmp_path, passage_tokens=200, queries=60, mb_per_passage=0.0008)
+    assert 100 <= result.passages <= 300 and result.queries == 60
+    assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms and result.build_mb_per_s > 0
+    assert f"| {result.passages:,} |" in table([result], 200)
+    assert list(tmp_path.iterdir()) == []  # corpus and index removed
