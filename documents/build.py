@@ -82,7 +82,10 @@ def build_index(
             sources, skipped = discover(roots)
             summary = IndexSummary(output, info.passage_tokens, skipped=skipped)
             new_info = store.IndexInfo(**{**info.__dict__, "roots": tuple(str(r) for r in roots)})
-            _write(connection, sources, tok, new_info, summary, progress, update=True)
+            try:
+                _write(connection, sources, tok, new_info, summary, progress, update=True)
+            except sqlite3.OperationalError as e:  # locked by another writer past the timeout, disk full, ...
+                raise DataError(f"cannot update {output} ({e}); it is unchanged: try again") from e
         finally:
             connection.close()
     else:
@@ -97,7 +100,10 @@ def build_index(
         sources, skipped = discover(roots)
         info = store.IndexInfo(store.FORMAT_VERSION, name, sha256, budget, overlap, tuple(map(str, roots)), __version__)
         summary = IndexSummary(output, budget, skipped=skipped)
-        _build_new(output, sources, tok, info, summary, progress)
+        try:
+            _build_new(output, sources, tok, info, summary, progress)
+        except sqlite3.OperationalError as e:  # disk full, a folder we may not write, ...
+            raise DataError(f"cannot write {output} ({e}); the previous index, if any, is unchanged") from e
     summary.seconds = time.perf_counter() - started
     return summary
 

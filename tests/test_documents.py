@@ -371,6 +371,21 @@ def test_a_reader_keeps_answering_from_the_old_state_during_an_update(tmp_path):
     ix.close()
 
 
+def test_an_update_while_another_writer_holds_the_index_is_refused_cleanly(tmp_path, monkeypatch):
+    docs = corpus(tmp_path / "docs", files=1)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    monkeypatch.setattr("edgeqa.documents.store.BUSY_TIMEOUT_MS", 100)
+    writer = sqlite3.connect(index, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(DataError, match=f"cannot update {index} .*locked.*unchanged"):
+            build_index([docs], index, TOKENIZER, update=True)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 def test_a_rebuilt_index_is_picked_up_by_an_open_reader(tmp_path):
     docs = corpus(tmp_path / "docs", files=1)
     index = tmp_path / "index.db"
