@@ -73,6 +73,19 @@ def fts_query(question: str, passages_with: dict[str, int] | None = None) -> str
     return f"({quoted(sorted(rare, key=words.index))}) AND ({quoted(words)})"
 
 
+def narrow_query(question: str, passages_with: dict[str, int]) -> str | None:
+    """When even the question's rarest word is in more than `CANDIDATES` passages, a query whose candidates
+    hold its two rarest words (all words still scoring); None otherwise. Tried first: if it finds fewer
+    passages than asked for, the search falls back on `fts_query`."""
+    words = [w for w in question_words(question) if passages_with.get(w, 0) > 0]
+    if len(words) < 2:
+        return None
+    first, second = sorted(words, key=lambda w: passages_with[w])[:2]
+    if passages_with[first] <= CANDIDATES:
+        return None
+    return f"({quoted([first])} AND {quoted([second])}) AND ({quoted(words)})"
+
+
 _SEARCH = f"""
 SELECT p.id, f.shown, p.title, p.heading, p.start_line, p.end_line, f.unit, p.text, hit.score
 FROM (SELECT rowid, bm25(passages_fts, {", ".join(map(str, COLUMN_WEIGHTS))}) AS score FROM passages_fts
@@ -231,7 +244,10 @@ class Index:
             query = fts_query(question, counts)
             if query is None:
                 return []
-            rows = connection.execute(_SEARCH, (query, k)).fetchall()
+            narrow = narrow_query(question, counts)
+            rows = connection.execute(_SEARCH, (narrow, k)).fetchall() if narrow else []
+            if len(rows) < k:
+                rows = connection.execute(_SEARCH, (query, k)).fetchall()
         except sqlite3.DatabaseError as e:
             raise DataError(
                 f"cannot search {self.path} ({e}); rebuild it with `edgeqa index PATH... -o {self.path}`"

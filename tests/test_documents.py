@@ -25,6 +25,7 @@ from edgeqa.cli import app
 from edgeqa.documents import Index, build_index, fts_query, load_tokenizer, passage_budget
 from edgeqa.documents.files import Skip, SourceFile, read_document
 from edgeqa.documents.formats import FORMATS
+from edgeqa.documents.query import narrow_query
 from edgeqa.documents.sizing import bundled_tokenizer, resolve_sizing
 from edgeqa.documents.split import count_tokens, split_document
 from edgeqa.errors import ConfigError, DataError
@@ -565,6 +566,21 @@ def test_fts_query_quotes_every_term():
     )
     assert fts_query("capital", held) == '"capital"'  # nothing rarer: the common word alone
     assert fts_query("zzz", held) is None  # in no passage: no search at all
+    assert narrow_query("capital of France", held) is None  # a rare word: no need
+    assert narrow_query("best capital", {"capital": 9000, "best": 20000}) == (
+        '("capital" AND "best") AND ("best" OR "capital")'
+    )
+
+
+def test_searches_with_common_words_only_still_find_passages(tmp_path, monkeypatch):
+    docs = corpus(tmp_path / "docs", files=3)
+    build_index([docs], tmp_path / "index.db", TOKENIZER, passage_tokens=48)
+    monkeypatch.setattr("edgeqa.documents.query.CANDIDATES", 0)  # every word is "common"
+    with Index.open(tmp_path / "index.db") as ix:
+        (hit,) = ix.search("zebra1 lives", k=1)  # passages holding both rarest words
+        assert hit.file.endswith("doc1.md") and hit.heading == "Details"
+        hits = ix.search("harbour zebra1", k=2)  # none holds both: the rarest word alone picks candidates
+        assert [(h.file[-7:], h.heading) for h in hits] == [("doc1.md", "Details")]
 
 
 @pytest.fixture(scope="module")
