@@ -79,7 +79,7 @@ def build_index(
                     "rebuild it without --update to change the size"
                 )
             roots = roots or [Path(r) for r in info.roots]  # `--update` alone refreshes the paths it was built from
-            sources, skipped = discover(roots)
+            sources, skipped = discover(roots, output)
             summary = IndexSummary(output, info.passage_tokens, skipped=skipped)
             new_info = store.IndexInfo(**{**info.__dict__, "roots": tuple(str(r) for r in roots)})
             try:
@@ -97,7 +97,7 @@ def build_index(
             raise ConfigError(f"overlap_tokens is {overlap}; give 0 to {budget - 1} (less than passage_tokens)")
         from edgeqa import __version__
 
-        sources, skipped = discover(roots)
+        sources, skipped = discover(roots, output)
         info = store.IndexInfo(store.FORMAT_VERSION, name, sha256, budget, overlap, tuple(map(str, roots)), __version__)
         summary = IndexSummary(output, budget, skipped=skipped)
         try:

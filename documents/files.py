@@ -34,8 +34,9 @@ class Skip(Exception):
     """A file that is not indexed, and why (the summary counts and names it)."""
 
 
-def discover(paths: list[Path]) -> tuple[list[SourceFile], list[tuple[str, str]]]:
-    """The supported files under `paths` (folders walked, hidden entries ignored) and the files skipped, with why.
+def discover(paths: list[Path], output: Path | None = None) -> tuple[list[SourceFile], list[tuple[str, str]]]:
+    """The supported files under `paths` (folders walked, hidden entries and the index `output` with its
+    -wal and -shm ignored) and the files skipped, with why.
 
     Raises:
         DataError: a path does not exist.
@@ -43,7 +44,12 @@ def discover(paths: list[Path]) -> tuple[list[SourceFile], list[tuple[str, str]]
     found: dict[str, SourceFile] = {}
     skipped: list[tuple[str, str]] = []
 
+    index = output.resolve() if output is not None else None
+    own_files = {f"{index.name}{suffix}" for suffix in ("", "-wal", "-shm", "-journal")} if index else set()
+
     def consider(path: Path) -> None:
+        if index is not None and path.name in own_files and path.parent.resolve() == index.parent:
+            return
         kind = kind_of(path)
         if kind is None:
             skipped.append((str(path), f"unsupported file type {path.suffix or '(no suffix)'}"))

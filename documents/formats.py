@@ -229,25 +229,42 @@ def _split_blank_lines(block: Block) -> list[Block]:
 
 
 def parse_jsonl(text: str, title: str) -> Document:
-    """JSON lines: each record's `text` is a section of its own, titled by its `title` (else its `id`)."""
+    """JSON lines: each record's `text` is a section of its own, titled by its `title` (else its `id`).
+    Bad lines are reported once per kind, with the first line numbers."""
     document = Document(title)
+    not_json: list[int] = []
+    no_text: list[int] = []
+    fields: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except (ValueError, RecursionError):
-            document.warnings.append(f"line {number} is not JSON; skipped")
+            not_json.append(number)
             continue
         body = record.get("text") if isinstance(record, dict) else None
         if not isinstance(body, str):
-            document.warnings.append(f'line {number} has no "text" string; skipped')
+            no_text.append(number)
+            fields = fields or ([str(key) for key in record][:8] if isinstance(record, dict) else [])
             continue
         name = record.get("title") or record.get("id") or ""
         lines = [(number, piece) for piece in body.splitlines()]
-        blocks = _paragraphs(lines, str(name), number)
-        document.blocks.extend(blocks)
+        document.blocks.extend(_paragraphs(lines, str(name), number))
+    if not_json:
+        document.warnings.append(f"{_lines(not_json)}: not JSON; skipped")
+    if no_text:
+        seen = f" (fields: {', '.join(fields)})" if fields and not document.blocks else ""
+        document.warnings.append(f'{_lines(no_text)}: no "text" string{seen}; skipped')
     return document
+
+
+def _lines(numbers: list[int]) -> str:
+    """`line 3`, `lines 3, 5`, `lines 3, 5, 8 and 97 more`."""
+    if len(numbers) == 1:
+        return f"line {numbers[0]}"
+    more = f" and {len(numbers) - 3} more" if len(numbers) > 3 else ""
+    return f"lines {', '.join(map(str, numbers[:3]))}{more}"
 
 
 def parse_pdf(data: bytes, title: str) -> Document:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: Skipped files and warnings listed one by one in `IndexSummary.format`; the rest are counted.
+SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class IndexSummary:
             f"({len(self.indexed)} indexed, {self.unchanged} unchanged, {len(self.removed)} removed, "
             f"{len(self.skipped)} skipped; {self.bytes_read / 1e6:.1f} MB in {self.seconds:.1f} s)"
         ]
-        lines += [f"skipped {path}: {reason}" for path, reason in self.skipped]
-        lines += [f"warning: {warning}" for warning in self.warnings]
+        lines += [f"skipped {path}: {reason}" for path, reason in self.skipped[:SHOWN]]
+        if len(self.skipped) > SHOWN:
+            reasons = Counter(reason for _, reason in self.skipped[SHOWN:])
+            counts = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common(5))
+            lines.append(f"skipped {len(self.skipped) - SHOWN} more ({counts}{', ...' if len(reasons) > 5 else ''})")
+        lines += [f"warning: {warning}" for warning in self.warnings[:SHOWN]]
+        if len(self.warnings) > SHOWN:
+            lines.append(f"... and {len(self.warnings) - SHOWN} more warnings (the JSON summary lists them all)")
         return "\n".join(lines)

@@ -206,6 +206,11 @@ def test_binary_unsupported_and_unreadable_files_are_skipped_and_counted(tmp_pat
     }
     assert summary.files == 1 and summary.indexed == [str(tmp_path / "good.txt")]
     assert "skipped" in summary.format() and "gone.md: unreadable" in summary.format()
+    for n in range(30):
+        write(tmp_path / "images" / f"{n}.png", b"\x89PNG")
+    summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
+    assert len(summary.skipped) == 36 and len(summary.format().splitlines()) == 1 + 10 + 1  # the index is not one
+    assert summary.format().splitlines()[-1].startswith("skipped 26 more (")
 
 
 def test_non_utf8_text_is_decoded_with_replacement_and_reported(tmp_path):
@@ -227,10 +232,15 @@ def test_bad_jsonl_lines_are_reported_and_the_rest_indexed(tmp_path):
     summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
     assert summary.passages == 1
     assert [w.split(": ", 1)[1] for w in summary.warnings] == [
-        "line 2 is not JSON; skipped",
-        'line 3 has no "text" string; skipped',
-        'line 4 has no "text" string; skipped',
+        "line 2: not JSON; skipped",
+        'lines 3, 4: no "text" string; skipped',
     ]
+    write(tmp_path / "qa.jsonl", "".join(f'{{"question": "q{n}", "answer": "a"}}\n' for n in range(500)))
+    with pytest.raises(DataError) as refused:  # a file of other records: one line says why, not 500
+        build_index([tmp_path / "qa.jsonl"], tmp_path / "other.db", TOKENIZER)
+    assert 'qa.jsonl: no text (lines 1, 2, 3 and 497 more: no "text" string (fields: question, answer)' in str(
+        refused.value
+    )
 
 
 def test_an_empty_corpus_is_an_error_and_leaves_no_index(tmp_path):
