@@ -374,6 +374,61 @@ def serve(
     run_server(ServeConfig(artifact=artifact, **{**fields, "api_key": api_key}))
 
 
+# ---------------------------------------------------------------- index
+
+
+@app.command("index")
+@handle_errors
+def index_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The index file (SQLite) to write.")],
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Files and folders: .txt .md .html .jsonl, .pdf with the pdf extra.")
+    ] = None,
+    update: Annotated[
+        bool, typer.Option("--update", help="Re-index changed files only and drop deleted ones (no PATH: the same).")
+    ] = False,
+    artifact: Annotated[
+        Path | None, typer.Option(help="Size passages for this artifact's tokenizer and input limit.")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="Size passages with this tokenizer.json (default: the bundled FLAN-T5 one).")
+    ] = None,
+    passage_tokens: Annotated[
+        int | None, typer.Option(help="Most tokens per passage (default: from --artifact, else 400).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index documents for `ask --index`: passages sized in the reader's tokens, in one SQLite file.
+
+    Example: edgeqa index ./manuals notes.md -o docs.edgeqa-index --artifact ./model-int8
+    """
+    from edgeqa.documents import build_index
+    from edgeqa.documents.sizing import resolve_sizing
+
+    _setup_logging()
+    sizing = resolve_sizing(artifact, tokenizer, passage_tokens, update=update)
+
+    def show(progress: Any) -> None:
+        if sys.stderr.isatty():
+            typer.echo(
+                f"\rindexing {progress.files_done}/{progress.files_total} files, "
+                f"{progress.bytes_done / 1e6:.1f}/{progress.bytes_total / 1e6:.1f} MB",
+                err=True,
+                nl=progress.files_done == progress.files_total,
+            )
+
+    summary = build_index(
+        paths or [],
+        output,
+        sizing.tokenizer,
+        sizing.passage_tokens,
+        update=update,
+        progress=show,
+        tokenizer_name=sizing.tokenizer_name,
+    )
+    typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
+
+
 # ---------------------------------------------------------------- bench
 
 

@@ -1,0 +1,327 @@
+"""`build_index`: files to passages to an index file, built anew beside the target and renamed over it, or
+updated in place in one transaction (`update=True`)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from edgeqa.documents import store
+from edgeqa.documents.files import Skip, SourceFile, discover, read_document
+from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, default_overlap, split_document
+from edgeqa.documents.summary import IndexSummary, Progress
+from edgeqa.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A tokenizer.json, with truncation and padding off so that counts are true.
+
+    Raises:
+        ConfigError: the file is missing or not a tokenizer.
+    """
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+        raise ConfigError(f"cannot load the tokenizer {path} ({e}); give a tokenizer.json or --artifact") from e
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def build_index(
+    paths: Iterable[Path | str],
+    output: Path | str,
+    tokenizer: Path | str,
+    passage_tokens: int | None = None,
+    overlap_tokens: int | None = None,
+    update: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+    tokenizer_name: str | None = None,
+) -> IndexSummary:
+    """Index the files under `paths` into the SQLite file `output`.
+
+    Args:
+        tokenizer: The reader's tokenizer.json; passages are measured in its tokens.
+        passage_tokens: The most tokens a passage holds [DEFAULT_PASSAGE_TOKENS; with `update`, the index's].
+        overlap_tokens: The most tokens a passage repeats from the one before [an eighth of `passage_tokens`].
+        update: Re-index only changed files and drop files gone from `paths`, in one transaction (no `paths`:
+            the paths the index was built from).
+        progress: Called after each file.
+        tokenizer_name: A label stored with the tokenizer's sha256 [the tokenizer's file path].
+
+    Raises:
+        DataError: no text to index, a path is missing, or `output` is not an edgeqa index (or another format's).
+        ConfigError: a bad tokenizer or budget, or a budget or tokenizer other than the index's with `update`.
+    """
+    started = time.perf_counter()
+    output, tokenizer_path = Path(output), Path(tokenizer)
+    roots = [Path(p) for p in paths]
+    tok = load_tokenizer(tokenizer_path)
+    sha256 = store.tokenizer_sha256(tokenizer_path)
+    name = tokenizer_name or str(tokenizer_path)
+    if update and output.exists():
+        connection, info = store.open_checked(output, write=True)
+        try:
+            store.check_tokenizer(info, output, sha256, name)
+            if passage_tokens is not None and passage_tokens != info.passage_tokens:
+                raise ConfigError(
+                    f"{output} holds passages of {info.passage_tokens} tokens, not {passage_tokens}; "
+                    "rebuild it without --update to change the size"
+                )
+            roots = roots or [Path(r) for r in info.roots]  # `--update` alone refreshes the paths it was built from
+            sources, skipped = discover(roots, output)
+            summary = IndexSummary(output, info.passage_tokens, skipped=skipped)
+            new_info = store.IndexInfo(**{**info.__dict__, "roots": tuple(str(r) for r in roots)})
+            try:
+                _write(connection, sources, tok, new_info, summary, progress, update=True)
+            except sqlite3.OperationalError as e:  # locked by another writer past the timeout, disk full, ...
+                raise DataError(f"cannot update {output} ({e}); it is unchanged: try again") from e
+        finally:
+            connection.close()
+    else:
+        if not roots:
+            raise DataError("no files or folders given to index")
+        budget = passage_tokens if passage_tokens is not None else DEFAULT_PASSAGE_TOKENS
+        overlap = overlap_tokens if overlap_tokens is not None else default_overlap(budget)
+        if not 0 <= overlap < budget:
+            raise ConfigError(f"overlap_tokens is {overlap}; give 0 to {budget - 1} (less than passage_tokens)")
+        from edgeqa import __version__
+
+        sources, skipped = discover(roots, output)
+        info = store.IndexInfo(store.FORMAT_VERSION, name, sha256, budget, overlap, tuple(map(str, roots)), __version__)
+        summary = IndexSummary(output, budget, skipped=skipped)
+        try:
+            _build_new(output, sources, tok, info, summary, progress)
+        except sqlite3.OperationalError as e:  # disk full, a folder we may not write, ...
+            raise DataError(f"cannot write {output} ({e}); the previous index, if any, is unchanged") from e
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _build_new(
+    output: Path,
+    sources: list[SourceFile],
+    tok: Tokenizer,
+    info: store.IndexInfo,
+    summary: IndexSummary,
+    progress: Callable[[Progress], None] | None,
+) -> None:
+    """Write a new index beside `output` and rename it over `output`: a crash leaves the old one whole."""
+    if output.exists():
+        _check_replaceable(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(output)
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.building")
+    temporary.unlink(missing_ok=True)
+    connection = store.connect(temporary, write=True)
+    try:
+        connection.execute("PRAGMA journal_mode = OFF")  # the file is thrown away on failure anyway
+        connection.execute("PRAGMA synchronous = OFF")
+        store.create_schema(connection, info)
+        _write(connection, sources, tok, info, summary, progress, update=False)
+        connection.execute("INSERT INTO passages_fts(passages_fts) VALUES ('optimize')")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.close()
+        with open(temporary, "rb") as f:
+            os.fsync(f.fileno())
+        _checkpoint(output)
+        os.replace(temporary, output)
+        _fsync_folder(output.parent)
+    except BaseException:
+        connection.close()
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _write(
+    connection: sqlite3.Connection,
+    sources: list[SourceFile],
+    tok: Tokenizer,
+    info: store.IndexInfo,
+    summary: IndexSummary,
+    progress: Callable[[Progress], None] | None,
+    update: bool,
+) -> None:
+    """Index `sources` in one transaction; with `update`, only what changed, dropping files no longer given."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        known = {
+            row[0]: row[1:]
+            for row in connection.execute("SELECT key, id, size, mtime_ns, sha256 FROM files").fetchall()
+        }
+        sizes = {}
+        for source in sources:
+            try:
+                sizes[source.key] = os.stat(source.key).st_size
+            except OSError:
+                sizes[source.key] = 0
+        total, done_bytes, changes = sum(sizes.values()), 0, connection.total_changes
+        for number, source in enumerate(sources, 1):
+            done_bytes += sizes[source.key]
+            _index_one(connection, source, known.pop(source.key, None), tok, info, summary)
+            if progress:
+                progress(Progress(number, len(sources), done_bytes, total, source.shown))
+        for key, (file_id, *_rest) in known.items():
+            summary.removed.append(_delete_file(connection, file_id) or key)
+        if connection.total_changes != changes:
+            store.count_terms(connection)
+        if update:
+            store.write_meta(connection, info)
+        summary.files = connection.execute("SELECT count(*) FROM files").fetchone()[0]
+        summary.passages = connection.execute("SELECT count(*) FROM passages").fetchone()[0]
+        if not summary.passages:
+            raise DataError(_empty_message(summary))
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _index_one(
+    connection: sqlite3.Connection,
+    source: SourceFile,
+    known: tuple[int, int, int, str] | None,
+    tok: Tokenizer,
+    info: store.IndexInfo,
+    summary: IndexSummary,
+) -> None:
+    try:
+        with open(source.key, "rb") as f:
+            stat = os.fstat(f.fileno())
+            if known and (known[1], known[2]) == (stat.st_size, stat.st_mtime_ns):
+                summary.unchanged += 1
+                return
+            data = f.read()
+    except OSError as e:
+        if known:
+            _delete_file(connection, known[0])
+        summary.skipped.append((source.shown, f"unreadable ({e.strerror or e})"))
+        return
+    summary.bytes_read += len(data)
+    digest = hashlib.sha256(data).hexdigest()
+    if known and known[3] == digest:
+        connection.execute("UPDATE files SET mtime_ns = ? WHERE id = ?", (stat.st_mtime_ns, known[0]))
+        summary.unchanged += 1
+        return
+    if known:
+        _delete_file(connection, known[0])
+    try:
+        document = read_document(source, data)
+    except Skip as e:
+        summary.skipped.append((source.shown, str(e)))
+        return
+    pieces = split_document(document, tok, info.passage_tokens, info.overlap_tokens)
+    cursor = connection.execute(
+        "INSERT INTO files (key, shown, kind, unit, title, size, mtime_ns, sha256, warnings) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (source.key, source.shown, source.kind, document.unit, document.title)
+        + (stat.st_size, stat.st_mtime_ns, digest, "\n".join(document.warnings)),
+    )
+    file_id = cursor.lastrowid
+    first = connection.execute("SELECT coalesce(max(id), 0) + 1 FROM passages").fetchone()[0]
+    rows = [
+        (first + n, file_id, n, document.title, piece.heading, piece.start_line, piece.end_line, piece.text)
+        for n, piece in enumerate(pieces)
+    ]
+    connection.executemany(
+        "INSERT INTO passages (id, file_id, seq, title, heading, start_line, end_line, text) VALUES (?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    connection.executemany(
+        "INSERT INTO passages_fts (rowid, title, heading, text) VALUES (?,?,?,?)",
+        [(r[0], r[3], r[4], r[7]) for r in rows],
+    )
+    summary.indexed.append(source.shown)
+    summary.passages_added += len(rows)
+    summary.warnings.extend(f"{source.shown}: {w}" for w in document.warnings)
+
+
+def _delete_file(connection: sqlite3.Connection, file_id: int) -> str:
+    """Drop a file and its passages (from the full-text index too, which needs the old values); returns its path."""
+    connection.execute(
+        "INSERT INTO passages_fts (passages_fts, rowid, title, heading, text) "
+        "SELECT 'delete', id, title, heading, text FROM passages WHERE file_id = ?",
+        (file_id,),
+    )
+    connection.execute("DELETE FROM passages WHERE file_id = ?", (file_id,))
+    row = connection.execute("SELECT shown FROM files WHERE id = ?", (file_id,)).fetchone()
+    connection.execute("DELETE FROM files WHERE id = ?", (file_id,))
+    return str(row[0]) if row else ""
+
+
+def _empty_message(summary: IndexSummary) -> str:
+    reasons = "; ".join(f"{p}: {r}" for p, r in summary.skipped[:5])
+    more = f" (and {len(summary.skipped) - 5} more)" if len(summary.skipped) > 5 else ""
+    found = f"; skipped {reasons}{more}" if reasons else ""
+    return (
+        f"nothing to index: no text found in the paths given{found}; "
+        "give .txt, .md, .html, .jsonl or .pdf files (PDF needs `pip install 'edgeqa[pdf]'`)"
+    )
+
+
+def _check_replaceable(output: Path) -> None:
+    """Refuse to overwrite a file that is not an edgeqa index (of any format version)."""
+    try:
+        connection = sqlite3.connect(f"file:{output}?mode=ro", uri=True)
+        try:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error:
+        row = None
+    if not row or row[0] != store.FORMAT_NAME:
+        raise DataError(f"{output} exists and is not an edgeqa index; choose another -o or remove it first")
+
+
+def _checkpoint(output: Path) -> None:
+    """Empty the old index's write-ahead log, so that no stale log lies beside the file that replaces it."""
+    if not output.exists():
+        return
+    try:
+        connection = sqlite3.connect(output, timeout=store.BUSY_TIMEOUT_MS / 1000)
+        try:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            connection.close()
+    except sqlite3.Error as e:
+        logger.warning("could not checkpoint %s before replacing it: %s", output, e)
+
+
+def _remove_stale_builds(output: Path) -> None:
+    """Remove temporary files (and their -wal, -shm) left beside `output` by builds that were killed."""
+    pattern = re.compile(re.escape(f".{output.name}.") + r"(\d+)\.building(-wal|-shm|-journal)?")
+    for leftover in output.parent.glob(f".{output.name}.*.building*"):
+        match = pattern.fullmatch(leftover.name)
+        if match and not _alive(int(match.group(1))):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

@@ -1,0 +1,293 @@
+"""`Index`: BM25 search over an index file; questions become FTS5 queries of quoted terms, never FTS5 syntax."""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeqa.documents import store
+from edgeqa.errors import DataError, InputError
+
+#: BM25 weights of the full-text columns: the file's title, the section heading, the passage text.
+COLUMN_WEIGHTS = (2.0, 2.0, 1.0)
+#: Terms kept from a question (the rarest matter; a pasted page should not make a huge query).
+MAX_TERMS = 32
+#: Passages one search may return.
+MAX_K = 100
+#: About how many passages a search scores at most: its rarest words pick the candidates up to this many,
+#: all its words score them. Scoring costs about a microsecond a passage.
+CANDIDATES = 2000
+
+# Words too common to tell passages apart; dropped unless a question has nothing else.
+STOPWORDS = frozenset(
+    """a about above after again against all am an and any are as at be because been before being below between
+    both but by can could did do does doing down during each few for from further had has have having he her here
+    hers him his how i if in into is it its itself just me more most my no nor not of off on once only or other our
+    ours out over own same she should so some such than that the their theirs them then there these they this those
+    through to too under until up very was we were what when where which while who whom why will with would you
+    your yours tell please""".split()
+)
+_WORD = re.compile(r"\w+")
+
+
+def question_words(question: str) -> list[str]:
+    """The question's distinct words, lower-cased, common ones left out unless nothing else is left."""
+    words = [w.lower() for w in _WORD.findall(question)]
+    terms = [w for w in words if w not in STOPWORDS] or words
+    return list(dict.fromkeys(terms))[:MAX_TERMS]
+
+
+def quoted(words: list[str]) -> str:
+    """Words as FTS5 strings joined by OR: each is matched as text, never read as FTS5 syntax."""
+    return " OR ".join('"' + word.replace('"', '""') + '"' for word in words)
+
+
+def fts_query(question: str, passages_with: dict[str, int] | None = None) -> str | None:
+    """The FTS5 query for a question: any of its words, each a quoted string. None when it has no word
+    that can match.
+
+    Args:
+        passages_with: How many passages hold each word; words in none are left out, and a passage must
+            hold one of the rarest words (together in at most `CANDIDATES` passages, or the rarest word
+            alone) to be a candidate, all words still counting in its score. This keeps a search over
+            100k passages from scoring every passage that says "used".
+    """
+    words = question_words(question)
+    if passages_with is None:
+        return quoted(words) if words else None
+    words = [w for w in words if passages_with.get(w, 0) > 0]
+    if not words:
+        return None
+    rare: list[str] = []
+    for word in sorted(words, key=lambda w: passages_with[w]):  # the rarest first, up to the budget (one at least)
+        if rare and sum(passages_with[w] for w in rare) + passages_with[word] > CANDIDATES:
+            break
+        rare.append(word)
+    if len(rare) == len(words):
+        return quoted(words)
+    return f"({quoted(sorted(rare, key=words.index))}) AND ({quoted(words)})"
+
+
+def narrow_query(question: str, passages_with: dict[str, int]) -> str | None:
+    """When even the question's rarest word is in more than `CANDIDATES` passages, a query whose candidates
+    hold its two rarest words (all words still scoring); None otherwise. Tried first: if it finds fewer
+    passages than asked for, the search falls back on `fts_query`."""
+    words = [w for w in question_words(question) if passages_with.get(w, 0) > 0]
+    if len(words) < 2:
+        return None
+    first, second = sorted(words, key=lambda w: passages_with[w])[:2]
+    if passages_with[first] <= CANDIDATES:
+        return None
+    return f"({quoted([first])} AND {quoted([second])}) AND ({quoted(words)})"
+
+
+_SEARCH = f"""
+SELECT p.id, f.shown, p.title, p.heading, p.start_line, p.end_line, f.unit, p.text, hit.score
+FROM (SELECT rowid, bm25(passages_fts, {", ".join(map(str, COLUMN_WEIGHTS))}) AS score FROM passages_fts
+      WHERE passages_fts MATCH ? ORDER BY score LIMIT ?) AS hit
+JOIN passages AS p ON p.id = hit.rowid
+JOIN files AS f ON f.id = p.file_id
+ORDER BY hit.score
+"""
+
+
+class _Terms:
+    """Counts the passages that hold a word, with the index's own FTS5 tokenizer (stemming included)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self.connection = connection
+        self.scratch = sqlite3.connect(":memory:", check_same_thread=False)
+        self.scratch.execute(f'CREATE VIRTUAL TABLE q USING fts5(w, tokenize="{store.TOKENIZE}")')
+        self.scratch.execute("CREATE VIRTUAL TABLE qv USING fts5vocab(q, 'instance')")
+
+    def passages_with(self, words: list[str]) -> dict[str, int]:
+        self.scratch.execute("DELETE FROM q")
+        self.scratch.executemany("INSERT INTO q (rowid, w) VALUES (?, ?)", enumerate(words))
+        terms: dict[int, list[str]] = {}
+        for row, term in self.scratch.execute("SELECT doc, term FROM qv"):
+            terms.setdefault(row, []).append(term)
+        counts = {}
+        for row, word in enumerate(words):
+            found = [self._count(term) for term in terms.get(row, [])]
+            counts[word] = min(found) if found else 0  # a word of several terms is a phrase: at most its rarest
+        return counts
+
+    def _count(self, term: str) -> int:
+        row = self.connection.execute("SELECT passages FROM term_counts WHERE term = ?", (term,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        self.scratch.close()
+
+
+@dataclass(frozen=True)
+class Passage:
+    """One search result.
+
+    Attributes:
+        file: The file's path as indexed.
+        title: The file's title (markdown/HTML heading, JSONL title, PDF title, else the file name).
+        heading: The section heading the passage sits under ("" if none).
+        start_line: First source line (page, for PDF) of the passage, 1-based.
+        end_line: Last source line (page, for PDF).
+        unit: What the line numbers count: "line" or "page".
+        text: The passage.
+        rank: Its place in the results, from 1.
+        score: BM25 relevance (higher is better), comparable within one search.
+    """
+
+    id: int
+    file: str
+    title: str
+    heading: str
+    start_line: int
+    end_line: int
+    unit: str
+    text: str
+    rank: int
+    score: float
+
+    @property
+    def source(self) -> str:
+        """Where it is: `file:12-20` (lines) or `file p.3-4` (PDF pages)."""
+        span = str(self.start_line) if self.start_line == self.end_line else f"{self.start_line}-{self.end_line}"
+        return f"{self.file} p.{span}" if self.unit == "page" else f"{self.file}:{span}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "source": self.source}
+
+
+class Index:
+    """A read-only view of an index file, safe to share between threads (one connection each).
+
+    An `edgeqa index --update` is seen by the next search; an index rebuilt (replaced) under a running
+    reader is reopened by the next search.
+    """
+
+    def __init__(self, path: Path, info: store.IndexInfo, tokenizer_sha256: str | None = None) -> None:
+        self.path = path
+        self.info = info
+        self._tokenizer_sha256 = tokenizer_sha256
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._terms: list[_Terms] = []
+
+    @classmethod
+    def open(cls, path: Path | str, tokenizer_sha256: str | None = None, tokenizer_name: str = "the reader") -> Index:
+        """Open and check an index.
+
+        Args:
+            tokenizer_sha256: The reader's tokenizer.json sha256; an index sized with another is refused.
+
+        Raises:
+            DataError: missing, not an edgeqa index, damaged, of another format, or sized for another tokenizer.
+        """
+        path = Path(path)
+        connection, info = store.open_checked(path)
+        if tokenizer_sha256 is not None:
+            try:
+                store.check_tokenizer(info, path, tokenizer_sha256, tokenizer_name)
+            except DataError:
+                connection.close()
+                raise
+        index = cls(path, info, tokenizer_sha256)
+        index._adopt(connection)
+        return index
+
+    def _adopt(self, connection: sqlite3.Connection) -> None:
+        self._local.connection = connection
+        self._local.terms = _Terms(connection)
+        self._local.identity = _identity(self.path)
+        with self._lock:
+            self._connections.append(connection)
+            self._terms.append(self._local.terms)
+
+    def _reader(self) -> tuple[sqlite3.Connection, _Terms]:
+        """This thread's connection, reopened if a rebuild replaced the file."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and self._local.identity == _identity(self.path):
+            return connection, self._local.terms
+        if connection is not None:
+            connection.close()
+            self._local.terms.close()
+            with self._lock:
+                self._connections.remove(connection)
+                self._terms.remove(self._local.terms)
+        connection, info = store.open_checked(self.path)
+        if self._tokenizer_sha256 is not None:
+            store.check_tokenizer(info, self.path, self._tokenizer_sha256, "the reader")
+        self.info = info
+        self._adopt(connection)
+        return connection, self._local.terms
+
+    def search(self, question: str, k: int = 4) -> list[Passage]:
+        """The `k` passages that best match the question by BM25, best first; [] when none shares a word with it.
+
+        Raises:
+            InputError: `k` is out of range.
+            DataError: the index cannot be read.
+        """
+        if not 1 <= k <= MAX_K:
+            raise InputError(f"k is {k}; ask for 1 to {MAX_K} passages")
+        words = question_words(question)
+        if not words:
+            return []
+        try:
+            connection, terms = self._reader()
+            counts = terms.passages_with(words)
+            query = fts_query(question, counts)
+            if query is None:
+                return []
+            narrow = narrow_query(question, counts)
+            rows = connection.execute(_SEARCH, (narrow, k)).fetchall() if narrow else []
+            if len(rows) < k:
+                rows = connection.execute(_SEARCH, (query, k)).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise DataError(
+                f"cannot search {self.path} ({e}); rebuild it with `edgeqa index PATH... -o {self.path}`"
+            ) from e
+        return [
+            Passage(
+                id=row[0],
+                file=row[1],
+                title=row[2],
+                heading=row[3],
+                start_line=row[4],
+                end_line=row[5],
+                unit=row[6],
+                text=row[7],
+                rank=n,
+                score=-row[8],
+            )
+            for n, row in enumerate(rows, 1)
+        ]
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                connection.close()
+            for terms in self._terms:
+                terms.close()
+            self._connections.clear()
+            self._terms.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (stat.st_dev, stat.st_ino)

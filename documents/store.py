@@ -1,0 +1,196 @@
+"""The index file: one SQLite database (FTS5, BM25), its schema, and the checks made before it is read or changed."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeqa.errors import DataError
+
+#: What `meta.format` holds in every edgeqa index.
+FORMAT_NAME = "edgeqa-index"
+#: The layout this edgeqa writes and reads; any other is refused with advice.
+FORMAT_VERSION = 1
+#: How long a writer waits for another writer before giving up.
+BUSY_TIMEOUT_MS = 10_000
+
+#: How FTS5 cuts text into terms, for the index and for questions alike.
+TOKENIZE = "porter unicode61 remove_diacritics 2"
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE files (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,        -- resolved absolute path: what --update matches on
+    shown TEXT NOT NULL,             -- the path citations print
+    kind TEXT NOT NULL,
+    unit TEXT NOT NULL,              -- what start_line/end_line count: line or page
+    title TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    warnings TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE passages (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    seq INTEGER NOT NULL,
+    title TEXT NOT NULL,             -- the file's title, repeated so that FTS5 reads it from here
+    heading TEXT NOT NULL,
+    start_line INTEGER NOT NULL,
+    end_line INTEGER NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX passages_by_file ON passages(file_id);
+-- external content: the text is stored once, in passages; deletes name the old values (see build.py)
+CREATE VIRTUAL TABLE passages_fts USING fts5(
+    title, heading, text, content='passages', content_rowid='id', tokenize="{tokenize}"
+);
+-- how many passages hold each term (fts5vocab counts by reading the term's whole list, so the counts
+-- are copied into term_counts after each change): a search lets only its rarer words pick candidates
+CREATE VIRTUAL TABLE passages_vocab USING fts5vocab(passages_fts, 'row');
+CREATE TABLE term_counts (term TEXT PRIMARY KEY, passages INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+def tokenizer_sha256(path: Path) -> str:
+    """The fingerprint an index records of the tokenizer its passages were sized with: tokenizer.json's sha256."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What an index says about itself.
+
+    Attributes:
+        tokenizer_name: A label for the tokenizer (the artifact or file it came from).
+        tokenizer_sha256: sha256 of the tokenizer.json the passages were sized with.
+        passage_tokens: The most tokens a passage holds.
+        overlap_tokens: The most tokens a passage repeats from the one before.
+        roots: The paths given when the index was built.
+    """
+
+    format_version: int
+    tokenizer_name: str
+    tokenizer_sha256: str
+    passage_tokens: int
+    overlap_tokens: int
+    roots: tuple[str, ...]
+    edgeqa_version: str
+    files: int = 0
+    passages: int = 0
+
+
+def connect(path: Path, write: bool = False) -> sqlite3.Connection:
+    """A connection in WAL mode (readers keep their snapshot while a writer works); autocommit off by hand."""
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if not write:
+        connection.execute("PRAGMA query_only = 1")
+    return connection
+
+
+def create_schema(connection: sqlite3.Connection, info: IndexInfo) -> None:
+    connection.executescript(SCHEMA.format(tokenize=TOKENIZE))
+    write_meta(connection, info)
+
+
+def count_terms(connection: sqlite3.Connection) -> None:
+    """Refresh `term_counts` from the full-text index (about a second per 100k passages)."""
+    connection.execute("DELETE FROM term_counts")
+    connection.execute("INSERT INTO term_counts (term, passages) SELECT term, doc FROM passages_vocab")
+
+
+def write_meta(connection: sqlite3.Connection, info: IndexInfo) -> None:
+    rows = {
+        "format": FORMAT_NAME,
+        "format_version": str(info.format_version),
+        "tokenizer_name": info.tokenizer_name,
+        "tokenizer_sha256": info.tokenizer_sha256,
+        "passage_tokens": str(info.passage_tokens),
+        "overlap_tokens": str(info.overlap_tokens),
+        "roots": "\n".join(info.roots),
+        "edgeqa_version": info.edgeqa_version,
+    }
+    connection.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows.items())
+
+
+def read_info(connection: sqlite3.Connection, path: Path) -> IndexInfo:
+    """Check that `path` is an edgeqa index of this format and say what it holds.
+
+    Raises:
+        DataError: the file is not a SQLite database, not an edgeqa index, damaged, or of another format.
+    """
+    rebuild = f"rebuild it with `edgeqa index PATH... -o {path}`"
+    foreign = f"{path} is a SQLite database but not an edgeqa index; give an index built by `edgeqa index`"
+    try:
+        meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.DatabaseError as e:
+        if "no such table" in str(e):
+            raise DataError(foreign) from e
+        raise DataError(f"{path} is not an edgeqa index or is damaged ({e}); {rebuild}") from e
+    if meta.get("format") != FORMAT_NAME:
+        raise DataError(foreign)
+    try:
+        version = int(meta["format_version"])
+        info = IndexInfo(
+            format_version=version,
+            tokenizer_name=meta["tokenizer_name"],
+            tokenizer_sha256=meta["tokenizer_sha256"],
+            passage_tokens=int(meta["passage_tokens"]),
+            overlap_tokens=int(meta["overlap_tokens"]),
+            roots=tuple(r for r in meta["roots"].split("\n") if r),
+            edgeqa_version=meta["edgeqa_version"],
+        )
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{path} has a damaged header (meta {e}); {rebuild}") from e
+    if version != FORMAT_VERSION:
+        advice = "upgrade edgeqa or rebuild it" if version > FORMAT_VERSION else "rebuild it"
+        raise DataError(
+            f"{path} is an index of format {version}; this edgeqa reads format {FORMAT_VERSION}: {advice} "
+            f"with `edgeqa index {' '.join(info.roots) or 'PATH...'} -o {path}`"
+        )
+    try:
+        files = connection.execute("SELECT count(*) FROM files").fetchone()[0]
+        passages = connection.execute("SELECT count(*) FROM passages").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        raise DataError(f"{path} is damaged ({e}); {rebuild}") from e
+    return IndexInfo(**{**info.__dict__, "files": files, "passages": passages})
+
+
+def check_tokenizer(info: IndexInfo, path: Path, sha256: str, name: str) -> None:
+    """Refuse an index sized for another tokenizer than `sha256`'s.
+
+    Raises:
+        DataError: naming both tokenizers and the command that rebuilds the index.
+    """
+    if info.tokenizer_sha256 != sha256:
+        raise DataError(
+            f"{path} was sized with the tokenizer of {info.tokenizer_name} (sha256 {info.tokenizer_sha256[:12]}), "
+            f"not {name}'s ({sha256[:12]}); rebuild it with "
+            f"`edgeqa index {' '.join(info.roots) or 'PATH...'} -o {path} --artifact ARTIFACT`"
+        )
+
+
+def open_checked(path: Path, write: bool = False) -> tuple[sqlite3.Connection, IndexInfo]:
+    """Open an existing index and check it (see `read_info`).
+
+    Raises:
+        DataError: the file is missing or is refused by `read_info`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no index at {path}; build one with `edgeqa index PATH... -o {path}`")
+    try:
+        connection = connect(path, write=write)
+    except sqlite3.Error as e:
+        raise DataError(f"cannot open the index {path} ({e})") from e
+    try:
+        info = read_info(connection, path)
+    except BaseException:
+        connection.close()
+        raise
+    return connection, info

@@ -1,0 +1,680 @@
+"""edgeqa.documents: files to passages to a SQLite FTS5 index, updates, bad input, crashes, and search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from edgeqa.cli import app
+from edgeqa.documents import Index, build_index, fts_query, load_tokenizer, passage_budget
+from edgeqa.documents.files import Skip, SourceFile, read_document
+from edgeqa.documents.formats import FORMATS
+from edgeqa.documents.query import narrow_query
+from edgeqa.documents.sizing import bundled_tokenizer, resolve_sizing
+from edgeqa.documents.split import count_tokens, split_document
+from edgeqa.errors import ConfigError, DataError
+
+TOKENIZER = bundled_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tok():
+    return load_tokenizer(TOKENIZER)
+
+
+def sentences(topic: str, count: int) -> str:
+    """Distinct, realistic sentences about a topic."""
+    return " ".join(
+        f"The {topic} report number {n} says that shipment {n * 7} left the harbour on day {n % 28 + 1}."
+        for n in range(count)
+    )
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def corpus(folder: Path, files: int = 3) -> Path:
+    for n in range(files):
+        write(
+            folder / f"doc{n}.md",
+            f"# Document {n}\n\n{sentences(f'topic{n}', 20)}\n\n## Details\n\nzebra{n} lives here.\n",
+        )
+    return folder
+
+
+def make_pdf(pages: list[list[str]], title: str = "") -> bytes:
+    """A minimal PDF whose pages hold the given lines (Helvetica, one text object a page)."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{5 + 2 * i} 0 R" for i in range(len(pages)))
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>")
+    objects.append("<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    objects.append(f"<< /Title ({title}) >>")
+    for i, lines in enumerate(pages):
+        stream = "BT /F1 12 Tf 14 TL 72 720 Td " + " T* ".join(f"({line}) Tj" for line in lines) + " ET"
+        objects.append(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+            f"/Contents {6 + 2 * i} 0 R >>"
+        )
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Info 4 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+def passages_of(index_path: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(index_path) as connection:
+        rows = connection.execute(
+            "SELECT f.shown, p.text FROM passages p JOIN files f ON f.id = p.file_id ORDER BY 1, 2"
+        )
+        return rows.fetchall()
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_each_format_is_read_with_its_title_headings_and_lines(tmp_path):
+    write(tmp_path / "notes.txt", "First paragraph\nspans two lines.\n\nSecond paragraph.\n")
+    write(
+        tmp_path / "guide.md",
+        "# Guide\n\nIntro text.\n\n## Install\n\n```\n# not a heading\n```\n\nRun pip.\n\nSetup\n-----\n\nSet it up.\n",
+    )
+    write(
+        tmp_path / "page.html",
+        "<html><head><title>Page title</title><style>p{color:red}</style></head>\n<body>\n<h1>Top</h1>\n"
+        "<p>Visible &amp; kept\ntext.</p>\n<script>var hidden = 'script text';</script>\n<h2>Part two</h2>\n"
+        "<p>More walrus text.</p></body></html>\n",
+    )
+    write(
+        tmp_path / "records.jsonl", '{"text": "Record one.", "title": "One"}\n\n{"text": "Record two.", "id": "r2"}\n'
+    )
+    index = tmp_path / "index.db"
+    summary = build_index([tmp_path], index, TOKENIZER, passage_tokens=64)
+    assert summary.files == 4 and not summary.skipped and not summary.warnings
+    with Index.open(index) as ix:
+        (hit,) = ix.search("first paragraph spans")
+        assert (hit.file, hit.title, hit.heading, hit.start_line, hit.end_line) == (
+            str(tmp_path / "notes.txt"),
+            "notes",
+            "",
+            1,
+            4,
+        )
+        assert hit.text == "First paragraph spans two lines.\nSecond paragraph."
+        hit = ix.search("run pip")[0]
+        assert (hit.title, hit.heading, hit.start_line, hit.end_line) == ("Guide", "Install", 7, 11)
+        assert "# not a heading" in hit.text
+        hit = ix.search("set it up")[0]
+        assert (hit.heading, hit.start_line) == ("Setup", 16)
+        hit = ix.search("visible kept")[0]
+        assert (hit.title, hit.heading, hit.start_line, hit.end_line, hit.text) == (
+            "Page title",
+            "Top",
+            4,
+            5,
+            "Visible & kept text.",
+        )
+        assert ix.search("script hidden color") == []
+        assert ix.search("walrus")[0].heading == "Part two"
+        hit = ix.search("record two")[0]
+        assert (hit.title, hit.heading, hit.start_line, hit.text, hit.source) == (
+            "records",
+            "r2",
+            3,
+            "Record two.",
+            f"{tmp_path / 'records.jsonl'}:3",
+        )
+
+
+def test_pdf_pages_are_read_through_the_pdf_extra(tmp_path):
+    pytest.importorskip("pypdf")
+    write(
+        tmp_path / "manual.pdf",
+        make_pdf([["Page one talks about llamas."], ["Page two talks", "about alpacas."]], "Manual"),
+    )
+    index = tmp_path / "index.db"
+    build_index([tmp_path / "manual.pdf"], index, TOKENIZER, passage_tokens=64)
+    with Index.open(index) as ix:
+        hit = ix.search("alpacas")[0]
+        assert (hit.title, hit.unit, hit.start_line, hit.end_line) == (
+            "Manual",
+            "page",
+            1,
+            2,
+        )  # text runs on across pages
+        assert hit.source.endswith("manual.pdf p.1-2")
+        assert "alpacas" in hit.text
+
+
+def test_a_damaged_pdf_is_skipped_and_named(tmp_path):
+    pytest.importorskip("pypdf")
+    write(tmp_path / "broken.pdf", b"%PDF-1.4\n garbage " * 20)
+    write(tmp_path / "ok.txt", "Some text.")
+    summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
+    assert [path for path, _ in summary.skipped] == [str(tmp_path / "broken.pdf")]
+    assert "PDF" in summary.skipped[0][1]
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_binary_unsupported_and_unreadable_files_are_skipped_and_counted(tmp_path):
+    write(tmp_path / "good.txt", "Good text.")
+    write(tmp_path / "image.txt", bytes(range(256)) * 4)
+    write(tmp_path / "data.bin", b"\x00\x01")
+    write(tmp_path / "README", "no suffix")
+    (tmp_path / "gone.md").symlink_to(tmp_path / "missing.md")
+    os.mkfifo(tmp_path / "pipe.txt")
+    write(tmp_path / ".git" / "config.txt", "hidden folders are not walked")
+    write(tmp_path / "empty.md", "\n\n  \n")
+    summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
+    reasons = {Path(path).name: reason for path, reason in summary.skipped}
+    assert reasons == {
+        "image.txt": "binary content",
+        "data.bin": "unsupported file type .bin",
+        "README": "unsupported file type (no suffix)",
+        "gone.md": "unreadable (No such file or directory)",
+        "pipe.txt": "not a regular file",
+        "empty.md": "no text",
+    }
+    assert summary.files == 1 and summary.indexed == [str(tmp_path / "good.txt")]
+    assert "skipped" in summary.format() and "gone.md: unreadable" in summary.format()
+    for n in range(30):
+        write(tmp_path / "images" / f"{n}.png", b"\x89PNG")
+    summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
+    assert len(summary.skipped) == 36 and len(summary.format().splitlines()) == 1 + 10 + 1  # the index is not one
+    assert summary.format().splitlines()[-1].startswith("skipped 26 more (")
+
+
+def test_non_utf8_text_is_decoded_with_replacement_and_reported(tmp_path):
+    write(tmp_path / "latin.txt", "Caf\xe9 cr\xe8me on the menu.".encode("latin-1"))
+    write(tmp_path / "wide.txt", b"\xff\xfe" + "Wide text in sixteen bits.".encode("utf-16-le"))
+    summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
+    assert summary.files == 2
+    assert summary.warnings == [
+        f"{tmp_path / 'latin.txt'}: not valid UTF-8 (first bad byte at offset 3); "
+        "undecodable bytes replaced with U+FFFD"
+    ]
+    with Index.open(tmp_path / "index.db") as ix:
+        assert ix.search("menu")[0].text == "Caf\ufffd cr\ufffdme on the menu."
+        assert ix.search("sixteen")[0].text == "Wide text in sixteen bits."
+
+
+def test_bad_jsonl_lines_are_reported_and_the_rest_indexed(tmp_path):
+    write(tmp_path / "r.jsonl", '{"text": "Kept record."}\nnot json\n{"title": "no text"}\n[1, 2]\n')
+    summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
+    assert summary.passages == 1
+    assert [w.split(": ", 1)[1] for w in summary.warnings] == [
+        "line 2: not JSON; skipped",
+        'lines 3, 4: no "text" string; skipped',
+    ]
+    write(tmp_path / "qa.jsonl", "".join(f'{{"question": "q{n}", "answer": "a"}}\n' for n in range(500)))
+    with pytest.raises(DataError) as refused:  # a file of other records: one line says why, not 500
+        build_index([tmp_path / "qa.jsonl"], tmp_path / "other.db", TOKENIZER)
+    assert 'qa.jsonl: no text (lines 1, 2, 3 and 497 more: no "text" string (fields: question, answer)' in str(
+        refused.value
+    )
+
+
+def test_an_empty_corpus_is_an_error_and_leaves_no_index(tmp_path):
+    write(tmp_path / "docs" / "photo.png", b"\x89PNG\x00")
+    with pytest.raises(DataError, match=r"nothing to index.*photo.png: unsupported file type \.png"):
+        build_index([tmp_path / "docs"], tmp_path / "index.db", TOKENIZER)
+    assert not (tmp_path / "index.db").exists() and list(tmp_path.glob(".index.db*")) == []
+    with pytest.raises(DataError, match="does not exist"):
+        build_index([tmp_path / "nowhere"], tmp_path / "index.db", TOKENIZER)
+
+
+# ---------------------------------------------------------------- splitting
+
+
+@pytest.mark.parametrize("budget", [16, 40, 128])
+def test_every_passage_fits_the_budget_covers_the_text_and_overlaps(tmp_path, tok, budget):
+    long_word = "x" * 3000  # one "sentence" longer than any budget: cut on tokens
+    text = (
+        f"# Title\n\n{sentences('alpha', 12)}\n\n- item one\n- item two\n- item three\n\n{long_word}\n\n"
+        + "\n".join(sentences("beta", 6).split(". "))
+        + "\n\n## Next\n\nLast words.\n"
+    )
+    document = read_document(SourceFile("k", "doc.md", "markdown"), text.encode())
+    pieces = split_document(document, tok, budget, budget // 2)
+    lines = text.splitlines()
+    assert all(count_tokens(tok, piece.text) <= budget for piece in pieces)
+    for piece in pieces:  # each passage's words lie within its line range
+        source = " ".join(" ".join(lines[piece.start_line - 1 : piece.end_line]).split())
+        for word in piece.text.split():
+            assert word.strip("-") in source, (word, piece)
+    joined = " ".join(piece.text for piece in pieces).split()
+    for sentence in sentences("alpha", 12).split(". "):
+        assert " ".join(sentence.split()[:4]) in " ".join(joined)  # nothing is lost
+    assert sum(piece.text.count("x") for piece in pieces) >= 3000
+    assert pieces[-1].heading == "Next" and pieces[-1].text == "Last words."
+    alpha = [piece for piece in pieces if "alpha" in piece.text]
+    assert len(alpha) > 1
+    overlapping = sum(1 for a, b in zip(alpha, alpha[1:], strict=False) if a.text.split(". ")[-1] in b.text)
+    if budget > 16:  # neighbours repeat a sentence where one fits the overlap (at 16, none does)
+        assert overlapping >= (len(alpha) - 1) // 2
+    no_overlap = split_document(document, tok, budget, 0)  # then the passages are the text, once, in order
+    expected = "".join(line for line in lines if not line.startswith("#"))
+    assert "".join("".join(p.text for p in no_overlap).split()) == "".join(expected.split())
+
+
+def test_passage_budget_leaves_room_for_the_prompt_and_a_question(tok):
+    budget = passage_budget(512, tok)
+    frame = count_tokens(tok, "Read this and answer the question\n\n\n\n")
+    assert budget == 512 - frame - 48 - 1
+    assert passage_budget(128, tok) == 128 - frame - 32 - 1
+    with pytest.raises(ConfigError, match="leaves .* for a passage"):
+        passage_budget(24, tok)
+
+
+def test_passage_size_comes_from_the_artifacts_manifest(tmp_path, monkeypatch, tok):
+    from edgeqa import manifest as manifest_module
+
+    class FakeManifest:
+        files = {"tokenizer": type("Entry", (), {"path": "tokenizer.json"})()}
+        max_input_tokens = 256
+        prompt_template = "Please answer this question: {question}"
+
+    monkeypatch.setattr(manifest_module.Manifest, "read", classmethod(lambda cls, folder: FakeManifest()))
+    write(tmp_path / "art" / "tokenizer.json", TOKENIZER.read_bytes())
+    sizing = resolve_sizing(artifact=tmp_path / "art")
+    assert sizing.tokenizer == tmp_path / "art" / "tokenizer.json"
+    assert sizing.passage_tokens == passage_budget(256, tok)
+    assert resolve_sizing(artifact=tmp_path / "art", passage_tokens=99).passage_tokens == 99
+    assert resolve_sizing().passage_tokens == 400 and resolve_sizing(update=True).passage_tokens is None
+    with pytest.raises(ConfigError, match="not both"):
+        resolve_sizing(artifact=tmp_path, tokenizer=TOKENIZER)
+
+
+# ---------------------------------------------------------------- update
+
+
+def test_update_reindexes_changed_files_only_and_drops_deleted_ones(tmp_path):
+    docs = corpus(tmp_path / "docs", files=4)
+    index = tmp_path / "index.db"
+    first = build_index([docs], index, TOKENIZER, passage_tokens=48)
+    assert len(first.indexed) == 4
+    write(docs / "doc0.md", "# Document 0\n\nquokka facts replaced everything.\n")  # changed content
+    os.utime(docs / "doc1.md", ns=(0, 10**9))  # touched: same content, new mtime -> sha256 says unchanged
+    (docs / "doc2.md").unlink()
+    write(docs / "new.txt", "A brand new wombat file.")
+    summary = build_index([docs], index, TOKENIZER, update=True)
+    assert sorted(Path(p).name for p in summary.indexed) == ["doc0.md", "new.txt"]
+    assert summary.unchanged == 2 and [Path(p).name for p in summary.removed] == ["doc2.md"]
+    assert summary.passage_tokens == 48
+    with Index.open(index) as ix:
+        assert ix.search("quokka")[0].file.endswith("doc0.md")
+        assert ix.search("topic0") == [] and ix.search("zebra2") == []
+        assert ix.search("wombat")[0].file.endswith("new.txt")
+    rebuilt = tmp_path / "rebuilt.db"
+    build_index([docs], rebuilt, TOKENIZER, passage_tokens=48)
+    assert passages_of(index) == passages_of(rebuilt)  # an update ends where a rebuild would
+    again = build_index([], index, TOKENIZER, update=True)  # no paths: the ones it was built from
+    assert again.unchanged == 4 and not again.indexed and not again.removed
+
+
+def test_update_refuses_another_tokenizer_or_passage_size(tmp_path):
+    docs = corpus(tmp_path / "docs", files=1)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    other = tmp_path / "other" / "tokenizer.json"
+    write(other, json.dumps(json.loads(TOKENIZER.read_text(encoding="utf-8"))))
+    with pytest.raises(
+        DataError, match=r"was sized with the tokenizer of .* rebuild it with `edgeqa index .* --artifact"
+    ):
+        build_index([docs], index, other, update=True)
+    with pytest.raises(ConfigError, match="holds passages of 48 tokens, not 64"):
+        build_index([docs], index, TOKENIZER, passage_tokens=64, update=True)
+
+
+def test_a_reader_keeps_answering_from_the_old_state_during_an_update(tmp_path):
+    docs = corpus(tmp_path / "docs", files=3)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    with sqlite3.connect(index) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    write(docs / "doc0.md", "# Document 0\n\nplatypus only now.\n")
+    seen = []
+    ix = Index.open(index)
+
+    def during(progress):  # runs inside the update's write transaction
+        if progress.files_done == 2:
+            result = {}
+            reader = threading.Thread(target=lambda: result.update(old=ix.search("zebra0"), new=ix.search("platypus")))
+            started = time.perf_counter()
+            reader.start()
+            reader.join(5)
+            seen.append((result, time.perf_counter() - started))
+
+    build_index([docs], index, TOKENIZER, update=True, progress=during)
+    ((result, seconds),) = seen
+    assert result["old"][0].file.endswith("doc0.md") and result["new"] == []
+    assert seconds < 1  # not blocked by the writer
+    assert ix.search("platypus")[0].file.endswith("doc0.md") and ix.search("zebra0") == []
+    ix.close()
+
+
+def test_an_update_while_another_writer_holds_the_index_is_refused_cleanly(tmp_path, monkeypatch):
+    docs = corpus(tmp_path / "docs", files=1)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    monkeypatch.setattr("edgeqa.documents.store.BUSY_TIMEOUT_MS", 100)
+    writer = sqlite3.connect(index, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(DataError, match=f"cannot update {index} .*locked.*unchanged"):
+            build_index([docs], index, TOKENIZER, update=True)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_a_rebuilt_index_is_picked_up_by_an_open_reader(tmp_path):
+    docs = corpus(tmp_path / "docs", files=1)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    with Index.open(index) as ix:
+        assert ix.search("zebra0")
+        write(docs / "doc0.md", "# Renamed\n\nnumbat territory.\n")
+        build_index([docs], index, TOKENIZER, passage_tokens=48)
+        assert ix.search("zebra0") == [] and ix.search("numbat")[0].title == "Renamed"
+
+
+# ---------------------------------------------------------------- refusing files
+
+
+def test_another_format_version_is_refused_with_advice(tmp_path):
+    docs = corpus(tmp_path / "docs", files=1)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    with sqlite3.connect(index) as connection:
+        connection.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
+    with pytest.raises(
+        DataError,
+        match=rf"format 99; this edgeqa reads format 1: upgrade edgeqa or rebuild it with `edgeqa index {docs} -o",
+    ):
+        Index.open(index)
+    with pytest.raises(DataError, match="format 99"):
+        build_index([docs], index, TOKENIZER, update=True)
+    build_index([docs], index, TOKENIZER, passage_tokens=48)  # a rebuild replaces it
+    assert Index.open(index).info.format_version == 1
+
+
+def test_an_index_for_another_tokenizer_is_refused_by_a_reader(tmp_path):
+    docs = corpus(tmp_path / "docs", files=1)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48, tokenizer_name="flan-t5")
+    with pytest.raises(DataError, match=r"sized with the tokenizer of flan-t5 .* not my-model's"):
+        Index.open(index, tokenizer_sha256="0" * 64, tokenizer_name="my-model")
+    from edgeqa.documents import tokenizer_sha256
+
+    assert Index.open(index, tokenizer_sha256=tokenizer_sha256(TOKENIZER)).info.passages > 0
+
+
+def test_corrupt_or_foreign_files_are_refused_naming_them(tmp_path):
+    garbage = write(tmp_path / "garbage.db", os.urandom(4096))
+    with pytest.raises(DataError, match=f"{garbage} is not an edgeqa index or is damaged"):
+        Index.open(garbage)
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE t (x)")
+    with pytest.raises(DataError, match=f"{foreign} is a SQLite database but not an edgeqa index"):
+        Index.open(foreign)
+    docs = corpus(tmp_path / "docs", files=1)
+    before = foreign.read_bytes()
+    with pytest.raises(DataError, match=f"{foreign} exists and is not an edgeqa index"):
+        build_index([docs], foreign, TOKENIZER)
+    assert foreign.read_bytes() == before
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    data = index.read_bytes()
+    truncated = write(tmp_path / "truncated.db", data[: len(data) // 3])
+    with pytest.raises(DataError, match=str(truncated)):
+        with Index.open(truncated) as ix:
+            ix.search("zebra0 topic0 report")
+    with pytest.raises(DataError, match="no index at"):
+        Index.open(tmp_path / "missing.db")
+
+
+# ---------------------------------------------------------------- kill -9
+
+KILLED = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from edgeqa.documents import build_index
+
+    docs, index, marker, update = sys.argv[1:5]
+
+    def progress(p):
+        if p.files_done == 3:
+            Path(marker).write_text("inside")
+            time.sleep(120)
+
+    build_index([docs], index, sys.argv[5], passage_tokens=48, update=update == "1", progress=progress)
+    """
+)
+
+
+def kill_during_build(tmp_path: Path, docs: Path, index: Path, update: bool) -> None:
+    marker = tmp_path / f"marker-{update}"
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(docs), str(index), str(marker), "1" if update else "0", str(TOKENIZER)]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert process.poll() is None, "the build ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("update", [False, True], ids=["index", "update"])
+def test_kill_9_during_indexing_leaves_the_previous_index_intact(tmp_path, update):
+    docs = corpus(tmp_path / "docs", files=6)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    before = passages_of(index)
+    for n in range(6):  # every file changes, so the killed run has deleted and written passages
+        write(docs / f"doc{n}.md", f"# Changed {n}\n\n{sentences(f'changed{n}', 20)}\n")
+    kill_during_build(tmp_path, docs, index, update)
+    with sqlite3.connect(index) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert passages_of(index) == before
+    with Index.open(index) as ix:
+        assert ix.search("zebra0")[0].file.endswith("doc0.md") and ix.search("changed0") == []
+    summary = build_index([docs], index, TOKENIZER, update=update, passage_tokens=None if update else 48)
+    assert len(summary.indexed) == 6
+    assert list(tmp_path.glob(".index.db.*")) == []  # a killed build's leftovers are cleaned up
+
+
+# ---------------------------------------------------------------- search
+
+
+def test_search_ranks_by_bm25_and_returns_nothing_for_unknown_words(tmp_path):
+    docs = corpus(tmp_path / "docs", files=3)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    with Index.open(index) as ix:
+        hits = ix.search("Where does zebra1 live?", k=2)
+        assert hits[0].file.endswith("doc1.md") and hits[0].heading == "Details" and hits[0].rank == 1
+        assert [h.rank for h in hits] == list(range(1, len(hits) + 1))
+        assert all(a.score >= b.score for a, b in zip(hits, hits[1:], strict=False))
+        assert len(ix.search("report harbour shipment", k=7)) == 7
+        assert ix.search("xylophone quetzalcoatl") == [] and ix.search("?!") == []
+        assert ix.search("what is the") != []  # only common words: they are searched after all
+        assert hits[0].to_dict()["source"] == hits[0].source
+        with pytest.raises(Exception, match="ask for 1 to 100"):
+            ix.search("zebra1", k=0)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(ix.search("zebra2"))) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(results) == 4 and all(r and r[0].file.endswith("doc2.md") for r in results)
+
+
+def test_each_country_page_is_found_first_by_its_question(tmp_path):
+    """The documents demo's shape: one page per country of the bundled facts world, one question each."""
+    with open(bundled_tokenizer().parents[1] / "facts" / "countries.csv", encoding="utf-8") as f:
+        countries = [{key: value.strip() for key, value in row.items()} for row in csv.DictReader(f)]
+    for row in countries:
+        name = row["name"]
+        write(
+            tmp_path / "pages" / f"{re.sub('[^A-Za-z]+', '-', name)}.md",
+            f"# {name}\n\n{name} is a country in {row['continent']}. The capital of {name} is {row['capital']}. "
+            f"The currency of {name} is the {row['currency']}. Its internet domain is {row['tld']}.\n",
+        )
+    build_index([tmp_path / "pages"], tmp_path / "index.db", TOKENIZER)
+    with Index.open(tmp_path / "index.db") as ix:
+        first = [ix.search(f"What is the capital of {row['name']}?")[0].title for row in countries]
+    assert first == [row["name"] for row in countries]
+
+
+def test_fts_query_quotes_every_term():
+    assert fts_query('What is "NEAR(a b)" OR title:x* ^y -z?') == '"near" OR "b" OR "title" OR "x" OR "y" OR "z"'
+    assert fts_query("what is it") == '"what" OR "is" OR "it"'
+    assert fts_query("  ?!  ") is None
+    held = {"capital": 9000, "france": 10, "paris": 1500, "city": 600, "zzz": 0}
+    assert fts_query("capital of France zzz", held) == '("france") AND ("capital" OR "france")'
+    assert (
+        fts_query("city capital paris france", held)
+        == '("city" OR "france") AND ("city" OR "capital" OR "paris" OR "france")'
+    )
+    assert fts_query("capital", held) == '"capital"'  # nothing rarer: the common word alone
+    assert fts_query("zzz", held) is None  # in no passage: no search at all
+    assert narrow_query("capital of France", held) is None  # a rare word: no need
+    assert narrow_query("best capital", {"capital": 9000, "best": 20000}) == (
+        '("capital" AND "best") AND ("best" OR "capital")'
+    )
+
+
+def test_searches_with_common_words_only_still_find_passages(tmp_path, monkeypatch):
+    docs = corpus(tmp_path / "docs", files=3)
+    build_index([docs], tmp_path / "index.db", TOKENIZER, passage_tokens=48)
+    monkeypatch.setattr("edgeqa.documents.query.CANDIDATES", 0)  # every word is "common"
+    with Index.open(tmp_path / "index.db") as ix:
+        (hit,) = ix.search("zebra1 lives", k=1)  # passages holding both rarest words
+        assert hit.file.endswith("doc1.md") and hit.heading == "Details"
+        hits = ix.search("harbour zebra1", k=2)  # none holds both: the rarest word alone picks candidates
+        assert [(h.file[-7:], h.heading) for h in hits] == [("doc1.md", "Details")]
+
+
+@pytest.fixture(scope="module")
+def fuzz_index(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
+    corpus(folder / "docs", files=2)
+    build_index([folder / "docs"], folder / "index.db", TOKENIZER, passage_tokens=48)
+    ix = Index.open(folder / "index.db")
+    yield ix
+    ix.close()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(question=st.text(max_size=200) | st.text(alphabet='"*^():-+ANDORNEAR{}[],. ab', max_size=60))
+def test_no_question_is_read_as_fts_syntax(fuzz_index, question):
+    hits = fuzz_index.search(question, k=3)  # never an FTS5 syntax error
+    assert len(hits) <= 3
+    query = fts_query(question)
+    if query is not None:
+        for term in query.split(" OR "):
+            assert term.startswith('"') and term.endswith('"') and '"' not in term[1:-1]
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    data=st.binary(max_size=600) | st.text(max_size=400).map(lambda t: t.encode("utf-8", "surrogatepass")),
+    suffix=st.sampled_from(sorted(FORMATS)),
+)
+def test_no_file_content_crashes_a_loader(tok, data, suffix):
+    source = SourceFile("k", f"file{suffix}", FORMATS[suffix])
+    try:
+        document = read_document(source, data)
+    except Skip:
+        return
+    for piece in split_document(document, tok, 24, 3):
+        assert count_tokens(tok, piece.text) <= 24 and piece.start_line <= piece.end_line
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(min_size=1, max_size=300), suffix=st.sampled_from([".txt", ".md", ".html", ".jsonl"]))
+def test_any_file_is_indexed_skipped_or_reported(tmp_path_factory, data, suffix):
+    folder = tmp_path_factory.mktemp("any")
+    write(folder / f"f{suffix}", data)
+    write(folder / "anchor.txt", "anchor text")
+    summary = build_index([folder], folder / "index.db", TOKENIZER, passage_tokens=32)
+    target = str(folder / f"f{suffix}")
+    assert (target in summary.indexed) != (target in [path for path, _ in summary.skipped])
+    shutil.rmtree(folder)
+
+
+def test_the_documents_package_loads_no_model_libraries():
+    code = (
+        "import sys, edgeqa.documents, edgeqa.documents.sizing; "
+        "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'numpy', 'pypdf') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_index_prints_the_summary_and_errors_exit_1(tmp_path):
+    docs = corpus(tmp_path / "docs", files=2)
+    write(docs / "skip.bin", b"\x00")
+    runner = CliRunner()
+    result = runner.invoke(app, ["index", str(docs), "-o", str(tmp_path / "i.db"), "--passage-tokens", "48"])
+    assert result.exit_code == 0, result.output
+    assert "2 files" in result.stdout and "skip.bin: unsupported file type .bin" in result.stdout
+    result = runner.invoke(app, ["index", "-o", str(tmp_path / "i.db"), "--update", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["unchanged"] == 2
+    result = runner.invoke(app, ["index", str(tmp_path / "nowhere"), "-o", str(tmp_path / "j.db")])
+    assert result.exit_code == 1 and "does not exist" in result.stderr
+    result = runner.invoke(
+        app, ["index", str(docs), "-o", str(tmp_path / "k.db"), "--tokenizer", str(docs / "doc0.md")]
+    )
+    assert result.exit_code == 1 and "cannot load the tokenizer" in result.stderr
+
+
+def test_the_retrieval_benchmark_measures_a_small_corpus(tmp_path):
+    from edgeqa.bench.retrieval import measure, table
+
+    result = measure(150, tmp_path, passage_tokens=200, queries=60, mb_per_passage=0.0008)
+    assert 100 <= result.passages <= 300 and result.queries == 60
+    assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms and result.build_mb_per_s > 0
+    assert f"| {result.passages:,} |" in table([result], 200)
+    assert list(tmp_path.iterdir()) == []  # corpus and index removed
