@@ -21,6 +21,7 @@ COPY export export
 COPY runtime runtime
 COPY benchmarks benchmarks
 COPY serve serve
+COPY documents documents
 RUN python3 -m venv /build && /build/bin/pip install --no-cache-dir -q --upgrade pip \
     && /build/bin/pip wheel --no-cache-dir --no-deps -w /dist .
 

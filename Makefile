@@ -24,8 +24,8 @@ test: lint
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check edgeqa finetune export runtime serve benchmarks tests
-	$(VENV)/bin/mypy edgeqa finetune export runtime serve benchmarks
+	$(VENV)/bin/ruff check edgeqa finetune export runtime serve documents benchmarks tests
+	$(VENV)/bin/mypy edgeqa finetune export runtime serve documents benchmarks
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info edgeqa-demo

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from edgeqa.errors import ArtifactError, ConfigError, DataError, EdgeQAError, ExportError, InputError, ModelError
 
 if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
+    from edgeqa.documents import Index
     from edgeqa.runtime import Answer, GenerationOptions, QAModel
 
 try:
@@ -17,7 +18,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-_LAZY = {"Answer": "edgeqa.runtime", "GenerationOptions": "edgeqa.runtime", "QAModel": "edgeqa.runtime"}
+_LAZY = {
+    "Answer": "edgeqa.runtime",
+    "GenerationOptions": "edgeqa.runtime",
+    "QAModel": "edgeqa.runtime",
+    "Index": "edgeqa.documents",
+}
 
 __all__ = [
     "Answer",
@@ -27,6 +33,7 @@ __all__ = [
     "EdgeQAError",
     "ExportError",
     "GenerationOptions",
+    "Index",
     "InputError",
     "ModelError",
     "QAModel",
