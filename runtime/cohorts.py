@@ -58,8 +58,8 @@ class GreedyCohort:
         for indices in by_key.values():
             opts = self.rows[indices[0]].options
             rngs = [self.rngs[i] for i in indices] if opts.do_sample else None
-            rows = None if len(by_key) == 1 else np.asarray(indices)  # None: all rows, no fancy-index copies
-            self.groups.append((rows, opts, rngs))
+            members = None if len(by_key) == 1 else np.asarray(indices)  # None: all rows, no fancy-index copies
+            self.groups.append((members, opts, rngs))
         self.limits = np.array([row.options.max_new_tokens for row in self.rows])
         self.shortest = int(self.limits.min())
         self.watched = [i for i, text in enumerate(self.texts) if text.watched]
