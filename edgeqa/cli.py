@@ -19,8 +19,9 @@ import typer
 
 from edgeqa.cli_fields import fields_as_options
 from edgeqa.errors import EdgeQAError
-from edgeqa.export.config import METHODS, ExportConfig
+from edgeqa.export.config import ExportConfig
 from edgeqa.finetune.config import FinetuneConfig
+from edgeqa.manifest import WeightType
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.serve.config import ServeConfig
 
@@ -137,10 +138,11 @@ def info(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
 
     Example: edgeqa info ./model-int8
     """
+    from edgeqa.cli_display import describe
     from edgeqa.manifest import Manifest
 
     manifest = Manifest.read(artifact)
-    typer.echo(manifest.to_json() if as_json else manifest.describe(), nl=not as_json)
+    typer.echo(manifest.to_json() if as_json else describe(manifest), nl=not as_json)
 
 
 # ---------------------------------------------------------------- verify
@@ -249,15 +251,16 @@ def export(
     """
     settings = ExportConfig(checkpoint=checkpoint, output=output, **fields)  # validated before any export work
 
+    from edgeqa.cli_display import outliers_summary, parity_table
     from edgeqa.export import export_artifact
 
     _setup_logging(verbose=verbose, libraries=True)
     result = export_artifact(settings)
     if result.parity:
-        typer.echo(result.parity.table())
+        typer.echo(parity_table(result.parity))
     quantization = result.manifest.quantization
     if quantization and quantization.outliers:
-        typer.echo(f"\nto pass the gate ({quantization.outliers.mode}): {quantization.outliers.summary()}")
+        typer.echo(f"\nto pass the gate ({quantization.outliers.mode}): {outliers_summary(quantization.outliers)}")
     size = result.manifest.total_bytes
     typer.echo(f"\nartifact: {result.output} ({size / 1e6:.1f} MB; float graphs were {result.fp32_bytes / 1e6:.1f} MB)")
     typer.echo(f'next: edgeqa ask {result.output} "your question"')
@@ -279,13 +282,14 @@ def parity_command(
 
     Example: edgeqa parity model-int8 --reference runs/qa/final --data heldout.jsonl
     """
+    from edgeqa.cli_display import parity_table
     from edgeqa.export import run_parity
     from edgeqa.records import read_records, sample_data
 
     _setup_logging(verbose=verbose, libraries=True)
     records = read_records(data or sample_data("validation"))[:samples]
     report = run_parity(reference, artifact, records, max_new_tokens=max_new_tokens, threads=threads)
-    typer.echo(json.dumps(dataclasses.asdict(report), indent=2) if as_json else report.table())
+    typer.echo(json.dumps(dataclasses.asdict(report), indent=2) if as_json else parity_table(report))
     if not report.passed:
         raise typer.Exit(1)
 
@@ -447,7 +451,7 @@ def bare_quantize_means_int8(argv: list[str]) -> list[str]:
         normalized.append(word)
         following = argv[position + 1] if position + 1 < len(argv) else ""
         if word == "--quantize" and not re.fullmatch(r"(u?int|fp|float|bf)\d*", following):
-            normalized.append(METHODS[0])
+            normalized.append(WeightType.INT8.value)
     return normalized
 
 
