@@ -3,6 +3,7 @@ so `edgeqa --help` and `edgeqa ask` never load torch."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -10,10 +11,10 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -24,9 +25,6 @@ from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.manifest import WeightType
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.serve.config import ServeConfig
-
-if TYPE_CHECKING:
-    from edgeqa.runtime import QAModel
 
 app = typer.Typer(
     name="edgeqa",
@@ -100,35 +98,37 @@ def ask(
 
     Example: edgeqa ask ./model-int8 "What is the capital of France?"
     """
-    from edgeqa.runtime import QAModel
-    from edgeqa.runtime.questions import answer_file, read_questions
+    from edgeqa.runtime import QAModel, questions
 
     _setup_logging(quiet=True)
+    request = questions.Ask(question, file, output, stream=stream, as_json=as_json, batch_size=batch_size)
     model = QAModel.load(artifact, threads=threads, verify=verify, expect_sha256=expect_sha256)
-    options = model.options(**fields)  # validate flags before any work
-    if file is not None:
-        total = len(read_questions(file)[0])
+    questions.ask(model, request, model.options(**fields), _Terminal())
+
+
+class _Terminal:
+    """`edgeqa ask`'s console: answers on stdout, everything else on stderr."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stdin.isatty()
+
+    def write(self, text: str) -> None:
+        typer.echo(text, nl=False)
+
+    def note(self, text: str) -> None:
+        typer.echo(text, err=True)
+
+    def read(self, prompt: str) -> str:
+        try:
+            import readline  # noqa: F401  (enables history and editing for input())
+        except ImportError:
+            pass
+        return input(prompt)
+
+    @contextlib.contextmanager
+    def progress(self, total: int) -> Iterator[Callable[[int], None]]:
         with typer.progressbar(length=total, label="answering", file=sys.stderr) as bar:
-            answered, problems = answer_file(model, file, output, batch_size, options, progress=bar.update)
-        for problem in problems:
-            typer.echo(f"warning: {file}: {problem}", err=True)
-        typer.echo(
-            f"answered {answered} of {total + len(problems)} questions" + (f" -> {output}" if output else ""), err=True
-        )
-    elif question is not None:
-        if stream and not as_json:
-            for piece in model.stream(question, options):
-                typer.echo(piece, nl=False)
-            typer.echo()
-        else:
-            result = model.answer(question, options)
-            typer.echo(
-                json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False) if as_json else result.text
-            )
-    elif sys.stdin.isatty():
-        _interactive(model, options)
-    else:
-        raise EdgeQAError("no question given: pass one as an argument, use --file, or run in a terminal")
+            yield bar.update
 
 
 @app.command()
@@ -170,29 +170,6 @@ def verify(
     if not report.ok:
         first = report.problems[0]
         raise ArtifactError(f"{artifact} failed {len(report.problems)} check(s), first {first.name}: {first.detail}")
-
-
-def _interactive(model: QAModel, options: GenerationOptions) -> None:
-    """A prompt loop with line editing and history; Ctrl-D quits."""
-    try:
-        import readline  # noqa: F401  (enables history and editing for input())
-    except ImportError:
-        pass
-    typer.echo("Ask a question (Ctrl-D to quit).", err=True)
-    while True:
-        try:
-            question = input("? ")
-        except (EOFError, KeyboardInterrupt):
-            typer.echo(err=True)
-            return
-        if not question.strip():
-            continue
-        try:
-            for piece in model.stream(question, options):
-                typer.echo(piece, nl=False)
-            typer.echo()
-        except EdgeQAError as e:
-            typer.echo(f"error: {e}", err=True)
 
 
 # ---------------------------------------------------------------- finetune

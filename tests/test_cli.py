@@ -99,6 +99,7 @@ def test_ask_file_reports_bad_lines_and_writes_atomically(artifact_int8, tmp_pat
     )
     assert result.exit_code == 0, result.output
     assert "line 2" in result.stderr and "line 3" in result.stderr
+    assert f"answered 2 of 4 questions -> {out}" in result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in rows] == [1, 4]
     assert all(r["answer"] is not None for r in rows)
@@ -135,6 +136,8 @@ def test_info_shows_the_manifest(artifact_int8):
         (["ask", "{art}", "Hi?", "--num-beams", "0"], "error: num_beams must be at least 1"),
         (["ask", "{tmp}/nowhere", "Hi?"], "error: artifact folder"),
         (["ask", "{art}", "--file", "{tmp}/missing.jsonl"], "error: question file"),
+        (["ask", "{art}", "-f", "{tmp}/missing.jsonl", "--batch-size", "0"], "error: batch_size must be at least 1"),
+        (["ask", "{art}"], "error: no question given: pass one as an argument, use --file, or run in a terminal"),
         (["info", "{tmp}"], "error: {tmp} has no manifest.json"),
         (["export", "{tmp}/no-checkpoint", "{tmp}/out"], "error: checkpoint '{tmp}/no-checkpoint' is not a folder"),
         (
