@@ -339,7 +339,8 @@ def serve(
     """
     from edgeqa.extras import import_extra
 
-    run_server = import_extra("edgeqa.serve", "serve", "edgeqa serve").run_server
+    # The server module, not the package: the package loads Starlette and uvicorn only on first use.
+    run_server = import_extra("edgeqa.serve.server", "serve", "edgeqa serve").run_server
 
     _setup_logging(quiet)
     api_key = fields.get("api_key") or os.environ.get("EDGEQA_API_KEY") or None

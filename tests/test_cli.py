@@ -157,6 +157,22 @@ def test_errors_are_one_line_with_exit_code_1(artifact_int8, tmp_path, args, mes
     assert "Traceback" not in result.output
 
 
+def test_serve_without_the_serve_extra_names_the_install_command(tmp_path):
+    code = (
+        "import sys\n"
+        "for name in ('uvicorn', 'starlette', 'prometheus_client'):\n"
+        "    sys.modules[name] = None  # as on an install without the extra: importing it fails\n"
+        "from edgeqa.cli import main\n"
+        "sys.argv = ['edgeqa', 'serve', sys.argv[1]]\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: edgeqa serve needs uvicorn, which is not installed: pip install 'edgeqa[serve]'"
+    ]
+
+
 def test_debug_env_shows_the_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "edgeqa.cli", "info", str(tmp_path)],
