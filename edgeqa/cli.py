@@ -3,6 +3,7 @@ so `edgeqa --help` and `edgeqa ask` never load torch."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -10,22 +11,20 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from edgeqa.cli_fields import fields_as_options
 from edgeqa.errors import EdgeQAError
-from edgeqa.export.config import METHODS, ExportConfig
+from edgeqa.export.config import ExportConfig
 from edgeqa.finetune.config import FinetuneConfig
+from edgeqa.manifest import WeightType
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.serve.config import ServeConfig
-
-if TYPE_CHECKING:
-    from edgeqa.runtime import QAModel
 
 app = typer.Typer(
     name="edgeqa",
@@ -99,35 +98,37 @@ def ask(
 
     Example: edgeqa ask ./model-int8 "What is the capital of France?"
     """
-    from edgeqa.runtime import QAModel
-    from edgeqa.runtime.questions import answer_file, read_questions
+    from edgeqa.runtime import QAModel, questions
 
     _setup_logging(quiet=True)
+    request = questions.Ask(question, file, output, stream=stream, as_json=as_json, batch_size=batch_size)
     model = QAModel.load(artifact, threads=threads, verify=verify, expect_sha256=expect_sha256)
-    options = model.options(**fields)  # validate flags before any work
-    if file is not None:
-        total = len(read_questions(file)[0])
+    questions.ask(model, request, model.options(**fields), _Terminal())
+
+
+class _Terminal:
+    """`edgeqa ask`'s console: answers on stdout, everything else on stderr."""
+
+    def __init__(self) -> None:
+        self.interactive = sys.stdin.isatty()
+
+    def write(self, text: str) -> None:
+        typer.echo(text, nl=False)
+
+    def note(self, text: str) -> None:
+        typer.echo(text, err=True)
+
+    def read(self, prompt: str) -> str:
+        try:
+            import readline  # noqa: F401  (enables history and editing for input())
+        except ImportError:
+            pass
+        return input(prompt)
+
+    @contextlib.contextmanager
+    def progress(self, total: int) -> Iterator[Callable[[int], None]]:
         with typer.progressbar(length=total, label="answering", file=sys.stderr) as bar:
-            answered, problems = answer_file(model, file, output, batch_size, options, progress=bar.update)
-        for problem in problems:
-            typer.echo(f"warning: {file}: {problem}", err=True)
-        typer.echo(
-            f"answered {answered} of {total + len(problems)} questions" + (f" -> {output}" if output else ""), err=True
-        )
-    elif question is not None:
-        if stream and not as_json:
-            for piece in model.stream(question, options):
-                typer.echo(piece, nl=False)
-            typer.echo()
-        else:
-            result = model.answer(question, options)
-            typer.echo(
-                json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False) if as_json else result.text
-            )
-    elif sys.stdin.isatty():
-        _interactive(model, options)
-    else:
-        raise EdgeQAError("no question given: pass one as an argument, use --file, or run in a terminal")
+            yield bar.update
 
 
 @app.command()
@@ -137,10 +138,11 @@ def info(artifact: ArtifactArg, as_json: JsonOpt = False) -> None:
 
     Example: edgeqa info ./model-int8
     """
+    from edgeqa.cli_display import describe
     from edgeqa.manifest import Manifest
 
     manifest = Manifest.read(artifact)
-    typer.echo(manifest.to_json() if as_json else manifest.describe(), nl=not as_json)
+    typer.echo(manifest.to_json() if as_json else describe(manifest), nl=not as_json)
 
 
 # ---------------------------------------------------------------- verify
@@ -168,29 +170,6 @@ def verify(
     if not report.ok:
         first = report.problems[0]
         raise ArtifactError(f"{artifact} failed {len(report.problems)} check(s), first {first.name}: {first.detail}")
-
-
-def _interactive(model: QAModel, options: GenerationOptions) -> None:
-    """A prompt loop with line editing and history; Ctrl-D quits."""
-    try:
-        import readline  # noqa: F401  (enables history and editing for input())
-    except ImportError:
-        pass
-    typer.echo("Ask a question (Ctrl-D to quit).", err=True)
-    while True:
-        try:
-            question = input("? ")
-        except (EOFError, KeyboardInterrupt):
-            typer.echo(err=True)
-            return
-        if not question.strip():
-            continue
-        try:
-            for piece in model.stream(question, options):
-                typer.echo(piece, nl=False)
-            typer.echo()
-        except EdgeQAError as e:
-            typer.echo(f"error: {e}", err=True)
 
 
 # ---------------------------------------------------------------- finetune
@@ -249,15 +228,16 @@ def export(
     """
     settings = ExportConfig(checkpoint=checkpoint, output=output, **fields)  # validated before any export work
 
+    from edgeqa.cli_display import outliers_summary, parity_table
     from edgeqa.export import export_artifact
 
     _setup_logging(verbose=verbose, libraries=True)
     result = export_artifact(settings)
     if result.parity:
-        typer.echo(result.parity.table())
+        typer.echo(parity_table(result.parity))
     quantization = result.manifest.quantization
     if quantization and quantization.outliers:
-        typer.echo(f"\nto pass the gate ({quantization.outliers.mode}): {quantization.outliers.summary()}")
+        typer.echo(f"\nto pass the gate ({quantization.outliers.mode}): {outliers_summary(quantization.outliers)}")
     size = result.manifest.total_bytes
     typer.echo(f"\nartifact: {result.output} ({size / 1e6:.1f} MB; float graphs were {result.fp32_bytes / 1e6:.1f} MB)")
     typer.echo(f'next: edgeqa ask {result.output} "your question"')
@@ -279,13 +259,14 @@ def parity_command(
 
     Example: edgeqa parity model-int8 --reference runs/qa/final --data heldout.jsonl
     """
+    from edgeqa.cli_display import parity_table
     from edgeqa.export import run_parity
     from edgeqa.records import read_records, sample_data
 
     _setup_logging(verbose=verbose, libraries=True)
     records = read_records(data or sample_data("validation"))[:samples]
     report = run_parity(reference, artifact, records, max_new_tokens=max_new_tokens, threads=threads)
-    typer.echo(json.dumps(dataclasses.asdict(report), indent=2) if as_json else report.table())
+    typer.echo(json.dumps(dataclasses.asdict(report), indent=2) if as_json else parity_table(report))
     if not report.passed:
         raise typer.Exit(1)
 
@@ -358,7 +339,8 @@ def serve(
     """
     from edgeqa.extras import import_extra
 
-    run_server = import_extra("edgeqa.serve", "serve", "edgeqa serve").run_server
+    # The server module, not the package: the package loads Starlette and uvicorn only on first use.
+    run_server = import_extra("edgeqa.serve.server", "serve", "edgeqa serve").run_server
 
     _setup_logging(quiet)
     api_key = fields.get("api_key") or os.environ.get("EDGEQA_API_KEY") or None
@@ -523,7 +505,7 @@ def bare_quantize_means_int8(argv: list[str]) -> list[str]:
         normalized.append(word)
         following = argv[position + 1] if position + 1 < len(argv) else ""
         if word == "--quantize" and not re.fullmatch(r"(u?int|fp|float|bf)\d*", following):
-            normalized.append(METHODS[0])
+            normalized.append(WeightType.INT8.value)
     return normalized
 
 

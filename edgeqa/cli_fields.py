@@ -9,7 +9,6 @@ import inspect
 import re
 import typing
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -46,8 +45,8 @@ def fields_as_options(
 
     The command declares `fields: dict[str, Any]` and receives the fields given on the command
     line there (those not given are absent), to apply with `dataclasses.replace` or a
-    constructor. Choices come from a field's `metadata["choices"]`; a `tuple[str, ...]` field
-    takes a comma-separated list.
+    constructor. An enum field takes its values as choices (and receives the member); a
+    `tuple[str, ...]` field takes a comma-separated list.
 
     Args:
         cls: The config dataclass.
@@ -61,7 +60,7 @@ def fields_as_options(
     parameters = [
         _parameter(f, hints[f.name], docs.get(f.name, ""), (flags or {}).get(f.name), show_defaults) for f in chosen
     ]
-    converters = {f.name: _converter(f, hints[f.name]) for f in chosen}
+    converters = {f.name: _converter(hints[f.name]) for f in chosen}
 
     def decorate(command: F) -> F:
         signature = inspect.signature(command, eval_str=True)
@@ -90,9 +89,7 @@ def _parameter(
     f: dataclasses.Field, kind: Any, doc: str, names: tuple[str, ...] | None, show_default: bool
 ) -> inspect.Parameter:
     base: Any = _base(kind)
-    if "choices" in f.metadata:
-        base = Enum(f.name, {c: c for c in f.metadata["choices"]}, type=str)  # type: ignore[misc, no-redef]
-    elif typing.get_origin(base) is tuple:
+    if typing.get_origin(base) is tuple:
         base = str
     default = f.default if f.default is not dataclasses.MISSING else None
     if show_default and default not in (None, (), ""):
@@ -105,9 +102,7 @@ def _parameter(
     )
 
 
-def _converter(f: dataclasses.Field, kind: Any) -> Callable[[Any], Any]:
-    if "choices" in f.metadata:
-        return lambda value: value.value if isinstance(value, Enum) else value
+def _converter(kind: Any) -> Callable[[Any], Any]:
     if typing.get_origin(_base(kind)) is tuple:
         return lambda value: tuple(part.strip() for part in str(value).split(",") if part.strip())
     if _base(kind) is Path:

@@ -8,6 +8,7 @@ type in a file someone else wrote is a one-line `EdgeQAError` naming the key, ne
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import types
 import typing
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from edgeqa.errors import EdgeQAError
 
 R = TypeVar("R")
+E = TypeVar("E", bound=enum.Enum)
 
 
 class _Mismatch(Exception):
@@ -28,8 +30,8 @@ def read_record(cls: type[R], data: object, where: str, error: type[EdgeQAError]
     """Build the dataclass `cls` from JSON data, checking every value against its field's type.
 
     Args:
-        cls: A dataclass whose fields are bool, int, float, str, Path, lists, `tuple[X, ...]`,
-            str-keyed dicts, other such dataclasses, or `X | None` of those.
+        cls: A dataclass whose fields are bool, int, float, str, Path, string enums, lists,
+            `tuple[X, ...]`, str-keyed dicts, other such dataclasses, or `X | None` of those.
         data: The parsed JSON.
         where: How the message names the record (e.g. "manifest.json").
         error: The error class to raise.
@@ -79,6 +81,8 @@ def _value(kind: Any, value: object, where: str) -> Any:
         return _value(kind, value, where)
     if dataclasses.is_dataclass(kind):
         return _record(kind, value, where)  # type: ignore[arg-type]
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return _choice(kind, value, where)
     if origin is list and isinstance(value, list):
         return [_value(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is tuple and isinstance(value, list | tuple):  # tuple[X, ...]
@@ -94,6 +98,28 @@ def _value(kind: Any, value: object, where: str) -> Any:
     if kind is Path and isinstance(value, str | Path):
         return Path(value)
     raise _Mismatch(f"{where} should be {getattr(kind, '__name__', str(kind))}, got {_shown(value)}")
+
+
+def parse_choice(kind: type[E], value: object, where: str, error: type[EdgeQAError]) -> E:
+    """`value` as a member of the string enum `kind` (a member is itself).
+
+    Raises:
+        error: `value` is none of the enum's values; names `where`, the value and the valid ones.
+    """
+    try:
+        return _choice(kind, value, where)
+    except _Mismatch as e:
+        raise error(str(e)) from None
+
+
+def _choice(kind: type[E], value: object, where: str) -> E:
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    valid = ", ".join(str(member.value) for member in kind)
+    raise _Mismatch(f"{where} {_shown(value)} is unknown; choose one of {valid}")
 
 
 def _key(key: str) -> str:

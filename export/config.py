@@ -4,21 +4,14 @@ work starts (stdlib only, so the CLI checks flags without loading torch or Optim
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgeqa.cpu import detect_preset, this_cpu
 from edgeqa.errors import ConfigError
-from edgeqa.manifest import INT4_METHOD, INT8_METHOD, QuantizationRecord
-from edgeqa.typed_json import check_types
+from edgeqa.manifest import ActivationGranularity, FallbackMode, Preset, QuantizationRecord, QuantMethod, WeightType
+from edgeqa.typed_json import check_types, parse_choice
 
-PRESETS = ("auto", "avx2", "avx512", "avx512_vnni", "arm64")
-METHODS = ("int8", "int4")
-#: int8 activation quantization: one scale per token row, or onnxruntime's one per tensor.
-GRANULARITIES = ("per-tensor", "per-token")
-#: What the export may do when quantized graphs fail the parity gate (`export.search`): smooth
-#: outlier channels then keep the costliest node groups float, one of the two, or fail.
-SEARCH_MODES = ("auto", "smooth", "float", "none")
 # int4: one scale per 128 weights along the input dimension; products computed in int8.
 INT4_BLOCK_SIZE = 128
 INT4_ACCURACY_LEVEL = 4
@@ -59,10 +52,10 @@ class ExportConfig:
 
     checkpoint: str
     output: Path
-    quantize: str | None = field(default=None, metadata={"choices": METHODS})
-    preset: str = field(default="auto", metadata={"choices": PRESETS})
+    quantize: WeightType | None = None
+    preset: Preset = Preset.AUTO
     keep_fp32: tuple[str, ...] = ()
-    fallback: str = field(default="auto", metadata={"choices": SEARCH_MODES})
+    fallback: FallbackMode = FallbackMode.AUTO
     parity: bool = True
     parity_data: Path | None = None
     parity_samples: int = 200
@@ -72,12 +65,7 @@ class ExportConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        check_types(self, ConfigError)
-        if self.quantize not in (None, *METHODS):
-            raise ConfigError(f"quantize must be int8, int4 or unset, got {self.quantize!r} (T5 must not run in fp16)")
-        check_preset(self.preset)
-        if self.fallback not in SEARCH_MODES:
-            raise ConfigError(f"fallback must be one of {', '.join(SEARCH_MODES)}, got {self.fallback!r}")
+        check_types(self, ConfigError)  # strings become the enums here, or a ConfigError naming the valid values
         if self.keep_fp32 and not self.quantize:
             raise ConfigError("keep_fp32 only applies with quantize (--keep-fp32 needs --quantize)")
         unknown = [part for part in self.keep_fp32 if part not in NODE_PARTS and not _NUMBERED_PART.fullmatch(part)]
@@ -116,45 +104,45 @@ class QuantizeSettings:
         keep_fp32: Node-name components left in float (e.g. `lm_head`, `wo`).
         bits: 8 (dynamic int8) or 4 (weight-only int4; per_channel and reduce_range unused).
         block_size: int4 weights sharing one scale, along the input dimension.
-        activation_granularity: int8 activations quantized with one scale per token row
-            ("per-token": a row's result does not depend on its batch or its padding) or one
-            per tensor ("per-tensor", onnxruntime's `quantize_dynamic` as it comes). int4's
-            `MatMulNBits` always quantizes per token row, in blocks of `block_size`.
+        activation_granularity: How int8 activations are quantized: one scale per token row
+            (a row's result does not depend on its batch or its padding) or one per tensor
+            (onnxruntime's `quantize_dynamic` as it comes). int4's `MatMulNBits` always
+            quantizes per token row, in blocks of `block_size`.
     """
 
-    preset: str
+    preset: Preset
     per_channel: bool = True
     reduce_range: bool = False
     op_types: tuple[str, ...] = ("MatMul", "Gather")
     keep_fp32: tuple[str, ...] = ()
     bits: int = 8
     block_size: int = INT4_BLOCK_SIZE
-    activation_granularity: str = "per-token"
+    activation_granularity: ActivationGranularity = ActivationGranularity.PER_TOKEN
 
     def __post_init__(self) -> None:
-        if self.activation_granularity not in GRANULARITIES:
-            raise ConfigError(
-                f"activation granularity {self.activation_granularity!r} is unknown; "
-                f"choose one of {', '.join(GRANULARITIES)}"
-            )
+        check_types(self, ConfigError)
+
+    @property
+    def weight_type(self) -> WeightType:
+        return WeightType.INT4 if self.bits == 4 else WeightType.INT8
 
     def record(self) -> QuantizationRecord:
         """The manifest's account of these settings."""
         common = dict(
             preset=self.preset, op_types=list(self.op_types), keep_fp32=list(self.keep_fp32), export_cpu=this_cpu()
         )
-        if self.bits == 4:
+        if self.weight_type is WeightType.INT4:
             return QuantizationRecord(
-                method=INT4_METHOD,
-                weight_type="int4",
+                method=QuantMethod.WEIGHT_ONLY_INT4,
+                weight_type=WeightType.INT4,
                 block_size=self.block_size,
                 accuracy_level=INT4_ACCURACY_LEVEL,
-                activation_granularity=f"per-token, blocks of {self.block_size}",
+                activation_granularity=f"{ActivationGranularity.PER_TOKEN}, blocks of {self.block_size}",
                 **common,  # type: ignore[arg-type]
             )
         return QuantizationRecord(
-            method=INT8_METHOD,
-            weight_type="int8",
+            method=QuantMethod.DYNAMIC_INT8,
+            weight_type=WeightType.INT8,
             activation_type="uint8",
             per_channel=self.per_channel,
             reduce_range=self.reduce_range,
@@ -163,29 +151,31 @@ class QuantizeSettings:
         )
 
 
-def check_preset(preset: str) -> str:
-    if preset not in PRESETS:
-        raise ConfigError(f"quantization preset {preset!r} is unknown; choose one of {', '.join(PRESETS)}")
-    return preset
-
-
 def settings_for(
-    preset: str = "auto",
+    preset: str = Preset.AUTO,
     keep_fp32: tuple[str, ...] = (),
-    method: str = "int8",
-    activation_granularity: str = "per-token",
+    method: str = WeightType.INT8,
+    activation_granularity: str = ActivationGranularity.PER_TOKEN,
 ) -> QuantizeSettings:
-    if method not in METHODS:
-        raise ConfigError(f"quantization {method!r} is unknown; choose one of {', '.join(METHODS)}")
-    if check_preset(preset) == "auto":
-        preset = detect_preset()
+    """The quantization settings for a `Preset` (auto: this CPU's), a `WeightType` and an
+    `ActivationGranularity`, given as the enums or their strings.
+
+    Raises:
+        ConfigError: a value is not one of its enum's, naming the valid ones.
+    """
+    weight_type = parse_choice(WeightType, method, "quantization", ConfigError)
+    target = parse_choice(Preset, preset, "quantization preset", ConfigError)
+    if target is Preset.AUTO:
+        target = Preset(detect_preset())
     # Without VNNI, int8 dot products go through saturating 16-bit adds: use 7-bit weights.
-    reduce_range = preset in ("avx2", "avx512") and method == "int8"
+    reduce_range = target in (Preset.AVX2, Preset.AVX512) and weight_type is WeightType.INT8
     return QuantizeSettings(
-        preset=preset,
+        preset=target,
         per_channel=True,
         reduce_range=reduce_range,
         keep_fp32=tuple(keep_fp32),
-        bits=4 if method == "int4" else 8,
-        activation_granularity=activation_granularity,
+        bits=4 if weight_type is WeightType.INT4 else 8,
+        activation_granularity=parse_choice(
+            ActivationGranularity, activation_granularity, "activation granularity", ConfigError
+        ),
     )

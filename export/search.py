@@ -29,7 +29,7 @@ from edgeqa.export.fallback import RankedGroup, node_groups, rank_groups
 from edgeqa.export.nodes import module_path
 from edgeqa.export.parity import ParityCheck
 from edgeqa.export.smoothing import apply_smoothing, smoothing_scales
-from edgeqa.manifest import FloatGroupRecord, GateAttempt, OutlierSearch, ParityRecord, SmoothingRecord
+from edgeqa.manifest import FallbackMode, FloatGroupRecord, GateAttempt, OutlierSearch, ParityRecord, SmoothingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class SearchFailed(ExportError):
 
 
 def search(
-    mode: str,
+    mode: FallbackMode,
     checkpoint: str,
     check: ParityCheck,
     settings: QuantizeSettings,
@@ -71,7 +71,7 @@ def search(
     Raises:
         SearchFailed: no candidate passed within the caps; the message gives every attempt.
     """
-    method = "int4" if settings.bits == 4 else "int8"
+    method = str(settings.weight_type)
     total = len(check.records)
     tune, confirm = list(range(0, total, 2)), list(range(1, total, 2))
     attempts: list[GateAttempt] = []
@@ -120,7 +120,7 @@ def search(
         )
         return SearchResult(found, record)
 
-    if mode in ("auto", "smooth"):
+    if mode in (FallbackMode.AUTO, FallbackMode.SMOOTH):
         scales = smoothing_scales(model, input_ranges(model, data))
         if scales:
             records = apply_smoothing(model, scales)
@@ -134,15 +134,15 @@ def search(
                 return finish(confirmed)
             if _closer(tuning, last):
                 weights, last = smoothed, tuning
-            elif mode == "auto":  # smoothing did not help: the fallback starts from the plain weights
+            elif mode == FallbackMode.AUTO:  # smoothing did not help: the fallback starts from the plain weights
                 logger.info("export: smoothing did not bring the tuning figures closer; not kept")
                 smoothing = []
         else:
             logger.info("export: no activation needs smoothing")
     # The fallback starts from the smoothed weights where smoothing helped, then (auto) from the
     # plain ones: smoothing moves range into the weights, which can leave int4 weights worse off.
-    starts = [(weights, smoothing)] + ([(checkpoint, [])] if mode == "auto" and smoothing else [])
-    for weights, records in starts if mode in ("auto", "float") else []:
+    starts = [(weights, smoothing)] + ([(checkpoint, [])] if mode == FallbackMode.AUTO and smoothing else [])
+    for weights, records in starts if mode in (FallbackMode.AUTO, FallbackMode.FLOAT) else []:
         smoothing = records
         model = _load(checkpoint)[0] if not records else model
         groups = node_groups(model)

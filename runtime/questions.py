@@ -1,17 +1,19 @@
-"""Answering a file of questions: read, batch, and write JSONL atomically."""
+"""Asking an artifact questions: one, a file of them, or a person's at a terminal (`edgeqa ask`).
+
+`ask` decides which and does it; a `Console` (the CLI's terminal, or a test's) shows the result.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-import tempfile
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from edgeqa.errors import InputError
+from edgeqa.atomic import write_atomic
+from edgeqa.errors import EdgeQAError, InputError
 from edgeqa.runtime.model import Answer, QAModel
 from edgeqa.runtime.options import GenerationOptions
 
@@ -20,6 +22,116 @@ from edgeqa.runtime.options import GenerationOptions
 class Question:
     line: int
     text: str
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What to answer, and how to show it.
+
+    Attributes:
+        question: One question; None to answer `file`, or else a person at the console.
+        file: Questions: .jsonl (`{"question": ...}` a line) or .txt (one a line).
+        output: Where `file`'s answers go, as JSONL written atomically (None: the console).
+        stream: Show one question's answer as it is generated.
+        as_json: Show one question's answer as a JSON object with its figures.
+        batch_size: Questions of `file` answered together.
+    """
+
+    question: str | None = None
+    file: Path | None = None
+    output: Path | None = None
+    stream: bool = False
+    as_json: bool = False
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+class Console(Protocol):
+    """Where `ask` shows what it does: answers through `write`, everything else through `note`."""
+
+    #: Whether a person can type questions (standard input is a terminal).
+    interactive: bool
+
+    def write(self, text: str) -> None:
+        """Answer text, as is (no newline added)."""
+
+    def note(self, text: str) -> None:
+        """A line for the person: a prompt, a warning, a summary."""
+
+    def read(self, prompt: str) -> str:
+        """The person's next question; EOFError or KeyboardInterrupt when they are done."""
+        ...
+
+    def progress(self, total: int) -> AbstractContextManager[Callable[[int], None]]:
+        """A progress display over `total` questions; calling what it gives advances it by that many."""
+        ...
+
+
+def ask(model: QAModel, request: Ask, options: GenerationOptions, console: Console) -> None:
+    """Answer `request.file`, else `request.question`, else the person at an interactive console.
+
+    Raises:
+        InputError: nothing to answer (no question, no file, no terminal), or an unusable question or file.
+    """
+    if request.file is not None:
+        _ask_file(model, request.file, request, options, console)
+    elif request.question is not None:
+        _ask_one(model, request, options, console)
+    elif console.interactive:
+        _ask_person(model, options, console)
+    else:
+        raise InputError("no question given: pass one as an argument, use --file, or run in a terminal")
+
+
+def _ask_one(model: QAModel, request: Ask, options: GenerationOptions, console: Console) -> None:
+    question = request.question or ""
+    if request.stream and not request.as_json:
+        for piece in model.stream(question, options):
+            console.write(piece)
+        console.write("\n")
+        return
+    result = model.answer(question, options)
+    if request.as_json:
+        console.write(json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False) + "\n")
+    else:
+        console.write(result.text + "\n")
+
+
+def _ask_person(model: QAModel, options: GenerationOptions, console: Console) -> None:
+    """Stream the answer to each question typed until end of input; a bad question only costs itself."""
+    console.note("Ask a question (Ctrl-D to quit).")
+    while True:
+        try:
+            question = console.read("? ")
+        except (EOFError, KeyboardInterrupt):
+            console.note("")
+            return
+        if not question.strip():
+            continue
+        try:
+            for piece in model.stream(question, options):
+                console.write(piece)
+            console.write("\n")
+        except EdgeQAError as e:
+            console.note(f"error: {e}")
+
+
+def _ask_file(model: QAModel, file: Path, request: Ask, options: GenerationOptions, console: Console) -> None:
+    questions, problems = read_questions(file)
+    with console.progress(len(questions)) as advance:
+        rows, skipped = answer_questions(model, questions, request.batch_size, options, advance)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if request.output is None:
+        console.write(text)
+    else:
+        write_atomic(request.output, text)
+    for problem in problems + skipped:
+        console.note(f"warning: {file}: {problem}")
+    where = f" -> {request.output}" if request.output else ""
+    console.note(f"answered {len(rows)} of {len(questions) + len(problems)} questions{where}")
 
 
 def read_questions(path: Path) -> tuple[list[Question], list[str]]:
@@ -55,22 +167,21 @@ def read_questions(path: Path) -> tuple[list[Question], list[str]]:
     return questions, problems
 
 
-def answer_file(
+def answer_questions(
     model: QAModel,
-    path: Path,
-    output: Path | None = None,
+    questions: list[Question],
     batch_size: int = 8,
     options: GenerationOptions | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[int, list[str]]:
-    """Answer every question of a file; JSONL to `output` (written atomically) or stdout.
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Answer questions `batch_size` at a time; a question the model refuses is skipped and reported.
 
     Returns:
-        How many questions were answered, and the problems reported for skipped lines.
+        One JSON row per answered question (its line, the question, the answer and its figures),
+        and one message per skipped question.
     """
     options = model.options(options)
-    questions, problems = read_questions(path)
-    rows = []
+    rows, problems = [], []
     for first in range(0, len(questions), batch_size):
         batch = questions[first : first + batch_size]
         answers: list[Answer | None]
@@ -87,26 +198,7 @@ def answer_file(
                     answers.append(None)
         for q, a in zip(batch, answers, strict=True):
             if a is not None:
-                rows.append(json.dumps({"line": q.line, "question": q.text, **a.to_dict()}, ensure_ascii=False))
+                rows.append({"line": q.line, "question": q.text, **a.to_dict()})
         if progress:
             progress(len(batch))
-    text = "".join(row + "\n" for row in rows)
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_atomic(Path(output), text)
-    return len(rows), problems
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return rows, problems

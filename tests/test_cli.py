@@ -99,6 +99,7 @@ def test_ask_file_reports_bad_lines_and_writes_atomically(artifact_int8, tmp_pat
     )
     assert result.exit_code == 0, result.output
     assert "line 2" in result.stderr and "line 3" in result.stderr
+    assert f"answered 2 of 4 questions -> {out}" in result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in rows] == [1, 4]
     assert all(r["answer"] is not None for r in rows)
@@ -135,6 +136,8 @@ def test_info_shows_the_manifest(artifact_int8):
         (["ask", "{art}", "Hi?", "--num-beams", "0"], "error: num_beams must be at least 1"),
         (["ask", "{tmp}/nowhere", "Hi?"], "error: artifact folder"),
         (["ask", "{art}", "--file", "{tmp}/missing.jsonl"], "error: question file"),
+        (["ask", "{art}", "-f", "{tmp}/missing.jsonl", "--batch-size", "0"], "error: batch_size must be at least 1"),
+        (["ask", "{art}"], "error: no question given: pass one as an argument, use --file, or run in a terminal"),
         (["info", "{tmp}"], "error: {tmp} has no manifest.json"),
         (["export", "{tmp}/no-checkpoint", "{tmp}/out"], "error: checkpoint '{tmp}/no-checkpoint' is not a folder"),
         (
@@ -152,6 +155,22 @@ def test_errors_are_one_line_with_exit_code_1(artifact_int8, tmp_path, args, mes
     assert result.exit_code == 1, result.output
     assert message.format(**fill) in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_serve_without_the_serve_extra_names_the_install_command(tmp_path):
+    code = (
+        "import sys\n"
+        "for name in ('uvicorn', 'starlette', 'prometheus_client'):\n"
+        "    sys.modules[name] = None  # as on an install without the extra: importing it fails\n"
+        "from edgeqa.cli import main\n"
+        "sys.argv = ['edgeqa', 'serve', sys.argv[1]]\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: edgeqa serve needs uvicorn, which is not installed: pip install 'edgeqa[serve]'"
+    ]
 
 
 def test_debug_env_shows_the_traceback(tmp_path):

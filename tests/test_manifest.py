@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from edgeqa.checkpoint import TRAINING_RECORD, TrainingRecord, read_training_record
+from edgeqa.cli_display import describe, parity_table
 from edgeqa.errors import ArtifactError, ConfigError, ModelError
 from edgeqa.export.config import ExportConfig, settings_for
 from edgeqa.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
+    ActivationGranularity,
+    FallbackMode,
     GenerationDefaults,
     Manifest,
     ModelDims,
+    OutlierSearch,
     ParityRecord,
+    Preset,
+    QuantMethod,
     SharedTensor,
+    WeightType,
     file_entry,
 )
 
@@ -33,6 +41,9 @@ PARITY = ParityRecord(
         "gate": "int8: |ROUGE-L difference| <= 1.0 points"
     }""")
 )
+
+
+QUANTIZED = dataclasses.asdict(settings_for("avx2").record())
 
 
 @pytest.fixture
@@ -65,18 +76,57 @@ def test_json_round_trips_through_the_records(folder):
     assert json.loads((folder / MANIFEST_NAME).read_text())["parity"]["identical_answers"] == 0.9
 
 
+def test_enum_values_are_stored_as_their_strings_and_read_back_as_members(folder):
+    settings = settings_for("avx2", activation_granularity="per-token")
+    quantization = dataclasses.replace(settings.record(), outliers=OutlierSearch(mode=FallbackMode.FLOAT))
+    manifest_in(folder, quantization=quantization).write(folder)
+    stored = json.loads((folder / MANIFEST_NAME).read_text())["quantization"]
+    assert (stored["method"], stored["weight_type"], stored["preset"]) == ("dynamic-int8", "int8", "avx2")
+    assert (stored["activation_granularity"], stored["outliers"]["mode"]) == ("per-token", "float")
+    read = Manifest.read(folder).quantization
+    assert read and read.method is QuantMethod.DYNAMIC_INT8 and read.weight_type is WeightType.INT8
+    assert read.preset is Preset.AVX2 and read.outliers and read.outliers.mode is FallbackMode.FLOAT
+    assert read.activation_granularity == ActivationGranularity.PER_TOKEN
+
+
+def test_write_is_atomic_and_leaves_a_readable_file(folder, monkeypatch):
+    manifest = manifest_in(folder)
+    manifest.write(folder)
+    before = (folder / MANIFEST_NAME).read_bytes()
+
+    def crash(source: str, target: str) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk gone"):
+        dataclasses.replace(manifest, model_name="another").write(folder)
+    monkeypatch.undo()
+    assert (folder / MANIFEST_NAME).read_bytes() == before  # the old manifest, whole, and no temporary file
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "decoder.onnx",
+        "embedding.data",
+        "encoder.onnx",
+        MANIFEST_NAME,
+        "tokenizer.json",
+    ]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (folder / MANIFEST_NAME).stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
+
+
 def test_describe_reads_the_records(folder):
     int4 = manifest_in(folder, quantization=settings_for("avx512_vnni", method="int4").record(), parity=PARITY)
-    text = int4.describe()
+    text = describe(int4)
+    assert int4.describe() == text  # serve's /info calls the method
     assert "weight-only-int4 preset avx512_vnni, blocks of 128" in text
     assert "exact match 80.0% vs 70.0%" in text and "identical answers 90.0%" in text
     assert f"size            {int4.total_bytes / 1e6:.1f} MB in 4 files" in text
     assert int4.total_bytes == 99
-    assert "quantization    none (float32)" in manifest_in(folder).describe()
+    assert "quantization    none (float32)" in describe(manifest_in(folder))
 
 
 def test_parity_table_shows_exact_match_of_both(folder):
-    table = PARITY.table()
+    table = parity_table(PARITY)
     assert "| exact match % | 80.0 | 70.0 | -10.0 |" in table and "gate (int8: " in table and "PASS" in table
 
 
@@ -92,6 +142,14 @@ def test_parity_table_shows_exact_match_of_both(folder):
         (lambda d: d.pop("dims"), "lacks dims"),
         (lambda d: d.update(quantization=[]), "quantization should be a JSON object"),
         (lambda d: d.update(versions={"edgeqa": 1}), "versions.edgeqa should be str"),
+        (
+            lambda d: d.update(quantization=dict(json.loads(json.dumps(QUANTIZED)), weight_type="int3")),
+            'quantization: weight_type "int3" is unknown; choose one of int8, int4',
+        ),
+        (
+            lambda d: d.update(quantization=dict(json.loads(json.dumps(QUANTIZED)), method=8)),
+            "quantization: method 8 is unknown; choose one of dynamic-int8, weight-only-int4",
+        ),
     ],
 )
 def test_a_wrong_key_or_type_is_an_artifact_error_naming_it(folder, mutate, message):
@@ -143,8 +201,16 @@ def test_training_record_round_trips_and_refuses_a_wrong_type(tmp_path):
 
 
 def test_export_config_refuses_bad_options_by_name(tmp_path):
-    with pytest.raises(ConfigError, match="preset 'bogus' is unknown"):
+    with pytest.raises(ConfigError, match='preset "bogus" is unknown; choose one of auto, avx2, avx512, avx512_vnni'):
         ExportConfig(checkpoint="c", output=tmp_path, preset="bogus")
+    with pytest.raises(ConfigError, match='quantize "fp16" is unknown; choose one of int8, int4'):
+        ExportConfig(checkpoint="c", output=tmp_path, quantize="fp16")
+    with pytest.raises(ConfigError, match='fallback "never" is unknown; choose one of auto, smooth, float, none'):
+        ExportConfig(checkpoint="c", output=tmp_path, fallback="never")
+    with pytest.raises(ConfigError, match='activation granularity "per-row" is unknown; choose one of per-tensor'):
+        settings_for(activation_granularity="per-row")
+    config = ExportConfig(checkpoint="c", output=tmp_path, quantize="int4", fallback="smooth")
+    assert config.quantize is WeightType.INT4 and config.fallback is FallbackMode.SMOOTH
     with pytest.raises(ConfigError, match="keep_fp32 lm_haed names no part"):
         ExportConfig(checkpoint="c", output=tmp_path, quantize="int8", keep_fp32=("lm_haed",))
     with pytest.raises(ConfigError, match="parity_samples must be at least 1, got 0"):
