@@ -13,7 +13,7 @@ import onnxruntime as ort
 from edgeqa.artifact_checks import open_member, shown
 from edgeqa.cpu import has_vnni, physical_cores
 from edgeqa.errors import ArtifactError
-from edgeqa.manifest import QUESTIONS_DIM, Manifest, cache_names
+from edgeqa.manifest import QUESTIONS_DIM, ActivationGranularity, Manifest, WeightType, cache_names
 from edgeqa.runtime.onnx_refs import check_graph_files
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
@@ -42,7 +42,7 @@ def _check_runtime_supports(manifest: Manifest) -> None:
             f"{'.'.join(map(str, INT4_MIN_ONNXRUNTIME))} or newer; this is {ort.__version__}: "
             "pip install -U onnxruntime, or use an int8 artifact"
         )
-    if quantization.activation_granularity == "per-token" and installed < PER_TOKEN_MIN_ONNXRUNTIME:
+    if quantization.activation_granularity == ActivationGranularity.PER_TOKEN and installed < PER_TOKEN_MIN_ONNXRUNTIME:
         raise ArtifactError(
             f"this artifact quantizes activations per token (opset 21), which needs onnxruntime "
             f"{'.'.join(map(str, PER_TOKEN_MIN_ONNXRUNTIME))} or newer; this is {ort.__version__}: "
@@ -58,7 +58,7 @@ def warn_if_saturating(manifest: Manifest) -> str | None:
     (`reduce_range`, what the export picks on such CPUs) do not.
     """
     quantization = manifest.quantization
-    if quantization is None or quantization.weight_type != "int8" or quantization.reduce_range:
+    if quantization is None or quantization.weight_type != WeightType.INT8 or quantization.reduce_range:
         return None
     exported = quantization.export_cpu
     if exported is None or not exported.vnni or has_vnni():
