@@ -164,12 +164,14 @@ def expected_answers(artifact: Path, questions: list[str], new_tokens: int, thre
     return {q: (a.tokens, a.text) for q, a in answers.items()}
 
 
-def run_soak(shape: str, seconds: float, callers: int, new_tokens: int, threads: int, cache: Path) -> SoakReport:
-    """The soak on a benchmark shape's int8 artifact (built once into `cache`)."""
+def run_soak(
+    shape: str, seconds: float, callers: int, new_tokens: int, threads: int, cache: Path, artifact: Path | None = None
+) -> SoakReport:
+    """The soak on `artifact`, or a benchmark shape's int8 artifact (built once into `cache`)."""
     from edgeqa.bench.serve_load import _Server, questions
     from edgeqa.bench.shapes import prepare
 
-    artifact = prepare(shape, cache, ctranslate2=False, optimum=False)["int8"]
+    artifact = artifact or prepare(shape, cache, ctranslate2=False, optimum=False)["int8"]
     asked = list(dict.fromkeys(questions(64)))
     expected = expected_answers(artifact, asked, new_tokens, threads)
     server = _Server(artifact, threads, max_batch_size=8)

@@ -452,7 +452,8 @@ def bench(
         from edgeqa.bench import soak as soaking
 
         shape = shapes.split(",")[0]
-        found = soaking.run_soak(shape, soak_seconds, callers, new_tokens, threads, Path("/tmp/edgeqa-bench-cache"))
+        cache = Path("/tmp/edgeqa-bench-cache")
+        found = soaking.run_soak(shape, soak_seconds, callers, new_tokens, threads, cache, artifact)
         output.mkdir(parents=True, exist_ok=True)
         (output / "soak.json").write_text(json.dumps(soaking.as_json(found), indent=2) + "\n", encoding="utf-8")
         typer.echo(f"{shape} int8\n{soaking.TABLE_HEAD}\n{found.markdown()}")
