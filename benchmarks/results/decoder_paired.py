@@ -1,6 +1,7 @@
 """The decoder against the greedy loop it replaced, paired in one process (a record of issue 27's check).
 
     python benchmarks/results/decoder_paired.py --rev 05c2037 --shapes small,base
+    python benchmarks/results/decoder_paired.py --shapes small --padding-cost --rounds 4
 
 The loop `QAModel` ran before the decoder (`greedy_tokens` in runtime/generate.py at REV) is read
 from git and run over the same loaded graphs as `QAModel.generate`, which now goes through
@@ -80,6 +81,24 @@ def paired(model: QAModel, old: types.ModuleType, prompts: list[list[int]], batc
     return statistics.median(ratios), statistics.median(new_ms), statistics.median(old_ms), len(ratios)
 
 
+def padding_cost(model: QAModel, prompts: list[list[int]], new_tokens: int, rounds: int) -> tuple[float, int]:
+    """The decoder at batch 8 with prompts padded to a multiple of 4 against padded to the longest only."""
+    from edgeqa.runtime import decoder
+
+    ratios = []
+    for round_ in range(rounds):
+        for first in range(0, len(prompts) - 7, 8):
+            seconds = {}
+            for pad in (4, 1) if (round_ + first // 8) % 2 == 0 else (1, 4):
+                decoder.PAD_MULTIPLE = pad
+                started = time.perf_counter()
+                model.generate(prompts[first : first + 8], max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+                seconds[pad] = time.perf_counter() - started
+            ratios.append(seconds[4] / seconds[1])
+    decoder.PAD_MULTIPLE = 4
+    return statistics.median(ratios), len(ratios)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rev", default="05c2037", help="the commit whose greedy loop is compared")
@@ -90,8 +109,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/edgeqa-bench-cache/decoder"))
+    parser.add_argument("--padding-cost", action="store_true", help="measure padding to 4 vs to the longest")
     args = parser.parse_args()
     from edgeqa.records import read_records, sample_data
+
+    if args.padding_cost:
+        from edgeqa.bench.serve_load import questions
+
+        model = QAModel.load(artifact(args.shapes.split(",")[0], args.cache), threads=args.threads)
+        prompts = [ids for ids, _ in model.decoder().prompts(questions(64))]
+        ratio, pairs = padding_cost(model, prompts, args.new_tokens, args.rounds)
+        print(f"padding to 4 / to the longest prompt, batch 8: {ratio:.3f}x ({pairs} pairs)")
+        return
 
     old = previous_loop(args.rev)
     print(
