@@ -13,7 +13,7 @@ pattern itself and writes, for each attention of each layer:
 
 with `scale=1` (T5 does not scale its scores). The projections stay as they were, so
 quantization treats them as before. The flan-t5-base decoder step goes from 897 to 670 nodes as
-onnxruntime runs them, with bit-identical results (`benchmarks/README.md`, levers table). Layer 0's
+onnxruntime runs them, with bit-identical results (`benchmarks/results/history.md`, the levers). Layer 0's
 self-attention stays as it is: its position bias is sized by the cache it returns. An attention
 that does not match the pattern exactly is left as exported. The encoder graph is not fused:
 there, over a question's many positions, the op's CPU kernel was slower than the plain nodes.

@@ -13,7 +13,7 @@ external-data files (`export.torch_export`); the encoder and cross-attention gra
 without loading their weights, and freed memory goes back to the system between steps
 (`export.memory`). Exporting then needs little more than the weights of the graph at hand; the
 peak of an int8 export is onnxruntime's quantizer (flan-t5-large: 5.9 GB for 3.1 GB of weights,
-`benchmarks/README.md`).
+`benchmarks/results/export-memory.md`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ feed-forward (wi_0, wi_1). After per-token quantization (`export.per_token`) eac
 over the weights side by side (columns concatenated, with their per-column scales and zero points),
 whose output a Split cuts back into the original tensors. The integer sums are exact and every
 column keeps its own scale, so the results are bit-identical; fewer, wider products read the
-weights at a better rate (a flan-t5-base decoder step's 109 products become 73; `benchmarks/README.md`,
+weights at a better rate (a flan-t5-base decoder step's 109 products become 73; `benchmarks/results/history.md`,
 levers table). Only the decoder graph is joined: the encoder's products have many rows (batch x
 length), and there the Split's copy of the joined outputs costs more than the join saves.
 """

@@ -7,7 +7,7 @@ terms of the graph's input dimensions; a target whose dimensions are all either 
 symbol as the input's dimension at that index (Reshape's 0: copy it), or at most one other (-1, and
 then no 0, since a copied dimension may be 0 at run time) is written as a constant, and the nodes
 nothing reads any more are dropped. That takes the
-flan-t5-base decoder step from 1,005 to 897 nodes as onnxruntime runs them (`benchmarks/README.md`,
+flan-t5-base decoder step from 1,005 to 897 nodes as onnxruntime runs them (`benchmarks/results/history.md`,
 levers table); the results are unchanged (a Reshape's target only names the output's shape).
 
 The rewrite reads no weights: the external-data initializers become plain inputs of the copy that
