@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 
 from edgeqa.bench.outliers import OutlierPlan, save_with_outliers, train_facts_model
+from edgeqa.manifest import ActivationGranularity
 
-GRANULARITIES = ("per-tensor", "per-token")
+GRANULARITIES = tuple(ActivationGranularity)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
+from edgeqa.manifest import ActivationGranularity
+
 logger = logging.getLogger(__name__)
 
 SHAPES = ("small", "base")
@@ -43,7 +45,7 @@ def optimum_int8(checkpoint: Path, target: Path) -> Path:
         staging.mkdir()
         for role, name in (("encoder", "encoder_model.onnx"), ("decoder", "decoder_model_merged.onnx")):
             # per-tensor: the per-token rewrite does not yet handle the merged decoder's If branches
-            settings = settings_for("auto", activation_granularity="per-tensor")
+            settings = settings_for("auto", activation_granularity=ActivationGranularity.PER_TENSOR)
             quantize_graph(raw / name, raw / f"int8-{name}", settings, role)
             save_graph(raw / f"int8-{name}", staging / name)
         for name in ("config.json", "generation_config.json"):
@@ -85,7 +87,11 @@ def prepare(shape: str, cache: Path, ctranslate2: bool = True, optimum: bool = T
         from edgeqa.export.config import settings_for
 
         logger.info("bench: quantizing %s int8 with per-tensor activations", shape)
-        variant(paths["fp32"], paths["int8-per-tensor"], settings_for(activation_granularity="per-tensor"))
+        variant(
+            paths["fp32"],
+            paths["int8-per-tensor"],
+            settings_for(activation_granularity=ActivationGranularity.PER_TENSOR),
+        )
     if optimum and not (paths["optimum"] / "config.json").exists():
         logger.info("bench: exporting %s int8 in Optimum's layout", shape)
         optimum_int8(paths["checkpoint"], paths["optimum"])

@@ -6,7 +6,7 @@ import os
 import platform
 from functools import cache
 
-from edgeqa.manifest import CpuRecord
+from edgeqa.manifest import CpuRecord, Preset
 
 ARM = ("arm64", "aarch64")
 
@@ -34,15 +34,15 @@ def this_cpu() -> CpuRecord:
     return CpuRecord(machine=platform.machine(), vnni=has_vnni())
 
 
-def detect_preset() -> str:
+def detect_preset() -> Preset:
     """The quantization preset for this CPU: arm64, avx512_vnni, avx512 or avx2."""
     if is_arm():
-        return "arm64"
+        return Preset.ARM64
     if has_vnni():
-        return "avx512_vnni"
+        return Preset.AVX512_VNNI
     if "avx512f" in cpu_flags():
-        return "avx512"
-    return "avx2"
+        return Preset.AVX512
+    return Preset.AVX2
 
 
 def physical_cores() -> int:

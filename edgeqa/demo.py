@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import ConfigError
+from edgeqa.manifest import WeightType
 from edgeqa.records import read_records, sample_data
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,7 @@ def run_demo(
         ExportConfig(
             checkpoint=str(run.final_dir),
             output=artifact,
-            quantize="int8",
+            quantize=WeightType.INT8,
             parity_data=splits.get("validation"),
             parity_samples=parity_samples or schedule.parity_samples,
             parity_max_new_tokens=schedule.parity_max_new_tokens,

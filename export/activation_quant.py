@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeqa.manifest import ActivationGranularity
+
 if TYPE_CHECKING:
     import torch
 
@@ -60,7 +62,7 @@ def quantize_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 def fake_quantize(x: torch.Tensor, granularity: str) -> torch.Tensor:
     """`x` quantized to uint8 and back (`per-token` or `per-tensor`), in `x`'s dtype."""
-    if granularity == "per-token":
+    if granularity == ActivationGranularity.PER_TOKEN:
         codes, scale = quantize_rows(x)
         return ((codes.float() - ZERO_POINT) * scale).to(x.dtype)
     codes, scale, zero = quantize_tensor(x)

@@ -20,6 +20,7 @@ from edgeqa.export.parity import ParityCheck, run_parity
 from edgeqa.export.quantize import quantize_graph
 from edgeqa.export.search import Build, SearchFailed, search
 from edgeqa.manifest import (
+    FallbackMode,
     GenerationDefaults,
     Manifest,
     ModelDims,
@@ -116,7 +117,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
             return kept_float
 
         report: ParityRecord | None = None
-        if settings and config.parity and config.fallback != "none":
+        if settings and config.parity and config.fallback != FallbackMode.NONE:
             report = _search(config, settings, build, staging, work)
         else:
             build(config.checkpoint, frozenset())

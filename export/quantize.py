@@ -21,6 +21,7 @@ from edgeqa.export.joined_products import join_shared_products
 from edgeqa.export.memory import release_memory
 from edgeqa.export.nodes import node_module
 from edgeqa.export.per_token import per_token_activations
+from edgeqa.manifest import ActivationGranularity
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _quantize_int8(source: Path, target: Path, settings: QuantizeSettings, exclu
         )
     except Exception as e:  # onnxruntime's quantizer raises assorted types
         raise ExportError(f"int8 quantization of {source.name} failed: {e}") from e
-    if settings.activation_granularity == "per-token":
+    if settings.activation_granularity == ActivationGranularity.PER_TOKEN:
         model, rewritten = per_token_activations(onnx.load(str(target)))
         logger.info("%s: %d MatMuls quantize their activations per token", source.name, rewritten)
         if join:  # the decoder step's few rows; the encoder's many rows pay more to split the joined outputs
