@@ -53,10 +53,12 @@ class GenerationOptions:
             if not math.isfinite(getattr(self, name)):
                 raise InputError(f"{name} must be a finite number, got {getattr(self, name)!r}")
         checks = [
-            (1 <= self.max_new_tokens <= MAX_TOKENS, "max_new_tokens", f"must be between 1 and {MAX_TOKENS}"),
+            (self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1"),
+            (self.max_new_tokens <= MAX_TOKENS, "max_new_tokens", f"must be at most {MAX_TOKENS}"),
             (self.min_new_tokens >= 0, "min_new_tokens", "must be 0 or more"),
             (self.min_new_tokens <= self.max_new_tokens, "min_new_tokens", "must not exceed max_new_tokens"),
-            (1 <= self.num_beams <= MAX_BEAMS, "num_beams", f"must be between 1 and {MAX_BEAMS}"),
+            (self.num_beams >= 1, "num_beams", "must be at least 1"),
+            (self.num_beams <= MAX_BEAMS, "num_beams", f"must be at most {MAX_BEAMS}"),
             (not (self.do_sample and self.num_beams > 1), "num_beams", "must be 1 when sampling (do_sample)"),
             (self.temperature > 0, "temperature", "must be greater than 0"),
             (0 <= self.top_k < 2**31, "top_k", "must be between 0 (off) and 2**31 - 1"),
