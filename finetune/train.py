@@ -27,6 +27,7 @@ from edgeqa.checkpoint import HELDOUT, TrainingRecord
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
+from edgeqa.finetune.portable import make_portable
 from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
 from edgeqa.metrics import exact_match, rouge
 
@@ -127,15 +128,20 @@ def finetune(
             printed log dictionaries).
     """
     import datasets
+    from transformers.utils import logging as transformers_logging
 
-    bars_were_on = datasets.is_progress_bar_enabled()
+    # datasets' map bars, and transformers 5's bars for loading and writing weights
+    bars_were_on = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     if not progress_bars:
         datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
     try:
         return _finetune(config, callbacks, trainer_overrides, progress_bars)
     finally:
-        if not progress_bars and bars_were_on:
+        if not progress_bars and bars_were_on[0]:
             datasets.enable_progress_bars()
+        if not progress_bars and bars_were_on[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def _finetune(
@@ -153,7 +159,11 @@ def _finetune(
     train_set = tokenize(train_split, tokenizer, config)
     eval_set = tokenize(eval_split, tokenizer, config)
     args.generation_config = GenerationConfig.from_model_config(model.config)
-    args.generation_config.max_new_tokens = config.eval_max_new_tokens
+    # The answer length as max_length (a T5 answer starts from one decoder token): transformers 5's
+    # Seq2SeqTrainer sets max_length's default on the model after the first batch, and `generate`
+    # would then warn on every batch that max_new_tokens and max_length are both set.
+    args.generation_config.max_length = config.eval_max_new_tokens + 1
+    args.generation_config.max_new_tokens = None
     args.generation_config.num_beams = config.eval_num_beams
     epoch_eval_set = eval_set
     if config.eval_subset and config.eval_subset < len(eval_set):
@@ -209,6 +219,7 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
     if not trainer.is_world_process_zero():
         return
     tokenizer.save_pretrained(str(staging))
+    make_portable(staging)
     training_record(config, trainer.state.global_step).write(staging)
     with open(staging / HELDOUT, "w", encoding="utf-8") as f:
         for row in eval_split.select(range(min(MAX_HELDOUT, len(eval_split)))):

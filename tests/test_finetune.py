@@ -218,16 +218,16 @@ def test_config_validation_and_toml(tmp_path):
 
 def test_recipes_and_speed_settings_reach_the_trainer(tmp_path):
     from edgeqa.finetune.train import resolve_precision
-    from edgeqa.finetune.trainer import training_arguments
+    from edgeqa.finetune.trainer import groups_by_length, training_arguments
 
     def args(**fields):
         cfg = FinetuneConfig(output_dir=tmp_path, device="cpu", **fields)
         return training_arguments(cfg, *resolve_precision(cfg))
 
     edgeqa, tutorial = args(), args(recipe="tutorial")
-    assert (edgeqa.group_by_length, edgeqa.logging_nan_inf_filter) == (True, False)
-    assert (tutorial.group_by_length, tutorial.logging_nan_inf_filter, tutorial.bf16) == (False, True, False)
-    assert args(length_grouping="answer").group_by_length is False  # edgeqa's own sampler does it
+    assert (groups_by_length(edgeqa), edgeqa.logging_nan_inf_filter) == (True, False)
+    assert (groups_by_length(tutorial), tutorial.logging_nan_inf_filter, tutorial.bf16) == (False, True, False)
+    assert groups_by_length(args(length_grouping="answer")) is False  # edgeqa's own sampler does it
     assert args(torch_compile=True).torch_compile is True
     # A global batch of 32 is 4 x the tutorial's 8: sqrt scaling doubles the learning rate, linear quadruples it.
     assert args(batch_size=32, lr_scaling="sqrt").learning_rate == pytest.approx(6e-4)
