@@ -27,9 +27,10 @@ from edgeqa.checkpoint import HELDOUT, TrainingRecord
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
-from edgeqa.finetune.portable import make_portable
+from edgeqa.finetune.portable import keep_own_lm_head, make_portable, one_embedding_module
 from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
 from edgeqa.metrics import exact_match, rouge
+from edgeqa.tied_weights import tie_problem
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ def resolve_precision(config: FinetuneConfig) -> tuple[bool, bool, bool]:
 
 
 def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
+    problem = tie_problem(config.model) if Path(config.model).is_dir() else None
+    if problem:  # trained on, the model would differ between transformers versions
+        raise ModelError(f"{problem}; then fine-tune it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
         model = AutoModelForSeq2SeqLM.from_pretrained(config.model)
@@ -105,6 +109,8 @@ def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
         ) from e
     if model.config.model_type not in ("t5", "mt5"):
         raise ModelError(f"{config.model!r} is a {model.config.model_type} model; edgeqa fine-tunes T5 checkpoints")
+    keep_own_lm_head(model)
+    one_embedding_module(model)
     return model, tokenizer
 
 
