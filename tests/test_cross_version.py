@@ -133,7 +133,7 @@ def test_fine_tuned_under_5_exports_under_4_57_as_the_same_model(train_python, r
     assert worst <= 1e-5 * max(scale, 1.0)
     assert v5["answers"] == v4["answers"]
 
-    # the gate's questions are the run's held-out ones (the same 64 as above): the ONNX answers equal 4.57's
+    # the gate's questions are the run's held-out ones (the same 32 as above): the ONNX answers equal 4.57's
     result = export_artifact(
         ExportConfig(checkpoint=str(final), output=tmp_path / "art", parity_samples=32, parity_max_new_tokens=16)
     )
