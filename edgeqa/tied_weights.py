@@ -103,8 +103,8 @@ def tie_problem(folder: str | Path) -> str | None:
         return (
             f"{where} says tie_word_embeddings is true, but the checkpoint's lm_head.weight differs from its "
             "embedding (shared.weight): transformers 4.x would replace the lm_head by the embedding and scale the "
-            'outputs, a different model. The checkpoint has its own lm_head (as FLAN-T5 does): set "tie_word_embeddings": '
-            "false in that file"
+            "outputs, a different model; the checkpoint has its own lm_head (as FLAN-T5 does): set "
+            '"tie_word_embeddings": false there'
         )
     if own is False and not tied:
         return (
