@@ -340,6 +340,11 @@ def test_training_raises_rouge_on_training_questions(trained_run, tiny_model, me
     assert len(history) == 12 and {"eval_rougeL", "eval_gen_len", "epoch"} <= set(history[0])
     saved = read_training_record(trained_run / "final")
     assert saved and saved.prompt_template == PROMPT_TEMPLATE and saved.eval_max_new_tokens == 16
+    # what transformers 4.57 and 5.x both read as this model: FLAN-T5's own lm_head, untied; the extra ids
+    config = json.loads((trained_run / "final" / "config.json").read_text())
+    tokenizer = json.loads((trained_run / "final" / "tokenizer_config.json").read_text())
+    assert (config["tie_word_embeddings"], config["use_cache"]) == (False, True)
+    assert not isinstance(tokenizer.get("extra_special_tokens"), list)
     assert saved.config["learning_rate"] == 1.5e-2
     assert (trained_run / "final" / "edgeqa_heldout.jsonl").read_text().count("\n") == 64
 
@@ -384,6 +389,8 @@ def test_resume_after_kill_finishes_at_the_same_step(tmp_path, tiny_model, memo_
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    own = ("data: ", "resuming from ", "step ", "saved the best model")
+    assert all(line.startswith(own) for line in resumed.stderr.splitlines()), resumed.stderr  # edgeqa's log only
     assert "(step 24)" in resumed.stdout  # 3 epochs x 64 records / batch 8, as an uninterrupted run
     assert (out / "final" / "model.safetensors").is_file()
     assert [e["step"] for e in json.loads((out / "metrics.json").read_text())] == [8, 16, 24]
