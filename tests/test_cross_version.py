@@ -44,6 +44,18 @@ np.savez(out, ids=batch.input_ids.numpy(), logits=logits, tied=model.lm_head.wei
 print(json.dumps({"version": transformers.__version__, "answers": answers}))
 """
 
+# The artifact's answers from the runtime (onnxruntime, tokenizers, numpy), run alike in each environment.
+ANSWERING = """
+import json, sys
+import tokenizers
+from edgeqa.runtime import QAModel
+artifact, records = sys.argv[1:]
+model = QAModel.load(artifact)
+rows = [json.loads(line) for line in open(records, encoding="utf-8")]
+answers = [model.answer(r["question"], max_new_tokens=16).tokens for r in rows]
+print(json.dumps({"tokenizers": tokenizers.__version__, "answers": answers}))
+"""
+
 
 def _run(*args: str, timeout: int = 900, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, **kwargs)
@@ -139,6 +151,12 @@ def test_fine_tuned_under_5_exports_under_4_57_as_the_same_model(train_python, r
     )
     assert result.parity and result.parity.passed and result.parity.identical_answers == 1.0
     print(f"parity gate: {result.parity.samples} questions, {result.parity.identical_answers:.0%} identical answers")
+    # the runtime in either environment (tokenizers 0.22 here, 0.23 beside transformers 5.x) gives 5.x's answers
+    for python in (sys.executable, train_python):
+        answering = _run(python, "-c", ANSWERING, str(tmp_path / "art"), str(records))
+        answered = json.loads(answering.stdout.splitlines()[-1])
+        assert answered["answers"] == v5["answers"]
+        print(f"runtime with tokenizers {answered['tokenizers']}: answers equal transformers {v5['version']}'s")
 
 
 @pytest.mark.slow
