@@ -4,7 +4,7 @@ VENV ?= .venv
 # The CPU build of torch; a bare `torch` requirement would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 PIP = $(VENV)/bin/python -m pip
-# The second environment: the train extra on the newest transformers 5.x (docs/environments.md).
+# The second environment: the train extra (and DeepSpeed) on the newest transformers 5.x (docs/environments.md).
 TRAIN_VENV ?= .venv-train
 
 .PHONY: demo test test-train lint clean
@@ -24,7 +24,7 @@ $(TRAIN_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(TRAIN_VENV)
 	$(TRAIN_VENV)/bin/python -m pip install -q --upgrade pip
 	$(TRAIN_VENV)/bin/python -m pip install -q "$(TORCH)"
-	$(TRAIN_VENV)/bin/python -m pip install -q -e ".[train]" "transformers>=5,<6" "pytest>=8"
+	$(TRAIN_VENV)/bin/python -m pip install -q -e ".[train,deepspeed]" "transformers>=5,<6" "pytest>=8"
 	touch $@
 
 demo: $(VENV)/.installed-all

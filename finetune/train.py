@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
@@ -27,7 +28,8 @@ from edgeqa.checkpoint import HELDOUT, TrainingRecord
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
-from edgeqa.finetune.portable import keep_own_lm_head, make_portable, one_embedding_module
+from edgeqa.finetune.portable import make_portable
+from edgeqa.finetune.t5_heads import model_class, one_embedding_module
 from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
 from edgeqa.metrics import exact_match, rouge
 from edgeqa.tied_weights import tie_problem
@@ -101,7 +103,9 @@ def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
         raise ModelError(f"{problem}; then fine-tune it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-        model = AutoModelForSeq2SeqLM.from_pretrained(config.model)
+        model_config = AutoConfig.from_pretrained(config.model)
+        loader = model_class(model_config) or AutoModelForSeq2SeqLM  # FLAN-T5's own lm_head under transformers 5
+        model = loader.from_pretrained(config.model, config=model_config)
     except OSError as e:
         raise ModelError(
             f"cannot load model {config.model!r}: {str(e).splitlines()[0]}. Offline or without a cached copy, "
@@ -109,7 +113,6 @@ def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
         ) from e
     if model.config.model_type not in ("t5", "mt5"):
         raise ModelError(f"{config.model!r} is a {model.config.model_type} model; edgeqa fine-tunes T5 checkpoints")
-    keep_own_lm_head(model)
     one_embedding_module(model)
     return model, tokenizer
 

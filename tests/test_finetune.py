@@ -204,6 +204,22 @@ def test_missing_model_says_how_to_pass_a_folder(tmp_path, rows):
         load_model(FinetuneConfig(model="google/flan-t5-base", data=str(tmp_path)))
 
 
+def test_flan_t5_keeps_its_own_lm_head(tiny_model):
+    """transformers 5 ties T5's lm_head to the embedding in every config: FLAN-T5's stays its own, also after
+    a later `tie_weights()` (accelerate calls one when FSDP 2 shards the model), and the encoder and decoder
+    embed with the `shared` module itself (FSDP 2 refuses one weight in two units)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from edgeqa.finetune.train import load_model
+
+    model, _ = load_model(FinetuneConfig(model=str(tiny_model), data="unused"))
+    model.tie_weights()
+    assert model.lm_head.weight is not model.shared.weight
+    assert model.encoder.embed_tokens is model.shared and model.decoder.embed_tokens is model.shared
+    assert torch.equal(model.lm_head.weight, load_file(tiny_model / "model.safetensors")["lm_head.weight"])
+
+
 def test_config_validation_and_toml(tmp_path):
     with pytest.raises(ConfigError, match="fp16 overflows"):
         FinetuneConfig(precision="fp16")
