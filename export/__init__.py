@@ -7,6 +7,7 @@
 from typing import TYPE_CHECKING, Any
 
 from edgeqa.export.config import ExportConfig
+from edgeqa.export.optimum_check import check_exporter
 from edgeqa.extras import import_extra
 
 if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
@@ -25,4 +26,6 @@ __all__ = ["ExportConfig", "ExportResult", "export_artifact", "run_parity"]
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _LAZY[name] == "edgeqa.export.artifact":  # Optimum, which the parity gate alone does not need
+        check_exporter()
     return getattr(import_extra(_LAZY[name], "export", "export and the parity gate"), name)

@@ -16,6 +16,7 @@ from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.config import ExportConfig, QuantizeSettings, settings_for
 from edgeqa.export.graphs import export_graphs, graph_bytes
 from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
+from edgeqa.export.optimum_check import check_exporter
 from edgeqa.export.parity import ParityCheck, run_parity
 from edgeqa.export.quantize import quantize_graph
 from edgeqa.export.search import Build, SearchFailed, search
@@ -31,6 +32,7 @@ from edgeqa.manifest import (
 )
 from edgeqa.prompt import check_template
 from edgeqa.records import QARecord, read_records, sample_data
+from edgeqa.tied_weights import tie_problem
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +54,15 @@ def export_artifact(config: ExportConfig) -> ExportResult:
     with `allow_parity_failure`).
 
     Raises:
-        ExportError: export, quantization or the parity gate failed.
+        ExportError: export, quantization or the parity gate failed, or the checkpoint's tie setting
+            contradicts its weights (transformers would load another model than was trained).
         ModelError: the checkpoint cannot be loaded.
+        MissingExtraError: Optimum is missing or refuses the installed transformers.
     """
+    check_exporter()
+    problem = tie_problem(config.checkpoint) if Path(config.checkpoint).is_dir() else None
+    if problem:
+        raise ExportError(f"{problem}; nothing exported")
     output = Path(config.output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not config.force:
         raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
+from edgeqa.finetune.portable import make_portable
+from edgeqa.finetune.t5_heads import model_class
 from edgeqa.records import BUNDLED_TOKENIZER
 
 # Architecture fields of google/flan-t5-small and google/flan-t5-base (config.json).
@@ -41,6 +43,14 @@ def build_random_t5(folder: Path, seed: int = 0, **config: Any) -> Path:
         pad_token_id=0,
         eos_token_id=1,
     )
-    T5ForConditionalGeneration(T5Config(**(fields | config))).save_pretrained(folder)
+    model_config = T5Config(**(fields | config))
+    own_head = model_class(model_config)  # transformers 5.x: FLAN-T5's own lm_head
+    model = (own_head or T5ForConditionalGeneration)(model_config)
+    if own_head:  # initialised as 4.x initialises an untied lm_head
+        with torch.no_grad():
+            model.lm_head.weight.normal_(0.0, model_config.initializer_factor)
+    model.save_pretrained(folder)
     T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(folder)
+    make_portable(Path(folder))
     return Path(folder)
+

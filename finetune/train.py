@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
@@ -27,8 +28,11 @@ from edgeqa.checkpoint import HELDOUT, TrainingRecord
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
+from edgeqa.finetune.portable import make_portable
+from edgeqa.finetune.t5_heads import model_class, one_embedding_module
 from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
 from edgeqa.metrics import exact_match, rouge
+from edgeqa.tied_weights import tie_problem
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +98,14 @@ def resolve_precision(config: FinetuneConfig) -> tuple[bool, bool, bool]:
 
 
 def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
+    problem = tie_problem(config.model) if Path(config.model).is_dir() else None
+    if problem:  # trained on, the model would differ between transformers versions
+        raise ModelError(f"{problem}; then fine-tune it")
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
-        model = AutoModelForSeq2SeqLM.from_pretrained(config.model)
+        model_config = AutoConfig.from_pretrained(config.model)
+        loader = model_class(model_config) or AutoModelForSeq2SeqLM  # FLAN-T5's own lm_head under transformers 5
+        model = loader.from_pretrained(config.model, config=model_config)
     except OSError as e:
         raise ModelError(
             f"cannot load model {config.model!r}: {str(e).splitlines()[0]}. Offline or without a cached copy, "
@@ -104,6 +113,7 @@ def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
         ) from e
     if model.config.model_type not in ("t5", "mt5"):
         raise ModelError(f"{config.model!r} is a {model.config.model_type} model; edgeqa fine-tunes T5 checkpoints")
+    one_embedding_module(model)
     return model, tokenizer
 
 
@@ -127,15 +137,20 @@ def finetune(
             printed log dictionaries).
     """
     import datasets
+    from transformers.utils import logging as transformers_logging
 
-    bars_were_on = datasets.is_progress_bar_enabled()
+    # datasets' map bars, and transformers 5's bars for loading and writing weights
+    bars_were_on = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     if not progress_bars:
         datasets.disable_progress_bars()
+        transformers_logging.disable_progress_bar()
     try:
         return _finetune(config, callbacks, trainer_overrides, progress_bars)
     finally:
-        if not progress_bars and bars_were_on:
+        if not progress_bars and bars_were_on[0]:
             datasets.enable_progress_bars()
+        if not progress_bars and bars_were_on[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def _finetune(
@@ -153,7 +168,11 @@ def _finetune(
     train_set = tokenize(train_split, tokenizer, config)
     eval_set = tokenize(eval_split, tokenizer, config)
     args.generation_config = GenerationConfig.from_model_config(model.config)
-    args.generation_config.max_new_tokens = config.eval_max_new_tokens
+    # The answer length as max_length (a T5 answer starts from one decoder token): transformers 5's
+    # Seq2SeqTrainer sets max_length's default on the model after the first batch, and `generate`
+    # would then warn on every batch that max_new_tokens and max_length are both set.
+    args.generation_config.max_length = config.eval_max_new_tokens + 1
+    args.generation_config.max_new_tokens = None
     args.generation_config.num_beams = config.eval_num_beams
     epoch_eval_set = eval_set
     if config.eval_subset and config.eval_subset < len(eval_set):
@@ -209,6 +228,7 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
     if not trainer.is_world_process_zero():
         return
     tokenizer.save_pretrained(str(staging))
+    make_portable(staging)
     training_record(config, trainer.state.global_step).write(staging)
     with open(staging / HELDOUT, "w", encoding="utf-8") as f:
         for row in eval_split.select(range(min(MAX_HELDOUT, len(eval_split)))):

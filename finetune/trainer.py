@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -43,8 +44,6 @@ def training_arguments(
         metric_for_best_model="rougeL",
         greater_is_better=True,
         predict_with_generate=True,
-        # Answer-length batches come from EdgeQATrainer's own sampler.
-        group_by_length=config.grouping == "prompt",
         bf16=bf16,
         tf32=False if tutorial and not use_cpu else (tf32 or None),
         # transformers' NaN/inf loss filter waits for the GPU every step (+17% samples/s without, on an H100).
@@ -54,9 +53,29 @@ def training_arguments(
         seed=config.seed,
         logging_steps=config.logging_steps,
         report_to=[],
-        save_safetensors=True,
     )
+    # Answer-length batches come from EdgeQATrainer's own sampler.
+    settings |= length_grouping(config.grouping == "prompt")
     return Seq2SeqTrainingArguments(**(settings | (overrides or {})))
+
+
+def length_grouping(on: bool) -> dict[str, Any]:
+    """The training-arguments field that turns transformers' prompt-length batches on or off:
+    `group_by_length` up to 4.x, `train_sampling_strategy` from 5.0 (which dropped the former)."""
+    if "group_by_length" in _argument_fields():
+        return {"group_by_length": on}
+    return {"train_sampling_strategy": "group_by_length" if on else "random"}
+
+
+def groups_by_length(args: Seq2SeqTrainingArguments) -> bool:
+    """Whether transformers batches these arguments' training records by prompt length."""
+    return bool(getattr(args, "group_by_length", False)) or getattr(args, "train_sampling_strategy", "") == (
+        "group_by_length"
+    )
+
+
+def _argument_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(Seq2SeqTrainingArguments)}
 
 
 class EdgeQATrainer(Seq2SeqTrainer):

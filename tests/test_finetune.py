@@ -204,6 +204,22 @@ def test_missing_model_says_how_to_pass_a_folder(tmp_path, rows):
         load_model(FinetuneConfig(model="google/flan-t5-base", data=str(tmp_path)))
 
 
+def test_flan_t5_keeps_its_own_lm_head(tiny_model):
+    """transformers 5 ties T5's lm_head to the embedding in every config: FLAN-T5's stays its own, also after
+    a later `tie_weights()` (accelerate calls one when FSDP 2 shards the model), and the encoder and decoder
+    embed with the `shared` module itself (FSDP 2 refuses one weight in two units)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from edgeqa.finetune.train import load_model
+
+    model, _ = load_model(FinetuneConfig(model=str(tiny_model), data="unused"))
+    model.tie_weights()
+    assert model.lm_head.weight is not model.shared.weight
+    assert model.encoder.embed_tokens is model.shared and model.decoder.embed_tokens is model.shared
+    assert torch.equal(model.lm_head.weight, load_file(tiny_model / "model.safetensors")["lm_head.weight"])
+
+
 def test_config_validation_and_toml(tmp_path):
     with pytest.raises(ConfigError, match="fp16 overflows"):
         FinetuneConfig(precision="fp16")
@@ -218,16 +234,16 @@ def test_config_validation_and_toml(tmp_path):
 
 def test_recipes_and_speed_settings_reach_the_trainer(tmp_path):
     from edgeqa.finetune.train import resolve_precision
-    from edgeqa.finetune.trainer import training_arguments
+    from edgeqa.finetune.trainer import groups_by_length, training_arguments
 
     def args(**fields):
         cfg = FinetuneConfig(output_dir=tmp_path, device="cpu", **fields)
         return training_arguments(cfg, *resolve_precision(cfg))
 
     edgeqa, tutorial = args(), args(recipe="tutorial")
-    assert (edgeqa.group_by_length, edgeqa.logging_nan_inf_filter) == (True, False)
-    assert (tutorial.group_by_length, tutorial.logging_nan_inf_filter, tutorial.bf16) == (False, True, False)
-    assert args(length_grouping="answer").group_by_length is False  # edgeqa's own sampler does it
+    assert (groups_by_length(edgeqa), edgeqa.logging_nan_inf_filter) == (True, False)
+    assert (groups_by_length(tutorial), tutorial.logging_nan_inf_filter, tutorial.bf16) == (False, True, False)
+    assert groups_by_length(args(length_grouping="answer")) is False  # edgeqa's own sampler does it
     assert args(torch_compile=True).torch_compile is True
     # A global batch of 32 is 4 x the tutorial's 8: sqrt scaling doubles the learning rate, linear quadruples it.
     assert args(batch_size=32, lr_scaling="sqrt").learning_rate == pytest.approx(6e-4)
@@ -340,6 +356,11 @@ def test_training_raises_rouge_on_training_questions(trained_run, tiny_model, me
     assert len(history) == 12 and {"eval_rougeL", "eval_gen_len", "epoch"} <= set(history[0])
     saved = read_training_record(trained_run / "final")
     assert saved and saved.prompt_template == PROMPT_TEMPLATE and saved.eval_max_new_tokens == 16
+    # what transformers 4.57 and 5.x both read as this model: FLAN-T5's own lm_head, untied; the extra ids
+    config = json.loads((trained_run / "final" / "config.json").read_text())
+    tokenizer = json.loads((trained_run / "final" / "tokenizer_config.json").read_text())
+    assert (config["tie_word_embeddings"], config["use_cache"]) == (False, True)
+    assert not isinstance(tokenizer.get("extra_special_tokens"), list)
     assert saved.config["learning_rate"] == 1.5e-2
     assert (trained_run / "final" / "edgeqa_heldout.jsonl").read_text().count("\n") == 64
 
@@ -384,6 +405,8 @@ def test_resume_after_kill_finishes_at_the_same_step(tmp_path, tiny_model, memo_
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    own = ("data: ", "resuming from ", "step ", "saved the best model")
+    assert all(line.startswith(own) for line in resumed.stderr.splitlines()), resumed.stderr  # edgeqa's log only
     assert "(step 24)" in resumed.stdout  # 3 epochs x 64 records / batch 8, as an uninterrupted run
     assert (out / "final" / "model.safetensors").is_file()
     assert [e["step"] for e in json.loads((out / "metrics.json").read_text())] == [8, 16, 24]

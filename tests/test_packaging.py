@@ -68,6 +68,50 @@ def test_wheel_runs_without_torch_in_a_fresh_venv(wheel, artifact_int8, tmp_path
     print(f"\nfresh venv: {_folder_mb(venv):.0f} MB; cold start (process start to first answer): {cold_start:.2f} s")
 
 
+def _stages() -> dict[str, str]:
+    """The Dockerfile's stages: name -> its instructions."""
+    stages: dict[str, str] = {}
+    name = ""
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if line.startswith("FROM "):
+            name = line.split(" AS ")[-1].strip()
+            stages[name] = ""
+        elif name:
+            stages[name] += line + "\n"
+    return stages
+
+
+def test_each_environment_has_its_docker_target():
+    """train on transformers 5.x (the train extra alone, transformers named so pip cannot quietly go back),
+    export on Optimum's stack, and the runtime last (the default target)."""
+    stages = _stages()
+    assert list(stages)[-1] == "runtime" and {"train", "export"} <= set(stages)
+    assert '[train]" "${TRANSFORMERS}"' in stages["train"] and 'TRANSFORMERS="transformers>=5,<6"' in stages["train"]
+    assert "[all]" not in stages["train"] and "[export]" not in stages["train"]
+    assert "[export]" in stages["export"] and "[train]" not in stages["export"]
+    assert "[serve]" in stages["runtime"] and "site-packages/edgeqa/bench" in stages["runtime"]
+
+
+def test_extras_do_not_pin_each_other_back():
+    """The train extra allows transformers 5.x, the base install the tokenizers it needs; only the export
+    extra holds Optimum's range (docs/environments.md)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+
+    def spec(requirements: list[str], name: str) -> SpecifierSet:
+        (found,) = [Requirement(r).specifier for r in requirements if Requirement(r).name == name]
+        return found
+
+    extras = project["optional-dependencies"]
+    assert {"4.57.6", "5.25.0"} <= set(spec(extras["train"], "transformers").filter(["4.57.6", "5.25.0"]))
+    assert "0.23.3" in spec(project["dependencies"], "tokenizers")  # transformers >= 5.16 needs 0.23
+    assert "5.25.0" not in spec(extras["export"], "transformers")  # Optimum's pin, there only
+
+
 BASE_IMAGE = "localhost/edgeqa-test-base:bookworm"
 
 
@@ -124,6 +168,8 @@ def test_runtime_image_builds_runs_as_non_root_and_answers(artifact_int8, tmp_pa
     export.wait()
     subprocess.run(["podman", "rm", container], capture_output=True)
     assert not list(image.glob("opt/edgeqa/lib/python3*/site-packages/torch")), "torch in the runtime image"
+    site = next(image.glob("opt/edgeqa/lib/python3*/site-packages"))
+    assert (site / "edgeqa" / "runtime").is_dir() and not (site / "edgeqa" / "bench").exists(), "the benchmark harness"
     shutil.copytree(artifact_int8, image / "model", dirs_exist_ok=True)
     uid = _run("chroot", str(image), "id", "-u", "edgeqa").stdout.strip()
     assert uid != "0"
