@@ -88,17 +88,17 @@ def test_streaming_chunks_as_openai_sends_them(artifact_fp32, model):
 
 
 def test_stop_strings_end_the_answer_and_are_never_streamed(artifact_fp32, model):
-    full = model.answer(QUESTION, max_new_tokens=24).text
+    full = model.answer(QUESTION, max_new_tokens=16).text
     assert len(full) > 4, full
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     expected = full[: full.index(stop)]  # verbatim, as OpenAI cuts
 
     async def body(app, http):
         client = openai_client(http)
-        reply = await client.chat.completions.create(**chat(max_tokens=24), stop=[stop])
+        reply = await client.chat.completions.create(**chat(max_tokens=16), stop=[stop])
         assert reply.choices[0].message.content == expected
         assert reply.choices[0].finish_reason == "stop"
-        stream = await client.chat.completions.create(**chat(max_tokens=24), stop=stop, stream=True)
+        stream = await client.chat.completions.create(**chat(max_tokens=16), stop=stop, stream=True)
         content = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
         assert content == expected
 
@@ -315,12 +315,12 @@ def test_settings_are_validated_and_exposure_is_warned():
 
 def test_batched_answers_equal_sequential_ones(artifact_fp32, model, questions):
     mixed = questions[:28] + questions[-4:]  # 32 questions of mixed lengths, the last four truncated
-    expected = [model.answer(q, max_new_tokens=24) for q in mixed]
+    expected = [model.answer(q, max_new_tokens=16) for q in mixed]
     sampled_alone = model.answer(mixed[1], max_new_tokens=12, do_sample=True, temperature=0.8, seed=7)
     beams_alone = model.answer(mixed[2], max_new_tokens=12, num_beams=3)
 
     async def body(app, http):
-        requests = [http.post("/v1/answer", json={"question": q, "max_new_tokens": 24}) for q in mixed]
+        requests = [http.post("/v1/answer", json={"question": q, "max_new_tokens": 16}) for q in mixed]
         requests.append(
             http.post(
                 "/v1/answer",
@@ -329,7 +329,7 @@ def test_batched_answers_equal_sequential_ones(artifact_fp32, model, questions):
         )
         requests.append(http.post("/v1/answer", json={"question": mixed[2], "max_new_tokens": 12, "num_beams": 3}))
         streams = [
-            http.post("/v1/answer", json={"question": q, "max_new_tokens": 24, "stream": True}) for q in mixed[3:6]
+            http.post("/v1/answer", json={"question": q, "max_new_tokens": 16, "stream": True}) for q in mixed[3:6]
         ]
         replies = await asyncio.gather(*requests, *streams)
         streamed = [json.loads(r.text.split("\n\n")[-3][6:]) for r in replies[34:]]
