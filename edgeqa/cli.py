@@ -248,7 +248,7 @@ def export(
 def parity_command(
     artifact: ArtifactArg,
     reference: Annotated[str, typer.Option(help="The PyTorch checkpoint the artifact came from.")],
-    data: Annotated[Path | None, typer.Option(help="Questions with answers (JSONL/CSV) [bundled validation].")] = None,
+    data: Annotated[Path | None, typer.Option(help="Questions with answers, JSONL or CSV (default: the bundled validation split).")] = None,
     samples: Annotated[int, typer.Option(help="Questions to answer.")] = 200,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 64,
     as_json: JsonOpt = False,
@@ -294,7 +294,7 @@ def demo(
     model: Annotated[
         str | None, typer.Option(help="A real T5 checkpoint to fine-tune instead of the demo model.")
     ] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Fine-tuning steps [facts 1800, dolly 400].")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Fine-tuning steps (default: facts 1500, dolly 400).")] = None,
     parity_samples: Annotated[int | None, typer.Option(help="Held-out questions for the parity gate.")] = None,
     force: Annotated[bool, typer.Option(help="Reuse a non-empty --output.")] = False,
     verbose: VerboseOpt = False,
