@@ -248,7 +248,9 @@ def export(
 def parity_command(
     artifact: ArtifactArg,
     reference: Annotated[str, typer.Option(help="The PyTorch checkpoint the artifact came from.")],
-    data: Annotated[Path | None, typer.Option(help="Questions with answers, JSONL or CSV (default: the bundled validation split).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Questions with answers, JSONL or CSV (default: the bundled validation).")
+    ] = None,
     samples: Annotated[int, typer.Option(help="Questions to answer.")] = 200,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 64,
     as_json: JsonOpt = False,
