@@ -26,8 +26,8 @@ from edgeqa.runtime.text import AnswerText
 from edgeqa.runtime.tokenizer import PromptTokenizer
 
 
-class GreedyCohort:
-    """Greedy and sampled rows decoded together, one token each a step."""
+class Cohort:
+    """Rows that share one encoder run and one decoder run a step (see the module's docstring)."""
 
     def __init__(
         self,
@@ -38,14 +38,34 @@ class GreedyCohort:
         special: SpecialTokens,
     ):
         self.graphs, self.state, self.rows, self.eos = graphs, state, rows, special.eos
-        self.texts = [AnswerText(tokenizer, row.stop, row.stream) for row in rows]
+        self.tokenizer = tokenizer
+        self._begin(special)
+
+    def _begin(self, special: SpecialTokens) -> None:
+        """Set up what the kind of cohort carries between steps."""
+        raise NotImplementedError
+
+    def step(self) -> list[Update]:
+        """Advance every row one token (all of it, or nothing where it raises); the rows' news."""
+        raise NotImplementedError
+
+    def split(self) -> list[Cohort]:
+        """Cohorts of one question each, where this one is (copies of its caches)."""
+        raise NotImplementedError
+
+
+class GreedyCohort(Cohort):
+    """Greedy and sampled rows decoded together, one token each a step."""
+
+    def _begin(self, special: SpecialTokens) -> None:
+        self.texts = [AnswerText(self.tokenizer, row.stop, row.stream) for row in self.rows]
         # every row has a generator (a greedy one never draws): a seeded row samples alike in any batch
-        self.rngs = [np.random.default_rng(row.options.seed) for row in rows]
+        self.rngs = [np.random.default_rng(row.options.seed) for row in self.rows]
         # Every numpy call right after a decoder step runs with cold caches (the step streamed the
         # weights through them) and costs 10-30 us, not 1: a step writes into one preallocated
         # array and keeps to a few calls while no row leaves.
-        width = 1 + max(row.options.max_new_tokens for row in rows)
-        self.sequences = np.full((len(rows), width), special.decoder_start, dtype=np.int64)
+        width = 1 + max(row.options.max_new_tokens for row in self.rows)
+        self.sequences = np.full((len(self.rows), width), special.decoder_start, dtype=np.int64)
         self.length = 1
         self._regroup()
 
@@ -65,9 +85,8 @@ class GreedyCohort:
         self.watched = [i for i, text in enumerate(self.texts) if text.watched]
         self.sampled = [rng for rng, row in zip(self.rngs, self.rows, strict=True) if row.options.do_sample]
 
-    def split(self) -> list[GreedyCohort]:
-        """One cohort a row, each where this one is (copies of its caches)."""
-        parts = []
+    def split(self) -> list[Cohort]:
+        parts: list[Cohort] = []
         for index, row in enumerate(self.rows):
             part = copy.copy(self)
             part.state = self.state.subset([index])
@@ -150,7 +169,7 @@ class GreedyCohort:
         self._regroup()
 
 
-class BeamCohort:
+class BeamCohort(Cohort):
     """Questions searched with the same beam options, as transformers' `generate` (4.57) searches.
 
     Same logits processors in the same order and the same bookkeeping (2 * num_beams candidates,
@@ -158,23 +177,14 @@ class BeamCohort:
     the PyTorch model's tokens. Every question's answer is known when the search ends.
     """
 
-    def __init__(
-        self,
-        graphs: T5Graphs,
-        state: DecoderState,
-        rows: list[Row],
-        tokenizer: PromptTokenizer,
-        special: SpecialTokens,
-    ):
-        self.graphs, self.state, self.rows, self.eos = graphs, state, rows, special.eos
-        self.tokenizer = tokenizer
-        self.opts = opts = rows[0].options
-        batch, beams = len(rows), opts.num_beams
+    def _begin(self, special: SpecialTokens) -> None:
+        self.opts = opts = self.rows[0].options
+        batch, beams = len(self.rows), opts.num_beams
         # transformers keeps (1 + number of eos ids) * num_beams candidates, at least 2 * num_beams
         self.keep = 2 * beams
         self.top_mask = np.arange(self.keep) < beams
         self.max_length = 1 + opts.max_new_tokens
-        state.repeat(beams)
+        self.state.repeat(beams)
         self.running = np.full((batch, beams, self.max_length), special.eos, dtype=np.int64)
         self.running[:, :, 0] = special.decoder_start
         self.finished_seqs = self.running.copy()
@@ -185,9 +195,9 @@ class BeamCohort:
         self.improvable = np.ones((batch, 1), dtype=bool)
         self.cur_len = 1
 
-    def split(self) -> list[BeamCohort]:
-        """One cohort a question, each where this one is (copies of its caches)."""
-        beams, parts = self.opts.num_beams, []
+    def split(self) -> list[Cohort]:
+        beams = self.opts.num_beams
+        parts: list[Cohort] = []
         for question, row in enumerate(self.rows):
             part = copy.copy(self)
             part.state = self.state.subset(list(range(question * beams, (question + 1) * beams)))

@@ -22,20 +22,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TypeAlias
 
 import numpy as np
 
 from edgeqa.errors import InputError
 from edgeqa.manifest import SpecialTokens
-from edgeqa.runtime.cohorts import BeamCohort, GreedyCohort
+from edgeqa.runtime.cohorts import BeamCohort, Cohort, GreedyCohort
 from edgeqa.runtime.graphs import T5Graphs
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.runtime.rows import FinishReason, Row, Update
 from edgeqa.runtime.tokenizer import PromptTokenizer
 
 logger = logging.getLogger(__name__)
-Cohort: TypeAlias = GreedyCohort | BeamCohort
 
 # Prompts are padded to a multiple of this many tokens: onnxruntime's float MatMul sums the
 # cross-attention over the encoder positions in groups, and a last group of 3 is summed in another
