@@ -3,7 +3,8 @@
 Rows join with their prompt ids and options; each `step()` advances every live row by one token
 and reports what changed; a row leaves when its answer ends, its limit is reached or its caller
 cancels it, and its caches are dropped. Padding, the input limit, stop strings and the streamed
-text live here once, so an answer does not depend on who asks or with whom:
+text live here once, so an answer does not depend on who asks or with whom (on float and per-token int8 graphs,
+the export's default; per-tensor int8 ones quantize a batch's activations together):
 
 - prompts are padded to a multiple of `PAD_MULTIPLE` tokens (below), and per-token int8 graphs
   quantize every row by itself, so a row's numbers do not depend on its batch;
@@ -104,6 +105,7 @@ class Decoder:
             row.joined_at = started
         try:
             state = self.graphs.encode(*pad_prompts([row.ids for row in rows], self.special.pad))
+            cohort = kind(self.graphs, state, list(rows), self.tokenizer, self.special)
         except Exception as e:  # noqa: BLE001 (one row's failure must not fail its batch-mates)
             if len(rows) == 1:
                 logger.warning("edgeqa: a prompt could not be encoded: %s", e)
@@ -116,7 +118,7 @@ class Decoder:
         encoded = time.perf_counter()
         for row in rows:
             row.encoded_at = encoded
-        self._cohorts.append(kind(self.graphs, state, list(rows), self.tokenizer, self.special))
+        self._cohorts.append(cohort)
 
     def _check(self, row: Row) -> None:
         if not isinstance(row.options, GenerationOptions):

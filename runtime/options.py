@@ -65,7 +65,7 @@ class GenerationOptions:
             (self.seed is None or 0 <= self.seed < 2**63, "seed", "must be between 0 and 2**63 - 1"),
             (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
             (0 <= self.no_repeat_ngram_size <= MAX_TOKENS, "no_repeat_ngram_size", f"must be 0 (off) to {MAX_TOKENS}"),
-            (0 < self.repetition_penalty <= 100, "repetition_penalty", "must be in (0, 100]"),
+            (0.01 <= self.repetition_penalty <= 100, "repetition_penalty", "must be between 0.01 and 100"),
             (-10 <= self.length_penalty <= 10, "length_penalty", "must be between -10 and 10"),
         ]
         for ok, name, rule in checks:

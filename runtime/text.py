@@ -27,9 +27,10 @@ class AnswerText:
 
     Text is decoded from all the tokens so far at every step (a token's text can depend on its
     neighbours), and only for rows that stream or have stop strings; the others decode once, at
-    the end. The streamed text only ever grows: text that might begin a stop string is held back
-    until it cannot, and if the tokenizer rewrites text already sent (rare), the answer keeps what
-    was sent.
+    the end. The streamed text only ever grows: text that might begin a stop string, or that the
+    tokenizer's clean-up may still rewrite (" '" before "s" becomes "'s"), is held back until it
+    cannot change; should the tokenizer still rewrite text already sent, the answer keeps what was
+    sent.
     """
 
     def __init__(self, tokenizer: PromptTokenizer, stop: tuple[str, ...], stream: bool):
@@ -37,6 +38,8 @@ class AnswerText:
         self.stop = stop
         self.stream = stream
         self.watched = stream or bool(stop)  # decoded at every step
+        # text that a stop string, or the tokenizer's clean-up, may still change is not streamed yet
+        self.unsettled = stop + tokenizer.rewritten
         self.shown = ""
 
     def advance(self, tokens: list[int]) -> tuple[str, str | None]:
@@ -47,7 +50,7 @@ class AnswerText:
             return "", text[:cut]
         if not self.stream:
             return "", None
-        return self._show(text[: len(text) - held_back(text, self.stop)]), None
+        return self._show(text[: len(text) - held_back(text, self.unsettled)]), None
 
     def finish(self, tokens: list[int], text: str | None = None) -> tuple[str, str, bool]:
         """(the last text to stream, the answer's text, whether a stop string ended it) once generation ends.

@@ -92,6 +92,11 @@ class PromptTokenizer:
             ids.append((encoding.ids, bool(encoding.overflowing)))
         return ids
 
+    @property
+    def rewritten(self) -> tuple[str, ...]:
+        """Text that decoding rewrites (transformers' clean-up: " ." -> "."), if the tokenizer cleans up."""
+        return tuple(before for before, _ in _CLEANUPS) if self._cleanup else ()
+
     def decode(self, ids: list[int]) -> str:
         text = self._tokenizer.decode(ids, skip_special_tokens=True)
         if self._cleanup:

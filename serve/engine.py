@@ -185,7 +185,8 @@ class Engine:
 
     def _cancelled(self, job: Job) -> None:
         job.finished = True
-        self.cancelled_rows += 1
+        with self._cond:  # both threads count here (the lock is re-entrant)
+            self.cancelled_rows += 1
         self._on_cancel()
         job.emit(Failed("cancelled", cancelled=True))
 

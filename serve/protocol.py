@@ -238,7 +238,7 @@ def parse_openai(data: dict[str, Any], model: QAModel, chat: bool, caps: Caps | 
     if sampling:
         overrides.update(do_sample=True, num_beams=1, temperature=float(temperature), seed=seed)
     else:
-        overrides["do_sample"] = False
+        overrides.update(do_sample=False, num_beams=min(model.defaults.num_beams, caps.max_beams))
     if top_p is not None:
         overrides["top_p"] = float(top_p)
     model_name = data.get("model")
@@ -279,7 +279,8 @@ def parse_native(
     known = {f.name: f for f in fields(GenerationOptions)}
     unknown = sorted(set(data) - set(known) - {"question", "questions", "stream"})
     if unknown:
-        raise bad(f"unknown field(s) {', '.join(unknown)}; valid options: {', '.join(known)}", param=unknown[0])
+        shown = ", ".join(json.dumps(name) for name in unknown)  # escaped: a key may be any string
+        raise bad(f"unknown field(s) {shown}; valid options: {', '.join(known)}", param=json.dumps(unknown[0]))
     if ("question" in data) == ("questions" in data):
         raise bad("give either 'question' (a string) or 'questions' (a list of strings)", param="question")
     if "question" in data:
@@ -309,6 +310,10 @@ def parse_native(
             param="num_beams",
             code="over_cap",
         )
+    # what the request leaves to the artifact's defaults stays within the caps too
+    overrides.setdefault("max_new_tokens", min(model.defaults.max_new_tokens, caps.max_new_tokens))
+    if not overrides.get("do_sample", model.defaults.do_sample):
+        overrides.setdefault("num_beams", min(model.defaults.num_beams, caps.max_beams))
     stream = _typed(data, "stream", (bool,), "true or false") or False
     if stream and len(questions) > 1:
         raise bad("'stream' works with one 'question', not 'questions'", param="stream")

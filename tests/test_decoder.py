@@ -202,3 +202,25 @@ def test_any_accepted_temperature_samples_finite_tokens(model):
     vocab = model.manifest.dims.vocab_size
     assert all(len(tokens) == 10 and all(0 <= t < vocab for t in tokens) for tokens in hot)
     assert len({tuple(tokens) for tokens in hot}) == 3, "a huge temperature samples (almost) uniformly"
+
+
+def test_streamed_text_never_sends_what_the_clean_up_may_rewrite():
+    """transformers' clean-up turns " '" + "s" into "'s": " '" must wait for the token after it."""
+    from edgeqa.runtime.text import AnswerText
+    from edgeqa.runtime.tokenizer import _CLEANUPS
+
+    pieces = {1: "John", 2: " '", 3: "s", 4: " dog ."}
+
+    class CleaningTokenizer:
+        rewritten = tuple(before for before, _ in _CLEANUPS)
+
+        def decode(self, ids: list[int]) -> str:
+            text = "".join(pieces[i] for i in ids)
+            for before, after in _CLEANUPS:
+                text = text.replace(before, after)
+            return text.strip()
+
+    text = AnswerText(CleaningTokenizer(), (), stream=True)  # type: ignore[arg-type]
+    deltas = [text.advance([1, 2, 3, 4][:n])[0] for n in range(1, 5)]
+    last, answer, stopped = text.finish([1, 2, 3, 4])
+    assert deltas[:2] == ["John", ""] and "".join([*deltas, last]) == answer == "John's dog." and not stopped

@@ -354,11 +354,11 @@ def test_batched_answers_equal_sequential_ones(artifact_fp32, model, questions):
 def test_serve_command_passes_its_flags(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import edgeqa.serve
+    import edgeqa.serve.server
     from edgeqa.cli import app
 
     seen = []
-    monkeypatch.setattr(edgeqa.serve, "run_server", seen.append)
+    monkeypatch.setattr(edgeqa.serve.server, "run_server", seen.append)
     key_file = tmp_path / "key"
     key_file.write_text(f"{KEY}\n")
     args = ["serve", str(tmp_path), "--port", "0", "--max-batch-size", "4", "--batch-wait-ms", "2"]

@@ -85,6 +85,8 @@ HOSTILE = [
     (b'{"question": "a", "length_penalty": 1e308, "num_beams": 2}', "/v1/answer", "length_penalty"),
     (b'{"question": "a", "repetition_penalty": 1' + b"0" * 400 + b"}", "/v1/answer", "repetition_penalty"),
     (b'{"question": "a", "top_k": -5}', "/v1/answer", "top_k"),
+    (b'{"question": "a", "\\ud800": 1}', "/v1/answer", None),  # an unknown key that cannot be shown as UTF-8
+    (b'{"question": "a", "do_sample": true, "repetition_penalty": 1e-39}', "/v1/answer", "repetition_penalty"),
     *((body, "/v1/answer", None) for body in INVALID_BODIES),
 ]
 
@@ -104,6 +106,21 @@ def test_hostile_bodies_get_a_4xx_naming_the_field(artifact_tiny, model):
         assert beams["code"] == "over_cap" and "--max-beams" in beams["message"]
 
     in_process(artifact_tiny, model, body, max_new_tokens=512)
+
+
+def test_the_caps_bound_what_a_request_leaves_to_the_artifacts_defaults(artifact_tiny):
+    model = QAModel.load(artifact_tiny, threads=1)
+    model.defaults = model.defaults.updated(num_beams=3, max_new_tokens=64)  # an artifact asking for more
+    greedy = model.answer(ORDINARY[0], num_beams=1, max_new_tokens=5)
+
+    async def body(app, http):
+        reply = (await http.post("/v1/answer", json={"question": ORDINARY[0]})).json()
+        assert reply["tokens"] == greedy.tokens  # greedy (--max-beams 1), 5 tokens (--max-new-tokens 5)
+        chat = {"messages": [{"role": "user", "content": ORDINARY[0]}]}
+        answered = (await http.post("/v1/chat/completions", json=chat)).json()
+        assert answered["choices"][0]["message"]["content"] == greedy.text
+
+    in_process(artifact_tiny, model, body, max_new_tokens=5, max_beams=1)
 
 
 def test_a_tiny_temperature_answers_as_greedy_search(artifact_tiny, model):
