@@ -29,6 +29,8 @@ HARMLESS = (
     re.compile(r"^The following generation flags are not valid"),
     # transformers 5 ties T5's lm_head to the embedding in every config, and keeps FLAN-T5's own lm_head
     re.compile(r"^The tied weights mapping .* tie shared\.weight to lm_head\.weight, but both are present .* NOT tie"),
+    # transformers 5 orders checkpoints saved within one second by their step numbers instead of mtimes
+    re.compile(r"^mtime may not be reliable on this filesystem, falling back to numerical ordering"),
 )
 #: T5 ties these to `shared`; a checkpoint saved by `save_pretrained` does not store them again.
 TIED_KEYS = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
