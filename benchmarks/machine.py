@@ -18,6 +18,17 @@ class MachineLimits:
     gemm_gflops: float
 
 
+def memory_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
+    """A process's resident memory (`VmRSS`) or its peak (`VmHWM`) in MB, from Linux /proc; 0 without it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -15,15 +15,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from edgeqa.bench.soak import rss_mb
-
-
-def peak_mb(pid: int) -> float:
-    """A process's peak resident memory (Linux /proc: VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from edgeqa.bench.machine import memory_mb
 
 
 async def largest_requests(url: str, question: str, new_tokens: int, beams: int, batch: int) -> list[int]:
@@ -54,13 +46,13 @@ def main() -> None:
     question = " ".join(["why"] * 4 * manifest.max_input_tokens)  # cut to the input limit
     server = _Server(artifact, args.threads, defaults.max_batch_size)
     try:
-        idle = rss_mb(server.proc.pid)
+        idle = memory_mb(server.proc.pid)
         statuses = asyncio.run(
             largest_requests(
                 server.url, question, manifest.max_answer_tokens, defaults.max_beams, defaults.max_batch_size
             )
         )
-        peak = peak_mb(server.proc.pid)
+        peak = memory_mb(server.proc.pid, "VmHWM")
     finally:
         server.stop()
     print(

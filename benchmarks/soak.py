@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeqa.bench.machine import memory_mb
+
 KINDS = ("ordinary", "streaming", "disconnecting", "invalid")
 WEIGHTS = (5, 2, 1, 2)
 # Bodies a server must refuse with a 4xx (each once found or feared in a hostile client's hands).
@@ -71,14 +73,6 @@ class SoakReport:
             f"| {self.server_errors} | {self.wrong_answers} | {self.rss_warm_mb:.1f} -> {self.rss_end_mb:.1f} MB "
             f"({self.rss_growth * 100:+.1f}%) |"
         )
-
-
-def rss_mb(pid: int) -> float:
-    """A process's resident memory (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def soak(
@@ -147,11 +141,11 @@ async def soak(
 
     async def watch() -> None:
         await asyncio.sleep(warm_up)
-        report.rss_warm_mb = rss_mb(pid)
+        report.rss_warm_mb = memory_mb(pid)
 
     await asyncio.gather(watch(), *(caller(i) for i in range(callers)))
     await asyncio.sleep(1.0)  # the last disconnected rows leave the decoder
-    report.rss_end_mb = rss_mb(pid)
+    report.rss_end_mb = memory_mb(pid)
     return report
 
 

@@ -89,13 +89,9 @@ def load_engine(
 
 def _peak_rss_mb() -> float:
     """This process's peak resident memory. (ru_maxrss would carry the parent's peak across exec.)"""
-    try:
-        for line in open("/proc/self/status", encoding="utf-8"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from edgeqa.bench.machine import memory_mb
+
+    return memory_mb("self", "VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _pad_torch(prompts: list[list[int]]) -> tuple[Any, Any]:
