@@ -180,10 +180,7 @@ class QAModel:
         rows = [Row(list(ids), opts) for ids in prompt_ids]
         if not rows:
             raise InputError("every prompt needs at least one token id")
-        decoder = self.decoder()
-        decoder.join(rows)
-        decoder.run()
-        _raise_failure(rows)
+        _run(self.decoder(), rows)
         return [row.tokens for row in rows]
 
     def _answer(self, questions: list[str], opts: GenerationOptions) -> list[Answer]:
@@ -193,14 +190,18 @@ class QAModel:
         decoder = self.decoder()
         rows = [Row(ids, opts) for ids, _ in decoder.prompts(questions)]
         encode_ms = (time.perf_counter() - started) * 1000
-        decoder.join(rows)
-        decoder.run()
-        _raise_failure(rows)
+        _run(decoder, rows)
         return [Answer.of(row, encode_ms) for row in rows]
 
 
+def _run(decoder: Decoder, rows: list[Row]) -> None:
+    """Decode rows to their ends, raising the first failure (a caller of the model asked for all of them)."""
+    decoder.join(rows)
+    decoder.run()
+    _raise_failure(rows)
+
+
 def _raise_failure(rows: list[Row]) -> None:
-    """Raise the error of the first row that failed (a caller of the model asked for all of them)."""
     for row in rows:
         if row.finish_reason == FinishReason.FAILED and row.error is not None:
             raise row.error
