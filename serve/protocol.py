@@ -72,6 +72,8 @@ def _depth_over(text: str, limit: int) -> bool:
 
     Checked before parsing, so that no body reaches the parser's recursion limit.
     """
+    if text.count("[") + text.count("{") <= limit:  # the usual body: no walk, character by character
+        return False
     depth, in_string, escaped = 0, False, False
     for char in text:
         if in_string:
