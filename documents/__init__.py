@@ -3,14 +3,13 @@ finds the passages that match a question (BM25). Standard library, `tokenizers`,
 
 from edgeqa.documents.build import build_index, load_tokenizer
 from edgeqa.documents.query import Index, Passage, fts_query
-from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, READING_TEMPLATE, passage_budget
+from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, passage_budget
 from edgeqa.documents.store import FORMAT_VERSION, IndexInfo, tokenizer_sha256
 from edgeqa.documents.summary import IndexSummary, Progress
 
 __all__ = [
     "DEFAULT_PASSAGE_TOKENS",
     "FORMAT_VERSION",
-    "READING_TEMPLATE",
     "Index",
     "IndexInfo",
     "IndexSummary",

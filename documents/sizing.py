@@ -54,7 +54,7 @@ def resolve_sizing(
         manifest = Manifest.read(artifact)
         path = Path(artifact) / manifest.files["tokenizer"].path
         if passage_tokens is None and not update:
-            passage_tokens = passage_budget(manifest.max_input_tokens, load_tokenizer(path), manifest.prompt_template)
+            passage_tokens = passage_budget(manifest.max_input_tokens, load_tokenizer(path), manifest.context_template)
         return Sizing(path, f"artifact {Path(artifact).name}", passage_tokens)
     if tokenizer is not None:
         return Sizing(Path(tokenizer), str(tokenizer), passage_tokens)

@@ -10,9 +10,8 @@ from tokenizers import Tokenizer
 
 from edgeqa.documents.formats import Block, Document
 from edgeqa.errors import ConfigError
+from edgeqa.prompt import CONTEXT_TEMPLATE, check_context_template
 
-#: FLAN's reading-comprehension template: the default a reader formats a passage and a question with.
-READING_TEMPLATE = "Read this and answer the question\n\n{context}\n\n{question}"
 #: Passage size without an artifact to size it from (FLAN-T5 reads 512 tokens: 400 leave room for the rest).
 DEFAULT_PASSAGE_TOKENS = 400
 #: The smallest budget that still makes passages worth reading.
@@ -47,7 +46,7 @@ def count_tokens(tokenizer: Tokenizer, text: str) -> int:
 
 
 def passage_budget(
-    max_input_tokens: int, tokenizer: Tokenizer, template: str = READING_TEMPLATE, question_tokens: int | None = None
+    max_input_tokens: int, tokenizer: Tokenizer, template: str = CONTEXT_TEMPLATE, question_tokens: int | None = None
 ) -> int:
     """Tokens left for a passage once the template, a question and the end token are in the reader's input.
 
@@ -57,8 +56,7 @@ def passage_budget(
     Raises:
         ConfigError: the input limit leaves less than `MIN_PASSAGE_TOKENS`.
     """
-    if "{context}" not in template:
-        template = READING_TEMPLATE
+    check_context_template(template)
     room = question_tokens if question_tokens is not None else min(48, max_input_tokens // 4)
     frame = count_tokens(tokenizer, template.replace("{context}", "").replace("{question}", ""))
     budget = max_input_tokens - frame - room - 1

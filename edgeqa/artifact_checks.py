@@ -117,6 +117,11 @@ def check_manifest(manifest: Manifest) -> None:
     template = manifest.prompt_template
     if not isinstance(template, str) or template.count("{question}") != 1:
         raise _refuse("prompt_template", f"is {shown(template)}, not a text with one {{question}} field")
+    template = manifest.context_template
+    if not isinstance(template, str) or template.count("{question}") != 1 or template.count("{context}") != 1:
+        raise _refuse(
+            "context_template", f"is {shown(template)}, not a text with one {{context}} and one {{question}} field"
+        )
     _int("generation.max_new_tokens", manifest.generation.max_new_tokens, 1, MAX_TOKENS)
     _int("generation.num_beams", manifest.generation.num_beams, 1, MAX_BEAMS)
     _check_shared_tensors(manifest)

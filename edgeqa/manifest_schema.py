@@ -11,14 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE
+from edgeqa.prompt import CONTEXT_TEMPLATE, DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE
 
+# 5: `context_template`, the form of a question with a passage to read (4 reads as FLAN's own).
+# 4: the export's CPU and the outlier search's record.
 # 3: typed quantization, parity and generation records (parity's `exact_match` is now
 #    `identical_answers`, with exact match against the references beside it).
 # 2: the encoder graph returns the cross-attention cache and one decoder graph runs every step
 #    (1 had Optimum's merged decoder).
-FORMAT_VERSION = 4
-#: Format 3 lacks only fields that have defaults (the outlier search and the export CPU).
+FORMAT_VERSION = 5
+#: Formats 3 and 4 lack only fields that have defaults (the outlier search, the export CPU, the context template).
 OLDEST_READABLE_FORMAT = 3
 MANIFEST_NAME = "manifest.json"
 #: Roles the runtime needs; other roles (the model's config files) are listed for checksums only.
@@ -353,6 +355,8 @@ class ManifestRecord:
         special_tokens: pad / eos / decoder start ids.
         tokenizer_vocab_size: Size of `tokenizer.json`'s vocabulary, added tokens included.
         prompt_template: Template with one `{question}` field, copied from training.
+        context_template: Template with one `{context}` and one `{question}` field, for a question with a
+            passage to read: training's, or FLAN's reading template for a checkpoint trained without passages.
         max_input_tokens: Prompt tokens kept (longer prompts are truncated with a warning).
         max_answer_tokens: Longest answer the model was trained for.
         generation: Default generation options.
@@ -370,6 +374,7 @@ class ManifestRecord:
     special_tokens: SpecialTokens = field(default_factory=SpecialTokens)
     tokenizer_vocab_size: int = 0
     prompt_template: str = PROMPT_TEMPLATE
+    context_template: str = CONTEXT_TEMPLATE
     max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
     max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)

@@ -1,21 +1,50 @@
-"""The prompt template shared by training, export and the runtime."""
+"""The prompt templates shared by training, export and the runtime.
+
+A question alone is formatted with the prompt template (`{question}`); a question with a passage to
+read with the context template (`{context}` and `{question}`). Both travel from `edgeqa finetune`
+through the checkpoint to the artifact's manifest, and the runtime formats from the manifest only.
+"""
 
 from edgeqa.errors import ConfigError
 
 PROMPT_TEMPLATE = "Please answer this question: {question}"
+#: FLAN's reading-comprehension template: the default for checkpoints fine-tuned without passages,
+#: which FLAN-T5 was instruction-tuned to read (SQuAD and other "read this and answer" tasks).
+CONTEXT_TEMPLATE = "Read this and answer the question\n\n{context}\n\n{question}"
 DEFAULT_MAX_INPUT_TOKENS = 128
 DEFAULT_MAX_ANSWER_TOKENS = 512
 
 
 def check_template(template: str) -> str:
     """Return `template` if it has exactly one `{question}` field, else raise `ConfigError`."""
-    if template.count("{question}") != 1:
+    if not isinstance(template, str) or template.count("{question}") != 1:
         raise ConfigError(
             f"prompt template {template!r} must contain the field {{question}} exactly once, e.g. {PROMPT_TEMPLATE!r}"
         )
     return template
 
 
-def format_prompt(question: str, template: str = PROMPT_TEMPLATE) -> str:
-    """Fill the template with a question (stripped of surrounding white space)."""
-    return template.replace("{question}", question.strip())
+def check_context_template(template: str) -> str:
+    """Return `template` if it has exactly one `{context}` and one `{question}` field, else raise `ConfigError`."""
+    if not isinstance(template, str) or template.count("{question}") != 1 or template.count("{context}") != 1:
+        raise ConfigError(
+            f"context template {template!r} must contain the fields {{context}} and {{question}} exactly once each, "
+            f"e.g. {CONTEXT_TEMPLATE!r}"
+        )
+    return template
+
+
+def format_prompt(
+    question: str,
+    template: str = PROMPT_TEMPLATE,
+    context: str | None = None,
+    context_template: str = CONTEXT_TEMPLATE,
+) -> str:
+    """The model's input for a question (stripped of surrounding white space), with a passage to read
+    when `context` is given (`context_template`), else alone (`template`)."""
+    if context is None:
+        return template.replace("{question}", question.strip())
+    # one pass, so that a passage holding the text "{question}" is left as it is
+    head, tail = context_template.split("{context}")
+    parts = [part.replace("{question}", question.strip()) for part in (head, tail)]
+    return parts[0] + context.strip() + parts[1]

@@ -30,7 +30,7 @@ from edgeqa.manifest import (
     SpecialTokens,
     file_entry,
 )
-from edgeqa.prompt import check_template
+from edgeqa.prompt import check_context_template, check_template
 from edgeqa.records import QARecord, read_records, sample_data
 from edgeqa.tied_weights import tie_problem
 
@@ -231,6 +231,7 @@ def _manifest(
         special_tokens=special,
         tokenizer_vocab_size=Tokenizer.from_file(str(staging / "tokenizer.json")).get_vocab_size(True),
         prompt_template=check_template(trained.prompt_template),
+        context_template=check_context_template(trained.context_template),
         max_input_tokens=trained.max_source_tokens,
         max_answer_tokens=trained.max_target_tokens,
         generation=GenerationDefaults(

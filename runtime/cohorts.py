@@ -18,7 +18,7 @@ import copy
 import numpy as np
 
 from edgeqa.manifest import SpecialTokens
-from edgeqa.runtime.generate import _NEG, beam_candidates, choice_key, choose_tokens, gather
+from edgeqa.runtime.generate import _NEG, beam_candidates, choice_key, choose_tokens, gather, shifted_and_log_total
 from edgeqa.runtime.graphs import DecoderState, T5Graphs
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.runtime.rows import FinishReason, Row, Update, until_eos
@@ -66,6 +66,7 @@ class GreedyCohort(Cohort):
         # array and keeps to a few calls while no row leaves.
         width = 1 + max(row.options.max_new_tokens for row in self.rows)
         self.sequences = np.full((len(self.rows), width), special.decoder_start, dtype=np.int64)
+        self.log_probs = np.zeros(len(self.rows), dtype=np.float64)  # of scored rows' tokens so far
         self.length = 1
         self._regroup()
 
@@ -84,6 +85,8 @@ class GreedyCohort(Cohort):
         self.shortest = int(self.limits.min())
         self.watched = [i for i, text in enumerate(self.texts) if text.watched]
         self.sampled = [rng for rng, row in zip(self.rngs, self.rows, strict=True) if row.options.do_sample]
+        scored = [i for i, row in enumerate(self.rows) if row.scored]
+        self.scored = None if not scored else np.asarray(scored)
 
     def split(self) -> list[Cohort]:
         parts: list[Cohort] = []
@@ -92,6 +95,7 @@ class GreedyCohort(Cohort):
             part.state = self.state.subset([index])
             part.rows, part.texts, part.rngs = [row], [self.texts[index]], [self.rngs[index]]
             part.sequences = self.sequences[[index]]
+            part.log_probs = self.log_probs[[index]]
             part._regroup()
             parts.append(part)
         return parts
@@ -108,12 +112,15 @@ class GreedyCohort(Cohort):
                 else:
                     chosen = choose_tokens(self.sequences[members, :length], logits[members], opts, self.eos, rngs)
                     tokens[members] = chosen
+            gains = None if self.scored is None else _chosen_log_probs(logits[self.scored], tokens[self.scored])
         except Exception:
             self.state.self_cache = cache  # as before the step
             for rng, state in zip(self.sampled, drawn, strict=True):
                 rng.bit_generator.state = state
             raise
         self.length = length + 1
+        if gains is not None:
+            self.log_probs[self.scored] += gains
         ended = tokens == self.eos
         if length >= self.shortest:
             ended |= length >= self.limits
@@ -133,6 +140,8 @@ class GreedyCohort(Cohort):
             if not (done or text.watched):
                 continue
             row.tokens = self.sequences[index, 1 : length + 1].tolist()
+            if row.scored:
+                row.log_prob = float(self.log_probs[index])
             try:
                 update = self._text(row, text, done)
             except Exception as e:  # noqa: BLE001 (this row's text failed: this row fails, not its batch)
@@ -164,9 +173,16 @@ class GreedyCohort(Cohort):
             return
         self.state.select(keep)
         self.sequences = self.sequences[keep]
+        self.log_probs = self.log_probs[keep]
         self.texts = [self.texts[i] for i in keep]
         self.rngs = [self.rngs[i] for i in keep]
         self._regroup()
+
+
+def _chosen_log_probs(logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The log-probability of each row's chosen token under the plain model (float64)."""
+    shifted, log_total = shifted_and_log_total(logits.astype(np.float64))
+    return shifted[np.arange(len(tokens)), tokens] - log_total[:, 0]
 
 
 class BeamCohort(Cohort):
@@ -273,10 +289,13 @@ class BeamCohort(Cohort):
 
     def _finish(self) -> list[Update]:
         updates = []
-        for row, tokens in zip(self.rows, self.finished_seqs[:, 0, 1:].tolist(), strict=True):
+        best = zip(self.rows, self.finished_seqs[:, 0, 1:].tolist(), self.finished_scores[:, 0].tolist(), strict=True)
+        for row, tokens, score in best:
             if row.finished:  # cancelled on the way
                 continue
             row.tokens = until_eos(tokens, self.eos)
+            if row.scored:  # the search's length-normalised score, back to a sum over the answer's tokens
+                row.log_prob = float(score) * len(row.tokens) ** self.opts.length_penalty
             try:
                 delta, answer, stopped = AnswerText(self.tokenizer, row.stop, row.stream).finish(row.tokens)
             except Exception as e:  # noqa: BLE001 (this row's text failed: this row fails, not its batch)

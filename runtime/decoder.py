@@ -70,13 +70,17 @@ class Decoder:
         self._cohorts: list[Cohort] = []
         self._failed: list[Row] = []  # rows whose encoder run failed, reported at the next step
 
-    def prompts(self, questions: Sequence[str]) -> list[tuple[list[int], bool]]:
-        """Prompt ids for each question (the artifact's template, cut to its input limit) and whether it was cut.
+    def prompts(
+        self, questions: Sequence[str], contexts: Sequence[str | None] | None = None
+    ) -> list[tuple[list[int], bool]]:
+        """Prompt ids for each question and whether it was cut: the artifact's prompt template, cut to its
+        input limit; with a passage to read (`contexts[i]`), its context template, never cut.
 
         Raises:
-            InputError: a question that is not a string, or empty.
+            InputError: a question that is not a string, or empty; an empty passage; a question and
+                passage over the input limit.
         """
-        return self.tokenizer.encode_checked(list(questions))
+        return self.tokenizer.encode_checked(list(questions), contexts)
 
     def join(self, rows: Sequence[Row]) -> None:
         """Start generating `rows`: one encoder run for the greedy and sampled rows, one for each set

@@ -31,6 +31,7 @@ class Answer:
         encode_ms: Tokenization time (for a batch: the batch's, shared by its answers).
         generate_ms: Model time, encoder (its batch's) and decoder until this answer finished.
         finish_reason: "stop" (end of answer, or a stop string) or "length" (max_new_tokens reached).
+        score: The answer's length-normalised log-probability, from a `scored` row (else None).
     """
 
     text: str
@@ -39,6 +40,7 @@ class Answer:
     encode_ms: float
     generate_ms: float
     finish_reason: FinishReason = FinishReason.STOP
+    score: float | None = None
 
     @classmethod
     def of(cls, row: Row, encode_ms: float = 0.0) -> Answer:
@@ -50,6 +52,7 @@ class Answer:
             encode_ms=encode_ms,
             generate_ms=row.encoder_ms + row.decode_ms,
             finish_reason=row.finish_reason or FinishReason.STOP,
+            score=row.score,
         )
 
     @property
@@ -57,13 +60,16 @@ class Answer:
         return len(self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "answer": self.text,
             "answer_tokens": self.answer_tokens,
             "prompt_tokens": self.prompt_tokens,
             "encode_ms": round(self.encode_ms, 2),
             "generate_ms": round(self.generate_ms, 2),
         }
+        if self.score is not None:
+            data["score"] = round(self.score, 4)
+        return data
 
 
 class QAModel:
@@ -132,34 +138,57 @@ class QAModel:
         """A new decoder over this model (one per thread): rows join, step and leave (`edgeqa.runtime.Decoder`)."""
         return Decoder(self.graphs, self.tokenizer, self.manifest.special_tokens)
 
-    def answer(self, question: str, options: GenerationOptions | None = None, **overrides: Any) -> Answer:
-        """Answer one question; `overrides` are `GenerationOptions` fields."""
-        return self._answer([question], self.options(options, **overrides))[0]
+    def answer(
+        self,
+        question: str,
+        options: GenerationOptions | None = None,
+        context: str | None = None,
+        **overrides: Any,
+    ) -> Answer:
+        """Answer one question, from `context` (a passage to read) when given; `overrides` are
+        `GenerationOptions` fields.
+
+        Raises:
+            InputError: an empty question or passage, a question and passage over the input limit, or a
+                bad option.
+        """
+        return self._answer([question], self.options(options, **overrides), [context])[0]
 
     def answer_batch(
         self,
         questions: Sequence[str],
         options: GenerationOptions | None = None,
         batch_size: int = 8,
+        contexts: Sequence[str | None] | None = None,
         **overrides: Any,
     ) -> list[Answer]:
-        """Answer many questions, `batch_size` at a time (rows leave at their own end-of-answer)."""
+        """Answer many questions, `batch_size` at a time (rows leave at their own end-of-answer), each from
+        its passage in `contexts` where one is given."""
         if batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        if contexts is not None and len(contexts) != len(questions):
+            raise InputError(f"{len(questions)} questions but {len(contexts)} contexts; give one context per question")
         opts = self.options(options, **overrides)
         answers: list[Answer] = []
         for first in range(0, len(questions), batch_size):
-            answers += self._answer(list(questions[first : first + batch_size]), opts)
+            part = slice(first, first + batch_size)
+            answers += self._answer(list(questions[part]), opts, None if contexts is None else list(contexts[part]))
         return answers
 
-    def stream(self, question: str, options: GenerationOptions | None = None, **overrides: Any) -> Iterator[str]:
-        """Yield the answer's text piece by piece as tokens are generated.
+    def stream(
+        self,
+        question: str,
+        options: GenerationOptions | None = None,
+        context: str | None = None,
+        **overrides: Any,
+    ) -> Iterator[str]:
+        """Yield the answer's text piece by piece as tokens are generated (from `context` when given).
 
         Beam search only knows its answer at the end, so it yields it once.
         """
         opts = self.options(options, **overrides)
         decoder = self.decoder()
-        [(ids, _)] = decoder.prompts([question])
+        [(ids, _)] = decoder.prompts([question], [context])
         row = Row(ids, opts, stream=True)
         decoder.join([row])
         while decoder.busy:
@@ -183,12 +212,14 @@ class QAModel:
         _run(self.decoder(), rows)
         return [row.tokens for row in rows]
 
-    def _answer(self, questions: list[str], opts: GenerationOptions) -> list[Answer]:
+    def _answer(
+        self, questions: list[str], opts: GenerationOptions, contexts: list[str | None] | None = None
+    ) -> list[Answer]:
         if not questions:
             return []
         started = time.perf_counter()
         decoder = self.decoder()
-        rows = [Row(ids, opts) for ids, _ in decoder.prompts(questions)]
+        rows = [Row(ids, opts) for ids, _ in decoder.prompts(questions, contexts)]
         encode_ms = (time.perf_counter() - started) * 1000
         _run(decoder, rows)
         return [Answer.of(row, encode_ms) for row in rows]

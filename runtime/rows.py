@@ -22,7 +22,7 @@ class FinishReason(StrEnum):
 class Row:
     """One answer being generated. `eq=False`: rows compare by identity.
 
-    The caller sets the first four fields; the decoder fills in the rest. Any thread may call
+    The caller sets the first five fields; the decoder fills in the rest. Any thread may call
     `cancel`; the row leaves at the decoder's next step.
 
     Attributes:
@@ -30,8 +30,13 @@ class Row:
         options: How to generate.
         stop: Stop strings: the answer ends before the first one (OpenAI's `stop`).
         stream: Report new text at every step (`Update.delta`); otherwise text comes at the end.
+        scored: Keep the answer's log-probability (`log_prob`, `score`): a reader choosing among the
+            answers of several passages compares them by it.
         tokens: Answer token ids so far (end-of-answer included once produced).
         text: The answer's text once finished (verbatim before a stop string).
+        log_prob: With `scored`, once finished: the sum of the model's log-probabilities of the answer's
+            tokens (greedy and sampled rows: of the chosen tokens under the plain model, whatever the
+            sampling options; beam search: the search's own sum, its logits processors applied).
         finish_reason: None while the row is generating.
         error: What went wrong, when finish_reason is FAILED (its batch-mates carry on).
         joined_at, encoded_at, finished_at: `time.perf_counter()` when the row joined, when its
@@ -42,8 +47,10 @@ class Row:
     options: GenerationOptions
     stop: tuple[str, ...] = ()
     stream: bool = False
+    scored: bool = False
     tokens: list[int] = field(default_factory=list)
     text: str = ""
+    log_prob: float | None = None
     finish_reason: FinishReason | None = None
     error: Exception | None = None
     joined_at: float = 0.0
@@ -54,6 +61,14 @@ class Row:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def score(self) -> float | None:
+        """The length-normalised log-probability of the answer (mean over its tokens; higher is more
+        confident), once a `scored` row has finished."""
+        if self.log_prob is None or not self.tokens:
+            return None
+        return self.log_prob / len(self.tokens)
 
     @property
     def encoder_ms(self) -> float:

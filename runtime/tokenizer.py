@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -46,6 +47,7 @@ class PromptTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(manifest.max_input_tokens)
         self._template = manifest.prompt_template
+        self._context_template = manifest.context_template
         self._cleanup = manifest.clean_up_tokenization_spaces
         self.max_input_tokens = manifest.max_input_tokens
         self._check_vocabulary(manifest)
@@ -67,22 +69,44 @@ class PromptTokenizer:
                 + "; re-export with the checkpoint's own tokenizer"
             )
 
-    def encode(self, questions: list[str]) -> list[list[int]]:
-        """Prompt ids for each question, truncated to `max_input_tokens` (with a warning)."""
-        return [ids for ids, _ in self.encode_checked(questions)]
+    def encode(self, questions: list[str], contexts: Sequence[str | None] | None = None) -> list[list[int]]:
+        """Prompt ids for each question (see `encode_checked`)."""
+        return [ids for ids, _ in self.encode_checked(questions, contexts)]
 
-    def encode_checked(self, questions: list[str]) -> list[tuple[list[int], bool]]:
-        """Prompt ids for each question and whether they were truncated to `max_input_tokens`."""
+    def encode_checked(
+        self, questions: list[str], contexts: Sequence[str | None] | None = None
+    ) -> list[tuple[list[int], bool]]:
+        """Prompt ids for each question and whether they were truncated to `max_input_tokens`.
+
+        A question alone is cut to the limit, with a warning; a question with a passage to read
+        (`contexts[i]` not None) is never cut: the passage could lose what answers it.
+
+        Raises:
+            InputError: a question that is not a string or is empty, an empty passage, or a question
+                and passage over the input limit (naming it).
+        """
+        if contexts is None:
+            contexts = [None] * len(questions)
+        if len(contexts) != len(questions):
+            raise InputError(f"{len(questions)} questions but {len(contexts)} contexts; give one context per question")
         prompts = []
-        for question in questions:
+        for question, context in zip(questions, contexts, strict=True):
             if not isinstance(question, str):
                 raise InputError(f"a question must be a string, got {type(question).__name__}")
             if not question.strip():
                 raise InputError('the question is empty; ask something, e.g. "What is the capital of France?"')
-            prompts.append(format_prompt(question, self._template))
+            if context is not None and (not isinstance(context, str) or not context.strip()):
+                raise InputError("the context is empty; give the passage to read, or no context at all")
+            prompts.append(format_prompt(question, self._template, context, self._context_template))
         encodings = self._tokenizer.encode_batch(prompts)
         ids = []
-        for question, encoding in zip(questions, encodings, strict=True):
+        for question, context, prompt, encoding in zip(questions, contexts, prompts, encodings, strict=True):
+            if encoding.overflowing and context is not None:
+                raise InputError(
+                    f"the question and its passage are {self.count(prompt)} tokens, over the model's limit "
+                    f"of {self.max_input_tokens} input tokens; give a shorter passage (an index built with "
+                    "`edgeqa index --artifact` fits its passages to the limit)"
+                )
             if encoding.overflowing:
                 logger.warning(
                     "question of %d characters was truncated to the model's %d input tokens",
@@ -91,6 +115,13 @@ class PromptTokenizer:
                 )
             ids.append((encoding.ids, bool(encoding.overflowing)))
         return ids
+
+    def count(self, text: str) -> int:
+        """Tokens of `text` as the model's input (end token included), however long (for messages: it copies
+        the tokenizer, whose truncation other threads rely on)."""
+        whole = Tokenizer.from_str(self._tokenizer.to_str())
+        whole.no_truncation()
+        return len(whole.encode(text).ids)
 
     @property
     def rewritten(self) -> tuple[str, ...]:

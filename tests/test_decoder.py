@@ -224,3 +224,59 @@ def test_streamed_text_never_sends_what_the_clean_up_may_rewrite():
     deltas = [text.advance([1, 2, 3, 4][:n])[0] for n in range(1, 5)]
     last, answer, stopped = text.finish([1, 2, 3, 4])
     assert deltas[:2] == ["John", ""] and "".join([*deltas, last]) == answer == "John's dog." and not stopped
+
+
+def _torch_log_prob(checkpoint: Path, ids: list[int], tokens: list[int]) -> float:
+    """The sum of the PyTorch model's log-probabilities of `tokens` as the answer to prompt `ids`."""
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration.from_pretrained(checkpoint).eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids]), labels=torch.tensor([tokens])).logits[0].double()
+    return float(torch.log_softmax(logits, -1)[torch.arange(len(tokens)), torch.tensor(tokens)].sum())
+
+
+def test_a_scored_row_carries_the_log_probability_of_its_answer(model, tiny_model):
+    sampled = opts(do_sample=True, temperature=1.7, seed=3)
+    rows = [Row(ids, opts(), scored=True) for ids in PROMPTS[:3]] + [Row(PROMPTS[3], sampled, scored=True)]
+    plain = Row(PROMPTS[0], opts())
+    decoder = model.decoder()
+    decoder.join([*rows, plain])
+    decoder.run()
+    assert plain.log_prob is None and plain.score is None  # scores only where asked for
+    for row in rows:
+        # the plain model's probability, whatever the sampling options (temperature 1.7 for the last row)
+        assert row.log_prob == pytest.approx(_torch_log_prob(tiny_model, row.ids, row.tokens), abs=1e-3)
+        assert row.score == pytest.approx(row.log_prob / len(row.tokens))
+        assert row.log_prob < 0
+        lone = Row(row.ids, row.options, scored=True)
+        decoder.join([lone])
+        decoder.run()
+        assert lone.tokens == row.tokens and lone.log_prob == pytest.approx(row.log_prob, abs=1e-9)
+
+
+def test_a_scored_beam_row_carries_its_searchs_score(model, tiny_model):
+    beams = opts(num_beams=3, max_new_tokens=6)
+    row = Row(PROMPTS[2], beams, scored=True)
+    decoder = model.decoder()
+    decoder.join([row])
+    decoder.run()
+    # length penalty 1: the search's normalised score is the mean log-probability of its tokens
+    assert row.log_prob == pytest.approx(_torch_log_prob(tiny_model, row.ids, row.tokens), abs=1e-3)
+
+
+def test_a_question_with_a_passage_is_never_cut(model):
+    decoder = model.decoder()
+    [(ids, cut)] = decoder.prompts(["Who?"], ["Ann wrote it."])
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(model.folder / "tokenizer.json"))
+    assert not cut and ids == raw.encode("Read this and answer the question\n\nAnn wrote it.\n\nWho?").ids
+    long_passage = "word " * (model.manifest.max_input_tokens + 10)
+    with pytest.raises(InputError, match=rf"tokens, over the model's limit of {model.manifest.max_input_tokens}"):
+        decoder.prompts(["Who?"], [long_passage])
+    with pytest.raises(InputError, match="the context is empty"):
+        decoder.prompts(["Who?"], ["  "])
+    [(_, cut)] = decoder.prompts([long_passage])  # a question alone is cut, with a warning
+    assert cut

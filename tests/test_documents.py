@@ -293,6 +293,8 @@ def test_passage_budget_leaves_room_for_the_prompt_and_a_question(tok):
     assert passage_budget(128, tok) == 128 - frame - 32 - 1
     with pytest.raises(ConfigError, match="leaves .* for a passage"):
         passage_budget(24, tok)
+    with pytest.raises(ConfigError, match="must contain the fields {context} and {question}"):
+        passage_budget(512, tok, "no fields")
 
 
 def test_passage_size_comes_from_the_artifacts_manifest(tmp_path, monkeypatch, tok):
@@ -302,12 +304,14 @@ def test_passage_size_comes_from_the_artifacts_manifest(tmp_path, monkeypatch, t
         files = {"tokenizer": type("Entry", (), {"path": "tokenizer.json"})()}
         max_input_tokens = 256
         prompt_template = "Please answer this question: {question}"
+        context_template = "Passage: {context}\nQuestion: {question}"
 
     monkeypatch.setattr(manifest_module.Manifest, "read", classmethod(lambda cls, folder: FakeManifest()))
     write(tmp_path / "art" / "tokenizer.json", TOKENIZER.read_bytes())
     sizing = resolve_sizing(artifact=tmp_path / "art")
     assert sizing.tokenizer == tmp_path / "art" / "tokenizer.json"
-    assert sizing.passage_tokens == passage_budget(256, tok)
+    assert sizing.passage_tokens == passage_budget(256, tok, FakeManifest.context_template)
+    assert sizing.passage_tokens != passage_budget(256, tok)  # the artifact's own template, not FLAN's
     assert resolve_sizing(artifact=tmp_path / "art", passage_tokens=99).passage_tokens == 99
     assert resolve_sizing().passage_tokens == 400 and resolve_sizing(update=True).passage_tokens is None
     with pytest.raises(ConfigError, match="not both"):

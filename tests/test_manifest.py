@@ -174,6 +174,22 @@ def test_other_versions_are_refused_before_anything_else(folder, version, messag
         Manifest.from_dict(data)
 
 
+def test_a_format_4_manifest_reads_with_flans_reading_template(folder):
+    data = json.loads(manifest_in(folder).to_json())
+    data["format_version"] = 4
+    del data["context_template"]
+    manifest = Manifest.from_dict(data)
+    assert manifest.context_template == "Read this and answer the question\n\n{context}\n\n{question}"
+
+
+@pytest.mark.parametrize("template", ["{question} only", "{context} {context} {question}", ""])
+def test_a_context_template_without_one_of_each_field_is_refused(folder, template):
+    data = json.loads(manifest_in(folder).to_json())
+    data["context_template"] = template
+    with pytest.raises(ArtifactError, match="context_template .* not a text with one {context} and one {question}"):
+        Manifest.from_dict(data)
+
+
 def test_verify_files_names_the_extra_missing_and_resized_file(folder):
     manifest = manifest_in(folder)
     manifest.write(folder)
