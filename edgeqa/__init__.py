@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from edgeqa.errors import ArtifactError, ConfigError, DataError, EdgeQAError, ExportError, InputError, ModelError
 
 if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
-    from edgeqa.documents import Index
+    from edgeqa.documents import DocumentsQA, Index
     from edgeqa.runtime import Answer, GenerationOptions, QAModel
 
 try:
@@ -23,6 +23,7 @@ _LAZY = {
     "GenerationOptions": "edgeqa.runtime",
     "QAModel": "edgeqa.runtime",
     "Index": "edgeqa.documents",
+    "DocumentsQA": "edgeqa.documents",
 }
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ArtifactError",
     "ConfigError",
     "DataError",
+    "DocumentsQA",
     "EdgeQAError",
     "ExportError",
     "GenerationOptions",

@@ -91,17 +91,38 @@ def ask(
     expect_sha256: Annotated[
         str | None, typer.Option("--expect-sha256", help="Refuse the artifact unless manifest.json has this sha256.")
     ] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="Read the answer from this passage: a text file, or - for stdin.")
+    ] = None,
+    index: Annotated[
+        Path | None, typer.Option("--index", help="Answer from the top passages of this index (`edgeqa index`).")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", help="With --index: passages read per question.")] = 4,
     *,
     fields: dict[str, Any],
 ) -> None:
     """Answer questions from an artifact on the CPU (generation options default to the artifact's).
 
     Example: edgeqa ask ./model-int8 "What is the capital of France?"
+
+    From your documents: edgeqa ask ./model-int8 --index docs.edgeqa-index "How do I reset the router?"
     """
     from edgeqa.runtime import QAModel, questions
 
     _setup_logging(quiet=True)
-    request = questions.Ask(question, file, output, stream=stream, as_json=as_json, batch_size=batch_size)
+    passage = questions.read_context(context) if context is not None else None
+    request = questions.Ask(
+        question, file, output, stream=stream, as_json=as_json, batch_size=batch_size, context=passage
+    )
+    if index is not None:
+        from edgeqa.documents import DocumentsQA, Index
+        from edgeqa.documents.asking import ask_index
+
+        found = Index.open(index)  # before the model loads: a wrong path fails at once
+        model = QAModel.load(artifact, threads=threads, verify=verify, expect_sha256=expect_sha256)
+        with DocumentsQA(model, found, k) as qa:
+            ask_index(qa, request, model.options(**fields), _Terminal())
+        return
     model = QAModel.load(artifact, threads=threads, verify=verify, expect_sha256=expect_sha256)
     questions.ask(model, request, model.options(**fields), _Terminal())
 
@@ -328,7 +349,7 @@ def demo(
 
 @app.command()
 @handle_errors
-@fields_as_options(ServeConfig, skip=("artifact",))
+@fields_as_options(ServeConfig, skip=("artifact",), flags={"k": ("-k",)})
 def serve(
     artifact: ArtifactArg,
     fields: dict[str, Any],
@@ -338,6 +359,8 @@ def serve(
     """Serve an artifact over HTTP: OpenAI-compatible API, /v1/answer, a web page; batches callers.
 
     Example: edgeqa serve ./model-int8 --port 8080
+
+    From your documents: edgeqa serve ./model-int8 --index docs.edgeqa-index
     """
     from edgeqa.extras import import_extra
 

@@ -22,12 +22,18 @@ def sample_data(split: str = "validation") -> Path:
 
 @dataclass(frozen=True)
 class QARecord:
+    """A question, its reference answer and the passage it is read from (None: asked alone)."""
+
     question: str
     answer: str
+    context: str | None = None
 
 
-def read_records(path: Path, question_key: str = "question", answer_key: str = "answer") -> list[QARecord]:
-    """Read (question, answer) pairs; every record must have both, non-empty.
+def read_records(
+    path: Path, question_key: str = "question", answer_key: str = "answer", context_key: str = "context"
+) -> list[QARecord]:
+    """Read (question, answer) pairs, each with its passage where a record has a non-empty `context_key`;
+    every record must have a question and an answer.
 
     Raises:
         DataError: the file is missing, unreadable, empty, or a record lacks a field.
@@ -44,7 +50,9 @@ def read_records(path: Path, question_key: str = "question", answer_key: str = "
         if missing:
             available = ", ".join(sorted(row)) or "none"
             raise DataError(f"record {number} of {path} has no {' or '.join(missing)}; fields available: {available}")
-        records.append(QARecord(str(row[question_key]).strip(), str(row[answer_key]).strip()))
+        context = row.get(context_key)
+        context = context.strip() if isinstance(context, str) and context.strip() else None
+        records.append(QARecord(str(row[question_key]).strip(), str(row[answer_key]).strip(), context))
     return records
 
 

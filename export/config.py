@@ -48,6 +48,9 @@ class ExportConfig:
         allow_parity_failure: Write the artifact even if the gate fails.
         force: Replace an existing non-empty output folder.
         threads: Runtime threads during the gate (default: physical cores).
+        max_input_tokens: The artifact's input limit in tokens (default: training's `max_source_tokens`;
+            128 for checkpoints not from `edgeqa finetune`). FLAN-T5 reads 512: give 512 to read
+            passages with a hub checkpoint.
     """
 
     checkpoint: str
@@ -63,6 +66,7 @@ class ExportConfig:
     allow_parity_failure: bool = False
     force: bool = False
     threads: int | None = None
+    max_input_tokens: int | None = None
 
     def __post_init__(self) -> None:
         check_types(self, ConfigError)  # strings become the enums here, or a ConfigError naming the valid values
@@ -77,8 +81,9 @@ class ExportConfig:
         for name in ("parity_samples", "parity_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        for name in ("threads", "max_input_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.parity_data is not None and not Path(self.parity_data).is_file():
             raise ConfigError(f"parity_data {self.parity_data} is not a file; pass a JSONL or CSV of questions")
         path = Path(self.checkpoint)

@@ -58,17 +58,17 @@ def reference_answers(
     return answers, (time.perf_counter() - started) * 1000 / max(len(prompts), 1)
 
 
-def check_tokenizer(checkpoint: str | Path, model: QAModel, prompts: list[str], questions: list[str]) -> None:
+def check_tokenizer(checkpoint: str | Path, model: QAModel, prompts: list[str], records: list[QARecord]) -> None:
     """Fail unless the artifact's tokenizer.json gives the checkpoint tokenizer's ids on every prompt."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     expected = tokenizer(prompts, truncation=True, max_length=model.manifest.max_input_tokens)["input_ids"]
-    actual = model.tokenizer.encode(questions)
+    actual = model.tokenizer.encode([r.question for r in records], [r.context for r in records])
     differ = sum(a != b for a, b in zip(actual, expected, strict=True))
     if differ:
         raise ExportError(
-            f"tokenizer.json gives other ids than the checkpoint's tokenizer on {differ} of {len(questions)} "
+            f"tokenizer.json gives other ids than the checkpoint's tokenizer on {differ} of {len(records)} "
             "prompts; save the checkpoint with a fast tokenizer (tokenizer.json) and export again"
         )
 
@@ -103,10 +103,15 @@ class ParityCheck:
         """Answer the questions at `indices` (default all) with the artifact; compare; apply the gate."""
         model = QAModel.load(artifact, threads=self.threads, verify=False)
         questions = [r.question for r in self.records]
+        contexts = [r.context for r in self.records]
         if not self.expected:
-            self.prompts = [format_prompt(q, model.manifest.prompt_template) for q in questions]
-            self.max_input_tokens = model.manifest.max_input_tokens
-            check_tokenizer(self.checkpoint, model, self.prompts, questions)
+            manifest = model.manifest
+            self.prompts = [
+                format_prompt(r.question, manifest.prompt_template, r.context, manifest.context_template)
+                for r in self.records
+            ]
+            self.max_input_tokens = manifest.max_input_tokens
+            check_tokenizer(self.checkpoint, model, self.prompts, self.records)
             logger.debug("parity: PyTorch answers %d questions", len(questions))
             self.expected, self._reference_ms = reference_answers(
                 self.checkpoint,
@@ -123,6 +128,7 @@ class ParityCheck:
             [questions[i] for i in picked],
             GenerationOptions(max_new_tokens=self.max_new_tokens),
             batch_size=self.batch_size,
+            contexts=[contexts[i] for i in picked],
         )
         artifact_ms = (time.perf_counter() - started) * 1000 / max(len(picked), 1)
         expected = [self.expected[i] for i in picked]

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import ConfigError
-from edgeqa.prompt import DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE, check_template
+from edgeqa.prompt import (
+    CONTEXT_TEMPLATE,
+    DEFAULT_MAX_ANSWER_TOKENS,
+    DEFAULT_MAX_INPUT_TOKENS,
+    PROMPT_TEMPLATE,
+    check_context_template,
+    check_template,
+)
 from edgeqa.typed_json import check_types
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -36,7 +43,11 @@ class FinetuneConfig:
         tokenizer: Tokenizer name or folder; default: the model's.
         question_column: Column holding the question.
         answer_column: Column holding the answer.
+        context_column: Column holding a passage each answer is read from (None: questions alone).
+            Records with an empty passage are trained as questions alone.
         prompt_template: Prompt with one `{question}` field; saved for export and runtime.
+        context_template: Prompt with one `{context}` and one `{question}` field, for records with a
+            passage; saved for export and runtime (FLAN's reading template by default).
         max_source_tokens: Prompt tokens kept (truncation).
         max_target_tokens: Answer tokens kept (truncation).
         validation_fraction: Share held out when the data has no validation split.
@@ -80,7 +91,9 @@ class FinetuneConfig:
     tokenizer: str | None = None
     question_column: str = "question"
     answer_column: str = "answer"
+    context_column: str | None = None
     prompt_template: str = PROMPT_TEMPLATE
+    context_template: str = CONTEXT_TEMPLATE
     max_source_tokens: int = DEFAULT_MAX_INPUT_TOKENS
     max_target_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
     validation_fraction: float = 0.3
@@ -111,6 +124,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         check_types(self, ConfigError)
         check_template(self.prompt_template)
+        check_context_template(self.context_template)
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:

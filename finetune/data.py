@@ -113,7 +113,10 @@ def _explain_load_failure(name: str, error: Exception) -> str:
 
 def check_columns(raw: Any, config: FinetuneConfig) -> None:
     columns = raw["train"].column_names
-    for flag, column in (("--question-column", config.question_column), ("--answer-column", config.answer_column)):
+    flags = [("--question-column", config.question_column), ("--answer-column", config.answer_column)]
+    if config.context_column is not None:
+        flags.append(("--context-column", config.context_column))
+    for flag, column in flags:
         if column not in columns:
             raise DataError(
                 f"column {column!r} ({flag}) is not in {config.data}; it needs to be one of: {', '.join(columns)}"
@@ -123,7 +126,8 @@ def check_columns(raw: Any, config: FinetuneConfig) -> None:
 def prepare_splits(raw: Any, config: FinetuneConfig) -> tuple[Any, Any]:
     """Train and validation splits: the data's own validation split, else a seeded hold-out."""
     check_columns(raw, config)
-    keep = [config.question_column, config.answer_column]
+    required = [config.question_column, config.answer_column]
+    keep = required + ([config.context_column] if config.context_column else [])
     train = raw["train"]
     if "validation" in raw:
         validation = raw["validation"]
@@ -132,8 +136,8 @@ def prepare_splits(raw: Any, config: FinetuneConfig) -> tuple[Any, Any]:
             raise DataError(f"{config.data} has {len(train)} record(s); at least 2 are needed to hold some out")
         parts = train.train_test_split(test_size=config.validation_fraction, seed=config.seed)
         train, validation = parts["train"], parts["test"]
-    train = train.select_columns(keep).filter(_complete, fn_kwargs={"keep": keep})
-    validation = validation.select_columns(keep).filter(_complete, fn_kwargs={"keep": keep})
+    train = train.select_columns(keep).filter(_complete, fn_kwargs={"keep": required})
+    validation = validation.select_columns(keep).filter(_complete, fn_kwargs={"keep": required})
     if config.max_train_samples:
         train = train.select(range(min(config.max_train_samples, len(train))))
     if config.max_eval_samples:
@@ -148,16 +152,71 @@ def _complete(row: dict, keep: list[str]) -> bool:
     return all(isinstance(row[k], str) and row[k].strip() for k in keep)
 
 
-def tokenize(split: Any, tokenizer: Any, config: FinetuneConfig) -> Any:
-    """Prompt ids and label ids (truncated; padding is left to the collator)."""
+def prompts(batch: dict[str, list[Any]], config: FinetuneConfig) -> list[str]:
+    """The model's input for each record of a batch: with its passage where it has one."""
+    questions = batch[config.question_column]
+    return [
+        format_prompt(q, config.prompt_template, c, config.context_template)
+        for q, c in zip(questions, _contexts(batch, config), strict=True)
+    ]
 
-    def encode(batch: dict[str, list[str]]) -> dict[str, Any]:
-        prompts = [format_prompt(q, config.prompt_template) for q in batch[config.question_column]]
-        features = tokenizer(prompts, max_length=config.max_source_tokens, truncation=True)
+
+def _contexts(batch: dict[str, list[Any]], config: FinetuneConfig) -> list[str | None]:
+    """Each record's passage, None where it has none."""
+    if config.context_column is None:
+        return [None] * len(batch[config.question_column])
+    return [c if isinstance(c, str) and c.strip() else None for c in batch[config.context_column]]
+
+
+def tokenize(split: Any, tokenizer: Any, config: FinetuneConfig) -> Any:
+    """Prompt ids and label ids (padding is left to the collator). Questions alone are cut to
+    max_source_tokens; a record whose question and passage exceed it is left out (with a warning), never
+    cut: the cut could remove what answers it."""
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        texts = prompts(batch, config)
+        features = tokenizer(texts, max_length=config.max_source_tokens, truncation=True)
+        if config.context_column is not None:
+            lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+            features["passage_cut"] = [
+                context is not None and length > config.max_source_tokens
+                for context, length in zip(_contexts(batch, config), lengths, strict=True)
+            ]
         labels = tokenizer(
             text_target=batch[config.answer_column], max_length=config.max_target_tokens, truncation=True
         )
         features["labels"] = labels["input_ids"]
         return features
 
-    return split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenizing")
+    encoded = split.map(encode, batched=True, remove_columns=split.column_names, desc="tokenizing")
+    if config.context_column is None:
+        return encoded
+    fits = encoded.filter(lambda row: not row["passage_cut"], desc="checking lengths").remove_columns("passage_cut")
+    if len(fits) == 0:
+        raise DataError(
+            f"every record's question and passage exceed max_source_tokens ({config.max_source_tokens}); "
+            "raise --max-source-tokens or give shorter passages"
+        )
+    if len(fits) < len(encoded):
+        logger.warning(
+            "left out %d of %d records whose question and passage exceed max_source_tokens (%d); "
+            "raise --max-source-tokens or give shorter passages",
+            len(encoded) - len(fits),
+            len(encoded),
+            config.max_source_tokens,
+        )
+    return fits
+
+
+def heldout_record(row: dict[str, Any], config: FinetuneConfig, tokenizer: Any) -> dict[str, str] | None:
+    """A validation record as the export's parity gate reads it (question, answer, and its passage where it
+    has one); None for a record whose question and passage exceed max_source_tokens (training left it out)."""
+    record = {"question": row[config.question_column], "answer": row[config.answer_column]}
+    batch = {key: [value] for key, value in row.items()}
+    [context] = _contexts(batch, config)
+    if context is None:
+        return record
+    [prompt] = prompts(batch, config)
+    if len(tokenizer(prompt)["input_ids"]) > config.max_source_tokens:
+        return None
+    return record | {"context": context}

@@ -53,4 +53,3 @@ def build_random_t5(folder: Path, seed: int = 0, **config: Any) -> Path:
     T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER).save_pretrained(folder)
     make_portable(Path(folder))
     return Path(folder)
-

@@ -15,6 +15,7 @@ from edgeqa.tied_weights import explicit_tie_setting, tie_problem
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
+
 def make_portable(folder: Path) -> None:
     """Make a checkpoint folder written by `save_pretrained` readable alike by transformers 4.57 and 5.x.
 

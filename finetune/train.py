@@ -27,7 +27,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from edgeqa.checkpoint import HELDOUT, TrainingRecord
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
-from edgeqa.finetune.data import load_raw, prepare_splits, tokenize
+from edgeqa.finetune.data import heldout_record, load_raw, prepare_splits, tokenize
 from edgeqa.finetune.portable import make_portable
 from edgeqa.finetune.t5_heads import model_class, one_embedding_module
 from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
@@ -232,8 +232,9 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
     training_record(config, trainer.state.global_step).write(staging)
     with open(staging / HELDOUT, "w", encoding="utf-8") as f:
         for row in eval_split.select(range(min(MAX_HELDOUT, len(eval_split)))):
-            record = {"question": row[config.question_column], "answer": row[config.answer_column]}
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            record = heldout_record(row, config, tokenizer)
+            if record is not None:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
     if final_dir.exists():
         shutil.rmtree(final_dir)
     staging.rename(final_dir)
@@ -245,6 +246,7 @@ def training_record(config: FinetuneConfig, global_step: int) -> TrainingRecord:
     return TrainingRecord(
         model=config.model,
         prompt_template=config.prompt_template,
+        context_template=config.context_template,
         max_source_tokens=config.max_source_tokens,
         max_target_tokens=config.max_target_tokens,
         eval_max_new_tokens=config.eval_max_new_tokens,

@@ -6,11 +6,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from edgeqa.atomic import write_atomic
 from edgeqa.errors import EdgeQAError, InputError
@@ -35,6 +36,7 @@ class Ask:
         stream: Show one question's answer as it is generated.
         as_json: Show one question's answer as a JSON object with its figures.
         batch_size: Questions of `file` answered together.
+        context: A passage every question is read from (None: asked alone).
     """
 
     question: str | None = None
@@ -43,10 +45,13 @@ class Ask:
     stream: bool = False
     as_json: bool = False
     batch_size: int = 8
+    context: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.output is not None and self.file is None:
+            raise InputError("--output writes the answers of --file; give --file too, or leave --output out")
 
 
 class Console(Protocol):
@@ -81,7 +86,7 @@ def ask(model: QAModel, request: Ask, options: GenerationOptions, console: Conso
     elif request.question is not None:
         _ask_one(model, request, options, console)
     elif console.interactive:
-        _ask_person(model, options, console)
+        _ask_person(model, options, console, request.context)
     else:
         raise InputError("no question given: pass one as an argument, use --file, or run in a terminal")
 
@@ -89,20 +94,20 @@ def ask(model: QAModel, request: Ask, options: GenerationOptions, console: Conso
 def _ask_one(model: QAModel, request: Ask, options: GenerationOptions, console: Console) -> None:
     question = request.question or ""
     if request.stream and not request.as_json:
-        for piece in model.stream(question, options):
+        for piece in model.stream(question, options, request.context):
             console.write(piece)
         console.write("\n")
         return
-    result = model.answer(question, options)
+    result = model.answer(question, options, request.context)
     if request.as_json:
         console.write(json.dumps({"question": question, **result.to_dict()}, ensure_ascii=False) + "\n")
     else:
         console.write(result.text + "\n")
 
 
-def _ask_person(model: QAModel, options: GenerationOptions, console: Console) -> None:
+def _ask_person(model: QAModel, options: GenerationOptions, console: Console, context: str | None = None) -> None:
     """Stream the answer to each question typed until end of input; a bad question only costs itself."""
-    console.note("Ask a question (Ctrl-D to quit).")
+    console.note("Ask a question (Ctrl-D to quit)." if context is None else "Ask about the passage (Ctrl-D to quit).")
     while True:
         try:
             question = console.read("? ")
@@ -112,7 +117,7 @@ def _ask_person(model: QAModel, options: GenerationOptions, console: Console) ->
         if not question.strip():
             continue
         try:
-            for piece in model.stream(question, options):
+            for piece in model.stream(question, options, context):
                 console.write(piece)
             console.write("\n")
         except EdgeQAError as e:
@@ -122,7 +127,7 @@ def _ask_person(model: QAModel, options: GenerationOptions, console: Console) ->
 def _ask_file(model: QAModel, file: Path, request: Ask, options: GenerationOptions, console: Console) -> None:
     questions, problems = read_questions(file)
     with console.progress(len(questions)) as advance:
-        rows, skipped = answer_questions(model, questions, request.batch_size, options, advance)
+        rows, skipped = answer_questions(model, questions, request.batch_size, options, advance, request.context)
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if request.output is None:
         console.write(text)
@@ -132,6 +137,29 @@ def _ask_file(model: QAModel, file: Path, request: Ask, options: GenerationOptio
         console.note(f"warning: {file}: {problem}")
     where = f" -> {request.output}" if request.output else ""
     console.note(f"answered {len(rows)} of {len(questions) + len(problems)} questions{where}")
+
+
+def read_context(source: str, stdin: TextIO | None = None) -> str:
+    """The passage `edgeqa ask --context` reads: a UTF-8 text file, or standard input for "-".
+
+    Raises:
+        InputError: the file is missing or unreadable, or the passage is empty.
+    """
+    if source == "-":
+        text = (stdin or sys.stdin).read()
+        where = "standard input"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"context file {path} does not exist; give a text file, or - to read standard input")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read the context file {path}: {e}; give a UTF-8 text file") from e
+        where = str(path)
+    if not text.strip():
+        raise InputError(f"the context from {where} is empty; give the passage to read")
+    return text
 
 
 def read_questions(path: Path) -> tuple[list[Question], list[str]]:
@@ -173,8 +201,10 @@ def answer_questions(
     batch_size: int = 8,
     options: GenerationOptions | None = None,
     progress: Callable[[int], None] | None = None,
+    context: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Answer questions `batch_size` at a time; a question the model refuses is skipped and reported.
+    """Answer questions `batch_size` at a time (each read from `context` when given); a question the
+    model refuses is skipped and reported.
 
     Returns:
         One JSON row per answered question (its line, the question, the answer and its figures),
@@ -186,13 +216,15 @@ def answer_questions(
         batch = questions[first : first + batch_size]
         answers: list[Answer | None]
         try:
-            answers = list(model.answer_batch([q.text for q in batch], options, batch_size=batch_size))
+            answers = list(
+                model.answer_batch([q.text for q in batch], options, batch_size, contexts=[context] * len(batch))
+            )
         except InputError:
             # Fall back to one at a time so that one bad question only skips itself.
             answers = []
             for q in batch:
                 try:
-                    answers.append(model.answer(q.text, options))
+                    answers.append(model.answer(q.text, options, context))
                 except InputError as single:
                     problems.append(f"line {q.line}: {single}; skipped")
                     answers.append(None)

@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from edgeqa.documents.query import Index
+from edgeqa.documents.reader import warn_if_sized_for_another
 from edgeqa.errors import InputError
 from edgeqa.manifest import Manifest
 from edgeqa.runtime import GenerationOptions, QAModel, Row
@@ -26,6 +28,7 @@ from edgeqa.serve.jobs import Job
 from edgeqa.serve.metrics import Metrics
 from edgeqa.serve.middleware import ApiKeyMiddleware, MetricsMiddleware
 from edgeqa.serve.protocol import ApiError, Caps, parse_body, parse_native, parse_openai
+from edgeqa.serve.reading import answer_body, openai_from_index, read_index
 from edgeqa.serve.streams import EventStream, native_stream, openai_response, openai_stream, wait_all
 
 logger = logging.getLogger(__name__)
@@ -38,11 +41,14 @@ def unavailable(message: str, code: str) -> ApiError:
 class Service:
     """What the endpoints share: the config, the engine, the metrics, the shutdown state."""
 
-    def __init__(self, config: ServeConfig, engine: Engine, metrics: Metrics, manifest: Manifest):
+    def __init__(
+        self, config: ServeConfig, engine: Engine, metrics: Metrics, manifest: Manifest, index: Index | None = None
+    ):
         self.config = config
         self.engine = engine
         self.metrics = metrics
         self.manifest = manifest
+        self.index = index
         self.model_id = config.artifact.resolve().name or "edgeqa"
         self.draining = False
 
@@ -82,9 +88,15 @@ class Service:
         opts: GenerationOptions,
         stream: bool = False,
         stop: tuple[str, ...] = (),
+        context: str | None = None,
     ) -> list[Job]:
+        """A job for each question, read from `context` when given.
+
+        Raises:
+            InputError: a question with the context is over the input limit (400).
+        """
         started = time.perf_counter()
-        encoded = model.tokenizer.encode_checked(questions)
+        encoded = model.tokenizer.encode_checked(questions, [context] * len(questions))
         each_ms = (time.perf_counter() - started) * 1000 / len(questions)
         return [
             Job(Row(ids, opts, stop=stop, stream=stream), truncated=cut, tokenize_ms=each_ms) for ids, cut in encoded
@@ -103,7 +115,11 @@ async def openai_endpoint(request: Request, chat: bool) -> Response:
     service: Service = request.app.state.service
     model = service.model()
     parsed = parse_openai(await service.read_json(request), model, chat, service.caps(model))
-    [job] = service.jobs(model, [parsed.question], parsed.options, stream=parsed.stream, stop=parsed.stop)
+    if service.index is not None and parsed.context is None:
+        return await openai_from_index(request, service, service.index, model, parsed, chat)
+    [job] = service.jobs(
+        model, [parsed.question], parsed.options, stream=parsed.stream, stop=parsed.stop, context=parsed.context
+    )
     if job.truncated:
         limit = model.manifest.max_input_tokens
         raise ApiError(
@@ -131,10 +147,19 @@ async def answer(request: Request) -> Response:
     service: Service = request.app.state.service
     model = service.model()
     data = await service.read_json(request)
-    questions, opts, stream = parse_native(data, model, service.caps(model))
+    parsed = parse_native(data, model, service.caps(model))
+    questions, opts, stream = parsed.questions, parsed.options, parsed.stream
     if len(questions) > service.config.max_queue:
         raise ApiError(400, f"'questions' has {len(questions)} questions; at most {service.config.max_queue} a request")
-    jobs = service.jobs(model, questions, opts, stream=stream)
+    if service.index is not None and parsed.context is None:
+        if stream:
+            raise ApiError(400, "'stream' does not work with answers from the index: leave it out", param="stream")
+        read = await read_index(request, service, service.index, model, questions, opts)
+        if read is None:
+            return Response(status_code=499)
+        bodies = [answer_body(a) for a in read]
+        return JSONResponse(bodies[0] if "question" in data else {"answers": bodies})
+    jobs = service.jobs(model, questions, opts, stream=stream, context=parsed.context)
     service.submit(jobs)
     if stream:
         return EventStream(native_stream(service, jobs[0]), service.engine, jobs)
@@ -178,6 +203,9 @@ async def info(request: Request) -> Response:
             "max_input_tokens": manifest.max_input_tokens,
             "max_answer_tokens": manifest.max_answer_tokens,
             "max_batch_size": service.config.max_batch_size,
+            "index": None
+            if service.index is None
+            else {"path": str(service.index.path), "k": service.config.k, "passages": service.index.info.passages},
         }
     )
 
@@ -226,13 +254,19 @@ def create_app(config: ServeConfig, load: Callable[[], QAModel] | None = None) -
         on_tokens=metrics_.tokens.inc,
         on_cancel=metrics_.cancelled.inc,
     )
-    service = Service(config, engine, metrics_, manifest)
+    index = None
+    if config.index is not None:
+        index = Index.open(config.index)
+        warn_if_sized_for_another(index, config.artifact / manifest.files["tokenizer"].path, config.artifact)
+    service = Service(config, engine, metrics_, manifest, index)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         engine.start()
         yield
         engine.stop(timeout=config.shutdown_timeout)
+        if index is not None:
+            index.close()
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),

@@ -32,6 +32,8 @@ class ServeConfig:
         shutdown_timeout: Seconds SIGTERM waits for in-flight requests.
         keepalive_s: Seconds between `: ping` comments on a quiet stream.
         verify: Check the artifact's checksums on load.
+        index: Answer from the passages of this index (`edgeqa index`) unless a request brings its own context.
+        k: Passages read per question from the index.
     """
 
     artifact: Path
@@ -50,6 +52,8 @@ class ServeConfig:
     shutdown_timeout: float = 30.0
     keepalive_s: float = 10.0
     verify: bool = True
+    index: Path | None = None
+    k: int = 4
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,6 +68,7 @@ class ServeConfig:
             (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
             (self.shutdown_timeout >= 0, "shutdown_timeout must be 0 or more"),
             (self.keepalive_s > 0, "keepalive_s must be greater than 0"),
+            (1 <= self.k <= 100, "k must be between 1 and 100"),
         ]
         for ok, message in checks:
             if not ok:

@@ -128,7 +128,7 @@ def check_question(text: Any, param: str) -> str:
 
 @dataclass(frozen=True)
 class OpenAIRequest:
-    """What an OpenAI chat or completions request asks for."""
+    """What an OpenAI chat or completions request asks for (`context`: edgeqa's extra field, a passage to read)."""
 
     question: str
     options: GenerationOptions
@@ -136,6 +136,27 @@ class OpenAIRequest:
     stream: bool
     include_usage: bool
     model: str
+    context: str | None = None
+
+
+@dataclass(frozen=True)
+class NativeRequest:
+    """What a `/v1/answer` request asks for (`context`: a passage every question is read from)."""
+
+    questions: list[str]
+    options: GenerationOptions
+    stream: bool
+    context: str | None = None
+
+
+def check_context(data: dict[str, Any]) -> str | None:
+    """The request's own passage to read (`context`), if it has one."""
+    if data.get("context") is None:
+        return None
+    context = check_text(data["context"], "context")
+    if not context.strip():
+        raise bad("'context' is empty; give the passage to read, or leave 'context' out", param="context")
+    return context
 
 
 @dataclass(frozen=True)
@@ -251,6 +272,7 @@ def parse_openai(data: dict[str, Any], model: QAModel, chat: bool, caps: Caps | 
         stream=stream,
         include_usage=include_usage,
         model=model_name if isinstance(model_name, str) else "",
+        context=check_context(data),
     )
 
 
@@ -273,13 +295,11 @@ def _options(model: QAModel, overrides: dict[str, Any]) -> GenerationOptions:
 _KINDS = {int: ((int,), "an integer"), float: ((int, float), "a number"), bool: ((bool,), "true or false")}
 
 
-def parse_native(
-    data: dict[str, Any], model: QAModel, caps: Caps | None = None
-) -> tuple[list[str], GenerationOptions, bool]:
-    """`{"question": ...}` or `{"questions": [...]}` plus `GenerationOptions` fields and `stream`."""
+def parse_native(data: dict[str, Any], model: QAModel, caps: Caps | None = None) -> NativeRequest:
+    """`{"question": ...}` or `{"questions": [...]}` plus `GenerationOptions` fields, `stream` and `context`."""
     caps = caps or Caps.of(model)
     known = {f.name: f for f in fields(GenerationOptions)}
-    unknown = sorted(set(data) - set(known) - {"question", "questions", "stream"})
+    unknown = sorted(set(data) - set(known) - {"question", "questions", "stream", "context"})
     if unknown:
         shown = ", ".join(json.dumps(name) for name in unknown)  # escaped: a key may be any string
         raise bad(f"unknown field(s) {shown}; valid options: {', '.join(known)}", param=json.dumps(unknown[0]))
@@ -319,7 +339,7 @@ def parse_native(
     stream = _typed(data, "stream", (bool,), "true or false") or False
     if stream and len(questions) > 1:
         raise bad("'stream' works with one 'question', not 'questions'", param="stream")
-    return questions, _options(model, overrides), stream
+    return NativeRequest(questions, _options(model, overrides), stream, check_context(data))
 
 
 def completion_id(chat: bool) -> str:

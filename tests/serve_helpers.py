@@ -102,3 +102,42 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def headless_chromium(folder: Path) -> Any:
+    """Debian's Chromium, headless, driven by selenium (skips the test where either is missing); quit it after."""
+    import shutil
+
+    import pytest
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={folder / 'profile'}",
+        "--window-size=900,700",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+
+
+def keep_screenshot(driver: Any, folder: Path, name: str) -> Path:
+    """Save the page's screenshot in `folder` (and in $EDGEQA_SCREENSHOT_DIR when set, to look at)."""
+    import shutil
+
+    shot = folder / name
+    driver.save_screenshot(str(shot))
+    if os.environ.get("EDGEQA_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["EDGEQA_SCREENSHOT_DIR"]) / name)
+    return shot

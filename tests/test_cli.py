@@ -55,9 +55,9 @@ def test_ask_generation_flags_reach_the_model(artifact_int8, monkeypatch):
     seen = {}
     real = QAModel.answer
 
-    def spy(self, question, options=None, **overrides):
+    def spy(self, question, options=None, context=None, **overrides):
         seen.update(dataclasses.asdict(options))
-        return real(self, question, options, **overrides)
+        return real(self, question, options, context, **overrides)
 
     monkeypatch.setattr(QAModel, "answer", spy)
     result = runner.invoke(
@@ -329,9 +329,9 @@ def test_every_generation_option_is_a_flag_of_ask(artifact_int8, monkeypatch):
     seen = {}
     real = QAModel.answer
 
-    def spy(self, question, options=None):
+    def spy(self, question, options=None, context=None):
         seen["options"] = options
-        return real(self, question, options)
+        return real(self, question, options, context)
 
     monkeypatch.setattr(QAModel, "answer", spy)
     result = runner.invoke(app, ["ask", str(artifact_int8), "Hi?", *_flags(ASK_SAMPLE, {"do_sample": "--sample"})])
@@ -350,7 +350,9 @@ def test_every_finetune_config_field_is_a_flag(monkeypatch, tmp_path):
         tokenizer="t",
         question_column="q",
         answer_column="a",
+        context_column="passage",
         prompt_template="Q: {question}",
+        context_template="P: {context} Q: {question}",
         max_source_tokens=64,
         max_target_tokens=32,
         validation_fraction=0.2,
@@ -409,6 +411,7 @@ def test_every_export_config_field_is_an_option(monkeypatch, tmp_path):
         allow_parity_failure=True,
         force=True,
         threads=1,
+        max_input_tokens=512,
     )
     assert set(sample) | {"checkpoint", "output"} == {f.name for f in dataclasses.fields(ExportConfig)}
     seen = {}

@@ -257,6 +257,41 @@ def test_recipes_and_speed_settings_reach_the_trainer(tmp_path):
         FinetuneConfig(pad_to_multiple_of=0)
 
 
+def test_a_context_column_is_read_with_the_context_template_and_never_cut(tmp_path, tiny_model, caplog):
+    from transformers import AutoTokenizer
+
+    from edgeqa.finetune.data import heldout_record, tokenize
+    from edgeqa.finetune.train import training_record
+
+    rows = [
+        {"question": "Who wrote it?", "answer": "Ann", "context": "Ann wrote the report."},
+        {"question": "What is the capital of France?", "answer": "Paris", "context": ""},  # asked alone
+        {"question": "Where is it?", "answer": "Oslo", "context": "It is in Oslo. " + "More words here. " * 40},
+    ]
+    path = write_jsonl(tmp_path / "qa.jsonl", rows * 2)
+    cfg = config(path, context_column="context", max_source_tokens=48, validation_fraction=0.5, seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    train = prepare_splits(load_raw(cfg), cfg)[0]
+    with caplog.at_level("WARNING"):
+        encoded = tokenize(train, tokenizer, cfg)
+    prompts = sorted(tokenizer.batch_decode(encoded["input_ids"], skip_special_tokens=True))
+    too_long = sum("More words" in (r["context"] or "") for r in train)
+    assert len(prompts) == len(train) - too_long and too_long >= 1
+    assert f"left out {too_long} of {len(train)} records" in caplog.text
+    read = [p for p in prompts if p.startswith("Read this and answer the question")]
+    alone = [p for p in prompts if p.startswith("Please answer this question")]
+    assert len(read) + len(alone) == len(prompts) and all("Ann wrote the report. Who wrote it?" in p for p in read)
+    assert heldout_record(rows[0], cfg, tokenizer) == rows[0]
+    assert heldout_record(rows[1], cfg, tokenizer) == {"question": rows[1]["question"], "answer": "Paris"}
+    assert heldout_record(rows[2], cfg, tokenizer) is None  # the gate would refuse it
+    custom = FinetuneConfig(context_template="Passage: {context}\nQ: {question}")
+    assert training_record(custom, 1).context_template == "Passage: {context}\nQ: {question}"
+    with pytest.raises(ConfigError, match="must contain the fields {context} and {question}"):
+        FinetuneConfig(context_template="{question} only")
+    with pytest.raises(DataError, match="column 'passage' .*--context-column.* one of: question, answer, context"):
+        prepare_splits(load_raw(config(path, context_column="passage")), config(path, context_column="passage"))
+
+
 def padding_shares(tiny_model: Path, tmp_path: Path, **fields) -> tuple[float, set[tuple[int, int]]]:
     """Share of padding in the answers of one epoch of training batches, and the batch shapes seen."""
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, T5ForConditionalGeneration

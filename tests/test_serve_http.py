@@ -5,8 +5,6 @@ stops the module's server)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
 import threading
@@ -18,7 +16,7 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from serve_helpers import ServerProcess, httpx, metric  # noqa: E402
+from serve_helpers import ServerProcess, headless_chromium, httpx, keep_screenshot, metric  # noqa: E402
 
 from edgeqa.runtime import QAModel  # noqa: E402
 
@@ -119,30 +117,11 @@ def test_a_full_queue_answers_503_with_retry_after(server):
 
 @pytest.mark.slow
 def test_the_page_streams_an_answer_in_a_real_browser(server, long_artifact, tmp_path):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip("Debian's chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    expected = QAModel.load(long_artifact, threads=1, verify=False).answer(QUESTION).text
+    driver = headless_chromium(tmp_path)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    expected = QAModel.load(long_artifact, threads=1, verify=False).answer(QUESTION).text
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--window-size=900,700",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
     try:
         driver.get(server.url + "/")
         info = lambda d: d.find_element(By.ID, "info").get_attribute("textContent")  # noqa: E731 (hidden: no .text)
@@ -159,10 +138,7 @@ def test_the_page_streams_an_answer_in_a_real_browser(server, long_artifact, tmp
         assert "tokens" in driver.find_element(By.ID, "timings").text
         assert driver.execute_script("return window.updates") >= 3
         driver.find_element(By.TAG_NAME, "details").click()
-        shot = tmp_path / "page.png"
-        driver.save_screenshot(str(shot))
-        if os.environ.get("EDGEQA_SCREENSHOT_DIR"):
-            shutil.copy(shot, Path(os.environ["EDGEQA_SCREENSHOT_DIR"]) / "serve-page.png")
+        keep_screenshot(driver, tmp_path, "serve-page.png")
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
     finally:

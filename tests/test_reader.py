@@ -1,0 +1,258 @@
+"""The reader: a question read from a passage (`--context`), and from the top passages of an index
+(`DocumentsQA`, `ask --index`, `serve --index`). Mechanics on the untrained tiny artifact, in seconds;
+whether a trained reader reads right is `tests/test_demo.py`'s (`edgeqa demo --documents`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeqa.cli import app
+from edgeqa.documents import NO_PASSAGE, DocumentsQA, Index, build_index, passage_budget
+from edgeqa.documents.build import load_tokenizer
+from edgeqa.errors import InputError
+from edgeqa.runtime import QAModel, Row
+
+runner = CliRunner()
+ROUTER = """# Router
+
+To reset the router, hold the reset button for ten seconds until the lights blink.
+
+## Lights
+
+A green light means the router is online. A red light means there is no connection.
+"""
+KETTLE = "# Kettle\n\nDescale the kettle every month with vinegar and water.\n"
+OPTS = dict(max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def model(artifact_tiny: Path) -> QAModel:
+    return QAModel.load(artifact_tiny, threads=1)
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("docs")
+    (folder / "router.md").write_text(ROUTER, encoding="utf-8")
+    (folder / "kettle.md").write_text(KETTLE, encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def index(docs: Path, artifact_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("index") / "docs.edgeqa-index"
+    result = runner.invoke(app, ["index", str(docs), "-o", str(path), "--artifact", str(artifact_tiny)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_the_answer_is_the_surest_reading_and_each_reading_is_the_runtimes(model, index):
+    with DocumentsQA(model, Index.open(index), k=4) as qa:
+        answer = qa.ask("How do I reset the router?", model.options(**OPTS))
+    assert answer.found and len(answer.candidates) == 2  # the router page's two sections
+    assert [c.passage.rank for c in answer.candidates] == [1, 2]
+    best = max(answer.candidates, key=lambda c: (c.score, -c.passage.rank))
+    assert answer.source is best.passage and answer.text == best.answer
+    for candidate in answer.candidates:
+        # each reading is what the runtime answers from that passage alone, with its own score
+        alone = model.answer("How do I reset the router?", context=candidate.passage.text, **OPTS)
+        assert candidate.answer == alone.text
+        decoder = model.decoder()
+        [(ids, _)] = decoder.prompts(["How do I reset the router?"], [candidate.passage.text])
+        row = Row(ids, model.options(**OPTS), scored=True)
+        decoder.join([row])
+        decoder.run()
+        assert candidate.score == pytest.approx(row.score, abs=1e-9) and candidate.score < 0
+    data = answer.to_dict()
+    assert data["source"] == answer.source.source and Path(data["source"]).name.startswith("router.md:")
+    assert {"answer", "reader_score", "source", "rank", "bm25", "passage"} <= set(data["candidates"][0])
+
+
+def test_a_batch_of_questions_reads_as_one_question_at_a_time(model, index):
+    questions = ["How do I reset the router?", "What does a red light mean?", "How do I descale the kettle?"]
+    with DocumentsQA(model, Index.open(index)) as qa:
+        batched = qa.ask_batch(questions, model.options(**OPTS), batch_size=3)
+        alone = [qa.ask(q, model.options(**OPTS)) for q in questions]
+    assert [a.to_dict() for a in batched] == [a.to_dict() for a in alone]
+    assert Path(batched[2].source.file).name == "kettle.md"
+
+
+def test_a_question_that_matches_nothing_gets_no_passage_found(model, index):
+    with DocumentsQA(model, Index.open(index)) as qa:
+        answer = qa.ask("zebra quasar", model.options(**OPTS))
+        assert (answer.text, answer.found, answer.candidates) == (NO_PASSAGE, False, [])
+        with pytest.raises(InputError, match="the question is empty"):
+            qa.ask("   ")
+        with pytest.raises(InputError, match="read 1 to 100 passages"):
+            qa.ask("router", k=0)
+
+
+def test_passages_too_long_for_the_reader_are_skipped_and_named(model, docs, artifact_tiny, tmp_path):
+    tokenizer = artifact_tiny / "tokenizer.json"
+    fits = passage_budget(model.manifest.max_input_tokens, load_tokenizer(tokenizer))
+    long_doc = tmp_path / "long"
+    long_doc.mkdir()
+    (long_doc / "manual.md").write_text(
+        "# Manual\n\n" + " ".join(f"Step {i}: press the router button." for i in range(40)) + "\n\n" + KETTLE,
+        encoding="utf-8",
+    )
+    path = tmp_path / "long.edgeqa-index"
+    build_index([long_doc], path, tokenizer, passage_tokens=fits * 10)  # the manual in one passage: too long
+    with DocumentsQA(model, Index.open(path)) as qa:
+        with pytest.raises(InputError, match=r"could be read: the question and its passage are \d+ tokens, over"):
+            qa.ask("Which router button?", model.options(**OPTS))
+        answer = qa.ask("Which button descales the kettle?", model.options(**OPTS))
+    assert answer.found
+    unread = [c for c in answer.candidates if c.error]
+    assert unread and all("over the model's limit" in c.error and c.score is None for c in unread)
+    assert answer.source not in [c.passage for c in unread]
+
+
+def test_ask_index_prints_the_answer_and_its_source(artifact_tiny, index, tmp_path):
+    base = ["ask", str(artifact_tiny), "--index", str(index), "--max-new-tokens", "6"]
+    plain = runner.invoke(app, [*base, "How do I reset the router?"])
+    assert plain.exit_code == 0, plain.output
+    answer, source = plain.stdout.splitlines()
+    assert source.startswith("source: ") and Path(source).name.startswith("router.md:")
+    data = json.loads(runner.invoke(app, [*base, "How do I reset the router?", "--json", "-k", "2"]).stdout)
+    assert data["answer"] == answer and data["found"] and len(data["candidates"]) == 2
+    nothing = runner.invoke(app, [*base, "zebra quasar"])
+    assert nothing.exit_code == 0 and nothing.stdout.strip() == NO_PASSAGE
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "How do I reset the router?"}\nnot json\n{"question": "zebra"}\n')
+    out = tmp_path / "answers.jsonl"
+    result = runner.invoke(app, [*base, "--file", str(questions), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["line"], r["found"]) for r in rows] == [(1, True), (3, False)]
+    assert rows[0]["answer"] == answer and "line 2" in result.stderr and "1 from a passage" in result.stderr
+
+    streamed = runner.invoke(app, [*base, "How?", "--stream"])
+    assert streamed.exit_code == 1 and "--stream does not work with --index" in streamed.output
+    missing = runner.invoke(app, [*base[:2], "--index", str(tmp_path / "none.edgeqa-index"), "q"])
+    assert missing.exit_code == 1 and "none.edgeqa-index" in missing.output and "Traceback" not in missing.output
+
+
+def test_ask_context_reads_a_file_or_standard_input(artifact_tiny, model, tmp_path):
+    passage = tmp_path / "passage.txt"
+    passage.write_text("Ann wrote the report in May.", encoding="utf-8")
+    expected = model.answer("Who wrote it?", context="Ann wrote the report in May.", **OPTS).text
+    base = ["ask", str(artifact_tiny), "Who wrote it?", "--max-new-tokens", "6"]
+    assert runner.invoke(app, [*base, "--context", str(passage)]).stdout.strip() == expected
+    piped = runner.invoke(app, [*base, "--context", "-"], input="Ann wrote the report in May.")
+    assert piped.stdout.strip() == expected
+    long_passage = tmp_path / "long.txt"
+    long_passage.write_text("word " * 400, encoding="utf-8")
+    too_long = runner.invoke(app, [*base, "--context", str(long_passage)])
+    assert too_long.exit_code == 1 and "over the model's limit of 128 input tokens" in too_long.output
+    empty = runner.invoke(app, [*base, "--context", "-"], input="  \n")
+    assert empty.exit_code == 1 and "is empty" in empty.output
+    gone = runner.invoke(app, [*base, "--context", str(tmp_path / "nope.txt")])
+    assert gone.exit_code == 1 and "nope.txt does not exist" in gone.output
+
+
+def test_the_passage_is_in_the_prompt(model):
+    with_passage = model.answer("Who wrote it?", context="Ann wrote the report in May.", **OPTS)
+    other_passage = model.answer("Who wrote it?", context="Bob painted the fence in June.", **OPTS)
+    alone = model.answer("Who wrote it?", **OPTS)
+    assert with_passage.prompt_tokens > alone.prompt_tokens
+    assert len({tuple(a.tokens) for a in (with_passage, other_passage, alone)}) == 3
+
+
+def test_served_answers_from_the_index_are_documents_qas(artifact_tiny, model, index):
+    from serve_helpers import in_process, openai_client
+
+    questions = ["How do I reset the router?", "What does a red light mean?", "zebra"]
+    with DocumentsQA(model, Index.open(index)) as qa:
+        expected = [qa.ask(q, model.options(max_new_tokens=6)) for q in questions]
+
+    async def body(app, http):
+        answers = (await http.post("/v1/answer", json={"questions": questions, "max_new_tokens": 6})).json()
+        for got, want in zip(answers["answers"], expected, strict=True):
+            assert (got["answer"], got["source"], got["found"]) == (want.text, want.to_dict()["source"], want.found)
+            assert [s["source"] for s in got["sources"]] == [c.passage.source for c in want.candidates]
+            assert sum(s["chosen"] for s in got["sources"]) == (1 if want.found else 0)
+        own = await http.post("/v1/answer", json={"question": "Who?", "context": "Ann wrote it.", "max_new_tokens": 6})
+        assert own.json()["answer"] == model.answer("Who?", context="Ann wrote it.", **OPTS).text
+        streamed = await http.post("/v1/answer", json={"question": "router?", "stream": True})
+        assert streamed.status_code == 400 and "stream" in streamed.json()["error"]["message"]
+        too_long = await http.post("/v1/answer", json={"question": "Who?", "context": "word " * 400})
+        assert too_long.status_code == 400 and "over the model's limit" in too_long.json()["error"]["message"]
+        client = openai_client(http)
+        chat = await client.chat.completions.create(
+            model="edgeqa", messages=[{"role": "user", "content": questions[0]}], max_tokens=6
+        )
+        assert chat.choices[0].message.content == expected[0].text
+        assert [s["source"] for s in chat.model_extra["edgeqa_sources"]] == [
+            c.passage.source for c in expected[0].candidates
+        ]
+        stream = await client.chat.completions.create(
+            model="edgeqa", messages=[{"role": "user", "content": questions[0]}], max_tokens=6, stream=True
+        )
+        pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
+        assert "".join(p for p in pieces if p) == expected[0].text
+        info = (await http.get("/info")).json()
+        assert info["index"]["passages"] == 3 and info["index"]["k"] == 4
+
+    in_process(artifact_tiny, model, body, index=index)
+
+
+def test_serve_index_behind_a_real_server(artifact_tiny, index):
+    from openai import OpenAI
+    from serve_helpers import ServerProcess
+
+    process = ServerProcess(artifact_tiny, "--index", str(index), "--no-verify", "-k", "2")
+    try:
+        client = OpenAI(base_url=process.url + "/v1", api_key="unused", max_retries=0)
+        chat = client.chat.completions.create(
+            model="edgeqa", messages=[{"role": "user", "content": "How do I reset the router?"}], max_tokens=6
+        )
+        sources = chat.model_extra["edgeqa_sources"]
+        assert len(sources) == 2 and sum(s["chosen"] for s in sources) == 1
+        assert chat.choices[0].message.content == next(s["answer"] for s in sources if s["chosen"])
+    finally:
+        process.stop()
+
+
+@pytest.mark.slow
+def test_the_page_shows_each_answers_sources_in_a_real_browser(artifact_tiny, index, tmp_path):
+    from serve_helpers import ServerProcess, headless_chromium, keep_screenshot
+
+    process = ServerProcess(artifact_tiny, "--index", str(index), "--no-verify", "--max-new-tokens", "6")
+    driver = headless_chromium(tmp_path)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        served = httpx_post(process.url + "/v1/answer", {"question": "What does a red light mean?"})
+        driver.get(process.url + "/")
+        WebDriverWait(driver, 20).until(lambda d: "your documents" in d.find_element(By.ID, "model").text)
+        driver.find_element(By.ID, "question").send_keys("What does a red light mean?")
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#sources li"))
+        items = driver.find_elements(By.CSS_SELECTOR, "#sources li")
+        assert driver.find_element(By.ID, "answer").text == served["answer"]
+        assert driver.find_element(By.ID, "timings").text == "from " + served["source"]
+        assert len(items) == len(served["sources"])
+        chosen = driver.find_element(By.CSS_SELECTOR, "#sources li.chosen")
+        snippet = next(source["snippet"] for source in served["sources"] if source["chosen"])
+        assert served["source"] in chosen.text and snippet in chosen.text
+        keep_screenshot(driver, tmp_path, "serve-page-sources.png")
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        driver.quit()
+        process.stop()
+
+
+def httpx_post(url: str, body: dict) -> dict:
+    from serve_helpers import httpx
+
+    reply = httpx.post(url, json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
