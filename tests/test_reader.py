@@ -256,3 +256,44 @@ def httpx_post(url: str, body: dict) -> dict:
     reply = httpx.post(url, json=body, timeout=60)
     assert reply.status_code == 200, reply.text
     return reply.json()
+
+
+def test_a_reader_trained_on_passages_carries_its_template_to_the_artifact(tiny_model, tmp_path):
+    """finetune --context-column -> the checkpoint's record -> export -> the manifest; the parity gate reads
+    the held-out passages (float graphs: the same answers as PyTorch)."""
+    pytest.importorskip("datasets")
+    pytest.importorskip("optimum")
+    from edgeqa.checkpoint import read_training_record
+    from edgeqa.export import ExportConfig, export_artifact
+    from edgeqa.finetune import FinetuneConfig, finetune
+
+    template = "Passage: {context}\nQuestion: {question}"
+    rows = [
+        {"question": f"Who wrote note {i}?", "context": f"Note {i} was written by {name}.", "answer": name}
+        for i, name in enumerate(["Ann", "Bob", "Cleo", "Dan"] * 4)
+    ]
+    data = tmp_path / "reading.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    run = finetune(
+        FinetuneConfig(
+            model=str(tiny_model),
+            data=str(data),
+            output_dir=tmp_path / "run",
+            context_column="context",
+            context_template=template,
+            max_steps=4,
+            eval_max_new_tokens=4,
+            device="cpu",
+        )
+    )
+    assert read_training_record(run.final_dir).context_template == template
+    held = [json.loads(line) for line in (run.final_dir / "edgeqa_heldout.jsonl").read_text().splitlines()]
+    assert held and all(row["context"].startswith("Note ") for row in held)
+    result = export_artifact(
+        ExportConfig(checkpoint=str(run.final_dir), output=tmp_path / "art", parity_samples=8, parity_max_new_tokens=4)
+    )
+    assert result.manifest.context_template == template
+    assert result.parity is not None and result.parity.passed and result.parity.identical_answers == 1.0
+    model = QAModel.load(tmp_path / "art")
+    [(ids, _)] = model.decoder().prompts(["Who?"], ["Ann wrote it."])
+    assert model.tokenizer.decode(ids) == "Passage: Ann wrote it. Question: Who?"

@@ -2,8 +2,8 @@
 property-based fuzzing and a soak against a real uvicorn on 127.0.0.1 find no 5xx.
 
 Bounds: the fuzz sends at most FUZZ_EXAMPLES generated requests to each of the three endpoints
-plus FUZZ_EXAMPLES raw byte strings (4 x 60 = 240 requests), within FUZZ_SECONDS; the soak runs
-60 s at 8 callers.
+plus FUZZ_EXAMPLES raw byte strings (4 x 60 = 240 requests), within FUZZ_SECONDS, and a third of
+that to a server reading an index (`serve --index`); the soak runs 60 s at 8 callers.
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ FIELDS = {
         "seed",
         "no_repeat_ngram_size",
         "repetition_penalty",
+        "context",
     ],
     "/v1/chat/completions": [
         "model",
@@ -167,8 +168,20 @@ FIELDS = {
         "seed",
         "stream",
         "stream_options",
+        "context",
     ],
-    "/v1/completions": ["model", "prompt", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream"],
+    "/v1/completions": [
+        "model",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "seed",
+        "stream",
+        "context",
+    ],
 }
 VALID = {
     "/v1/answer": {"question": "What is AI?", "max_new_tokens": 4},
@@ -236,11 +249,36 @@ def ordinary_answers(url: str) -> list[str]:
 
 @pytest.mark.slow
 def test_fuzzed_requests_never_get_a_5xx_and_the_server_keeps_its_answers(real_server):
-    url, deadline = real_server.url, time.monotonic() + FUZZ_SECONDS
+    fuzz_server(real_server, FUZZ_EXAMPLES, FUZZ_SECONDS)
+
+
+@pytest.mark.slow
+def test_fuzzed_requests_to_a_server_reading_an_index(artifact_tiny, tmp_path):
+    """The same fuzz, fewer examples, against `serve --index`: answers from passages, sources, own contexts."""
+    from edgeqa.documents import build_index
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ai.md").write_text("# AI\n\nAI is the study of machines that learn.\n\nWhat is AI? A field.\n")
+    index = tmp_path / "docs.edgeqa-index"
+    build_index([docs], index, artifact_tiny / "tokenizer.json", passage_tokens=64)
+    process = ServerProcess(
+        artifact_tiny, "--max-new-tokens", "16", "--max-queue", "16", "--no-verify", "--index", str(index)
+    )
+    try:
+        fuzz_server(process, FUZZ_EXAMPLES // 3, FUZZ_SECONDS // 3)
+    finally:
+        process.stop()
+
+
+def fuzz_server(server: ServerProcess, examples: int, seconds: float) -> None:
+    """Fuzz each endpoint with `examples` generated bodies and as many raw byte strings, within `seconds`:
+    no 5xx, errors in OpenAI's shape, /health 200 afterwards and ordinary answers as before."""
+    url, deadline = server.url, time.monotonic() + seconds
     before = ordinary_answers(url)
     sent = 0
     fuzz = settings(
-        max_examples=FUZZ_EXAMPLES,
+        max_examples=examples,
         deadline=None,
         derandomize=True,
         database=None,
@@ -272,10 +310,10 @@ def test_fuzzed_requests_never_get_a_5xx_and_the_server_keeps_its_answers(real_s
         check_reply(httpx.post(url + path, content=raw, timeout=60))
 
     raw_bytes()
-    assert sent >= 3 * FUZZ_EXAMPLES, f"only {sent} requests within {FUZZ_SECONDS} s"
+    assert sent >= 3 * examples, f"only {sent} requests within {seconds} s"
     assert httpx.get(url + "/health", timeout=5).status_code == 200
     assert ordinary_answers(url) == before
-    metrics = real_server.metrics()
+    metrics = server.metrics()
     assert metric(metrics, "edgeqa_requests_total") >= sent
     server_errors = [
         line
