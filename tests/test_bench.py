@@ -178,3 +178,33 @@ def test_serve_report_shows_ratios_to_one_caller(tmp_path):
     assert "| 16 | 12.00 | 3.00x | 500 | 600 | 2.00x | 1 |" in table
     assert "batch 8 14.00 questions/s" in table
     assert len(serve_load.questions(40)) == 40
+
+
+def test_reading_benchmark_times_every_engine_on_the_same_passages(tiny_model, artifact_tiny, tmp_path):
+    """One round of `edgeqa.bench.reading` on the tiny model: every engine reads the same 4 passages,
+    each answer exactly the forced length and scored, and the table holds the ratios."""
+    from edgeqa.bench.reading import ReadingConfig, available, markdown, run_shape
+
+    engines = tuple(e for e in ("edgeqa-int8", "edgeqa-int8@1", "ctranslate2@1", "pytorch") if available(e))
+    paths = {"checkpoint": tiny_model, "int8": artifact_tiny}
+    if "ctranslate2@1" in engines:
+        from ctranslate2.converters import TransformersConverter
+
+        paths["ct2"] = Path(TransformersConverter(str(tiny_model)).convert(str(tmp_path / "ct2"), quantization="int8"))
+    config = ReadingConfig(engines=engines, passage_tokens=40, new_tokens=4, rounds=1, reps=2, settle_s=0)
+    result = run_shape("tiny", paths, config)
+    assert len(result.prompt_tokens) == 4 and all(30 < n <= 40 for n in result.passage_tokens)
+    assert all(n > 40 for n in result.prompt_tokens)  # the template and the question around the passage
+    assert set(result.times) == set(engines)
+    for engine in engines:
+        for mode in ("prompt", "read"):
+            [round_] = result.times[engine][mode]
+            assert len(round_) == 2 and all(ms > 0 for ms in round_), (engine, mode)
+        assert [len(t) for t in result.tokens[engine]] == [4] * 4, engine
+        assert all(isinstance(s, float) and s <= 0 for s in result.scores[engine]), engine
+    assert all(p["steps"] == 4 and p["encoder_ms"] > 0 for p in result.profile["edgeqa-int8"])
+    assert len(result.encoder_ms["edgeqa-int8"]) == 2
+    table = markdown({"tiny": result}, config)
+    assert "| tiny | edgeqa runtime int8 |" in table and "| tiny | edgeqa runtime int8, 1 thread |" in table
+    if "ctranslate2@1" in engines:
+        assert "(goal <= 0.8x)" in table and "x (" in table  # a verdict, and ratios with their rounds' range
