@@ -113,10 +113,10 @@ def reading_prompts(tokenizer_path: Path, count: int, passage_tokens: int) -> tu
 
 
 def reader_artifact(artifact: Path, target: Path, max_input_tokens: int) -> Path:
-    """The artifact as a reader exported for documents: the same files, a manifest with a larger input limit.
+    """The artifact as a reader is exported for documents: the same files, a larger input limit.
 
-    The benchmark's artifacts keep the question prompt's limit (128); a reader fine-tuned for
-    passages is exported with 512 (`max_source_tokens`). The graphs take any length.
+    The benchmark's artifacts keep the question prompt's limit (128); `edgeqa export --max-input-tokens
+    512` writes the same graphs with this manifest (the graphs take any length), without exporting again.
     """
     manifest = Manifest.read(artifact)
     if manifest.max_input_tokens >= max_input_tokens:
