@@ -4,13 +4,14 @@ Standard library and `tokenizers` (the reader: the runtime; PDF: `pypdf`)."""
 
 from edgeqa.documents.build import build_index, load_tokenizer
 from edgeqa.documents.query import Index, Passage, fts_query
-from edgeqa.documents.reader import NO_PASSAGE, Candidate, DocumentAnswer, DocumentsQA
+from edgeqa.documents.reader import NO_PASSAGE, NOT_ANSWERED, Candidate, DocumentAnswer, DocumentsQA
 from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, passage_budget
 from edgeqa.documents.store import FORMAT_VERSION, IndexInfo, tokenizer_sha256
 from edgeqa.documents.summary import IndexSummary, Progress
 
 __all__ = [
     "DEFAULT_PASSAGE_TOKENS",
+    "NOT_ANSWERED",
     "NO_PASSAGE",
     "Candidate",
     "DocumentAnswer",

@@ -2,9 +2,11 @@
 
 The reader reads each of the question's top `k` passages (BM25) and answers from each; the answer
 kept is the one with the best reader score (the length-normalised log-probability of its tokens),
-ties going to the better-ranked passage. A question that matches no passage gets `NO_PASSAGE`, not
-a guess. `edgeqa serve --index` builds the same rows with `reading_rows` and chooses with `choose`,
-so a served answer is `DocumentsQA`'s.
+ties going to the better-ranked passage. Readings that say the passage does not answer (the
+artifact's `no_answer`, FLAN's "unanswerable") or are empty are passed over. A question that matches
+no passage gets `NO_PASSAGE`, one whose passages all fail to answer it `NOT_ANSWERED`: never a guess.
+`edgeqa serve --index` builds the same rows with `reading_rows` and chooses with `choose`, so a served
+answer is `DocumentsQA`'s.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from edgeqa.documents.query import Index, Passage
 from edgeqa.documents.store import tokenizer_sha256
 from edgeqa.errors import InputError
+from edgeqa.prompt import NO_ANSWER
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime: only `DocumentsQA.open` needs it
     from edgeqa.runtime import Decoder, GenerationOptions, QAModel, Row
@@ -26,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: The answer to a question that shares no word with any passage of the index.
 NO_PASSAGE = "No passage in the index matches this question."
+#: The answer when the reader finds the answer in none of the passages it read.
+NOT_ANSWERED = "The passages found do not answer this question."
 #: Passages read for each question by default.
 DEFAULT_K = 4
 
@@ -141,8 +146,10 @@ def reading_rows(
     return rows, errors
 
 
-def choose(question: str, candidates: Sequence[Candidate]) -> DocumentAnswer:
-    """The answer with the best reader score (ties: the better-ranked passage); `NO_PASSAGE` without candidates.
+def choose(question: str, candidates: Sequence[Candidate], no_answer: str = NO_ANSWER) -> DocumentAnswer:
+    """The answer with the best reader score (ties: the better-ranked passage), passing over readings that
+    say the passage does not answer (`no_answer`) or are empty; `NO_PASSAGE` without candidates,
+    `NOT_ANSWERED` when no reading answers.
 
     Raises:
         InputError: no passage could be read with the question (the first one's error says why).
@@ -152,17 +159,23 @@ def choose(question: str, candidates: Sequence[Candidate]) -> DocumentAnswer:
     readable = [c for c in candidates if c.score is not None and not c.error]
     if not readable:
         raise InputError(f"none of the {len(candidates)} passages found could be read: {candidates[0].error}")
-    # an empty answer only where every reading is empty; then the surest, then the better BM25 rank
-    best = max(readable, key=lambda c: (c.answer != "", c.score, -c.passage.rank))
+    answering = [c for c in readable if c.answer.strip() and c.answer.strip().lower() != no_answer.strip().lower()]
+    if not answering:
+        return DocumentAnswer(question, NOT_ANSWERED, None, list(candidates))
+    best = max(answering, key=lambda c: (c.score, -c.passage.rank))
     return DocumentAnswer(question, best.answer, best.passage, list(candidates))
 
 
 def read_all(
-    planned: Sequence[tuple[str, Sequence[Passage], Sequence[Row | None], Sequence[str]]],
+    planned: Sequence[tuple[str, Sequence[Passage], Sequence[Row | None], Sequence[str]]], no_answer: str = NO_ANSWER
 ) -> list[DocumentAnswer]:
     """Each question's answer once its rows have finished: `(question, passages, rows, errors)` per question."""
     return [
-        choose(question, [Candidate.read(p, row, error) for p, row, error in zip(passages, rows, errors, strict=True)])
+        choose(
+            question,
+            [Candidate.read(p, row, error) for p, row, error in zip(passages, rows, errors, strict=True)],
+            no_answer,
+        )
         for question, passages, rows, errors in planned
     ]
 
@@ -227,7 +240,7 @@ class DocumentsQA:
             planned.append((question, passages, *reading_rows(decoder, question, passages, options)))
         decoder.join([row for _, _, rows, _ in planned for row in rows if row is not None])
         decoder.run()
-        return read_all(planned)
+        return read_all(planned, self.model.manifest.no_answer)
 
     def close(self) -> None:
         self.index.close()

@@ -122,6 +122,8 @@ def check_manifest(manifest: Manifest) -> None:
         raise _refuse(
             "context_template", f"is {shown(template)}, not a text with one {{context}} and one {{question}} field"
         )
+    if not isinstance(manifest.no_answer, str) or not manifest.no_answer.strip() or len(manifest.no_answer) > 200:
+        raise _refuse("no_answer", f"is {shown(manifest.no_answer)}, not a text of 1 to 200 characters")
     _int("generation.max_new_tokens", manifest.generation.max_new_tokens, 1, MAX_TOKENS)
     _int("generation.num_beams", manifest.generation.num_beams, 1, MAX_BEAMS)
     _check_shared_tensors(manifest)

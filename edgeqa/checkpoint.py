@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import ModelError
-from edgeqa.prompt import CONTEXT_TEMPLATE, DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE
+from edgeqa.prompt import (
+    CONTEXT_TEMPLATE,
+    DEFAULT_MAX_ANSWER_TOKENS,
+    DEFAULT_MAX_INPUT_TOKENS,
+    NO_ANSWER,
+    PROMPT_TEMPLATE,
+)
 from edgeqa.typed_json import read_record
 
 TRAINING_RECORD = "edgeqa_config.json"
@@ -29,6 +35,7 @@ class TrainingRecord:
         prompt_template: Prompt with one `{question}` field.
         context_template: Prompt with `{context}` and `{question}` fields: training's when it read passages
             (`--context-column`), else FLAN's reading template.
+        no_answer: The answer of records whose passage does not answer their question.
         max_source_tokens: Prompt tokens kept in training.
         max_target_tokens: Answer tokens kept in training.
         eval_max_new_tokens: Answer length generated at evaluation: the artifact's default.
@@ -40,6 +47,7 @@ class TrainingRecord:
     model: str
     prompt_template: str = PROMPT_TEMPLATE
     context_template: str = CONTEXT_TEMPLATE
+    no_answer: str = NO_ANSWER
     max_source_tokens: int = DEFAULT_MAX_INPUT_TOKENS
     max_target_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
     eval_max_new_tokens: int = 256

@@ -11,9 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from edgeqa.prompt import CONTEXT_TEMPLATE, DEFAULT_MAX_ANSWER_TOKENS, DEFAULT_MAX_INPUT_TOKENS, PROMPT_TEMPLATE
+from edgeqa.prompt import (
+    CONTEXT_TEMPLATE,
+    DEFAULT_MAX_ANSWER_TOKENS,
+    DEFAULT_MAX_INPUT_TOKENS,
+    NO_ANSWER,
+    PROMPT_TEMPLATE,
+)
 
-# 5: `context_template`, the form of a question with a passage to read (4 reads as FLAN's own).
+# 5: `context_template`, the form of a question with a passage to read, and `no_answer`, what the reader
+#    says when the passage does not answer (4 reads as FLAN's own).
 # 4: the export's CPU and the outlier search's record.
 # 3: typed quantization, parity and generation records (parity's `exact_match` is now
 #    `identical_answers`, with exact match against the references beside it).
@@ -357,6 +364,8 @@ class ManifestRecord:
         prompt_template: Template with one `{question}` field, copied from training.
         context_template: Template with one `{context}` and one `{question}` field, for a question with a
             passage to read: training's, or FLAN's reading template for a checkpoint trained without passages.
+        no_answer: What the reader answers from a passage that does not answer the question; reading
+            several passages, it passes over them.
         max_input_tokens: Prompt tokens kept (longer prompts are truncated with a warning).
         max_answer_tokens: Longest answer the model was trained for.
         generation: Default generation options.
@@ -375,6 +384,7 @@ class ManifestRecord:
     tokenizer_vocab_size: int = 0
     prompt_template: str = PROMPT_TEMPLATE
     context_template: str = CONTEXT_TEMPLATE
+    no_answer: str = NO_ANSWER
     max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS
     max_answer_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)

@@ -11,6 +11,9 @@ PROMPT_TEMPLATE = "Please answer this question: {question}"
 #: FLAN's reading-comprehension template: the default for checkpoints fine-tuned without passages,
 #: which FLAN-T5 was instruction-tuned to read (SQuAD and other "read this and answer" tasks).
 CONTEXT_TEMPLATE = "Read this and answer the question\n\n{context}\n\n{question}"
+#: What a reader answers from a passage that does not answer the question (FLAN's SQuAD 2.0 convention):
+#: reading several passages, it passes over them.
+NO_ANSWER = "unanswerable"
 DEFAULT_MAX_INPUT_TOKENS = 128
 DEFAULT_MAX_ANSWER_TOKENS = 512
 

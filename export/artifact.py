@@ -232,6 +232,7 @@ def _manifest(
         tokenizer_vocab_size=Tokenizer.from_file(str(staging / "tokenizer.json")).get_vocab_size(True),
         prompt_template=check_template(trained.prompt_template),
         context_template=check_context_template(trained.context_template),
+        no_answer=trained.no_answer,
         max_input_tokens=config.max_input_tokens or trained.max_source_tokens,
         max_answer_tokens=trained.max_target_tokens,
         generation=GenerationDefaults(

@@ -12,6 +12,7 @@ from edgeqa.prompt import (
     CONTEXT_TEMPLATE,
     DEFAULT_MAX_ANSWER_TOKENS,
     DEFAULT_MAX_INPUT_TOKENS,
+    NO_ANSWER,
     PROMPT_TEMPLATE,
     check_context_template,
     check_template,
@@ -48,6 +49,8 @@ class FinetuneConfig:
         prompt_template: Prompt with one `{question}` field; saved for export and runtime.
         context_template: Prompt with one `{context}` and one `{question}` field, for records with a
             passage; saved for export and runtime (FLAN's reading template by default).
+        no_answer: The answer of records whose passage does not answer their question (FLAN's
+            "unanswerable" by default); saved, so that a reader of several passages passes over it.
         max_source_tokens: Prompt tokens kept (truncation).
         max_target_tokens: Answer tokens kept (truncation).
         validation_fraction: Share held out when the data has no validation split.
@@ -94,6 +97,7 @@ class FinetuneConfig:
     context_column: str | None = None
     prompt_template: str = PROMPT_TEMPLATE
     context_template: str = CONTEXT_TEMPLATE
+    no_answer: str = NO_ANSWER
     max_source_tokens: int = DEFAULT_MAX_INPUT_TOKENS
     max_target_tokens: int = DEFAULT_MAX_ANSWER_TOKENS
     validation_fraction: float = 0.3
@@ -125,6 +129,8 @@ class FinetuneConfig:
         check_types(self, ConfigError)
         check_template(self.prompt_template)
         check_context_template(self.context_template)
+        if not self.no_answer.strip():
+            raise ConfigError("no_answer must not be empty; e.g. unanswerable")
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:

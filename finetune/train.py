@@ -247,6 +247,7 @@ def training_record(config: FinetuneConfig, global_step: int) -> TrainingRecord:
         model=config.model,
         prompt_template=config.prompt_template,
         context_template=config.context_template,
+        no_answer=config.no_answer,
         max_source_tokens=config.max_source_tokens,
         max_target_tokens=config.max_target_tokens,
         eval_max_new_tokens=config.eval_max_new_tokens,

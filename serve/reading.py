@@ -57,7 +57,7 @@ async def read_index(
         service.submit(jobs)
         if await wait_all(request, service.engine, jobs) is None:
             return None
-    return read_all(planned)
+    return read_all(planned, model.manifest.no_answer)
 
 
 async def openai_from_index(

@@ -177,9 +177,13 @@ def test_other_versions_are_refused_before_anything_else(folder, version, messag
 def test_a_format_4_manifest_reads_with_flans_reading_template(folder):
     data = json.loads(manifest_in(folder).to_json())
     data["format_version"] = 4
-    del data["context_template"]
+    del data["context_template"], data["no_answer"]
     manifest = Manifest.from_dict(data)
     assert manifest.context_template == "Read this and answer the question\n\n{context}\n\n{question}"
+    assert manifest.no_answer == "unanswerable"
+    data["no_answer"] = " "
+    with pytest.raises(ArtifactError, match="no_answer is ' ', not a text of 1 to 200 characters"):
+        Manifest.from_dict(data)
 
 
 @pytest.mark.parametrize("template", ["{question} only", "{context} {context} {question}", ""])

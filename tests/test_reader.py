@@ -11,8 +11,18 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeqa.cli import app
-from edgeqa.documents import NO_PASSAGE, DocumentsQA, Index, build_index, passage_budget
+from edgeqa.documents import (
+    NO_PASSAGE,
+    NOT_ANSWERED,
+    Candidate,
+    DocumentsQA,
+    Index,
+    Passage,
+    build_index,
+    passage_budget,
+)
 from edgeqa.documents.build import load_tokenizer
+from edgeqa.documents.reader import choose
 from edgeqa.errors import InputError
 from edgeqa.runtime import QAModel, Row
 
@@ -297,3 +307,39 @@ def test_a_reader_trained_on_passages_carries_its_template_to_the_artifact(tiny_
     model = QAModel.load(tmp_path / "art")
     [(ids, _)] = model.decoder().prompts(["Who?"], ["Ann wrote it."])
     assert model.tokenizer.decode(ids) == "Passage: Ann wrote it. Question: Who?"
+
+
+def _passage(rank: int) -> Passage:
+    return Passage(
+        id=rank,
+        file=f"p{rank}.md",
+        title="",
+        heading="",
+        start_line=1,
+        end_line=2,
+        unit="line",
+        text=f"passage {rank}",
+        rank=rank,
+        score=10.0 - rank,
+    )
+
+
+def test_the_choice_passes_over_readings_that_do_not_answer():
+    p1, p2, p3 = _passage(1), _passage(2), _passage(3)
+    surest_abstains = [
+        Candidate(p1, "unanswerable", -0.01),
+        Candidate(p2, "Oslo", -0.4),
+        Candidate(p3, "", -0.001),
+    ]
+    answer = choose("q", surest_abstains)
+    assert (answer.text, answer.source, answer.found) == ("Oslo", p2, True)
+    assert choose("q", surest_abstains, no_answer="Unknown").text == "unanswerable"  # the artifact's own word
+    tie = choose("q", [Candidate(p1, "A", -0.5), Candidate(p2, "B", -0.5)])
+    assert tie.text == "A"  # a tie goes to the better BM25 rank
+    none = choose("q", [Candidate(p1, " UNANSWERABLE ", -0.1), Candidate(p2, "", -0.2)])
+    assert (none.text, none.source, none.found, len(none.candidates)) == (NOT_ANSWERED, None, False, 2)
+    unread = [Candidate(p1, error="too long"), Candidate(p2, error="too long")]
+    with pytest.raises(InputError, match="none of the 2 passages found could be read: too long"):
+        choose("q", unread)
+    mixed = choose("q", [Candidate(p1, error="too long"), Candidate(p2, "B", -2.0)])
+    assert mixed.source is p2
