@@ -353,6 +353,7 @@ def test_every_finetune_config_field_is_a_flag(monkeypatch, tmp_path):
         context_column="passage",
         prompt_template="Q: {question}",
         context_template="P: {context} Q: {question}",
+        no_answer="no idea",
         max_source_tokens=64,
         max_target_tokens=32,
         validation_fraction=0.2,
