@@ -268,15 +268,18 @@ def test_a_context_column_is_read_with_the_context_template_and_never_cut(tmp_pa
         {"question": "What is the capital of France?", "answer": "Paris", "context": ""},  # asked alone
         {"question": "Where is it?", "answer": "Oslo", "context": "It is in Oslo. " + "More words here. " * 40},
     ]
-    path = write_jsonl(tmp_path / "qa.jsonl", rows * 2)
-    cfg = config(path, context_column="context", max_source_tokens=48, validation_fraction=0.5, seed=0)
+    path = tmp_path / "data"
+    path.mkdir()
+    write_jsonl(path / "train.jsonl", rows * 2)
+    write_jsonl(path / "validation.jsonl", rows)
+    cfg = config(path, context_column="context", max_source_tokens=48)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     train = prepare_splits(load_raw(cfg), cfg)[0]
     with caplog.at_level("WARNING"):
         encoded = tokenize(train, tokenizer, cfg)
     prompts = sorted(tokenizer.batch_decode(encoded["input_ids"], skip_special_tokens=True))
     too_long = sum("More words" in (r["context"] or "") for r in train)
-    assert len(prompts) == len(train) - too_long and too_long >= 1
+    assert len(prompts) == len(train) - too_long and too_long == 2
     assert f"left out {too_long} of {len(train)} records" in caplog.text
     read = [p for p in prompts if p.startswith("Read this and answer the question")]
     alone = [p for p in prompts if p.startswith("Please answer this question")]

@@ -1,0 +1,293 @@
+"""`edgeqa demo --documents`: answers from documents, offline, measured where memory cannot help.
+
+The documents are one markdown page per country of a counterfactual world (`edgeqa.counterfactual`:
+the capital of France may be Nairobi), so the only way to answer right is to read the right page.
+The demo trains a demo-sized reader from scratch on other countries' pages (fresh counterfactual
+worlds, phrasings kept apart from the test ones), exports it to int8 through the parity gate,
+indexes the test world's pages and answers the held-out questions through retrieval
+(`DocumentsQA`): exact match, the right source, and the same reader asked without the pages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeqa.errors import ConfigError
+from edgeqa.manifest import WeightType
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReaderRecipe:
+    """How the demo trains its reader (measured in benchmarks/results/reader-recipe.md).
+
+    Attributes:
+        shape: `T5Config` sizes of the reader (FLAN-T5's vocabulary).
+        tie_word_embeddings: One embedding for input and output (copying a passage's words is easier).
+        relations: The relations the pages state and the questions ask.
+        worlds: Fresh counterfactual worlds of the train countries the training records come from.
+        negative_share: Share of records asked of a page that does not say, answered `no_answer`.
+        max_steps: Optimizer steps.
+        batch_size: Records per step.
+        learning_rate: AdamW's peak learning rate.
+        max_source_tokens: The reader's input limit: a page and a question fit.
+        eval_steps: Steps between evaluations (exact match on held-out phrasings picks the checkpoint).
+    """
+
+    shape: dict[str, int]
+    tie_word_embeddings: bool
+    relations: tuple[str, ...]
+    worlds: int
+    negative_share: float
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    max_source_tokens: int
+    eval_steps: int
+
+
+RECIPE = ReaderRecipe(
+    shape=dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4),
+    tie_word_embeddings=False,
+    relations=("capital", "continent", "currency"),
+    worlds=40,
+    negative_share=0.25,
+    max_steps=3000,
+    batch_size=32,
+    learning_rate=3e-3,
+    max_source_tokens=192,
+    eval_steps=500,
+)
+#: Held-out questions answered through retrieval at the end (an evenly spaced sample).
+TEST_QUESTIONS = 400
+#: Validation records: held-out phrasings of train countries, for the checkpoint choice and the parity gate.
+VALIDATION_RECORDS = 300
+
+
+@dataclass(frozen=True)
+class Asked:
+    """One held-out question answered through retrieval."""
+
+    question: str
+    expected: str
+    page: str
+    answer: str
+    source: str
+    right_source: bool
+    counterfactual: bool
+
+    @property
+    def correct(self) -> bool:
+        from edgeqa.metrics import exact_match
+
+        return exact_match([self.answer], [self.expected]) == 1.0
+
+
+@dataclass(frozen=True)
+class DocumentsDemoResult:
+    """What the documents demo made and measured.
+
+    Attributes:
+        exact_match: Share of held-out questions answered exactly, through retrieval.
+        counterfactual_exact_match: The same, over the questions whose page states a counterfactual value.
+        right_source: Share whose answer was read from the question's own page.
+        closed_book_exact_match: The same reader asked without passages (what its weights remember).
+        train_seconds: Fine-tuning wall time; total_seconds: the whole demo's.
+    """
+
+    output: Path
+    artifact: Path
+    index: Path
+    pages: Path
+    asked: list[Asked]
+    exact_match: float
+    counterfactual_exact_match: float
+    right_source: float
+    closed_book_exact_match: float
+    train_seconds: float
+    total_seconds: float
+    parity_table: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def write_data(folder: Path, recipe: ReaderRecipe, seed: int = 0) -> tuple[Any, list[dict[str, Any]], Path]:
+    """The test world (its pages in `folder/pages`), its held-out test records, and the training folder
+    (train.jsonl: fresh worlds of the train countries; validation.jsonl: their held-out phrasings)."""
+    from edgeqa.counterfactual import build_world, records, split_countries, train_records, write_pages
+
+    train_names, test_names = split_countries(seed=seed)
+    world = build_world(relations=recipe.relations, seed=seed)
+    write_pages(world, folder / "pages")
+    tests = records(world, "test", seed=seed, pages=set(test_names))
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    training = train_records(
+        train_names, recipe.worlds, recipe.relations, seed=seed, negative_share=recipe.negative_share
+    )
+    held = records(
+        build_world(train_names, recipe.relations, seed=seed + 500), "test", seed=seed + 1, pages=set(train_names)
+    )[:VALIDATION_RECORDS]
+    for name, rows in (("train", training), ("validation", held)):
+        with open(data / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for row in rows:
+                record = {"question": row["question"], "context": row["context"], "answer": row["answer"]}
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return world, tests, data
+
+
+def run_documents_demo(
+    output: Path,
+    recipe: ReaderRecipe = RECIPE,
+    max_steps: int | None = None,
+    test_questions: int = TEST_QUESTIONS,
+    force: bool = False,
+    progress_bars: bool = False,
+) -> DocumentsDemoResult:
+    """Write the pages, train the reader, export it to int8 through the gate, index the pages, answer.
+
+    Raises:
+        ConfigError: a non-empty `output` without `force`.
+    """
+    from edgeqa.documents import DocumentsQA, Index, build_index, passage_budget
+    from edgeqa.documents.build import load_tokenizer
+    from edgeqa.export import ExportConfig, export_artifact
+    from edgeqa.finetune import FinetuneConfig, finetune
+    from edgeqa.finetune.models import build_random_t5
+    from edgeqa.runtime import QAModel
+
+    started = time.perf_counter()
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not force:
+        raise ConfigError(f"{output} is not empty; pass --force to run the demo again there, or another --output")
+    output.mkdir(parents=True, exist_ok=True)
+    steps = max_steps or recipe.max_steps
+    logger.info("demo 1/5: a counterfactual world, one page per country, and reading records of other countries")
+    world, tests, data = write_data(output, recipe)
+    logger.info("demo 2/5: a reader from scratch (random weights: none can be downloaded), %d steps", steps)
+    model = build_random_t5(
+        output / "base-model", initializer_factor=0.5, tie_word_embeddings=recipe.tie_word_embeddings, **recipe.shape
+    )
+    every = min(recipe.eval_steps, steps)
+    training_started = time.perf_counter()
+    run = finetune(
+        FinetuneConfig(
+            model=str(model),
+            data=str(data),
+            output_dir=output / "run",
+            context_column="context",
+            max_source_tokens=recipe.max_source_tokens,
+            max_target_tokens=32,
+            epochs=1000,
+            max_steps=steps,
+            learning_rate=recipe.learning_rate,
+            batch_size=recipe.batch_size,
+            eval_batch_size=100,
+            max_eval_samples=VALIDATION_RECORDS,
+            eval_max_new_tokens=16,
+            logging_steps=50,
+            save_total_limit=1,
+            overwrite=True,
+        ),
+        trainer_overrides=dict(
+            eval_strategy="steps",
+            eval_steps=every,
+            save_strategy="steps",
+            save_steps=every,
+            metric_for_best_model="exact_match",
+        ),
+        progress_bars=progress_bars,
+    )
+    train_seconds = time.perf_counter() - training_started
+    logger.info("demo 3/5: exporting the reader to int8 ONNX through the parity gate (on passages)")
+    artifact = output / "reader-int8"
+    exported = export_artifact(
+        ExportConfig(
+            checkpoint=str(run.final_dir),
+            output=artifact,
+            quantize=WeightType.INT8,
+            parity_data=data / "validation.jsonl",
+            parity_samples=VALIDATION_RECORDS,
+            parity_max_new_tokens=16,
+            force=True,
+        )
+    )
+    logger.info("demo 4/5: indexing the %d pages", len(world.pages))
+    index = output / "pages.edgeqa-index"
+    tokenizer = artifact / exported.manifest.files["tokenizer"].path
+    budget = passage_budget(exported.manifest.max_input_tokens, load_tokenizer(tokenizer), exported.manifest.context_template)
+    build_index([output / "pages"], index, tokenizer, passage_tokens=budget)
+    logger.info("demo 5/5: answering held-out questions through retrieval (CPU runtime, no torch)")
+    picked = tests[:: max(1, len(tests) // test_questions)][:test_questions]
+    reader = QAModel.load(artifact)
+    with DocumentsQA(reader, Index.open(index)) as qa:
+        answers = qa.ask_batch([str(row["question"]) for row in picked], reader.options(max_new_tokens=16))
+    closed = reader.answer_batch([str(row["question"]) for row in picked], batch_size=32, max_new_tokens=16)
+    asked = [
+        Asked(
+            question=str(row["question"]),
+            expected=str(row["answer"]),
+            page=str(row["page"]),
+            answer=answer.text,
+            source=answer.source.source if answer.source else "",
+            right_source=answer.source is not None and answer.source.title == row["page"],
+            counterfactual=bool(row["counterfactual"]),
+        )
+        for row, answer in zip(picked, answers, strict=True)
+    ]
+    from edgeqa.metrics import exact_match
+
+    swapped = [a for a in asked if a.counterfactual]
+    return DocumentsDemoResult(
+        output=output,
+        artifact=artifact,
+        index=index,
+        pages=output / "pages",
+        asked=asked,
+        exact_match=_share(a.correct for a in asked),
+        counterfactual_exact_match=_share(a.correct for a in swapped),
+        right_source=_share(a.right_source for a in asked),
+        closed_book_exact_match=exact_match([a.text for a in closed], [str(row["answer"]) for row in picked]),
+        train_seconds=train_seconds,
+        total_seconds=time.perf_counter() - started,
+        parity_table=exported.parity.table() if exported.parity else "",
+        history=run.history,
+    )
+
+
+def _share(flags: Any) -> float:
+    values = list(flags)
+    return sum(values) / max(1, len(values))
+
+
+def documents_summary(result: DocumentsDemoResult, shown: int = 5) -> str:
+    """What `edgeqa demo --documents` prints on stdout: the gate, the measures, a few answers, next commands."""
+    questions = len(result.asked)
+    lines = [
+        "Parity of the int8 reader against the PyTorch model (held-out phrasings, with their pages):",
+        result.parity_table,
+        f"held-out questions through retrieval ({questions}, countries and phrasings never trained on):",
+        f"  exact match {result.exact_match * 100:.1f}% "
+        f"(on counterfactual pages {result.counterfactual_exact_match * 100:.1f}%), "
+        f"right source {result.right_source * 100:.1f}%",
+        f"  the same reader without the pages: exact match {result.closed_book_exact_match * 100:.1f}%",
+        f"  trained for {result.train_seconds / 60:.1f} min; the whole demo {result.total_seconds / 60:.1f} min",
+        "",
+    ]
+    for asked in result.asked[:shown]:
+        verdict = "right" if asked.correct else f"wrong, the page says {asked.expected}"
+        lines.append(f"  {asked.question} -> {asked.answer}  ({verdict}; {asked.source})")
+    artifact, index = result.artifact, result.index
+    lines += [
+        "",
+        f"everything is in {result.output} (pages in {result.pages}); next:",
+        f'  edgeqa ask {artifact} --index {index} "What is the capital of {result.asked[0].page}?"',
+        f'  edgeqa ask {artifact} --index {index} "What currency is used in France?" --json',
+        f"  edgeqa serve {artifact} --index {index}",
+    ]
+    return "\n".join(lines)
