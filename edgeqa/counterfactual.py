@@ -280,6 +280,7 @@ def train_records(
     relations: Sequence[str] = PAGE_RELATIONS,
     share: float = 1.0,
     seed: int = 0,
+    fillers: bool = True,
 ) -> list[dict[str, object]]:
     """Training records from `worlds` freshly sampled worlds of `names`: new swaps, phrasings and order each.
 
@@ -288,7 +289,7 @@ def train_records(
     """
     out: list[dict[str, object]] = []
     for n in range(worlds):
-        world = build_world(names, relations, share, seed=10_000 + seed * 1_000 + n)
+        world = build_world(names, relations, share, seed=10_000 + seed * 1_000 + n, fillers=fillers)
         out += records(world, "train", seed=n)
     return out
 
