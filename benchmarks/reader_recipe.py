@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from edgeqa.demo import DEMO_SHAPE
 from edgeqa.documents import READING_TEMPLATE, Index, build_index
 from edgeqa.metrics import exact_match
 
-ABSTAIN = "unanswerable"
+ABSTAIN = cf.ABSTAIN
 TOKENIZER_JSON = Path(cf.__file__).parent / "assets" / "flan-t5-tokenizer" / "tokenizer.json"
 
 
@@ -40,17 +39,15 @@ def prompt(question: str, context: str) -> str:
 def training_data(folder: Path, args: argparse.Namespace, train_names: list[str]) -> int:
     """train.jsonl (fresh worlds, optional negatives) and a small validation.jsonl; returns the train size."""
     rows = cf.train_records(
-        train_names, args.worlds, args.relations, share=args.share, seed=args.seed, fillers=not args.no_fillers
+        train_names,
+        args.worlds,
+        args.relations,
+        share=args.share,
+        seed=args.seed,
+        fillers=not args.no_fillers,
+        negative_share=args.negatives,
     )
-    rng = random.Random(args.seed)
-    out = []
-    for r in rows:
-        context, answer = r["context"], r["answer"]
-        if args.negatives and rng.random() < args.negatives:
-            other = rng.choice(rows)
-            if other["page"] != r["page"]:
-                context, answer = other["context"], ABSTAIN
-        out.append({"question": prompt(str(r["question"]), str(context)), "answer": answer})
+    out = [{"question": prompt(str(r["question"]), str(r["context"])), "answer": r["answer"]} for r in rows]
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "train.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
@@ -161,7 +158,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=DEMO_SHAPE["num_layers"])
     parser.add_argument("--worlds", type=int, default=60, help="fresh counterfactual worlds in the training data")
     parser.add_argument("--share", type=float, default=1.0, help="counterfactual share of the training worlds")
-    parser.add_argument("--negatives", type=float, default=0.0, help="share of records given a wrong page")
+    parser.add_argument(
+        "--negatives",
+        type=float,
+        default=0.0,
+        help="records asked of a wrong page (answer: unanswerable), added per record",
+    )
     parser.add_argument("--no-fillers", action="store_true", help="pages without population/area/ISO sentences")
     parser.add_argument("--relations", nargs="+", default=list(cf.PAGE_RELATIONS))
     parser.add_argument("--eval-questions", type=int, default=200)

@@ -25,6 +25,8 @@ PAGE_RELATIONS = tuple(RELATIONS)
 DEFAULT_SHARE = 0.6
 #: Share of countries kept for testing (by a hash of the name).
 DEFAULT_TEST_SHARE = 0.2
+#: What a reader trained with negatives answers from a page that does not say.
+ABSTAIN = "unanswerable"
 #: Cities of `city_country` named on one page, at most (keeps pages short).
 MAX_CITIES_PER_PAGE = 2
 #: Sentence phrasings per relation: `{s}` the subject, `{a}` the value.
@@ -274,6 +276,25 @@ def records(
     return out
 
 
+def negatives(world: World, rows: Sequence[dict[str, object]], share: float, seed: int = 0) -> list[dict[str, object]]:
+    """Records asked of a page that does not state the fact, answered `ABSTAIN`, for a `share` of `rows`.
+
+    The wrong page is one that names the subject (a neighbour's page) where there is one, else a random one:
+    what BM25 ranks next to the right page.
+    """
+    rng = random.Random(f"negatives:{seed}")
+    bodies = {name: page_body(text) for name, text in world.pages.items()}
+    names = sorted(bodies)
+    out = []
+    for row in rows:
+        if rng.random() >= share:
+            continue
+        naming = [n for n in names if n != row["page"] and str(row["subject"]) in bodies[n]]
+        page = rng.choice(naming) if naming else rng.choice([n for n in names if n != row["page"]])
+        out.append(row | {"context": bodies[page], "answer": ABSTAIN, "page": page, "counterfactual": False})
+    return out
+
+
 def train_records(
     names: Sequence[str],
     worlds: int,
@@ -281,16 +302,23 @@ def train_records(
     share: float = 1.0,
     seed: int = 0,
     fillers: bool = True,
+    negative_share: float = 0.0,
 ) -> list[dict[str, object]]:
     """Training records from `worlds` freshly sampled worlds of `names`: new swaps, phrasings and order each.
 
     Pass only train countries: `split_countries()[0]`. The seeds are offset from the test world's
     so that no training world repeats it.
+
+    Args:
+        negative_share: Add this share of `negatives` (answered `ABSTAIN`), shuffled in.
     """
     out: list[dict[str, object]] = []
     for n in range(worlds):
         world = build_world(names, relations, share, seed=10_000 + seed * 1_000 + n, fillers=fillers)
-        out += records(world, "train", seed=n)
+        rows = records(world, "train", seed=n)
+        rows += negatives(world, rows, negative_share, seed=n) if negative_share else []
+        random.Random(f"train:{seed}:{n}").shuffle(rows)
+        out += rows
     return out
 
 

@@ -87,3 +87,15 @@ def test_bad_arguments_are_config_errors() -> None:
         cf.split_countries(test_share=0)
     with pytest.raises(ConfigError, match="phrasings"):
         cf.records(cf.build_world(["France"]), "valid")
+
+
+def test_negatives_ask_a_page_that_does_not_state_the_answer(world: cf.World) -> None:
+    rows = cf.records(world, "train")
+    wrong = cf.negatives(world, rows, share=0.5)
+    assert 0.4 * len(rows) < len(wrong) < 0.6 * len(rows)
+    for row in wrong:
+        assert row["answer"] == cf.ABSTAIN and row["context"] == cf.page_body(world.pages[str(row["page"])])
+    own = {(r["subject"], r["relation"]): r["page"] for r in rows}
+    assert all(own[row["subject"], row["relation"]] != row["page"] for row in wrong)
+    mixed = cf.train_records(cf.split_countries()[0][:40], worlds=1, negative_share=0.25)
+    assert any(r["answer"] == cf.ABSTAIN for r in mixed) and any(r["answer"] != cf.ABSTAIN for r in mixed)
