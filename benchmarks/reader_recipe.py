@@ -74,7 +74,7 @@ class Reader:
                 max_length=self.max_source_tokens,
             )
             gen = self.model.generate(
-                **enc, max_new_tokens=24, do_sample=False, num_beams=1, output_scores=True, return_dict_in_generate=True
+                **enc, max_new_tokens=16, do_sample=False, num_beams=1, output_scores=True, return_dict_in_generate=True
             )
             steps = self.model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True)
             tokens = gen.sequences[:, 1:]
@@ -88,10 +88,14 @@ class Reader:
         return out
 
 
-def evaluate(reader: Reader, gold: list[dict], retrieved: list[tuple[dict, list[Any]]]) -> dict[str, float]:
+def evaluate(reader: Reader, gold: list[dict], retrieved: list[tuple[dict, list[Any]]]) -> dict[str, Any]:
     """Gold-page EM, and the retrieval pipeline's right-source rate and EM."""
     answers = reader.answer([prompt(r["question"], r["context"]) for r in gold])
     gold_em = exact_match([a for a, _ in answers], [r["answer"] for r in gold])
+    per_relation: dict[str, list[float]] = {}
+    for (a, _), r in zip(answers, gold, strict=True):
+        per_relation.setdefault(r["relation"], []).append(exact_match([a], [r["answer"]]))
+    samples = [f"{r['answer']} <- {a}" for (a, _), r in list(zip(answers, gold, strict=True))[:6]]
     flat = [prompt(r["question"], p.text) for r, passages in retrieved for p in passages]
     read = iter(reader.answer(flat))
     right = hits = 0
@@ -102,7 +106,13 @@ def evaluate(reader: Reader, gold: list[dict], retrieved: list[tuple[dict, list[
         right += passage.title == r["page"]
         hits += exact_match([answer], [r["answer"]]) == 1.0
     n = max(1, len(retrieved))
-    return {"gold_em": gold_em * 100, "source": right / n * 100, "em": hits / n * 100}
+    return {
+        "gold_em": gold_em * 100,
+        "source": right / n * 100,
+        "em": hits / n * 100,
+        "by_relation": {k: round(sum(v) / len(v) * 100) for k, v in sorted(per_relation.items())},
+        "samples": samples,
+    }
 
 
 class Checkpoints(TrainerCallback):
@@ -114,6 +124,11 @@ class Checkpoints(TrainerCallback):
         self.steps, self.measure, self.log = sorted(steps), measure, log
         self.started = self.cpu_started = 0.0
         self.paused = self.cpu_paused = 0.0
+        self.loss: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+        if logs and "loss" in logs:
+            self.loss = round(float(logs["loss"]), 3)
 
     def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
         self.started, self.cpu_started = time.perf_counter(), time.process_time()
@@ -132,7 +147,8 @@ class Checkpoints(TrainerCallback):
             "cpu_minutes": round(cpu, 2),
             "load": round(os.getloadavg()[0], 2),
         }
-        row |= {k: round(v, 1) for k, v in self.measure(model).items()}
+        row["loss"] = self.loss
+        row |= {k: round(v, 1) if isinstance(v, float) else v for k, v in self.measure(model).items()}
         model.train()
         self.paused += time.perf_counter() - pause
         self.cpu_paused += time.process_time() - cpu_pause
@@ -155,6 +171,8 @@ def main() -> None:
     parser.add_argument("--tie", action="store_true", help="tie_word_embeddings=True")
     parser.add_argument("--d-model", type=int, default=DEMO_SHAPE["d_model"])
     parser.add_argument("--d-ff", type=int, default=DEMO_SHAPE["d_ff"])
+    parser.add_argument("--dropout", type=float, default=0.1, help="T5Config.dropout_rate (FLAN-T5's: 0.1)")
+    parser.add_argument("--retrieval-questions", type=int, default=60)
     parser.add_argument("--layers", type=int, default=DEMO_SHAPE["num_layers"])
     parser.add_argument("--worlds", type=int, default=60, help="fresh counterfactual worlds in the training data")
     parser.add_argument("--share", type=float, default=1.0, help="counterfactual share of the training worlds")
@@ -186,17 +204,19 @@ def main() -> None:
     tests = cf.records(world, "test", seed=args.seed, pages=set(test_names))
     tests = tests[: args.eval_questions]
     index = Index.open(out / "index.db")
-    retrieved = [(r, index.search(str(r["question"]), k=4)) for r in tests[: args.eval_questions // 2]]
+    retrieved = [(r, index.search(str(r["question"]), k=4)) for r in tests[: args.retrieval_questions]]
     size = training_data(out / "data", args, train_names)
     shape = dict(DEMO_SHAPE) | dict(
         d_model=args.d_model, d_ff=args.d_ff, num_layers=args.layers, num_decoder_layers=args.layers
     )
-    model_dir = build_random_t5(out / "base", initializer_factor=0.5, tie_word_embeddings=args.tie, **shape)
+    model_dir = build_random_t5(
+        out / "base", initializer_factor=0.5, tie_word_embeddings=args.tie, dropout_rate=args.dropout, **shape
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     log = out / "curve.jsonl"
     log.unlink(missing_ok=True)
 
-    def measure(model: Any) -> dict[str, float]:
+    def measure(model: Any) -> dict[str, Any]:
         return evaluate(Reader(model, tokenizer, args.max_source_tokens), tests, retrieved)
 
     print(f"train records {size}, test questions {len(tests)}, retrieval questions {len(retrieved)}", flush=True)
@@ -213,7 +233,7 @@ def main() -> None:
             max_source_tokens=args.max_source_tokens,
             max_target_tokens=24,
             eval_max_new_tokens=24,
-            logging_steps=100,
+            logging_steps=50,
             save_total_limit=1,
             overwrite=True,
             length_grouping="none",
