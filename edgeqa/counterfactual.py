@@ -130,7 +130,8 @@ def split_countries(test_share: float = DEFAULT_TEST_SHARE, seed: int = 0) -> tu
         raise ConfigError(f"test_share must be between 0 and 1, got {test_share}")
     names = countries()
     test = [c for c in names if _hash_share(f"{seed}:{c}") < test_share]
-    return [c for c in names if c not in set(test)], test
+    held = set(test)
+    return [c for c in names if c not in held], test
 
 
 def _check(relations: Sequence[str], share: float) -> None:
