@@ -1,7 +1,7 @@
 """The reader's training recipe: exact match on held-out counterfactual questions over training time.
 
 Trains a randomly initialised FLAN-T5-shaped reader with `edgeqa.finetune` on pages of train
-countries (fresh counterfactual worlds), and at given minutes of training (evaluation time not
+countries (fresh counterfactual worlds), and at given steps (with the training time, evaluations not
 counted) measures, on test countries asked in phrasings never trained on:
 
 - gold EM: the reader given the right page;
