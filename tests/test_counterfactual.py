@@ -1,0 +1,101 @@
+"""The counterfactual reader world: deterministic, train and test kept apart, answers on their pages."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeqa import counterfactual as cf
+from edgeqa.documents.formats import parse_markdown
+from edgeqa.errors import ConfigError
+from edgeqa.facts import RELATIONS
+
+
+@pytest.fixture(scope="module")
+def world() -> cf.World:
+    return cf.build_world(seed=0)
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[list[str], list[str]]:
+    return cf.split_countries(seed=0)
+
+
+def test_same_seed_same_world_and_records(world: cf.World) -> None:
+    again = cf.build_world(seed=0)
+    assert again == world
+    assert cf.records(again, "test", seed=3) == cf.records(world, "test", seed=3)
+    assert cf.build_world(seed=1).pages != world.pages
+
+
+def test_train_and_test_countries_are_disjoint(split: tuple[list[str], list[str]]) -> None:
+    train, test = split
+    assert not set(train) & set(test)
+    assert set(train) | set(test) == set(cf.countries())
+    assert 0.1 < len(test) / (len(train) + len(test)) < 0.3
+
+
+def test_train_records_name_no_test_country_page(split: tuple[list[str], list[str]]) -> None:
+    train, test = split
+    rows = cf.train_records(train, worlds=2)
+    assert rows and {r["page"] for r in rows} <= set(train)
+
+
+def test_train_and_test_phrasings_are_disjoint(world: cf.World) -> None:
+    train_q = {r["question"] for r in cf.records(world, "train", per_fact=0)}
+    test_q = {r["question"] for r in cf.records(world, "test", per_fact=0)}
+    assert not train_q & test_q
+
+
+def test_test_records_only_from_given_pages(world: cf.World, split: tuple[list[str], list[str]]) -> None:
+    rows = cf.records(world, "test", pages=set(split[1]))
+    assert rows and {r["page"] for r in rows} <= set(split[1])
+
+
+def test_every_answer_is_stated_in_its_context(world: cf.World) -> None:
+    for r in cf.records(world, "test"):
+        assert r["answer"] in r["context"] and r["subject"] in r["context"]
+        assert r["context"] == cf.page_body(world.pages[r["page"]])
+
+
+def test_a_good_share_is_counterfactual(world: cf.World) -> None:
+    assert 0.45 < world.counterfactual_share < 0.8
+    assert cf.build_world(share=0.0).counterfactual_share == 0.0
+    for relation in ("capital", "continent", "currency"):
+        facts = [f for f in world.facts if f.relation == relation]
+        assert sum(f.counterfactual for f in facts) / len(facts) > 0.3
+
+
+def test_every_relation_is_on_the_pages(world: cf.World) -> None:
+    assert {f.relation for f in world.facts} == set(RELATIONS)
+
+
+def test_pages_parse_as_markdown_with_the_country_as_title(world: cf.World, tmp_path) -> None:
+    paths = cf.write_pages(world, tmp_path)
+    assert len(paths) == len(world.pages) == len(cf.countries())
+    for path in paths:
+        document = parse_markdown(path.read_text(encoding="utf-8"), path.stem)
+        assert document.title in world.pages
+        assert [b.text for b in document.blocks] == [cf.page_body(world.pages[document.title])]
+
+
+def test_bad_arguments_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="relation"):
+        cf.build_world(relations=("capital", "height"))
+    with pytest.raises(ConfigError, match="share"):
+        cf.build_world(share=1.5)
+    with pytest.raises(ConfigError, match="test_share"):
+        cf.split_countries(test_share=0)
+    with pytest.raises(ConfigError, match="phrasings"):
+        cf.records(cf.build_world(["France"]), "valid")
+
+
+def test_negatives_ask_a_page_that_does_not_state_the_answer(world: cf.World) -> None:
+    rows = cf.records(world, "train")
+    wrong = cf.negatives(world, rows, share=0.5)
+    assert 0.4 * len(rows) < len(wrong) < 0.6 * len(rows)
+    for row in wrong:
+        assert row["answer"] == cf.ABSTAIN and row["context"] == cf.page_body(world.pages[str(row["page"])])
+    own = {(r["subject"], r["relation"]): r["page"] for r in rows}
+    assert all(own[row["subject"], row["relation"]] != row["page"] for row in wrong)
+    mixed = cf.train_records(cf.split_countries()[0][:40], worlds=1, negative_share=0.25)
+    assert any(r["answer"] == cf.ABSTAIN for r in mixed) and any(r["answer"] != cf.ABSTAIN for r in mixed)
