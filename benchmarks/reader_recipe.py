@@ -25,15 +25,16 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from edgeqa import counterfactual as cf
 from edgeqa.demo import DEMO_SHAPE
-from edgeqa.documents import READING_TEMPLATE, Index, build_index
+from edgeqa.documents import Index, build_index
 from edgeqa.metrics import exact_match
+from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
 
 ABSTAIN = cf.ABSTAIN
 TOKENIZER_JSON = Path(cf.__file__).parent / "assets" / "flan-t5-tokenizer" / "tokenizer.json"
 
 
 def prompt(question: str, context: str) -> str:
-    return READING_TEMPLATE.format(context=context, question=question)
+    return format_prompt(question, context=context, context_template=CONTEXT_TEMPLATE)
 
 
 def training_data(folder: Path, args: argparse.Namespace, train_names: list[str]) -> int:

@@ -320,15 +320,36 @@ def demo(
     max_steps: Annotated[int | None, typer.Option(help="Fine-tuning steps (default: facts 1500, dolly 400).")] = None,
     parity_samples: Annotated[int | None, typer.Option(help="Held-out questions for the parity gate.")] = None,
     force: Annotated[bool, typer.Option(help="Reuse a non-empty --output.")] = False,
+    documents: Annotated[
+        bool,
+        typer.Option(
+            "--documents",
+            help="Answer from documents instead: a reader trained on counterfactual country pages, an index, sources.",
+        ),
+    ] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run the whole pipeline offline on bundled data: fine-tune, export int8, answer.
 
     Example: edgeqa demo --output ./edgeqa-demo
+
+    From documents: edgeqa demo --documents --output ./edgeqa-demo-documents
     """
+    _setup_logging(verbose=verbose, libraries=True)
+    if documents:
+        from edgeqa.demo_documents import documents_summary, run_documents_demo
+
+        if model is not None or data != DemoData.facts or parity_samples is not None:
+            raise EdgeQAError(
+                "--documents trains its own reader on its own pages: leave out --model, --data, --parity-samples"
+            )
+        if output == Path("edgeqa-demo"):
+            output = Path("edgeqa-demo-documents")
+        read = run_documents_demo(output, max_steps=max_steps, force=force, progress_bars=verbose)
+        typer.echo(documents_summary(read))
+        return
     from edgeqa.demo import run_demo, summary
 
-    _setup_logging(verbose=verbose, libraries=True)
     result = run_demo(
         output,
         data=data.value,

@@ -154,8 +154,8 @@ def run_documents_demo(
     Raises:
         ConfigError: a non-empty `output` without `force`.
     """
-    from edgeqa.documents import DocumentsQA, Index, build_index, passage_budget
-    from edgeqa.documents.build import load_tokenizer
+    from edgeqa.documents import DocumentsQA, Index, build_index
+    from edgeqa.documents.sizing import resolve_sizing
     from edgeqa.export import ExportConfig, export_artifact
     from edgeqa.finetune import FinetuneConfig, finetune
     from edgeqa.finetune.models import build_random_t5
@@ -219,9 +219,10 @@ def run_documents_demo(
     )
     logger.info("demo 4/5: indexing the %d pages", len(world.pages))
     index = output / "pages.edgeqa-index"
-    tokenizer = artifact / exported.manifest.files["tokenizer"].path
-    budget = passage_budget(exported.manifest.max_input_tokens, load_tokenizer(tokenizer), exported.manifest.context_template)
-    build_index([output / "pages"], index, tokenizer, passage_tokens=budget)
+    sizing = resolve_sizing(artifact=artifact)  # as `edgeqa index --artifact` sizes passages
+    build_index(
+        [output / "pages"], index, sizing.tokenizer, sizing.passage_tokens, tokenizer_name=sizing.tokenizer_name
+    )
     logger.info("demo 5/5: answering held-out questions through retrieval (CPU runtime, no torch)")
     picked = tests[:: max(1, len(tests) // test_questions)][:test_questions]
     reader = QAModel.load(artifact)
