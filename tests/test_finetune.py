@@ -277,7 +277,7 @@ def test_a_context_column_is_read_with_the_context_template_and_never_cut(tmp_pa
     train = prepare_splits(load_raw(cfg), cfg)[0]
     with caplog.at_level("WARNING"):
         encoded = tokenize(train, tokenizer, cfg)
-    prompts = sorted(tokenizer.batch_decode(encoded["input_ids"], skip_special_tokens=True))
+    prompts = sorted(tokenizer.batch_decode(list(encoded["input_ids"]), skip_special_tokens=True))
     too_long = sum("More words" in (r["context"] or "") for r in train)
     assert len(prompts) == len(train) - too_long and too_long == 2
     assert f"left out {too_long} of {len(train)} records" in caplog.text
