@@ -12,9 +12,9 @@ from typing import Any
 
 from edgeqa.atomic import write_atomic
 from edgeqa.documents.reader import DocumentAnswer, DocumentsQA
-from edgeqa.errors import EdgeQAError, InputError
+from edgeqa.errors import InputError
 from edgeqa.runtime.options import GenerationOptions
-from edgeqa.runtime.questions import Ask, Console, Question, read_questions
+from edgeqa.runtime.questions import Ask, Console, Question, converse, read_questions
 
 
 def ask_index(qa: DocumentsQA, request: Ask, options: GenerationOptions, console: Console) -> None:
@@ -48,19 +48,11 @@ def _show(answer: DocumentAnswer, as_json: bool, console: Console) -> None:
 
 
 def _ask_person(qa: DocumentsQA, options: GenerationOptions, console: Console) -> None:
-    console.note(f"Ask about the documents in {qa.index.path} (Ctrl-D to quit).")
-    while True:
-        try:
-            question = console.read("? ")
-        except (EOFError, KeyboardInterrupt):
-            console.note("")
-            return
-        if not question.strip():
-            continue
-        try:
-            _show(qa.ask(question, options), False, console)
-        except EdgeQAError as e:
-            console.note(f"error: {e}")
+    converse(
+        console,
+        f"Ask about the documents in {qa.index.path} (Ctrl-D to quit).",
+        lambda question: _show(qa.ask(question, options), False, console),
+    )
 
 
 def _ask_file(qa: DocumentsQA, file: Path, request: Ask, options: GenerationOptions, console: Console) -> None:

@@ -189,13 +189,7 @@ def run_demo(
             save_total_limit=1,
             overwrite=True,
         ),
-        trainer_overrides=dict(
-            eval_strategy="steps",
-            eval_steps=every,
-            save_strategy="steps",
-            save_steps=every,
-            metric_for_best_model="exact_match" if data == "facts" else "rougeL",
-        ),
+        trainer_overrides=every_steps(every, "exact_match" if data == "facts" else "rougeL"),
         progress_bars=progress_bars,
     )
     logger.info("demo 3/4: exporting to int8 ONNX with the parity gate")
@@ -233,6 +227,13 @@ def run_demo(
         history=run.history,
         exact_match=scores,
         questions=counts,
+    )
+
+
+def every_steps(steps: int, metric: str) -> dict[str, Any]:
+    """Trainer settings of a demo: evaluate and save every `steps` steps, the best checkpoint by `metric` kept."""
+    return dict(
+        eval_strategy="steps", eval_steps=steps, save_strategy="steps", save_steps=steps, metric_for_best_model=metric
     )
 
 

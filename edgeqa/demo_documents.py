@@ -158,6 +158,7 @@ def run_documents_demo(
         ConfigError: a non-empty `output` without `force`.
     """
     from edgeqa.counterfactual import page_body
+    from edgeqa.demo import every_steps
     from edgeqa.documents import DocumentsQA, Index, build_index
     from edgeqa.documents.sizing import resolve_sizing
     from edgeqa.export import ExportConfig, export_artifact
@@ -198,13 +199,7 @@ def run_documents_demo(
             save_total_limit=1,
             overwrite=True,
         ),
-        trainer_overrides=dict(
-            eval_strategy="steps",
-            eval_steps=every,
-            save_strategy="steps",
-            save_steps=every,
-            metric_for_best_model="exact_match",
-        ),
+        trainer_overrides=every_steps(every, "exact_match"),
         progress_bars=progress_bars,
     )
     train_seconds = time.perf_counter() - training_started

@@ -106,8 +106,21 @@ def _ask_one(model: QAModel, request: Ask, options: GenerationOptions, console: 
 
 
 def _ask_person(model: QAModel, options: GenerationOptions, console: Console, context: str | None = None) -> None:
-    """Stream the answer to each question typed until end of input; a bad question only costs itself."""
-    console.note("Ask a question (Ctrl-D to quit)." if context is None else "Ask about the passage (Ctrl-D to quit).")
+    """Stream the answer to each question typed until end of input."""
+
+    def answer(question: str) -> None:
+        for piece in model.stream(question, options, context):
+            console.write(piece)
+        console.write("\n")
+
+    greeting = "Ask a question" if context is None else "Ask about the passage"
+    converse(console, f"{greeting} (Ctrl-D to quit).", answer)
+
+
+def converse(console: Console, greeting: str, answer: Callable[[str], None]) -> None:
+    """Answer each question a person types until end of input (Ctrl-D) or Ctrl-C; a bad question only
+    costs itself (its error is shown, the next one is asked)."""
+    console.note(greeting)
     while True:
         try:
             question = console.read("? ")
@@ -117,9 +130,7 @@ def _ask_person(model: QAModel, options: GenerationOptions, console: Console, co
         if not question.strip():
             continue
         try:
-            for piece in model.stream(question, options, context):
-                console.write(piece)
-            console.write("\n")
+            answer(question)
         except EdgeQAError as e:
             console.note(f"error: {e}")
 
