@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from edgeqa.atomic import write_atomic
 from edgeqa.documents.reader import DocumentAnswer, DocumentsQA
 from edgeqa.errors import InputError
 from edgeqa.runtime.options import GenerationOptions
-from edgeqa.runtime.questions import Ask, Console, Question, converse, read_questions
+from edgeqa.runtime.questions import Ask, Console, answer_file, converse
 
 
 def ask_index(qa: DocumentsQA, request: Ask, options: GenerationOptions, console: Console) -> None:
@@ -56,39 +54,11 @@ def _ask_person(qa: DocumentsQA, options: GenerationOptions, console: Console) -
 
 
 def _ask_file(qa: DocumentsQA, file: Path, request: Ask, options: GenerationOptions, console: Console) -> None:
-    questions, problems = read_questions(file)
-    rows: list[dict[str, Any]] = []
-    with console.progress(len(questions)) as advance:
-        for first in range(0, len(questions), request.batch_size):
-            batch = questions[first : first + request.batch_size]
-            rows += _answer_rows(qa, batch, options, problems)
-            advance(len(batch))
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    if request.output is None:
-        console.write(text)
-    else:
-        write_atomic(request.output, text)
-    for problem in problems:
-        console.note(f"warning: {file}: {problem}")
-    found = sum(row["found"] for row in rows)
-    where = f" -> {request.output}" if request.output else ""
-    console.note(f"answered {len(rows)} of {len(questions) + len(problems)} questions, {found} from a passage{where}")
-
-
-def _answer_rows(
-    qa: DocumentsQA, batch: list[Question], options: GenerationOptions, problems: list[str]
-) -> list[dict[str, Any]]:
-    """One JSON row per question of the batch (read together); a question that fails alone is skipped and reported."""
-    try:
-        answers: list[DocumentAnswer | None] = list(qa.ask_batch([q.text for q in batch], options))
-    except InputError:
-        answers = []
-        for q in batch:
-            try:
-                answers.append(qa.ask(q.text, options))
-            except InputError as e:
-                problems.append(f"line {q.line}: {e}; skipped")
-                answers.append(None)
-    return [
-        {"line": q.line, **answer.to_dict()} for q, answer in zip(batch, answers, strict=True) if answer is not None
-    ]
+    answer_file(
+        file,
+        request,
+        console,
+        lambda texts: [answer.to_dict() for answer in qa.ask_batch(texts, options)],
+        lambda text: qa.ask(text, options).to_dict(),
+        lambda rows: f", {sum(row['found'] for row in rows)} from a passage",
+    )

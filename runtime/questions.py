@@ -15,8 +15,11 @@ from typing import Any, Protocol, TextIO
 
 from edgeqa.atomic import write_atomic
 from edgeqa.errors import EdgeQAError, InputError
-from edgeqa.runtime.model import Answer, QAModel
+from edgeqa.runtime.model import QAModel
 from edgeqa.runtime.options import GenerationOptions
+
+#: One answered question as a JSON row of `ask --file`'s output.
+Reply = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -136,9 +139,30 @@ def converse(console: Console, greeting: str, answer: Callable[[str], None]) -> 
 
 
 def _ask_file(model: QAModel, file: Path, request: Ask, options: GenerationOptions, console: Console) -> None:
+    def answer_batch(texts: list[str]) -> list[Reply]:
+        answers = model.answer_batch(texts, options, request.batch_size, contexts=[request.context] * len(texts))
+        return [{"question": text, **answer.to_dict()} for text, answer in zip(texts, answers, strict=True)]
+
+    def answer_one(text: str) -> Reply:
+        return {"question": text, **model.answer(text, options, request.context).to_dict()}
+
+    answer_file(file, request, console, answer_batch, answer_one)
+
+
+def answer_file(
+    file: Path,
+    request: Ask,
+    console: Console,
+    answer_batch: Callable[[list[str]], list[Reply]],
+    answer_one: Callable[[str], Reply],
+    tally: Callable[[list[Reply]], str] = lambda rows: "",
+) -> None:
+    """Answer the questions of `file` (`answer_questions`) and show them as JSONL, on the console or
+    written atomically to `request.output`; bad lines and skipped questions as warnings, then a summary
+    (`tally` adds to it)."""
     questions, problems = read_questions(file)
     with console.progress(len(questions)) as advance:
-        rows, skipped = answer_questions(model, questions, request.batch_size, options, advance, request.context)
+        rows, skipped = answer_questions(questions, request.batch_size, answer_batch, answer_one, advance)
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if request.output is None:
         console.write(text)
@@ -147,7 +171,7 @@ def _ask_file(model: QAModel, file: Path, request: Ask, options: GenerationOptio
     for problem in problems + skipped:
         console.note(f"warning: {file}: {problem}")
     where = f" -> {request.output}" if request.output else ""
-    console.note(f"answered {len(rows)} of {len(questions) + len(problems)} questions{where}")
+    console.note(f"answered {len(rows)} of {len(questions) + len(problems)} questions{tally(rows)}{where}")
 
 
 def read_context(source: str, stdin: TextIO | None = None) -> str:
@@ -207,41 +231,34 @@ def read_questions(path: Path) -> tuple[list[Question], list[str]]:
 
 
 def answer_questions(
-    model: QAModel,
     questions: list[Question],
-    batch_size: int = 8,
-    options: GenerationOptions | None = None,
+    batch_size: int,
+    answer_batch: Callable[[list[str]], list[Reply]],
+    answer_one: Callable[[str], Reply],
     progress: Callable[[int], None] | None = None,
-    context: str | None = None,
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Answer questions `batch_size` at a time (each read from `context` when given); a question the
-    model refuses is skipped and reported.
+) -> tuple[list[Reply], list[str]]:
+    """Answer questions `batch_size` at a time; where a batch is refused (`InputError`), one at a time,
+    so that a question refused alone is skipped and reported, never its batch-mates.
 
     Returns:
-        One JSON row per answered question (its line, the question, the answer and its figures),
-        and one message per skipped question.
+        One JSON row per answered question (its line, then what the answer gives), and one message per
+        skipped question.
     """
-    options = model.options(options)
     rows, problems = [], []
     for first in range(0, len(questions), batch_size):
         batch = questions[first : first + batch_size]
-        answers: list[Answer | None]
+        replies: list[Reply | None]
         try:
-            answers = list(
-                model.answer_batch([q.text for q in batch], options, batch_size, contexts=[context] * len(batch))
-            )
+            replies = list(answer_batch([q.text for q in batch]))
         except InputError:
-            # Fall back to one at a time so that one bad question only skips itself.
-            answers = []
+            replies = []
             for q in batch:
                 try:
-                    answers.append(model.answer(q.text, options, context))
+                    replies.append(answer_one(q.text))
                 except InputError as single:
                     problems.append(f"line {q.line}: {single}; skipped")
-                    answers.append(None)
-        for q, a in zip(batch, answers, strict=True):
-            if a is not None:
-                rows.append({"line": q.line, "question": q.text, **a.to_dict()})
+                    replies.append(None)
+        rows += [{"line": q.line, **reply} for q, reply in zip(batch, replies, strict=True) if reply is not None]
         if progress:
             progress(len(batch))
     return rows, problems

@@ -88,24 +88,13 @@ async def openai_from_index(
 
 def sources(answer: DocumentAnswer) -> list[dict[str, Any]]:
     """The passages read for an answer, best BM25 rank first: where each is, a snippet, and which was chosen."""
-    return [
-        {
-            "source": c.passage.source,
-            "file": c.passage.file,
-            "title": c.passage.title,
-            "heading": c.passage.heading,
-            "lines": [c.passage.start_line, c.passage.end_line],
-            "unit": c.passage.unit,
-            "snippet": _snippet(c.passage.text),
-            "rank": c.passage.rank,
-            "bm25": round(c.passage.score, 4),
-            "answer": c.answer,
-            "reader_score": None if c.score is None else round(c.score, 4),
-            "chosen": c.passage is answer.source,
-            **({"error": c.error} if c.error else {}),
-        }
-        for c in answer.candidates
-    ]
+    served = []
+    for c in answer.candidates:
+        read = {key: value for key, value in c.to_dict().items() if key != "passage"}  # a snippet instead
+        lines = [c.passage.start_line, c.passage.end_line]
+        where = {"file": c.passage.file, "lines": lines, "unit": c.passage.unit, "snippet": _snippet(c.passage.text)}
+        served.append(read | where | {"chosen": c.passage is answer.source})
+    return served
 
 
 def answer_body(answer: DocumentAnswer) -> dict[str, Any]:
