@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,62 @@ SENTENCES: dict[str, tuple[str, ...]] = {
         "The city of {s} lies in {a}.",
         "{s} is one of the cities of {a}.",
         "In {a} there is a city called {s}.",
+    ),
+}
+#: More training phrasings of the questions, beside `Relation.train`: a reader trained on three
+#: phrasings a relation learns those three, not the relation. None is a test phrasing
+#: (`Relation.heldout`, `Relation.unseen`).
+MORE_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "capital": (
+        "Capital of {s}?",
+        "{s} has which city as its capital?",
+        "Where is the capital of {s}?",
+        "Tell me the name of the capital of {s}.",
+        "What is the name of the capital city of {s}?",
+        "From which city is {s} governed?",
+        "I would like to know the capital of {s}.",
+    ),
+    "continent": (
+        "Continent of {s}?",
+        "{s} is on which continent?",
+        "Which continent does {s} belong to?",
+        "Tell me the continent of {s}.",
+        "Where in the world is {s}, which continent?",
+        "What is the continent of {s}?",
+        "I would like to know which continent {s} is on.",
+    ),
+    "currency": (
+        "Currency of {s}?",
+        "{s} uses which money?",
+        "What do people in {s} pay with?",
+        "Tell me the currency of {s}.",
+        "Which money is used in {s}?",
+        "What is the official currency in {s}?",
+        "I would like to know the currency of {s}.",
+    ),
+    "largest_city": (
+        "Largest city of {s}?",
+        "Tell me the most populous city of {s}.",
+        "Which city of {s} is the biggest?",
+        "Where do most people of {s} live, which city?",
+    ),
+    "tld": (
+        "Internet domain of {s}?",
+        "Tell me the top-level domain of {s}.",
+        "What do websites in {s} end in?",
+        "Which country code domain does {s} have?",
+    ),
+    "neighbours": (
+        "Neighbours of {s}?",
+        "Tell me the countries next to {s}.",
+        "Which countries lie next to {s}?",
+        "What countries does {s} border?",
+    ),
+    "city_country": (
+        "Country of the city {s}?",
+        "Tell me the country of {s}.",
+        "Where is {s}, in which country?",
+        "Which country has a city called {s}?",
     ),
 }
 #: Sentences about values never asked: they make pages less regular.
@@ -231,6 +288,57 @@ def build_world(
     return World(pages, tuple(facts))
 
 
+def made_up_name(rng: random.Random) -> str:
+    """A pronounceable made-up place name of two to four syllables ("Kovarel")."""
+    syllables = [rng.choice("bcdfghklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4))]
+    return ("".join(syllables) + rng.choice(["", "n", "r", "l", "s"])).capitalize()
+
+
+def value_pools(relations: Sequence[str] = PAGE_RELATIONS) -> dict[str, list[str]]:
+    """Every value the tables hold for each relation, over all countries; the city-valued relations
+    (`capital`, `largest_city`) share their names. An open-vocabulary world draws its values from these.
+
+    Every city name (1,500) as a capital was measured too: at the demo's size the reader had not begun
+    to copy capitals after 1,500 steps (benchmarks/results/reader-recipe.md)."""
+    named = {f.answer for f in load_facts(("capital", "largest_city"))}
+    return {
+        relation: sorted(
+            named if relation in ("capital", "largest_city") else {f.answer for f in load_facts((relation,))}
+        )
+        for relation in relations
+    }
+
+
+def open_world(subjects: Sequence[str], relations: Sequence[str], seed: int = 0) -> World:
+    """A world of any `subjects` (countries or not) whose every value is drawn at random from `value_pools`:
+    a reader trained on such worlds writes names from the whole tables, not only the train countries'.
+    Never a country's real value; `city_country` is not stated."""
+    _check(relations, 1.0)
+    rng = random.Random(f"open:{seed}")
+    pools = value_pools(relations)
+    real = {(f.relation, f.subject): f.answer for f in load_facts(relations)}
+    facts = []
+    for subject in subjects:
+        for relation in relations:
+            if relation == "city_country":
+                continue
+            value = rng.choice(pools[relation])
+            while value == real.get((relation, subject)) or subject in value:
+                value = rng.choice(pools[relation])
+            facts.append(WorldFact(relation, subject, value, subject, True))
+    pages = {s: render_page(s, [f for f in facts if f.page == s], rng) for s in subjects}
+    return World(pages, tuple(facts))
+
+
+def stated_sentence(context: str, answer: str) -> str:
+    """The sentence of a page's body that states `answer` (the whole body where none does): a
+    reader's first lessons copy a value out of one sentence before it looks for it on a page."""
+    for sentence in re.split(r"(?<=\.) ", context):
+        if answer in sentence:
+            return sentence
+    return context
+
+
 def page_body(page: str) -> str:
     """A page without its heading: the passage text `edgeqa index` stores for a short page."""
     return page.split("\n\n", 1)[-1].strip()
@@ -259,7 +367,11 @@ def records(
         if pages is not None and fact.page not in pages:
             continue
         relation = RELATIONS[fact.relation]
-        group = relation.train if phrasings == "train" else (relation.heldout, *relation.unseen)
+        group = (
+            (*relation.train, *MORE_PHRASINGS[fact.relation])
+            if phrasings == "train"
+            else (relation.heldout, *relation.unseen)
+        )
         picked = list(group) if per_fact == 0 else [rng.choice(group) for _ in range(per_fact)]
         for template in picked:
             out.append(
@@ -304,6 +416,8 @@ def train_records(
     seed: int = 0,
     fillers: bool = True,
     negative_share: float = 0.0,
+    open_vocabulary: bool = False,
+    made_up_share: float = 0.0,
 ) -> list[dict[str, object]]:
     """Training records from `worlds` freshly sampled worlds of `names`: new swaps, phrasings and order each.
 
@@ -312,10 +426,25 @@ def train_records(
 
     Args:
         negative_share: Add this share of `negatives` (answered `ABSTAIN`), shuffled in.
+        open_vocabulary: Worlds of `open_world` instead: besides `names`, as many subjects drawn from
+            the city names (never a country's name), every value drawn from all the tables' values. A
+            reader from scratch can only write and place words it has seen: this way the test pages'
+            names and values are words it has read and written, never in the test pages' pairings.
+        made_up_share: Open vocabulary: this share of the extra subjects are made-up names
+            (`made_up_name`), word pieces a reader has rarely read, as a test country's name is.
     """
+    others = sorted({f.subject for f in load_facts(("city_country",))} - set(countries())) if open_vocabulary else []
     out: list[dict[str, object]] = []
     for n in range(worlds):
-        world = build_world(names, relations, share, seed=10_000 + seed * 1_000 + n, fillers=fillers)
+        world_seed = 10_000 + seed * 1_000 + n
+        if open_vocabulary:
+            pick = random.Random(f"subjects:{world_seed}")
+            made_up = round(made_up_share * len(names))
+            subjects = list(names) + pick.sample(others, len(names) - made_up)
+            subjects += sorted({made_up_name(pick) for _ in range(made_up)} - set(subjects))
+            world = open_world(subjects, relations, seed=world_seed)
+        else:
+            world = build_world(names, relations, share, seed=world_seed, fillers=fillers)
         rows = records(world, "train", seed=n)
         rows += negatives(world, rows, negative_share, seed=n) if negative_share else []
         random.Random(f"train:{seed}:{n}").shuffle(rows)

@@ -99,3 +99,26 @@ def test_negatives_ask_a_page_that_does_not_state_the_answer(world: cf.World) ->
     assert all(own[row["subject"], row["relation"]] != row["page"] for row in wrong)
     mixed = cf.train_records(cf.split_countries()[0][:40], worlds=1, negative_share=0.25)
     assert any(r["answer"] == cf.ABSTAIN for r in mixed) and any(r["answer"] != cf.ABSTAIN for r in mixed)
+
+
+def test_open_vocabulary_worlds_keep_test_countries_out(split: tuple[list[str], list[str]]) -> None:
+    train, test = split
+    rows = cf.train_records(train, worlds=2, relations=("capital", "continent", "currency"), open_vocabulary=True)
+    subjects = {str(r["subject"]) for r in rows}
+    assert set(train) < subjects and not subjects & set(test)
+    assert len(subjects - set(train)) >= len(train)  # as many city-named subjects again
+    assert not (subjects - set(train)) & set(cf.countries())
+    pools = cf.value_pools(("capital", "continent", "currency"))
+    real = {(f.relation, f.subject): f.answer for f in cf.load_facts(("capital", "continent", "currency"))}
+    for r in rows:
+        assert r["answer"] in pools[str(r["relation"])] and r["answer"] in r["context"]
+        assert r["answer"] != real.get((r["relation"], r["subject"]))
+    # the test countries' own capitals are words a reader trained this way has written
+    assert {f.answer for f in cf.load_facts(("capital",)) if f.subject in test} <= set(pools["capital"])
+
+
+def test_stated_sentence_is_the_sentence_with_the_answer(world: cf.World) -> None:
+    for r in cf.records(world, "test")[:50]:
+        sentence = cf.stated_sentence(str(r["context"]), str(r["answer"]))
+        assert str(r["answer"]) in sentence and sentence in str(r["context"]) and sentence.count(". ") == 0
+    assert cf.stated_sentence("No answer here. None.", "Paris") == "No answer here. None."
