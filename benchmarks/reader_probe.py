@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,15 @@ from typing import Any
 import torch
 from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
-from edgeqa.counterfactual import build_world, records, split_countries, stated_sentence, train_records
+from edgeqa.counterfactual import (
+    ABSTAIN,
+    SENTENCES,
+    build_world,
+    records,
+    split_countries,
+    stated_sentence,
+    train_records,
+)
 from edgeqa.demo_documents import RECIPE
 from edgeqa.metrics import exact_match
 from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
@@ -116,11 +125,22 @@ def main() -> None:
     # the test countries asked in the trained phrasings: what the unseen phrasings cost
     tests += [r | {"relation": f"{r['relation']}@train"} for r in records(world, "train", pages=set(test_names))]
 
+    def sentence(r: dict) -> str:
+        """The stating sentence; for a negative, the other page's sentence of the same relation."""
+        if r["answer"] != ABSTAIN:
+            return stated_sentence(str(r["context"]), str(r["answer"]))
+        for text in re.split(r"(?<=\.) ", str(r["context"])):
+            for template in SENTENCES[str(r["relation"])]:
+                pattern = re.escape(template).replace(re.escape("{s}"), ".+").replace(re.escape("{a}"), ".+")
+                if re.fullmatch(pattern, text):
+                    return text
+        return str(r["context"])
+
     def encode(batch: list[dict], one_sentence: bool) -> dict[str, torch.Tensor]:
         prompts = [
             format_prompt(
                 str(r["question"]),
-                context=stated_sentence(str(r["context"]), str(r["answer"])) if one_sentence else str(r["context"]),
+                context=sentence(r) if one_sentence else str(r["context"]),
                 context_template=CONTEXT_TEMPLATE,
             )
             for r in batch

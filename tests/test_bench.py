@@ -208,3 +208,22 @@ def test_reading_benchmark_times_every_engine_on_the_same_passages(tiny_model, a
     assert "| tiny | edgeqa runtime int8 |" in table and "| tiny | edgeqa runtime int8, 1 thread |" in table
     if "ctranslate2@1" in engines:
         assert "(goal <= 0.8x)" in table and "x (" in table  # a verdict, and ratios with their rounds' range
+
+
+def test_reader_probe_logs_every_evaluation_and_saves_the_reader(tmp_path: Path) -> None:
+    """`edgeqa.bench.reader_probe`, a few steps: its arguments, one JSON line per evaluation, the weights saved."""
+    log, saved = tmp_path / "probe.jsonl", tmp_path / "reader"
+    args = ["--steps", "6", "--warmup", "2", "--eval-every", "3", "--worlds", "1", "--d-model", "32", "--heads", "2"]
+    args += ["--open-vocabulary", "--one-sentence-steps", "3", "--negatives", "0.5", "--negatives-from", "3"]
+    subprocess.run(
+        [sys.executable, "-m", "edgeqa.bench.reader_probe", *args, "--output", str(log), "--save", str(saved)],
+        check=True,
+        timeout=300,
+    )
+    header, *entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert header["args"]["open_vocabulary"] == "True" and header["args"]["negatives"] == "0.5"
+    assert [e["step"] for e in entries] == [3, 6]
+    for entry in entries:
+        assert {"all", "capital", "continent@train", "right_page", "chosen_em"} <= set(entry)
+        assert all(0 <= entry[k] <= 100 for k in ("all", "capital", "right_page"))
+    assert (saved / "config.json").exists()
