@@ -16,12 +16,13 @@ import argparse
 import json
 import random
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
+from transformers import T5ForConditionalGeneration, T5TokenizerFast
 
 from edgeqa.counterfactual import (
     ABSTAIN,
@@ -33,31 +34,28 @@ from edgeqa.counterfactual import (
     train_records,
 )
 from edgeqa.demo_documents import RECIPE
+from edgeqa.finetune.models import build_random_t5
 from edgeqa.metrics import exact_match
 from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
 from edgeqa.records import BUNDLED_TOKENIZER
 
 
-def build_model(args: argparse.Namespace) -> T5ForConditionalGeneration:
-    torch.manual_seed(args.seed)
-    config = T5Config(
-        vocab_size=32128,
+def build_model(args: argparse.Namespace, folder: Path) -> T5ForConditionalGeneration:
+    """The reader to train: `build_random_t5`'s FLAN-T5 shape and defaults, sized by the arguments."""
+    built = build_random_t5(
+        folder,
+        seed=args.seed,
         d_model=args.d_model,
         d_kv=args.d_model // args.heads,
         d_ff=args.d_ff or 2 * args.d_model,
         num_layers=args.layers,
         num_decoder_layers=args.decoder_layers or args.layers,
         num_heads=args.heads,
-        relative_attention_num_buckets=32,
-        feed_forward_proj="gated-gelu",
         tie_word_embeddings=args.tied,
         initializer_factor=args.init,
         dropout_rate=args.dropout,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
     )
-    model = T5ForConditionalGeneration(config)
+    model = T5ForConditionalGeneration.from_pretrained(built)
     if not args.tied and args.head_from_embedding:
         with torch.no_grad():
             model.lm_head.weight.copy_(model.shared.weight)
@@ -99,27 +97,20 @@ def main() -> None:
 
     tokenizer = T5TokenizerFast.from_pretrained(BUNDLED_TOKENIZER)
     train_names, test_names = split_countries()
-    rows = train_records(
-        train_names,
-        args.worlds,
-        relations,
-        fillers=False,
-        open_vocabulary=args.open_vocabulary,
-        made_up_share=args.made_up,
-    )
-    with_negatives = (
-        train_records(
+
+    def training(negative_share: float) -> list[dict]:
+        return train_records(
             train_names,
             args.worlds,
             relations,
             fillers=False,
-            negative_share=args.negatives,
+            negative_share=negative_share,
             open_vocabulary=args.open_vocabulary,
             made_up_share=args.made_up,
         )
-        if args.negatives
-        else rows
-    )
+
+    rows = training(0.0)
+    with_negatives = training(args.negatives) if args.negatives else rows
     world = build_world(relations=relations, fillers=False)
     tests = records(world, "test", pages=set(test_names))
     # the test countries asked in the trained phrasings: what the unseen phrasings cost
@@ -207,7 +198,8 @@ def main() -> None:
             scores[relation] = exact_match([answers[i] for i in members], [str(tests[i]["answer"]) for i in members])
         return scores
 
-    model = build_model(args)
+    with tempfile.TemporaryDirectory() as folder:
+        model = build_model(args, Path(folder) / "reader")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / args.warmup, max(0.0, (args.steps - s) / (args.steps - args.warmup)))
