@@ -2,8 +2,9 @@
 
 The documents are one markdown page per country of a counterfactual world (`edgeqa.counterfactual`:
 the capital of France may be Nairobi), so the only way to answer right is to read the right page.
-The demo trains a demo-sized reader from scratch on other countries' pages (fresh counterfactual
-worlds, phrasings kept apart from the test ones), exports it to int8 through the parity gate,
+The demo trains a demo-sized reader from scratch on other subjects' pages (fresh counterfactual
+worlds of the train countries and city-named places, phrasings kept apart from the test ones),
+exports it to int8 through the parity gate,
 indexes the test world's pages and answers the held-out questions through retrieval
 (`DocumentsQA`): exact match, the right source, and the same reader asked without the pages.
 """
@@ -62,7 +63,7 @@ class ReaderRecipe:
     eval_steps: int
 
 
-#: The best measured (benchmarks/results/reader-recipe.md): about 15 minutes on 2 idle cores.
+#: The best measured (benchmarks/results/reader-recipe.md): about 7 minutes of training on 2 idle cores.
 RECIPE = ReaderRecipe(
     shape=dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4),
     tie_word_embeddings=False,
