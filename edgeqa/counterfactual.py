@@ -10,6 +10,7 @@ pages and records in the same order.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -281,11 +282,17 @@ def build_world(
     rng = random.Random(f"counterfactual:{seed}")
     facts = _world_facts(names, relations, share, rng)
     rows = {r["name"]: r for r in _table("countries.csv")} if fillers else {}
+    return World(_render_pages(names, facts, rng, rows), tuple(facts))
+
+
+def _render_pages(
+    names: Sequence[str], facts: Sequence[WorldFact], rng: random.Random, rows: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """Each name's page (`render_page`) stating the facts whose page it is, in `names` order."""
     by_page: dict[str, list[WorldFact]] = {n: [] for n in names}
     for fact in facts:
         by_page[fact.page].append(fact)
-    pages = {n: render_page(n, by_page[n], rng, _fillers(n, rows)) for n in names}
-    return World(pages, tuple(facts))
+    return {n: render_page(n, by_page[n], rng, _fillers(n, rows)) for n in names}
 
 
 def made_up_name(rng: random.Random) -> str:
@@ -309,14 +316,20 @@ def value_pools(relations: Sequence[str] = PAGE_RELATIONS) -> dict[str, list[str
     }
 
 
+@functools.cache
+def _open_tables(relations: tuple[str, ...]) -> tuple[dict[str, list[str]], dict[tuple[str, str], str]]:
+    """`value_pools` and every real (relation, subject) -> value, read once for all of a run's worlds
+    (read-only)."""
+    return value_pools(relations), {(f.relation, f.subject): f.answer for f in load_facts(relations)}
+
+
 def open_world(subjects: Sequence[str], relations: Sequence[str], seed: int = 0) -> World:
     """A world of any `subjects` (countries or not) whose every value is drawn at random from `value_pools`:
     a reader trained on such worlds writes names from the whole tables, not only the train countries'.
     Never a country's real value; `city_country` is not stated."""
     _check(relations, 1.0)
     rng = random.Random(f"open:{seed}")
-    pools = value_pools(relations)
-    real = {(f.relation, f.subject): f.answer for f in load_facts(relations)}
+    pools, real = _open_tables(tuple(relations))
     facts = []
     for subject in subjects:
         for relation in relations:
@@ -326,14 +339,18 @@ def open_world(subjects: Sequence[str], relations: Sequence[str], seed: int = 0)
             while value == real.get((relation, subject)) or subject in value:
                 value = rng.choice(pools[relation])
             facts.append(WorldFact(relation, subject, value, subject, True))
-    pages = {s: render_page(s, [f for f in facts if f.page == s], rng) for s in subjects}
-    return World(pages, tuple(facts))
+    return World(_render_pages(subjects, facts, rng, {}), tuple(facts))
+
+
+def split_sentences(body: str) -> list[str]:
+    """A page's body as its sentences (`render_page` joins them with one space after the full stop)."""
+    return re.split(r"(?<=\.) ", body)
 
 
 def stated_sentence(context: str, answer: str) -> str:
     """The sentence of a page's body that states `answer` (the whole body where none does): a
     reader's first lessons copy a value out of one sentence before it looks for it on a page."""
-    for sentence in re.split(r"(?<=\.) ", context):
+    for sentence in split_sentences(context):
         if answer in sentence:
             return sentence
     return context

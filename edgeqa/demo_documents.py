@@ -162,10 +162,11 @@ def write_data(folder: Path, recipe: ReaderRecipe, seed: int = 0) -> tuple[Any, 
     other = build_world(train_names, recipe.relations, seed=seed + 500, fillers=False)
     held = records(other, "test", seed=seed + 1, pages=set(train_names))[:VALIDATION_RECORDS]
     pages, sentences = folder / "data", folder / "sentences"
-    _write_records(pages, "train", train(recipe.negative_share))
+    plain = train(0.0)
+    _write_records(pages, "train", train(recipe.negative_share) if recipe.negative_share else plain)
     _write_records(pages, "validation", held)
     if recipe.sentence_steps:
-        one = [row | {"context": stated_sentence(str(row["context"]), str(row["answer"]))} for row in train(0.0)]
+        one = [row | {"context": stated_sentence(str(row["context"]), str(row["answer"]))} for row in plain]
         _write_records(sentences, "train", one)
         _write_records(sentences, "validation", held)
     return world, tests, pages, sentences
