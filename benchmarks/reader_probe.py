@@ -30,6 +30,7 @@ from edgeqa.counterfactual import (
     build_world,
     records,
     split_countries,
+    split_sentences,
     stated_sentence,
     train_records,
 )
@@ -38,6 +39,15 @@ from edgeqa.finetune.models import build_random_t5
 from edgeqa.metrics import exact_match
 from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
 from edgeqa.records import BUNDLED_TOKENIZER
+
+#: Each relation's page sentences (`counterfactual.SENTENCES`) as patterns of any subject and value.
+RELATION_SENTENCES = {
+    relation: [
+        re.compile(re.escape(template).replace(re.escape("{s}"), ".+").replace(re.escape("{a}"), ".+"))
+        for template in templates
+    ]
+    for relation, templates in SENTENCES.items()
+}
 
 
 def build_model(args: argparse.Namespace, folder: Path) -> T5ForConditionalGeneration:
@@ -120,11 +130,9 @@ def main() -> None:
         """The stating sentence; for a negative, the other page's sentence of the same relation."""
         if r["answer"] != ABSTAIN:
             return stated_sentence(str(r["context"]), str(r["answer"]))
-        for text in re.split(r"(?<=\.) ", str(r["context"])):
-            for template in SENTENCES[str(r["relation"])]:
-                pattern = re.escape(template).replace(re.escape("{s}"), ".+").replace(re.escape("{a}"), ".+")
-                if re.fullmatch(pattern, text):
-                    return text
+        for text in split_sentences(str(r["context"])):
+            if any(pattern.fullmatch(text) for pattern in RELATION_SENTENCES[str(r["relation"])]):
+                return text
         return str(r["context"])
 
     def encode(batch: list[dict], one_sentence: bool) -> dict[str, torch.Tensor]:
@@ -147,7 +155,8 @@ def main() -> None:
     test_source = tokenizer(test_prompts, padding=True, return_tensors="pt")
 
     # page choice: each held-out question read from its own page and 3 other test pages
-    held_tests = [r for r in tests if "@" not in str(r["relation"])]
+    held = [i for i, r in enumerate(tests) if "@" not in str(r["relation"])]
+    held_tests = [tests[i] for i in held]
     bodies = sorted({str(r["context"]) for r in held_tests})
     pick = random.Random(1)
     choice_rows = []
@@ -176,7 +185,7 @@ def main() -> None:
         answers = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
         right = correct = 0
         for q in range(0, len(choice_rows), 4):
-            ranked = sorted(range(q, q + 4), key=lambda i: (answers[i].strip() == "unanswerable", -mean[i].item()))
+            ranked = sorted(range(q, q + 4), key=lambda i: (answers[i].strip() == ABSTAIN, -mean[i].item()))
             best = ranked[0]
             right += choice_rows[best][2]
             correct += exact_match([answers[best]], [str(choice_rows[best][0]["answer"])]) == 1.0
@@ -191,7 +200,6 @@ def main() -> None:
             scores["right_page"], scores["chosen_em"] = choose(model)
         model.train()
         answers = tokenizer.batch_decode(out, skip_special_tokens=True)
-        held = [i for i, r in enumerate(tests) if "@" not in str(r["relation"])]
         scores["all"] = exact_match([answers[i] for i in held], [str(tests[i]["answer"]) for i in held])
         for relation in sorted({str(r["relation"]) for r in tests}):
             members = [i for i, r in enumerate(tests) if r["relation"] == relation]

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from edgeqa.cli import app
 from edgeqa.demo import showcase
+from edgeqa.errors import ConfigError
 from edgeqa.manifest import Manifest
 
 
@@ -21,16 +22,22 @@ def test_showcase_questions_come_from_the_facts_with_their_answers():
     assert {note for _, note in asked.values()} == {"trained phrasing", "held-out phrasing", "never-seen template"}
 
 
-def test_demo_options_reach_the_library(monkeypatch, tmp_path):
-    import edgeqa.demo
-
-    seen = {}
+def _stop_at(monkeypatch, module, function: str) -> dict:
+    """Replace `module.function` by one that records its arguments and stops with a ConfigError."""
+    seen: dict = {}
 
     def fake(output, **options):
         seen.update(options, output=output)
-        raise edgeqa.demo.ConfigError("stop here")
+        raise ConfigError("stop here")
 
-    monkeypatch.setattr(edgeqa.demo, "run_demo", fake)
+    monkeypatch.setattr(module, function, fake)
+    return seen
+
+
+def test_demo_options_reach_the_library(monkeypatch, tmp_path):
+    import edgeqa.demo
+
+    seen = _stop_at(monkeypatch, edgeqa.demo, "run_demo")
     result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path), "--data", "dolly", "--max-steps", "7"])
     assert result.exit_code == 1 and "error: stop here" in result.stderr
     assert seen["data"] == "dolly" and seen["max_steps"] == 7 and seen["progress_bars"] is False
@@ -67,13 +74,7 @@ def test_demo_runs_the_whole_pipeline_with_a_quiet_log(tmp_path):
 def test_demo_documents_options_reach_the_library(monkeypatch, tmp_path):
     import edgeqa.demo_documents
 
-    seen = {}
-
-    def fake(output, **options):
-        seen.update(options, output=output)
-        raise edgeqa.demo_documents.ConfigError("stop here")
-
-    monkeypatch.setattr(edgeqa.demo_documents, "run_documents_demo", fake)
+    seen = _stop_at(monkeypatch, edgeqa.demo_documents, "run_documents_demo")
     result = CliRunner().invoke(app, ["demo", "--documents", "--max-steps", "9"])
     assert result.exit_code == 1 and "error: stop here" in result.stderr
     assert seen["output"].name == "edgeqa-demo-documents" and seen["max_steps"] == 9
