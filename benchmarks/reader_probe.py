@@ -6,7 +6,7 @@ checkpoint costs, so that recipe variants can be compared by steps on a shared m
 the reader's exact match given the right page on the held-out test questions, by relation, at
 each evaluation, and writes them as JSON lines.
 
-    python -m edgeqa.bench.reader_probe --steps 3000 --output runs/probe-a.jsonl
+    python -m edgeqa.bench.reader_probe --open-vocabulary --question-generation 0.25 --output runs/a.jsonl
     python -m edgeqa.bench.reader_probe --tied --init 1.0 --steps 3000 --output runs/probe-b.jsonl
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +25,11 @@ from transformers import T5ForConditionalGeneration, T5TokenizerFast
 
 from edgeqa.counterfactual import (
     ABSTAIN,
-    SENTENCES,
+    WRITE_QUESTION,
     build_world,
     records,
+    relation_sentences,
     split_countries,
-    split_sentences,
-    stated_sentence,
     train_records,
 )
 from edgeqa.demo_documents import RECIPE
@@ -39,15 +37,6 @@ from edgeqa.finetune.models import build_random_t5
 from edgeqa.metrics import exact_match
 from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
 from edgeqa.records import BUNDLED_TOKENIZER
-
-#: Each relation's page sentences (`counterfactual.SENTENCES`) as patterns of any subject and value.
-RELATION_SENTENCES = {
-    relation: [
-        re.compile(re.escape(template).replace(re.escape("{s}"), ".+").replace(re.escape("{a}"), ".+"))
-        for template in templates
-    ]
-    for relation, templates in SENTENCES.items()
-}
 
 
 def build_model(args: argparse.Namespace, folder: Path) -> T5ForConditionalGeneration:
@@ -95,6 +84,8 @@ def main() -> None:
     parser.add_argument("--negatives-from", type=int, default=0, help="the step the negatives join at")
     parser.add_argument("--open-vocabulary", action="store_true", help="train_records(open_vocabulary=True)")
     parser.add_argument("--made-up", type=float, default=0.0, help="train_records(made_up_share=...)")
+    parser.add_argument("--question-generation", type=float, default=0.0, help="train_records(question_share=...)")
+    parser.add_argument("--crowd", type=float, default=0.0, help="train_records(crowd_share=...)")
     parser.add_argument("--worlds", type=int, default=RECIPE.worlds)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
@@ -117,6 +108,8 @@ def main() -> None:
             negative_share=negative_share,
             open_vocabulary=args.open_vocabulary,
             made_up_share=args.made_up,
+            crowd_share=args.crowd,
+            question_share=args.question_generation,
         )
 
     rows = training(0.0)
@@ -127,13 +120,8 @@ def main() -> None:
     tests += [r | {"relation": f"{r['relation']}@train"} for r in records(world, "train", pages=set(test_names))]
 
     def sentence(r: dict) -> str:
-        """The stating sentence; for a negative, the other page's sentence of the same relation."""
-        if r["answer"] != ABSTAIN:
-            return stated_sentence(str(r["context"]), str(r["answer"]))
-        for text in split_sentences(str(r["context"])):
-            if any(pattern.fullmatch(text) for pattern in RELATION_SENTENCES[str(r["relation"])]):
-                return text
-        return str(r["context"])
+        """The context's sentences of the asked relation: the stating one, another subject's for a negative."""
+        return relation_sentences(str(r["context"]), str(r["relation"]))
 
     def encode(batch: list[dict], one_sentence: bool) -> dict[str, torch.Tensor]:
         prompts = [
@@ -192,12 +180,36 @@ def main() -> None:
         n = len(choice_rows) // 4
         return right / n, correct / n
 
+    question_source = tokenizer(
+        [format_prompt(WRITE_QUESTION, context=b) for _, b, _ in choice_rows], padding=True, return_tensors="pt"
+    )
+    question_target = tokenizer([str(r["question"]) for r, _, _ in choice_rows], padding=True, return_tensors="pt")
+
+    def choose_by_question(model: T5ForConditionalGeneration) -> float:
+        """Right-page share when the page under which the question is likeliest wins."""
+        labels = question_target.input_ids.clone()
+        labels[labels == tokenizer.pad_token_id] = -100
+        totals = []
+        with torch.no_grad():
+            for start in range(0, len(choice_rows), 64):
+                part = slice(start, start + 64)
+                logits = model(
+                    input_ids=question_source.input_ids[part],
+                    attention_mask=question_source.attention_mask[part],
+                    labels=labels[part],
+                ).logits
+                picked = torch.log_softmax(logits, -1).gather(-1, labels[part].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                totals += (picked * (labels[part] != -100)).sum(1).tolist()
+        right = sum(max(range(q, q + 4), key=lambda i: totals[i]) == q for q in range(0, len(choice_rows), 4))
+        return right / (len(choice_rows) // 4)
+
     def evaluate(model: T5ForConditionalGeneration) -> dict[str, float]:
         model.eval()
         scores: dict[str, float] = {}
         with torch.no_grad():
             out = model.generate(**test_source, max_new_tokens=16, do_sample=False, num_beams=1)
             scores["right_page"], scores["chosen_em"] = choose(model)
+            scores["right_page_by_question"] = choose_by_question(model)
         model.train()
         answers = tokenizer.batch_decode(out, skip_special_tokens=True)
         scores["all"] = exact_match([answers[i] for i in held], [str(tests[i]["answer"]) for i in held])

@@ -29,6 +29,8 @@ DEFAULT_SHARE = 0.6
 DEFAULT_TEST_SHARE = 0.2
 #: What a reader trained with negatives answers from a page that does not say.
 ABSTAIN = "unanswerable"
+#: The question of a question-writing record (`question_records`): its answer is a question the page answers.
+WRITE_QUESTION = "Write a question about this passage."
 #: Cities of `city_country` named on one page, at most (keeps pages short).
 MAX_CITIES_PER_PAGE = 2
 #: Sentence phrasings per relation: `{s}` the subject, `{a}` the value.
@@ -343,17 +345,48 @@ def open_world(subjects: Sequence[str], relations: Sequence[str], seed: int = 0)
 
 
 def split_sentences(body: str) -> list[str]:
-    """A page's body as its sentences (`render_page` joins them with one space after the full stop)."""
-    return re.split(r"(?<=\.) ", body)
+    """A page's body as its sentences (`render_page` joins them with one space after the full stop); the
+    tables' abbreviations ("St. John's", "U.S. Virgin Islands") do not end a sentence."""
+    return re.split(r"(?<=\.)(?<!\bSt\.)(?<!\b[A-Z]\.) ", body)
 
 
-def stated_sentence(context: str, answer: str) -> str:
-    """The sentence of a page's body that states `answer` (the whole body where none does): a
-    reader's first lessons copy a value out of one sentence before it looks for it on a page."""
-    for sentence in split_sentences(context):
-        if answer in sentence:
-            return sentence
-    return context
+#: Each relation's page sentences (`SENTENCES`) as patterns of any subject and value.
+_SENTENCE_PATTERNS = {
+    relation: [
+        re.compile(re.escape(template).replace(re.escape("{s}"), ".+").replace(re.escape("{a}"), ".+"))
+        for template in templates
+    ]
+    for relation, templates in SENTENCES.items()
+}
+
+
+def relation_sentences(context: str, relation: str) -> str:
+    """The sentences of `context` that state `relation` (for any subject), in their order; the whole
+    context where none does. For a one-subject page, the sentence a question about `relation` is
+    answered from; for a crowded one (`crowded`), one sentence per subject."""
+    found = [s for s in split_sentences(context) if any(p.fullmatch(s) for p in _SENTENCE_PATTERNS[relation])]
+    return " ".join(found) if found else context
+
+
+def crowded(
+    world: World, rows: Sequence[dict[str, object]], share: float, others: int = 1, seed: int = 0
+) -> list[dict[str, object]]:
+    """`rows` with a `share` of their contexts crowded: the asked page's sentences shuffled with those of
+    `others` other pages. A crowded context states each relation for several subjects, so the value to copy
+    is found by the question's subject, not by the relation alone: the reader learns to match the subject,
+    which is what tells the asked page from another. Abstentions are left as they are."""
+    rng = random.Random(f"crowded:{seed}")
+    bodies = {name: page_body(text) for name, text in world.pages.items()}
+    names = sorted(bodies)
+    out = []
+    for row in rows:
+        if row["answer"] != ABSTAIN and rng.random() < share:
+            picked = rng.sample([n for n in names if n != row["page"]], others)
+            sentences = [s for n in (str(row["page"]), *picked) for s in split_sentences(bodies[n])]
+            rng.shuffle(sentences)
+            row = row | {"context": " ".join(sentences)}
+        out.append(row)
+    return out
 
 
 def page_body(page: str) -> str:
@@ -425,6 +458,19 @@ def negatives(world: World, rows: Sequence[dict[str, object]], share: float, see
     return out
 
 
+def question_records(rows: Sequence[dict[str, object]], share: float, seed: int = 0) -> list[dict[str, object]]:
+    """Question-writing records for a `share` of `rows` (abstentions left out): the same page, `WRITE_QUESTION`
+    as the question and the row's question as the answer. Writing a question copies the page's subject and
+    names a relation it states; mixed into the training, it made the demo reader read the page far better in
+    the same steps (benchmarks/results/reader-recipe.md, round 4)."""
+    rng = random.Random(f"questions:{seed}")
+    return [
+        row | {"question": WRITE_QUESTION, "answer": row["question"], "counterfactual": False}
+        for row in rows
+        if row["answer"] != ABSTAIN and rng.random() < share
+    ]
+
+
 def train_records(
     names: Sequence[str],
     worlds: int,
@@ -435,6 +481,8 @@ def train_records(
     negative_share: float = 0.0,
     open_vocabulary: bool = False,
     made_up_share: float = 0.0,
+    crowd_share: float = 0.0,
+    question_share: float = 0.0,
 ) -> list[dict[str, object]]:
     """Training records from `worlds` freshly sampled worlds of `names`: new swaps, phrasings and order each.
 
@@ -449,6 +497,8 @@ def train_records(
             names and values are words it has read and written, never in the test pages' pairings.
         made_up_share: Open vocabulary: this share of the extra subjects are made-up names
             (`made_up_name`), word pieces a reader has rarely read, as a test country's name is.
+        crowd_share: This share of records read a crowded context (`crowded`: the page shuffled with another).
+        question_share: Add this share of `question_records` (the reader writes the question), shuffled in.
     """
     others = sorted({f.subject for f in load_facts(("city_country",))} - set(countries())) if open_vocabulary else []
     out: list[dict[str, object]] = []
@@ -463,7 +513,10 @@ def train_records(
         else:
             world = build_world(names, relations, share, seed=world_seed, fillers=fillers)
         rows = records(world, "train", seed=n)
-        rows += negatives(world, rows, negative_share, seed=n) if negative_share else []
+        rows = crowded(world, rows, crowd_share, seed=n) if crowd_share else rows
+        extra = negatives(world, rows, negative_share, seed=n) if negative_share else []
+        extra += question_records(rows, question_share, seed=n) if question_share else []
+        rows += extra
         random.Random(f"train:{seed}:{n}").shuffle(rows)
         out += rows
     return out

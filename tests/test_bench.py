@@ -215,6 +215,7 @@ def test_reader_probe_logs_every_evaluation_and_saves_the_reader(tmp_path: Path)
     log, saved = tmp_path / "probe.jsonl", tmp_path / "reader"
     args = ["--steps", "6", "--warmup", "2", "--eval-every", "3", "--worlds", "1", "--d-model", "32", "--heads", "2"]
     args += ["--open-vocabulary", "--one-sentence-steps", "3", "--negatives", "0.5", "--negatives-from", "3"]
+    args += ["--crowd", "0.5", "--question-generation", "0.25"]
     subprocess.run(
         [sys.executable, "-m", "edgeqa.bench.reader_probe", *args, "--output", str(log), "--save", str(saved)],
         check=True,
@@ -222,8 +223,9 @@ def test_reader_probe_logs_every_evaluation_and_saves_the_reader(tmp_path: Path)
     )
     header, *entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert header["args"]["open_vocabulary"] == "True" and header["args"]["negatives"] == "0.5"
+    assert header["args"]["crowd"] == "0.5" and header["args"]["question_generation"] == "0.25"
     assert [e["step"] for e in entries] == [3, 6]
     for entry in entries:
-        assert {"all", "capital", "continent@train", "right_page", "chosen_em"} <= set(entry)
-        assert all(0 <= entry[k] <= 100 for k in ("all", "capital", "right_page"))
+        assert {"all", "capital", "continent@train", "right_page", "chosen_em", "right_page_by_question"} <= set(entry)
+        assert all(0 <= entry[k] <= 100 for k in ("all", "capital", "right_page", "right_page_by_question"))
     assert (saved / "config.json").exists()

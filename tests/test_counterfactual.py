@@ -117,8 +117,40 @@ def test_open_vocabulary_worlds_keep_test_countries_out(split: tuple[list[str], 
     assert {f.answer for f in cf.load_facts(("capital",)) if f.subject in test} <= set(pools["capital"])
 
 
-def test_stated_sentence_is_the_sentence_with_the_answer(world: cf.World) -> None:
-    for r in cf.records(world, "test")[:50]:
-        sentence = cf.stated_sentence(str(r["context"]), str(r["answer"]))
-        assert str(r["answer"]) in sentence and sentence in str(r["context"]) and sentence.count(". ") == 0
-    assert cf.stated_sentence("No answer here. None.", "Paris") == "No answer here. None."
+def test_relation_sentences_is_the_sentence_stating_the_asked_fact(world: cf.World) -> None:
+    rows = [r for r in cf.records(world, "test") if r["relation"] != "city_country"]  # a page names two cities
+    for r in rows[:200]:
+        sentence = cf.relation_sentences(str(r["context"]), str(r["relation"]))
+        stating = [s for s in cf.split_sentences(str(r["context"])) if str(r["answer"]) in s]
+        assert sentence in stating, (sentence, r)
+    assert cf.relation_sentences("No answer here. None.", "capital") == "No answer here. None."
+
+
+def test_crowded_contexts_state_the_asked_relation_for_several_subjects(split: tuple[list[str], list[str]]) -> None:
+    relations = ("capital", "continent", "currency")
+    world = cf.open_world(split[0][:40], relations, seed=3)
+    rows = cf.records(world, "train")
+    crowded = cf.crowded(world, rows, share=1.0, others=2, seed=1)
+    assert len(crowded) == len(rows) and cf.crowded(world, rows, share=1.0, others=2, seed=1) == crowded
+    for plain, row in zip(rows, crowded, strict=True):
+        stated = cf.relation_sentences(str(row["context"]), str(row["relation"]))
+        assert len(cf.split_sentences(stated)) == 3 and str(row["answer"]) in stated
+        assert set(cf.split_sentences(str(plain["context"]))) < set(cf.split_sentences(str(row["context"])))
+        assert {k: v for k, v in row.items() if k != "context"} == {k: v for k, v in plain.items() if k != "context"}
+    assert cf.crowded(world, rows, share=0.0) == rows
+
+
+def test_question_records_ask_the_reader_to_write_the_question(split: tuple[list[str], list[str]]) -> None:
+    relations = ("capital", "continent", "currency")
+    base = cf.train_records(split[0], worlds=2, relations=relations, open_vocabulary=True, negative_share=0.2)
+    mixed = cf.train_records(
+        split[0], worlds=2, relations=relations, open_vocabulary=True, negative_share=0.2, question_share=0.25
+    )
+    writing = [r for r in mixed if r["question"] == cf.WRITE_QUESTION]
+    assert [r for r in mixed if r["question"] != cf.WRITE_QUESTION] != [] and len(mixed) == len(base) + len(writing)
+    asked = [r for r in base if r["answer"] != cf.ABSTAIN]
+    assert 0.2 * len(asked) < len(writing) < 0.3 * len(asked)
+    questions = {(r["question"], r["context"]) for r in asked}
+    for r in writing:
+        assert (r["answer"], r["context"]) in questions and str(r["subject"]) in str(r["answer"])
+    assert cf.question_records([{"question": "q", "context": "c", "answer": cf.ABSTAIN}], share=1.0) == []
