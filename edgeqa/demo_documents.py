@@ -37,8 +37,10 @@ class ReaderRecipe:
         open_vocabulary: Training worlds of `counterfactual.open_world`: city-named subjects beside the
             train countries, values drawn from all the tables' values (a reader from scratch only
             writes words it has written).
-        sentence_steps: The first steps read only the sentence that states the answer
-            (`counterfactual.stated_sentence`): copying first, then finding the sentence on the page.
+        sentence_steps: The first steps read only the sentence that states the asked relation
+            (`counterfactual.relation_sentences`): copying first, then finding the sentence on the page.
+        question_share: Share of question-writing records mixed in (`counterfactual.question_records`:
+            the page in, a question it answers out).
         negative_share: Share of records asked of a page that does not say, answered `no_answer`
             (after the sentence steps).
         max_steps: Optimizer steps, the sentence steps included.
@@ -55,6 +57,7 @@ class ReaderRecipe:
     worlds: int
     open_vocabulary: bool
     sentence_steps: int
+    question_share: float
     negative_share: float
     max_steps: int
     batch_size: int
@@ -63,7 +66,7 @@ class ReaderRecipe:
     eval_steps: int
 
 
-#: The best measured (benchmarks/results/reader-recipe.md): about 7 minutes of training on 2 idle cores.
+#: The best measured (benchmarks/results/reader-recipe.md): about 13 minutes of training on 2 idle cores.
 RECIPE = ReaderRecipe(
     shape=dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4),
     tie_word_embeddings=False,
@@ -72,6 +75,7 @@ RECIPE = ReaderRecipe(
     worlds=30,
     open_vocabulary=True,
     sentence_steps=1000,
+    question_share=0.25,
     negative_share=0.0,
     max_steps=4000,
     batch_size=32,
@@ -140,8 +144,15 @@ class DocumentsDemoResult:
 def write_data(folder: Path, recipe: ReaderRecipe, seed: int = 0) -> tuple[Any, list[dict[str, Any]], Path, Path]:
     """The test world (its pages in `folder/pages`), its held-out test records, and two training folders
     with train.jsonl (fresh worlds of the train countries) and validation.jsonl (their held-out
-    phrasings): `data` reads whole pages, `sentences` the sentence that states each answer."""
-    from edgeqa.counterfactual import build_world, records, split_countries, stated_sentence, train_records, write_pages
+    phrasings): `data` reads whole pages, `sentences` the sentence of the asked relation."""
+    from edgeqa.counterfactual import (
+        build_world,
+        records,
+        relation_sentences,
+        split_countries,
+        train_records,
+        write_pages,
+    )
 
     train_names, test_names = split_countries(seed=seed)
     world = build_world(relations=recipe.relations, seed=seed, fillers=False)
@@ -157,6 +168,7 @@ def write_data(folder: Path, recipe: ReaderRecipe, seed: int = 0) -> tuple[Any, 
             fillers=False,
             negative_share=negative_share,
             open_vocabulary=recipe.open_vocabulary,
+            question_share=recipe.question_share,
         )
 
     other = build_world(train_names, recipe.relations, seed=seed + 500, fillers=False)
@@ -166,7 +178,7 @@ def write_data(folder: Path, recipe: ReaderRecipe, seed: int = 0) -> tuple[Any, 
     _write_records(pages, "train", train(recipe.negative_share) if recipe.negative_share else plain)
     _write_records(pages, "validation", held)
     if recipe.sentence_steps:
-        one = [row | {"context": stated_sentence(str(row["context"]), str(row["answer"]))} for row in plain]
+        one = [row | {"context": relation_sentences(str(row["context"]), str(row["relation"]))} for row in plain]
         _write_records(sentences, "train", one)
         _write_records(sentences, "validation", held)
     return world, tests, pages, sentences
