@@ -3,8 +3,9 @@
 `edgeqa demo --documents` trains its reader with `edgeqa finetune`; this loop trains the same
 shape on the same records (`edgeqa.counterfactual`) without the trainer's evaluation and
 checkpoint costs, so that recipe variants can be compared by steps on a shared machine. It prints
-the reader's exact match given the right page on the held-out test questions, by relation, at
-each evaluation, and writes them as JSON lines.
+the reader's exact match given the right page on the held-out test questions, by relation, and
+how often it picks a question's page among four (by its answer's score, `right_page`, and by the
+question's likelihood, `right_page_by_question`) at each evaluation, and writes them as JSON lines.
 
     python -m edgeqa.bench.reader_probe --open-vocabulary --question-generation 0.25 --output runs/a.jsonl
     python -m edgeqa.bench.reader_probe --tied --init 1.0 --steps 3000 --output runs/probe-b.jsonl
@@ -78,13 +79,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="the schedule's length (linear decay to 0)")
     parser.add_argument("--stop-after", type=int, default=0, help="stop early at this step [--steps]")
     parser.add_argument(
-        "--one-sentence-steps", type=int, default=0, help="curriculum: passages of the stating sentence only"
+        "--one-sentence-steps",
+        type=int,
+        default=0,
+        help="curriculum: passages of the sentences of the asked relation only",
     )
     parser.add_argument("--negatives", type=float, default=0.0, help="share of records asked of another page")
     parser.add_argument("--negatives-from", type=int, default=0, help="the step the negatives join at")
     parser.add_argument("--open-vocabulary", action="store_true", help="train_records(open_vocabulary=True)")
     parser.add_argument("--made-up", type=float, default=0.0, help="train_records(made_up_share=...)")
-    parser.add_argument("--question-generation", type=float, default=0.0, help="train_records(question_share=...)")
+    parser.add_argument(
+        "--question-generation",
+        type=float,
+        default=RECIPE.question_share,
+        help="train_records(question_share=...) [RECIPE's]",
+    )
     parser.add_argument("--crowd", type=float, default=0.0, help="train_records(crowd_share=...)")
     parser.add_argument("--worlds", type=int, default=RECIPE.worlds)
     parser.add_argument("--eval-every", type=int, default=250)
@@ -173,7 +182,11 @@ def main() -> None:
         answers = tokenizer.batch_decode(out.sequences, skip_special_tokens=True)
         right = correct = 0
         for q in range(0, len(choice_rows), 4):
-            ranked = sorted(range(q, q + 4), key=lambda i: (answers[i].strip() == ABSTAIN, -mean[i].item()))
+            # a tie goes against the right page (always first of its four)
+            ranked = sorted(
+                range(q, q + 4),
+                key=lambda i: (answers[i].strip() == ABSTAIN, -mean[i].item(), choice_rows[i][2]),
+            )
             best = ranked[0]
             right += choice_rows[best][2]
             correct += exact_match([answers[best]], [str(choice_rows[best][0]["answer"])]) == 1.0
@@ -200,7 +213,7 @@ def main() -> None:
                 ).logits
                 picked = torch.log_softmax(logits, -1).gather(-1, labels[part].clamp(min=0).unsqueeze(-1)).squeeze(-1)
                 totals += (picked * (labels[part] != -100)).sum(1).tolist()
-        right = sum(max(range(q, q + 4), key=lambda i: totals[i]) == q for q in range(0, len(choice_rows), 4))
+        right = sum(totals[q] > max(totals[q + 1 : q + 4]) for q in range(0, len(choice_rows), 4))
         return right / (len(choice_rows) // 4)
 
     def evaluate(model: T5ForConditionalGeneration) -> dict[str, float]:

@@ -512,11 +512,11 @@ def train_records(
             world = open_world(subjects, relations, seed=world_seed)
         else:
             world = build_world(names, relations, share, seed=world_seed, fillers=fillers)
-        rows = records(world, "train", seed=n)
-        rows = crowded(world, rows, crowd_share, seed=n) if crowd_share else rows
+        asked = records(world, "train", seed=n)
+        rows = crowded(world, asked, crowd_share, seed=n) if crowd_share else asked
         extra = negatives(world, rows, negative_share, seed=n) if negative_share else []
-        extra += question_records(rows, question_share, seed=n) if question_share else []
-        rows += extra
+        extra += question_records(asked, question_share, seed=n) if question_share else []  # of one page
+        rows = rows + extra
         random.Random(f"train:{seed}:{n}").shuffle(rows)
         out += rows
     return out

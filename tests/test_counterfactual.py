@@ -138,6 +138,10 @@ def test_crowded_contexts_state_the_asked_relation_for_several_subjects(split: t
         assert set(cf.split_sentences(str(plain["context"]))) < set(cf.split_sentences(str(row["context"])))
         assert {k: v for k, v in row.items() if k != "context"} == {k: v for k, v in plain.items() if k != "context"}
     assert cf.crowded(world, rows, share=0.0) == rows
+    abstaining = [r | {"answer": cf.ABSTAIN} for r in rows[:20]]
+    assert cf.crowded(world, abstaining, share=1.0) == abstaining
+    one_other = cf.crowded(world, rows[:20], share=1.0)
+    assert all(len(cf.split_sentences(str(r["context"]))) == 2 * len(relations) for r in one_other)
 
 
 def test_question_records_ask_the_reader_to_write_the_question(split: tuple[list[str], list[str]]) -> None:
@@ -147,10 +151,26 @@ def test_question_records_ask_the_reader_to_write_the_question(split: tuple[list
         split[0], worlds=2, relations=relations, open_vocabulary=True, negative_share=0.2, question_share=0.25
     )
     writing = [r for r in mixed if r["question"] == cf.WRITE_QUESTION]
-    assert [r for r in mixed if r["question"] != cf.WRITE_QUESTION] != [] and len(mixed) == len(base) + len(writing)
+    reading = [r for r in mixed if r["question"] != cf.WRITE_QUESTION]
+    assert sorted(map(repr, reading)) == sorted(map(repr, base))  # the other records as they were
     asked = [r for r in base if r["answer"] != cf.ABSTAIN]
     assert 0.2 * len(asked) < len(writing) < 0.3 * len(asked)
     questions = {(r["question"], r["context"]) for r in asked}
     for r in writing:
         assert (r["answer"], r["context"]) in questions and str(r["subject"]) in str(r["answer"])
     assert cf.question_records([{"question": "q", "context": "c", "answer": cf.ABSTAIN}], share=1.0) == []
+    # with crowded contexts too, a question is written from its own page alone
+    crowded = cf.train_records(
+        split[0], worlds=1, relations=relations, open_vocabulary=True, crowd_share=1.0, question_share=0.5
+    )
+    written = [r for r in crowded if r["question"] == cf.WRITE_QUESTION]
+    assert written and all(len(cf.split_sentences(str(r["context"]))) == len(relations) for r in written)
+
+
+def test_split_sentences_keeps_the_tables_abbreviations() -> None:
+    body = "The capital of U.S. Virgin Islands is St. John's. Tonga uses the Pa'anga as its money. Its domain is .to."
+    assert cf.split_sentences(body) == [
+        "The capital of U.S. Virgin Islands is St. John's.",
+        "Tonga uses the Pa'anga as its money.",
+        "Its domain is .to.",
+    ]
