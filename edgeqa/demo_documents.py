@@ -66,7 +66,7 @@ class ReaderRecipe:
     eval_steps: int
 
 
-#: The best measured (benchmarks/results/reader-recipe.md): about 13 minutes of training on 2 idle cores.
+#: The best measured (benchmarks/results/reader-recipe.md): 13-14 minutes of training on 2 idle cores.
 RECIPE = ReaderRecipe(
     shape=dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_decoder_layers=2, num_heads=4),
     tie_word_embeddings=False,
