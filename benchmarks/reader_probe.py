@@ -196,12 +196,11 @@ def main() -> None:
     question_source = tokenizer(
         [format_prompt(WRITE_QUESTION, context=b) for _, b, _ in choice_rows], padding=True, return_tensors="pt"
     )
-    question_target = tokenizer([str(r["question"]) for r, _, _ in choice_rows], padding=True, return_tensors="pt")
+    labels = tokenizer([str(r["question"]) for r, _, _ in choice_rows], padding=True, return_tensors="pt").input_ids
+    labels[labels == tokenizer.pad_token_id] = -100
 
     def choose_by_question(model: T5ForConditionalGeneration) -> float:
         """Right-page share when the page under which the question is likeliest wins."""
-        labels = question_target.input_ids.clone()
-        labels[labels == tokenizer.pad_token_id] = -100
         totals = []
         with torch.no_grad():
             for start in range(0, len(choice_rows), 64):
