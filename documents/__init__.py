@@ -4,7 +4,7 @@ Standard library and `tokenizers` (the reader: the runtime; PDF: `pypdf`)."""
 
 from edgeqa.documents.build import build_index, load_tokenizer
 from edgeqa.documents.query import Index, Passage, fts_query
-from edgeqa.documents.reader import NO_PASSAGE, NOT_ANSWERED, Candidate, DocumentAnswer, DocumentsQA
+from edgeqa.documents.reader import NO_PASSAGE, NOT_ANSWERED, Candidate, Choice, DocumentAnswer, DocumentsQA
 from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, passage_budget
 from edgeqa.documents.store import FORMAT_VERSION, IndexInfo, tokenizer_sha256
 from edgeqa.documents.summary import IndexSummary, Progress
@@ -14,6 +14,7 @@ __all__ = [
     "NOT_ANSWERED",
     "NO_PASSAGE",
     "Candidate",
+    "Choice",
     "DocumentAnswer",
     "DocumentsQA",
     "FORMAT_VERSION",

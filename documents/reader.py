@@ -1,19 +1,24 @@
-"""Answers from an index: the top passages of a question, read in one batch, the answer the reader is surest of.
+"""Answers from an index: the top passages of a question, read in one batch, the surest reading kept.
 
-The reader reads each of the question's top `k` passages (BM25) and answers from each; the answer
-kept is the one with the best reader score (the length-normalised log-probability of its tokens),
-ties going to the better-ranked passage. Readings that say the passage does not answer (the
-artifact's `no_answer`, FLAN's "unanswerable") or are empty are passed over. A question that matches
-no passage gets `NO_PASSAGE`, one whose passages all fail to answer it `NOT_ANSWERED`: never a guess.
-`edgeqa serve --index` builds the same rows with `reading_rows` and chooses with `choose`, so a served
-answer is `DocumentsQA`'s.
+The reader reads each of the question's top `k` passages (BM25) and answers from each. A reading's
+score joins the two sources of evidence, as retrieve-then-read systems do (RAG, BERTserini): the
+reader's score (the length-normalised log-probability of its answer) plus the passage's retrieval
+log-probability (a softmax of the BM25 scores of the passages found). Retrieval decides between pages
+it tells clearly apart; the reader decides where BM25 nearly ties, and passes over a passage by saying
+it does not answer (the artifact's `no_answer`, FLAN's "unanswerable"); empty readings are passed over
+too, and ties go to the better-ranked passage. `Choice.READER` keeps the reader's score alone. A
+question that matches no passage gets `NO_PASSAGE`, one whose passages all fail to answer it
+`NOT_ANSWERED`: never a guess. `edgeqa serve --index` builds the same rows with `reading_rows` and
+chooses with `choose`, so a served answer is `DocumentsQA`'s.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +40,13 @@ NOT_ANSWERED = "The passages found do not answer this question."
 DEFAULT_K = 4
 
 
+class Choice(StrEnum):
+    """How the answer is chosen among the readings of a question's passages."""
+
+    JOINT = "joint"  #: the reader's score plus the passage's retrieval log-probability (the default)
+    READER = "reader"  #: the reader's score alone
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One passage read for a question, and what the reader answered from it.
@@ -43,6 +55,8 @@ class Candidate:
         passage: The passage (its `rank` and BM25 `score` from the search).
         answer: The reader's answer from it ("" when it could not be read).
         score: The reader's score of that answer: its mean log-probability per token (higher is surer).
+        retrieval: The passage's log-probability among the passages found for the question (a softmax
+            of their BM25 scores); set by `choose`.
         error: Why the passage could not be read (too long with this question, say), else "".
         prompt_tokens: The question and passage in tokens (0 if not read).
         answer_tokens: The answer in tokens.
@@ -52,6 +66,7 @@ class Candidate:
     answer: str = ""
     score: float | None = None
     error: str = ""
+    retrieval: float | None = None
     prompt_tokens: int = 0
     answer_tokens: int = 0
 
@@ -66,10 +81,17 @@ class Candidate:
             return cls(passage, error=f"reading it failed: {row.error or row.finish_reason}")
         return cls(passage, row.text, row.score, "", len(row.ids), len(row.tokens))
 
+    @property
+    def joint_score(self) -> float | None:
+        """The reader's score plus the passage's retrieval log-probability (None until both are known)."""
+        return None if self.score is None or self.retrieval is None else self.score + self.retrieval
+
     def to_dict(self) -> dict[str, Any]:
         data = {
             "answer": self.answer,
-            "reader_score": None if self.score is None else round(self.score, 4),
+            "reader_score": _rounded(self.score),
+            "retrieval_logprob": _rounded(self.retrieval),
+            "joint_score": _rounded(self.joint_score),
             "source": self.passage.source,
             "rank": self.passage.rank,
             "bm25": round(self.passage.score, 4),
@@ -113,7 +135,8 @@ class DocumentAnswer:
             "answer": self.text,
             "found": self.found,
             "source": self.source.source if self.source else None,
-            "reader_score": None if chosen is None or chosen.score is None else round(chosen.score, 4),
+            "reader_score": None if chosen is None else _rounded(chosen.score),
+            "joint_score": None if chosen is None else _rounded(chosen.joint_score),
         }
         return data | ({"candidates": [c.to_dict() for c in self.candidates]} if candidates else {})
 
@@ -146,24 +169,39 @@ def reading_rows(
     return rows, errors
 
 
-def choose(question: str, candidates: Sequence[Candidate], no_answer: str = NO_ANSWER) -> DocumentAnswer:
-    """The answer with the best reader score (ties: the better-ranked passage), passing over readings that
-    say the passage does not answer (`no_answer`) or are empty; `NO_PASSAGE` without candidates,
-    `NOT_ANSWERED` when no reading answers.
+def choose(
+    question: str, candidates: Sequence[Candidate], no_answer: str = NO_ANSWER, by: Choice = Choice.JOINT
+) -> DocumentAnswer:
+    """The answer with the best score `by` the rule given (ties: the better-ranked passage), passing over
+    readings that say the passage does not answer (`no_answer`) or are empty; `NO_PASSAGE` without
+    candidates, `NOT_ANSWERED` when no reading answers. The candidates returned carry their `retrieval`.
 
     Raises:
         InputError: no passage could be read with the question (the first one's error says why).
     """
     if not candidates:
         return DocumentAnswer(question, NO_PASSAGE, None, [])
+    logprobs = retrieval_logprobs([c.passage.score for c in candidates])
+    candidates = [replace(c, retrieval=logprob) for c, logprob in zip(candidates, logprobs, strict=True)]
     readable = [c for c in candidates if c.score is not None and not c.error]
     if not readable:
         raise InputError(f"none of the {len(candidates)} passages found could be read: {candidates[0].error}")
     answering = [c for c in readable if c.answer.strip() and c.answer.strip().lower() != no_answer.strip().lower()]
     if not answering:
-        return DocumentAnswer(question, NOT_ANSWERED, None, list(candidates))
-    best = max(answering, key=lambda c: (c.score, -c.passage.rank))
-    return DocumentAnswer(question, best.answer, best.passage, list(candidates))
+        return DocumentAnswer(question, NOT_ANSWERED, None, candidates)
+    best = max(answering, key=lambda c: (c.joint_score if by is Choice.JOINT else c.score, -c.passage.rank))
+    return DocumentAnswer(question, best.answer, best.passage, candidates)
+
+
+def retrieval_logprobs(bm25: Sequence[float]) -> list[float]:
+    """Each passage's log-probability among those found: a log-softmax of their BM25 scores."""
+    top = max(bm25)
+    log_total = top + math.log(sum(math.exp(score - top) for score in bm25))
+    return [score - log_total for score in bm25]
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4) + 0.0  # + 0.0: never "-0.0"
 
 
 def read_all(

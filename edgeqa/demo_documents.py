@@ -116,6 +116,8 @@ class DocumentsDemoResult:
         exact_match: Share of held-out questions answered exactly, through retrieval.
         counterfactual_exact_match: The same, over the questions whose page states a counterfactual value.
         right_source: Share whose answer was read from the question's own page.
+        reader_choice_exact_match, reader_choice_right_source: The same two when the reader's score
+            alone chooses among the passages read (`Choice.READER`).
         top_passage_exact_match, top_passage_right_source: The same two reading only BM25's first
             passage (`k=1`): what retrieval alone gives the reader.
         passage_exact_match: The reader given the question's own page (no retrieval), by relation too.
@@ -131,6 +133,8 @@ class DocumentsDemoResult:
     exact_match: float
     counterfactual_exact_match: float
     right_source: float
+    reader_choice_exact_match: float
+    reader_choice_right_source: float
     top_passage_exact_match: float
     top_passage_right_source: float
     passage_exact_match: dict[str, float]
@@ -207,7 +211,8 @@ def run_documents_demo(
     """
     from edgeqa.counterfactual import page_body
     from edgeqa.demo import every_steps
-    from edgeqa.documents import DocumentsQA, Index, build_index
+    from edgeqa.documents import Choice, DocumentsQA, Index, build_index
+    from edgeqa.documents.reader import choose
     from edgeqa.documents.sizing import resolve_sizing
     from edgeqa.export import ExportConfig, export_artifact
     from edgeqa.finetune import FinetuneConfig, finetune
@@ -298,6 +303,10 @@ def run_documents_demo(
     closed = reader.answer_batch(questions, batch_size=32, max_new_tokens=16)
     top = [_asked(row, answer) for row, answer in zip(picked, top_answers, strict=True)]
     asked = [_asked(row, answer) for row, answer in zip(picked, answers, strict=True)]
+    by_reader = [
+        _asked(row, choose(a.question, a.candidates, reader.manifest.no_answer, Choice.READER))
+        for row, a in zip(picked, answers, strict=True)
+    ]
     from edgeqa.metrics import exact_match
 
     swapped = [a for a in asked if a.counterfactual]
@@ -310,6 +319,8 @@ def run_documents_demo(
         exact_match=_share(a.correct for a in asked),
         counterfactual_exact_match=_share(a.correct for a in swapped),
         right_source=_share(a.right_source for a in asked),
+        reader_choice_exact_match=_share(a.correct for a in by_reader),
+        reader_choice_right_source=_share(a.right_source for a in by_reader),
         top_passage_exact_match=_share(a.correct for a in top),
         top_passage_right_source=_share(a.right_source for a in top),
         passage_exact_match=_by_relation(picked, [a.text for a in read]),
@@ -358,9 +369,11 @@ def documents_summary(result: DocumentsDemoResult, shown: int = 5) -> str:
         "Parity of the int8 reader against the PyTorch model (held-out phrasings, with their pages):",
         result.parity_table,
         f"held-out questions through retrieval ({questions}, countries and phrasings never trained on):",
-        f"  top 4 passages, the reader's surest answer: exact match {result.exact_match * 100:.1f}% "
+        f"  top 4 passages, reader and retrieval scores joined: exact match {result.exact_match * 100:.1f}% "
         f"(on counterfactual pages {result.counterfactual_exact_match * 100:.1f}%), "
         f"right source {result.right_source * 100:.1f}%",
+        f"  top 4 passages, the reader's score alone: exact match {result.reader_choice_exact_match * 100:.1f}%, "
+        f"right source {result.reader_choice_right_source * 100:.1f}%",
         f"  BM25's first passage only (-k 1): exact match {result.top_passage_exact_match * 100:.1f}%, "
         f"right source {result.top_passage_right_source * 100:.1f}%",
         "  the reader given each question's own page: exact match "

@@ -105,5 +105,9 @@ def test_demo_documents_reads_counterfactual_pages_far_better_than_a_closed_book
     # BM25's first passage is the question's own page; read, it beats the closed book as the page does
     assert result.top_passage_right_source >= 0.9, result.top_passage_right_source
     assert result.top_passage_exact_match >= result.closed_book_exact_match + 0.2, result.top_passage_exact_match
+    # the default, top 4 with reader and retrieval joined, keeps the right page where retrieval is clear
+    chosen = (result.right_source, result.exact_match, result.reader_choice_right_source)
+    assert result.right_source >= 0.9 and result.right_source >= result.reader_choice_right_source, chosen
+    assert result.exact_match >= result.closed_book_exact_match + 0.2, chosen
     text = documents_summary(result)
-    assert "right source" in text and "-k 1" in text and f"--index {result.index}" in text
+    assert "right source" in text and "-k 1" in text and "score alone" in text and f"--index {result.index}" in text

@@ -5,9 +5,12 @@ whether a trained reader reads right is `tests/test_demo.py`'s (`edgeqa demo --d
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from edgeqa.cli import app
@@ -22,7 +25,7 @@ from edgeqa.documents import (
     passage_budget,
 )
 from edgeqa.documents.build import load_tokenizer
-from edgeqa.documents.reader import choose
+from edgeqa.documents.reader import Choice, choose, retrieval_logprobs
 from edgeqa.errors import InputError
 from edgeqa.runtime import QAModel, Row
 
@@ -65,8 +68,10 @@ def test_the_answer_is_the_surest_reading_and_each_reading_is_the_runtimes(model
         answer = qa.ask("How do I reset the router?", model.options(**OPTS))
     assert answer.found and len(answer.candidates) == 2  # the router page's two sections
     assert [c.passage.rank for c in answer.candidates] == [1, 2]
-    best = max(answer.candidates, key=lambda c: (c.score, -c.passage.rank))
+    best = max(answer.candidates, key=lambda c: (c.score + c.retrieval, -c.passage.rank))
     assert answer.source is best.passage and answer.text == best.answer
+    bm25 = [c.passage.score for c in answer.candidates]
+    assert [c.retrieval for c in answer.candidates] == pytest.approx(list(retrieval_logprobs(bm25)))
     for candidate in answer.candidates:
         # each reading is what the runtime answers from that passage alone, with its own score
         alone = model.answer("How do I reset the router?", context=candidate.passage.text, **OPTS)
@@ -79,7 +84,9 @@ def test_the_answer_is_the_surest_reading_and_each_reading_is_the_runtimes(model
         assert candidate.score == pytest.approx(row.score, abs=1e-9) and candidate.score < 0
     data = answer.to_dict()
     assert data["source"] == answer.source.source and Path(data["source"]).name.startswith("router.md:")
-    assert {"answer", "reader_score", "source", "rank", "bm25", "passage"} <= set(data["candidates"][0])
+    keys = {"answer", "reader_score", "retrieval_logprob", "joint_score", "source", "rank", "bm25", "passage"}
+    assert keys <= set(data["candidates"][0])
+    assert data["joint_score"] == pytest.approx(answer.chosen.score + answer.chosen.retrieval, abs=1e-4)
 
 
 def test_a_batch_of_questions_reads_as_one_question_at_a_time(model, index):
@@ -252,6 +259,7 @@ def test_the_page_shows_each_answers_sources_in_a_real_browser(artifact_tiny, in
         chosen = driver.find_element(By.CSS_SELECTOR, "#sources li.chosen")
         snippet = next(source["snippet"] for source in served["sources"] if source["chosen"])
         assert served["source"] in chosen.text and snippet in chosen.text
+        assert "score " in chosen.text and "retrieval " in chosen.text  # the choice's two halves shown
         keep_screenshot(driver, tmp_path, "serve-page-sources.png")
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
@@ -309,7 +317,7 @@ def test_a_reader_trained_on_passages_carries_its_template_to_the_artifact(tiny_
     assert model.tokenizer.decode(ids) == "Passage: Ann wrote it. Question: Who?"
 
 
-def _passage(rank: int) -> Passage:
+def _passage(rank: int, bm25: float | None = None) -> Passage:
     return Passage(
         id=rank,
         file=f"p{rank}.md",
@@ -320,7 +328,7 @@ def _passage(rank: int) -> Passage:
         unit="line",
         text=f"passage {rank}",
         rank=rank,
-        score=10.0 - rank,
+        score=10.0 - rank if bm25 is None else bm25,
     )
 
 
@@ -334,8 +342,10 @@ def test_the_choice_passes_over_readings_that_do_not_answer():
     answer = choose("q", surest_abstains)
     assert (answer.text, answer.source, answer.found) == ("Oslo", p2, True)
     assert choose("q", surest_abstains, no_answer="Unknown").text == "unanswerable"  # the artifact's own word
-    tie = choose("q", [Candidate(p1, "A", -0.5), Candidate(p2, "B", -0.5)])
-    assert tie.text == "A"  # a tie goes to the better BM25 rank
+    level1, level2 = _passage(1, bm25=5.0), _passage(2, bm25=5.0)
+    for by in Choice:
+        tie = choose("q", [Candidate(level1, "A", -0.5), Candidate(level2, "B", -0.5)], by=by)
+        assert tie.text == "A"  # a tie goes to the better BM25 rank
     none = choose("q", [Candidate(p1, " UNANSWERABLE ", -0.1), Candidate(p2, "", -0.2)])
     assert (none.text, none.source, none.found, len(none.candidates)) == (NOT_ANSWERED, None, False, 2)
     unread = [Candidate(p1, error="too long"), Candidate(p2, error="too long")]
@@ -343,6 +353,34 @@ def test_the_choice_passes_over_readings_that_do_not_answer():
         choose("q", unread)
     mixed = choose("q", [Candidate(p1, error="too long"), Candidate(p2, "B", -2.0)])
     assert mixed.source is p2
+
+
+def test_retrieval_decides_between_pages_it_tells_apart_and_the_reader_where_bm25_nearly_ties():
+    clear = [Candidate(_passage(1, bm25=20.0), "Paris", -0.5), Candidate(_passage(2, bm25=5.0), "Nairobi", -0.01)]
+    assert choose("q", clear).text == "Paris"  # 15 nats of retrieval outweigh the reader's 0.49
+    assert choose("q", clear, by=Choice.READER).text == "Nairobi"
+    close = [Candidate(_passage(1, bm25=10.0), "Paris", -0.9), Candidate(_passage(2, bm25=9.9), "Nairobi", -0.1)]
+    answer = choose("q", close)
+    assert answer.text == "Nairobi"  # 0.1 nat of retrieval against the reader's 0.8
+    assert [c.retrieval for c in answer.candidates] == pytest.approx(
+        [math.log(1 / (1 + math.exp(-0.1))), math.log(1 / (1 + math.exp(0.1)))]
+    )
+    assert answer.to_dict()["joint_score"] == pytest.approx(-0.1 + answer.candidates[1].retrieval, abs=1e-4)
+    assert answer.to_dict(candidates=False).keys() >= {"reader_score", "joint_score"}
+    abstains = [
+        Candidate(_passage(1, bm25=20.0), "unanswerable", -0.01),
+        Candidate(_passage(2, bm25=1.0), "Oslo", -3.0),
+    ]
+    assert choose("q", abstains).text == "Oslo"  # however clear retrieval is, a reading that declines is passed over
+
+
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=1, max_size=100))
+def test_retrieval_logprobs_are_a_distribution_in_the_order_of_bm25(bm25):
+    logprobs = retrieval_logprobs(bm25)
+    assert all(math.isfinite(x) and x <= 1e-9 for x in logprobs)
+    assert math.fsum(math.exp(x) for x in logprobs) == pytest.approx(1.0)
+    in_bm25_order = [logprobs[i] for i in sorted(range(len(bm25)), key=bm25.__getitem__)]
+    assert in_bm25_order == sorted(in_bm25_order)
 
 
 @pytest.mark.slow
