@@ -165,7 +165,8 @@ def main() -> None:
     )
 
     def choose(model: T5ForConditionalGeneration) -> tuple[float, float]:
-        """Right-page share and exact match when the surest answer (mean log-prob, abstentions last) wins."""
+        """Right-page share and exact match when the surest answer (mean log-prob, abstentions last) wins: the
+        reader's half of `edgeqa.documents.choose` (its pages are random, with no BM25 to join)."""
         with torch.no_grad():
             out: Any = model.generate(
                 **choice_source,

@@ -5,8 +5,10 @@ countries (fresh counterfactual worlds), and at given steps (with the training t
 counted) measures, on test countries asked in phrasings never trained on:
 
 - gold EM: the reader given the right page;
-- retrieval: BM25's top 4 passages of the test world's index, read in one batch, the answer with
-  the best length-normalised log-probability wins; right-source rate and EM of that answer.
+- retrieval: BM25's top 4 passages of the test world's index, read in one batch, the answer chosen
+  as `DocumentsQA` chooses (`edgeqa.documents.choose`: the reader's length-normalised
+  log-probability plus the passage's retrieval log-probability); right-source rate and EM of that
+  answer, and the same with the reader's score alone (`reader_source`, `reader_em`).
 
     python -m edgeqa.bench.reader_recipe --steps 250 500 750 1000 --output runs/rr-base
 """
@@ -25,7 +27,8 @@ from transformers import AutoTokenizer, TrainerCallback
 
 from edgeqa import counterfactual as cf
 from edgeqa.demo import DEMO_SHAPE
-from edgeqa.documents import Index, build_index
+from edgeqa.documents import Candidate, Index, build_index, choose
+from edgeqa.documents.answers import RETRIEVAL_WEIGHT
 from edgeqa.metrics import exact_match
 from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
 
@@ -99,18 +102,19 @@ def evaluate(reader: Reader, gold: list[dict], retrieved: list[tuple[dict, list[
     samples = [f"{r['answer']} <- {a}" for (a, _), r in list(zip(answers, gold, strict=True))[:6]]
     flat = [prompt(r["question"], p.text) for r, passages in retrieved for p in passages]
     read = iter(reader.answer(flat))
-    right = hits = 0
-    for r, passages in retrieved:
-        scored = [(s, a, p) for p in passages for a, s in [next(read)]]
-        usable = [x for x in scored if x[1] != ABSTAIN] or scored
-        score, answer, passage = max(usable, key=lambda x: x[0])
-        right += passage.title == r["page"]
-        hits += exact_match([answer], [r["answer"]]) == 1.0
-    n = max(1, len(retrieved))
+    readings = [(r, [Candidate(p, *next(read)) for p in passages]) for r, passages in retrieved]
+    chosen: dict[str, float] = {}
+    for name, weight in (("", RETRIEVAL_WEIGHT), ("reader_", 0.0)):
+        right = hits = 0
+        for r, candidates in readings:
+            answer = choose(r["question"], candidates, ABSTAIN, weight)
+            right += answer.source is not None and answer.source.title == r["page"]
+            hits += exact_match([answer.text], [r["answer"]]) == 1.0
+        n = max(1, len(retrieved))
+        chosen |= {f"{name}source": right / n * 100, f"{name}em": hits / n * 100}
     return {
         "gold_em": gold_em * 100,
-        "source": right / n * 100,
-        "em": hits / n * 100,
+        **chosen,
         "by_relation": {k: round(sum(v) / len(v) * 100) for k, v in sorted(per_relation.items())},
         "samples": samples,
     }

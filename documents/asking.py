@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgeqa.documents.reader import DocumentAnswer, DocumentsQA
+from edgeqa.documents.answers import DocumentAnswer
+from edgeqa.documents.reader import DocumentsQA
 from edgeqa.errors import InputError
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.runtime.questions import Ask, Console, answer_file, converse

@@ -1,27 +1,19 @@
-"""Answers from an index: the top passages of a question, read in one batch, the surest reading kept.
+"""Answers from an index: the top passages of a question, read in one batch, the best reading kept.
 
-The reader reads each of the question's top `k` passages (BM25) and answers from each. A reading's
-score joins the two sources of evidence, as retrieve-then-read systems do (RAG, BERTserini): the
-reader's score (the length-normalised log-probability of its answer) plus the passage's retrieval
-log-probability (a softmax of the BM25 scores of the passages found). Retrieval decides between pages
-it tells clearly apart; the reader decides where BM25 nearly ties, and passes over a passage by saying
-it does not answer (the artifact's `no_answer`, FLAN's "unanswerable"); empty readings are passed over
-too, and ties go to the better-ranked passage. `Choice.READER` keeps the reader's score alone. A
-question that matches no passage gets `NO_PASSAGE`, one whose passages all fail to answer it
-`NOT_ANSWERED`: never a guess. `edgeqa serve --index` builds the same rows with `reading_rows` and
-chooses with `choose`, so a served answer is `DocumentsQA`'s.
+The reader reads each of the question's top `k` passages (BM25) in one batch through the runtime's
+decoder; `edgeqa.documents.answers.choose` keeps the answer with the best joint score of reader and
+retrieval. `edgeqa serve --index` builds the same rows with `reading_rows` and chooses through
+`read_all`, so a served answer is `DocumentsQA`'s.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeqa.documents.answers import RETRIEVAL_WEIGHT, Candidate, DocumentAnswer, check_retrieval_weight, choose
 from edgeqa.documents.query import Index, Passage
 from edgeqa.documents.store import tokenizer_sha256
 from edgeqa.errors import InputError
@@ -32,113 +24,8 @@ if TYPE_CHECKING:  # the runtime loads onnxruntime: only `DocumentsQA.open` need
 
 logger = logging.getLogger(__name__)
 
-#: The answer to a question that shares no word with any passage of the index.
-NO_PASSAGE = "No passage in the index matches this question."
-#: The answer when the reader finds the answer in none of the passages it read.
-NOT_ANSWERED = "The passages found do not answer this question."
 #: Passages read for each question by default.
 DEFAULT_K = 4
-
-
-class Choice(StrEnum):
-    """How the answer is chosen among the readings of a question's passages."""
-
-    JOINT = "joint"  #: the reader's score plus the passage's retrieval log-probability (the default)
-    READER = "reader"  #: the reader's score alone
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One passage read for a question, and what the reader answered from it.
-
-    Attributes:
-        passage: The passage (its `rank` and BM25 `score` from the search).
-        answer: The reader's answer from it ("" when it could not be read).
-        score: The reader's score of that answer: its mean log-probability per token (higher is surer).
-        retrieval: The passage's log-probability among the passages found for the question (a softmax
-            of their BM25 scores); set by `choose`.
-        error: Why the passage could not be read (too long with this question, say), else "".
-        prompt_tokens: The question and passage in tokens (0 if not read).
-        answer_tokens: The answer in tokens.
-    """
-
-    passage: Passage
-    answer: str = ""
-    score: float | None = None
-    error: str = ""
-    retrieval: float | None = None
-    prompt_tokens: int = 0
-    answer_tokens: int = 0
-
-    @classmethod
-    def read(cls, passage: Passage, row: Row | None, error: str = "") -> Candidate:
-        """The candidate of a passage from its finished row (None: it could not be read, `error` says why)."""
-        from edgeqa.runtime import FinishReason
-
-        if row is None:
-            return cls(passage, error=error)
-        if row.finish_reason in (FinishReason.FAILED, FinishReason.CANCELLED):
-            return cls(passage, error=f"reading it failed: {row.error or row.finish_reason}")
-        return cls(passage, row.text, row.score, "", len(row.ids), len(row.tokens))
-
-    @property
-    def joint_score(self) -> float | None:
-        """The reader's score plus the passage's retrieval log-probability (None until both are known)."""
-        return None if self.score is None or self.retrieval is None else self.score + self.retrieval
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {
-            "answer": self.answer,
-            "reader_score": _rounded(self.score),
-            "retrieval_logprob": _rounded(self.retrieval),
-            "joint_score": _rounded(self.joint_score),
-            "source": self.passage.source,
-            "rank": self.passage.rank,
-            "bm25": round(self.passage.score, 4),
-            "title": self.passage.title,
-            "heading": self.passage.heading,
-            "passage": self.passage.text,
-        }
-        return data | ({"error": self.error} if self.error else {})
-
-
-@dataclass(frozen=True)
-class DocumentAnswer:
-    """The answer to a question from the index.
-
-    Attributes:
-        question: The question.
-        text: The chosen answer, or `NO_PASSAGE`.
-        source: The passage the answer was read from; None when no passage matched.
-        candidates: Every passage read, best BM25 rank first, with the reader's answer and score.
-    """
-
-    question: str
-    text: str
-    source: Passage | None
-    candidates: list[Candidate] = field(default_factory=list)
-
-    @property
-    def found(self) -> bool:
-        """Whether an answer was read from a passage."""
-        return self.source is not None
-
-    @property
-    def chosen(self) -> Candidate | None:
-        """The candidate whose answer was kept."""
-        return next((c for c in self.candidates if c.passage is self.source), None)
-
-    def to_dict(self, candidates: bool = True) -> dict[str, Any]:
-        chosen = self.chosen
-        data = {
-            "question": self.question,
-            "answer": self.text,
-            "found": self.found,
-            "source": self.source.source if self.source else None,
-            "reader_score": None if chosen is None else _rounded(chosen.score),
-            "joint_score": None if chosen is None else _rounded(chosen.joint_score),
-        }
-        return data | ({"candidates": [c.to_dict() for c in self.candidates]} if candidates else {})
 
 
 def reading_rows(
@@ -169,43 +56,10 @@ def reading_rows(
     return rows, errors
 
 
-def choose(
-    question: str, candidates: Sequence[Candidate], no_answer: str = NO_ANSWER, by: Choice = Choice.JOINT
-) -> DocumentAnswer:
-    """The answer with the best score `by` the rule given (ties: the better-ranked passage), passing over
-    readings that say the passage does not answer (`no_answer`) or are empty; `NO_PASSAGE` without
-    candidates, `NOT_ANSWERED` when no reading answers. The candidates returned carry their `retrieval`.
-
-    Raises:
-        InputError: no passage could be read with the question (the first one's error says why).
-    """
-    if not candidates:
-        return DocumentAnswer(question, NO_PASSAGE, None, [])
-    logprobs = retrieval_logprobs([c.passage.score for c in candidates])
-    candidates = [replace(c, retrieval=logprob) for c, logprob in zip(candidates, logprobs, strict=True)]
-    readable = [c for c in candidates if c.score is not None and not c.error]
-    if not readable:
-        raise InputError(f"none of the {len(candidates)} passages found could be read: {candidates[0].error}")
-    answering = [c for c in readable if c.answer.strip() and c.answer.strip().lower() != no_answer.strip().lower()]
-    if not answering:
-        return DocumentAnswer(question, NOT_ANSWERED, None, candidates)
-    best = max(answering, key=lambda c: (c.joint_score if by is Choice.JOINT else c.score, -c.passage.rank))
-    return DocumentAnswer(question, best.answer, best.passage, candidates)
-
-
-def retrieval_logprobs(bm25: Sequence[float]) -> list[float]:
-    """Each passage's log-probability among those found: a log-softmax of their BM25 scores."""
-    top = max(bm25)
-    log_total = top + math.log(sum(math.exp(score - top) for score in bm25))
-    return [score - log_total for score in bm25]
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4) + 0.0  # + 0.0: never "-0.0"
-
-
 def read_all(
-    planned: Sequence[tuple[str, Sequence[Passage], Sequence[Row | None], Sequence[str]]], no_answer: str = NO_ANSWER
+    planned: Sequence[tuple[str, Sequence[Passage], Sequence[Row | None], Sequence[str]]],
+    no_answer: str = NO_ANSWER,
+    retrieval_weight: float = RETRIEVAL_WEIGHT,
 ) -> list[DocumentAnswer]:
     """Each question's answer once its rows have finished: `(question, passages, rows, errors)` per question."""
     return [
@@ -213,6 +67,7 @@ def read_all(
             question,
             [Candidate.read(p, row, error) for p, row, error in zip(passages, rows, errors, strict=True)],
             no_answer,
+            retrieval_weight,
         )
         for question, passages, rows, errors in planned
     ]
@@ -225,14 +80,24 @@ class DocumentsQA:
         model: The reader.
         index: The index of passages.
         k: Passages read per question.
+        retrieval_weight: How much the passage's retrieval log-probability counts beside the reader's
+            score (0: the reader's score alone; `edgeqa.documents.answers`).
     """
 
-    def __init__(self, model: QAModel, index: Index, k: int = DEFAULT_K):
+    def __init__(self, model: QAModel, index: Index, k: int = DEFAULT_K, retrieval_weight: float = RETRIEVAL_WEIGHT):
         self.model, self.index, self.k = model, index, check_k(k)
+        self.retrieval_weight = check_retrieval_weight(retrieval_weight)
         warn_if_sized_for_another(index, model.folder / model.manifest.files["tokenizer"].path, model.folder)
 
     @classmethod
-    def open(cls, artifact: str | Path, index: str | Path, k: int = DEFAULT_K, **load: Any) -> DocumentsQA:
+    def open(
+        cls,
+        artifact: str | Path,
+        index: str | Path,
+        k: int = DEFAULT_K,
+        retrieval_weight: float = RETRIEVAL_WEIGHT,
+        **load: Any,
+    ) -> DocumentsQA:
         """Load the reader artifact (`QAModel.load`'s keyword arguments in `load`) and open the index.
 
         Raises:
@@ -241,8 +106,8 @@ class DocumentsQA:
         """
         from edgeqa.runtime import QAModel
 
-        check_k(k)
-        return cls(QAModel.load(artifact, **load), Index.open(index), k)
+        check_k(k), check_retrieval_weight(retrieval_weight)
+        return cls(QAModel.load(artifact, **load), Index.open(index), k, retrieval_weight)
 
     def ask(self, question: str, options: GenerationOptions | None = None, k: int | None = None) -> DocumentAnswer:
         """Answer one question from the index's top `k` passages (default: this object's `k`)."""
@@ -278,7 +143,7 @@ class DocumentsQA:
             planned.append((question, passages, *reading_rows(decoder, question, passages, options)))
         decoder.join([row for _, _, rows, _ in planned for row in rows if row is not None])
         decoder.run()
-        return read_all(planned, self.model.manifest.no_answer)
+        return read_all(planned, self.model.manifest.no_answer, self.retrieval_weight)
 
     def close(self) -> None:
         self.index.close()

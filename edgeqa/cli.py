@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from edgeqa.cli_fields import fields_as_options
+from edgeqa.documents.answers import RETRIEVAL_WEIGHT
 from edgeqa.errors import EdgeQAError
 from edgeqa.export.config import ExportConfig
 from edgeqa.finetune.config import FinetuneConfig
@@ -98,6 +99,13 @@ def ask(
         Path | None, typer.Option("--index", help="Answer from the top passages of this index (`edgeqa index`).")
     ] = None,
     k: Annotated[int, typer.Option("-k", help="With --index: passages read per question.")] = 4,
+    retrieval_weight: Annotated[
+        float,
+        typer.Option(
+            help="With --index: how much a passage's retrieval log-probability counts beside the reader's score "
+            "(0: the reader's score alone)."
+        ),
+    ] = RETRIEVAL_WEIGHT,
     *,
     fields: dict[str, Any],
 ) -> None:
@@ -120,7 +128,7 @@ def ask(
 
         found = Index.open(index)  # before the model loads: a wrong path fails at once
         model = QAModel.load(artifact, threads=threads, verify=verify, expect_sha256=expect_sha256)
-        with DocumentsQA(model, found, k) as qa:
+        with DocumentsQA(model, found, k, retrieval_weight) as qa:
             ask_index(qa, request, model.options(**fields), _Terminal())
         return
     model = QAModel.load(artifact, threads=threads, verify=verify, expect_sha256=expect_sha256)

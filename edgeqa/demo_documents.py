@@ -117,7 +117,7 @@ class DocumentsDemoResult:
         counterfactual_exact_match: The same, over the questions whose page states a counterfactual value.
         right_source: Share whose answer was read from the question's own page.
         reader_choice_exact_match, reader_choice_right_source: The same two when the reader's score
-            alone chooses among the passages read (`Choice.READER`).
+            alone chooses among the passages read (`retrieval_weight=0`).
         top_passage_exact_match, top_passage_right_source: The same two reading only BM25's first
             passage (`k=1`): what retrieval alone gives the reader.
         passage_exact_match: The reader given the question's own page (no retrieval), by relation too.
@@ -211,8 +211,7 @@ def run_documents_demo(
     """
     from edgeqa.counterfactual import page_body
     from edgeqa.demo import every_steps
-    from edgeqa.documents import Choice, DocumentsQA, Index, build_index
-    from edgeqa.documents.reader import choose
+    from edgeqa.documents import DocumentsQA, Index, build_index, choose
     from edgeqa.documents.sizing import resolve_sizing
     from edgeqa.export import ExportConfig, export_artifact
     from edgeqa.finetune import FinetuneConfig, finetune
@@ -304,7 +303,7 @@ def run_documents_demo(
     top = [_asked(row, answer) for row, answer in zip(picked, top_answers, strict=True)]
     asked = [_asked(row, answer) for row, answer in zip(picked, answers, strict=True)]
     by_reader = [
-        _asked(row, choose(a.question, a.candidates, reader.manifest.no_answer, Choice.READER))
+        _asked(row, choose(a.question, a.candidates, reader.manifest.no_answer, retrieval_weight=0.0))
         for row, a in zip(picked, answers, strict=True)
     ]
     from edgeqa.metrics import exact_match

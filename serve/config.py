@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqa.errors import ConfigError
+from edgeqa.documents.answers import RETRIEVAL_WEIGHT, check_retrieval_weight
+from edgeqa.errors import ConfigError, InputError
 from edgeqa.runtime.options import MAX_BEAMS
 
 
@@ -34,6 +35,8 @@ class ServeConfig:
         verify: Check the artifact's checksums on load.
         index: Answer from the passages of this index (`edgeqa index`) unless a request brings its own context.
         k: Passages read per question from the index.
+        retrieval_weight: How much a passage's retrieval log-probability counts beside the reader's
+            score when choosing among the passages read (0: the reader's score alone).
     """
 
     artifact: Path
@@ -54,6 +57,7 @@ class ServeConfig:
     verify: bool = True
     index: Path | None = None
     k: int = 4
+    retrieval_weight: float = RETRIEVAL_WEIGHT
 
     def __post_init__(self) -> None:
         checks = [
@@ -73,6 +77,10 @@ class ServeConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"{message} (got {self})")
+        try:
+            check_retrieval_weight(self.retrieval_weight)
+        except InputError as e:
+            raise ConfigError(str(e)) from None
 
     @property
     def loopback(self) -> bool:

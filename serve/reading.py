@@ -13,8 +13,9 @@ from anyio import to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from edgeqa.documents.answers import DocumentAnswer
 from edgeqa.documents.query import Index, Passage
-from edgeqa.documents.reader import DocumentAnswer, read_all, reading_rows
+from edgeqa.documents.reader import read_all, reading_rows
 from edgeqa.runtime import GenerationOptions, QAModel, Row
 from edgeqa.serve.jobs import Job
 from edgeqa.serve.protocol import OpenAIRequest, choice, completion_id, envelope, usage
@@ -57,7 +58,7 @@ async def read_index(
         service.submit(jobs)
         if await wait_all(request, service.engine, jobs) is None:
             return None
-    return read_all(planned, model.manifest.no_answer)
+    return read_all(planned, model.manifest.no_answer, service.config.retrieval_weight)
 
 
 async def openai_from_index(

@@ -229,3 +229,16 @@ def test_reader_probe_logs_every_evaluation_and_saves_the_reader(tmp_path: Path)
         assert {"all", "capital", "continent@train", "right_page", "chosen_em", "right_page_by_question"} <= set(entry)
         assert all(0 <= entry[k] <= 100 for k in ("all", "capital", "right_page", "right_page_by_question"))
     assert (saved / "config.json").exists()
+
+
+def test_reader_recipe_measures_both_choices_through_the_product_s_choose(tmp_path: Path) -> None:
+    """`edgeqa.bench.reader_recipe`, a few steps: one curve row per evaluation step, the choice joined with
+    retrieval (`DocumentsQA`'s) beside the reader's score alone."""
+    args = ["--steps", "2", "--worlds", "1", "--batch", "4", "--d-model", "32", "--d-ff", "64"]
+    args += ["--eval-questions", "8", "--retrieval-questions", "6"]
+    subprocess.run(
+        [sys.executable, "-m", "edgeqa.bench.reader_recipe", *args, "--output", str(tmp_path)], check=True, timeout=300
+    )
+    [row] = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
+    assert row["step"] == 2
+    assert all(0 <= row[key] <= 100 for key in ("gold_em", "source", "em", "reader_source", "reader_em"))

@@ -24,8 +24,8 @@ from edgeqa.documents import (
     build_index,
     passage_budget,
 )
+from edgeqa.documents.answers import MAX_RETRIEVAL_WEIGHT, choose, retrieval_logprobs
 from edgeqa.documents.build import load_tokenizer
-from edgeqa.documents.reader import Choice, choose, retrieval_logprobs
 from edgeqa.errors import InputError
 from edgeqa.runtime import QAModel, Row
 
@@ -63,15 +63,17 @@ def index(docs: Path, artifact_tiny: Path, tmp_path_factory: pytest.TempPathFact
     return path
 
 
-def test_the_answer_is_the_surest_reading_and_each_reading_is_the_runtimes(model, index):
+def test_the_answer_has_the_best_joint_score_and_each_reading_is_the_runtimes(model, index):
     with DocumentsQA(model, Index.open(index), k=4) as qa:
         answer = qa.ask("How do I reset the router?", model.options(**OPTS))
     assert answer.found and len(answer.candidates) == 2  # the router page's two sections
     assert [c.passage.rank for c in answer.candidates] == [1, 2]
+    first, second = answer.candidates
+    # each passage's retrieval log-probability: a softmax of the BM25 scores of the two found
+    assert math.exp(first.retrieval) + math.exp(second.retrieval) == pytest.approx(1.0)
+    assert first.retrieval - second.retrieval == pytest.approx(first.passage.score - second.passage.score)
     best = max(answer.candidates, key=lambda c: (c.score + c.retrieval, -c.passage.rank))
     assert answer.source is best.passage and answer.text == best.answer
-    bm25 = [c.passage.score for c in answer.candidates]
-    assert [c.retrieval for c in answer.candidates] == pytest.approx(list(retrieval_logprobs(bm25)))
     for candidate in answer.candidates:
         # each reading is what the runtime answers from that passage alone, with its own score
         alone = model.answer("How do I reset the router?", context=candidate.passage.text, **OPTS)
@@ -82,11 +84,13 @@ def test_the_answer_is_the_surest_reading_and_each_reading_is_the_runtimes(model
         decoder.join([row])
         decoder.run()
         assert candidate.score == pytest.approx(row.score, abs=1e-9) and candidate.score < 0
+        assert (candidate.prompt_tokens, candidate.answer_tokens) == (len(row.ids), len(row.tokens))
+        assert candidate.joint == pytest.approx(candidate.score + candidate.retrieval)
     data = answer.to_dict()
     assert data["source"] == answer.source.source and Path(data["source"]).name.startswith("router.md:")
     keys = {"answer", "reader_score", "retrieval_logprob", "joint_score", "source", "rank", "bm25", "passage"}
     assert keys <= set(data["candidates"][0])
-    assert data["joint_score"] == pytest.approx(answer.chosen.score + answer.chosen.retrieval, abs=1e-4)
+    assert data["joint_score"] == pytest.approx(answer.chosen.joint, abs=1e-4)
 
 
 def test_a_batch_of_questions_reads_as_one_question_at_a_time(model, index):
@@ -194,6 +198,11 @@ def test_served_answers_from_the_index_are_documents_qas(artifact_tiny, model, i
             assert (got["answer"], got["source"], got["found"]) == (want.text, want.to_dict()["source"], want.found)
             assert [s["source"] for s in got["sources"]] == [c.passage.source for c in want.candidates]
             assert sum(s["chosen"] for s in got["sources"]) == (1 if want.found else 0)
+            scores = ["reader_score", "retrieval_logprob", "joint_score"]
+            assert [[s[key] for key in scores] for s in got["sources"]] == [
+                [c.to_dict()[key] for key in scores] for c in want.candidates
+            ]
+            assert got["joint_score"] == want.to_dict()["joint_score"]
         own = await http.post("/v1/answer", json={"question": "Who?", "context": "Ann wrote it.", "max_new_tokens": 6})
         assert own.json()["answer"] == model.answer("Who?", context="Ann wrote it.", **OPTS).text
         streamed = await http.post("/v1/answer", json={"question": "router?", "stream": True})
@@ -205,6 +214,9 @@ def test_served_answers_from_the_index_are_documents_qas(artifact_tiny, model, i
             model="edgeqa", messages=[{"role": "user", "content": questions[0]}], max_tokens=6
         )
         assert chat.choices[0].message.content == expected[0].text
+        read = expected[0].candidates
+        assert chat.usage.prompt_tokens == sum(c.prompt_tokens for c in read) > 0
+        assert chat.usage.completion_tokens == expected[0].chosen.answer_tokens > 0
         assert [s["source"] for s in chat.model_extra["edgeqa_sources"]] == [
             c.passage.source for c in expected[0].candidates
         ]
@@ -343,8 +355,8 @@ def test_the_choice_passes_over_readings_that_do_not_answer():
     assert (answer.text, answer.source, answer.found) == ("Oslo", p2, True)
     assert choose("q", surest_abstains, no_answer="Unknown").text == "unanswerable"  # the artifact's own word
     level1, level2 = _passage(1, bm25=5.0), _passage(2, bm25=5.0)
-    for by in Choice:
-        tie = choose("q", [Candidate(level1, "A", -0.5), Candidate(level2, "B", -0.5)], by=by)
+    for weight in (1.0, 0.0):
+        tie = choose("q", [Candidate(level1, "A", -0.5), Candidate(level2, "B", -0.5)], retrieval_weight=weight)
         assert tie.text == "A"  # a tie goes to the better BM25 rank
     none = choose("q", [Candidate(p1, " UNANSWERABLE ", -0.1), Candidate(p2, "", -0.2)])
     assert (none.text, none.source, none.found, len(none.candidates)) == (NOT_ANSWERED, None, False, 2)
@@ -358,20 +370,51 @@ def test_the_choice_passes_over_readings_that_do_not_answer():
 def test_retrieval_decides_between_pages_it_tells_apart_and_the_reader_where_bm25_nearly_ties():
     clear = [Candidate(_passage(1, bm25=20.0), "Paris", -0.5), Candidate(_passage(2, bm25=5.0), "Nairobi", -0.01)]
     assert choose("q", clear).text == "Paris"  # 15 nats of retrieval outweigh the reader's 0.49
-    assert choose("q", clear, by=Choice.READER).text == "Nairobi"
+    assert choose("q", clear, retrieval_weight=0.0).text == "Nairobi"  # the reader's score alone
+    assert choose("q", clear, retrieval_weight=0.01).text == "Nairobi"  # 0.15 nat of retrieval: not enough
     close = [Candidate(_passage(1, bm25=10.0), "Paris", -0.9), Candidate(_passage(2, bm25=9.9), "Nairobi", -0.1)]
     answer = choose("q", close)
     assert answer.text == "Nairobi"  # 0.1 nat of retrieval against the reader's 0.8
-    assert [c.retrieval for c in answer.candidates] == pytest.approx(
-        [math.log(1 / (1 + math.exp(-0.1))), math.log(1 / (1 + math.exp(0.1)))]
+    first, second = answer.candidates
+    assert (first.retrieval, second.retrieval) == pytest.approx(
+        (-math.log(1 + math.exp(-0.1)), -math.log(1 + math.exp(0.1)))
     )
-    assert answer.to_dict()["joint_score"] == pytest.approx(-0.1 + answer.candidates[1].retrieval, abs=1e-4)
-    assert answer.to_dict(candidates=False).keys() >= {"reader_score", "joint_score"}
-    abstains = [
+    assert (first.joint, second.joint) == pytest.approx((-0.9 + first.retrieval, -0.1 + second.retrieval))
+    data = answer.to_dict()
+    assert data["joint_score"] == round(second.joint, 4) and data["reader_score"] == -0.1
+    assert [(c["retrieval_logprob"], c["joint_score"]) for c in data["candidates"]] == [
+        (round(c.retrieval, 4), round(c.joint, 4)) for c in answer.candidates
+    ]
+    declines = [
         Candidate(_passage(1, bm25=20.0), "unanswerable", -0.01),
         Candidate(_passage(2, bm25=1.0), "Oslo", -3.0),
     ]
-    assert choose("q", abstains).text == "Oslo"  # however clear retrieval is, a reading that declines is passed over
+    assert choose("q", declines).text == "Oslo"  # however clear retrieval is, a reading that declines is passed over
+    nothing = choose("q", [Candidate(_passage(1, bm25=3.0), "unanswerable", -0.2), Candidate(_passage(2), error="x")])
+    assert nothing.text == NOT_ANSWERED
+    assert [c.retrieval is not None for c in nothing.candidates] == [True, True]  # --json shows them all
+    assert [c.joint is not None for c in nothing.candidates] == [True, False]  # the unread one has no score
+
+
+@pytest.mark.parametrize("weight", [-0.5, MAX_RETRIEVAL_WEIGHT + 1, float("nan"), float("inf"), True, "1"])
+def test_a_retrieval_weight_out_of_range_is_refused_naming_the_range(weight, model, index, artifact_tiny):
+    with pytest.raises(InputError, match=r"retrieval weight is .*; give 0 \(the reader's score alone\) to 100"):
+        choose("q", [Candidate(_passage(1), "A", -0.1)], retrieval_weight=weight)
+    with pytest.raises(InputError, match="retrieval weight is"):
+        DocumentsQA(model, Index.open(index), retrieval_weight=weight)
+
+
+def test_the_retrieval_weight_reaches_ask_and_serve(artifact_tiny, index):
+    base = ["ask", str(artifact_tiny), "--index", str(index), "--max-new-tokens", "6", "How do I reset the router?"]
+    alone = json.loads(runner.invoke(app, [*base, "--json", "--retrieval-weight", "0"]).stdout)
+    assert all(c["joint_score"] == c["reader_score"] for c in alone["candidates"])
+    doubled = json.loads(runner.invoke(app, [*base, "--json", "--retrieval-weight", "2"]).stdout)
+    for c in doubled["candidates"]:
+        assert c["joint_score"] == pytest.approx(c["reader_score"] + 2 * c["retrieval_logprob"], abs=2e-4)
+    refused = runner.invoke(app, [*base, "--retrieval-weight", "-1"])
+    assert refused.exit_code == 1 and "retrieval weight is -1.0; give 0" in refused.output
+    served = runner.invoke(app, ["serve", str(artifact_tiny), "--index", str(index), "--retrieval-weight", "500"])
+    assert served.exit_code == 1 and "retrieval weight is 500.0" in served.output and "Traceback" not in served.output
 
 
 @given(st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), min_size=1, max_size=100))
