@@ -124,9 +124,12 @@ def ask(
     )
     if index is not None:
         from edgeqa.documents import DocumentsQA, Index
+        from edgeqa.documents.answers import check_retrieval_weight
         from edgeqa.documents.asking import ask_index
+        from edgeqa.documents.reader import check_k
 
-        found = Index.open(index)  # before the model loads: a wrong path fails at once
+        check_k(k), check_retrieval_weight(retrieval_weight)  # before the model loads: bad options fail at once
+        found = Index.open(index)
         model = QAModel.load(artifact, threads=threads, verify=verify, expect_sha256=expect_sha256)
         with DocumentsQA(model, found, k, retrieval_weight) as qa:
             ask_index(qa, request, model.options(**fields), _Terminal())
@@ -446,24 +449,28 @@ def index_command(
     _setup_logging()
     sizing = resolve_sizing(artifact, tokenizer, passage_tokens, update=update)
 
-    def show(progress: Any) -> None:
-        if sys.stderr.isatty():
-            typer.echo(
-                f"\rindexing {progress.files_done}/{progress.files_total} files, "
-                f"{progress.bytes_done / 1e6:.1f}/{progress.bytes_total / 1e6:.1f} MB",
-                err=True,
-                nl=progress.files_done == progress.files_total,
-            )
+    with contextlib.ExitStack() as open_bar:
+        bars: list[Any] = []
 
-    summary = build_index(
-        paths or [],
-        output,
-        sizing.tokenizer,
-        sizing.passage_tokens,
-        update=update,
-        progress=show,
-        tokenizer_name=sizing.tokenizer_name,
-    )
+        def show(progress: Any) -> None:
+            """A bar over the bytes to read, on stderr when it is a terminal (the totals come with the first file)."""
+            if not sys.stderr.isatty():
+                return
+            if not bars:
+                label = f"indexing {progress.files_total} files, {progress.bytes_total / 1e6:.1f} MB"
+                bar = typer.progressbar(length=max(1, progress.bytes_total), label=label, file=sys.stderr)
+                bars.append(open_bar.enter_context(bar))
+            bars[0].update(progress.bytes_done - bars[0].pos)
+
+        summary = build_index(
+            paths or [],
+            output,
+            sizing.tokenizer,
+            sizing.passage_tokens,
+            update=update,
+            progress=show,
+            tokenizer_name=sizing.tokenizer_name,
+        )
     typer.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.format())
 
 

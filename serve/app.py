@@ -149,9 +149,9 @@ async def answer(request: Request) -> Response:
     data = await service.read_json(request)
     parsed = parse_native(data, model, service.caps(model))
     questions, opts, stream = parsed.questions, parsed.options, parsed.stream
-    if len(questions) > service.config.max_queue:
-        raise ApiError(400, f"'questions' has {len(questions)} questions; at most {service.config.max_queue} a request")
-    if service.index is not None and parsed.context is None:
+    from_index = service.index is not None and parsed.context is None
+    check_queue_share(len(questions), service.config, from_index)
+    if from_index:
         if stream:
             raise ApiError(400, "'stream' does not work with answers from the index: leave it out", param="stream")
         read = await read_index(request, service, service.index, model, questions, opts)
@@ -168,6 +168,21 @@ async def answer(request: Request) -> Response:
         return Response(status_code=499)
     rows = [{"question": q, **r.to_dict()} for q, r in zip(questions, results, strict=True)]
     return JSONResponse(rows[0] if "question" in data else {"answers": rows})
+
+
+def check_queue_share(questions: int, config: ServeConfig, from_index: bool) -> None:
+    """A 400 (`over_cap`) for a request that could never fit the queue, which would otherwise be a 503 at
+    every retry: a question takes one place, or `k` read from the index."""
+    places = config.k if from_index else 1
+    most = config.max_queue // places
+    if questions > most:
+        each = f" (each is read from {places} passages)" if from_index else ""
+        raise ApiError(
+            400,
+            f"'questions' has {questions} questions; at most {most} a request{each}: send them in smaller requests",
+            param="questions",
+            code="over_cap",
+        )
 
 
 async def health(request: Request) -> Response:
@@ -205,7 +220,12 @@ async def info(request: Request) -> Response:
             "max_batch_size": service.config.max_batch_size,
             "index": None
             if service.index is None
-            else {"path": str(service.index.path), "k": service.config.k, "passages": service.index.info.passages},
+            else {
+                "path": str(service.index.path),
+                "k": service.config.k,
+                "retrieval_weight": service.config.retrieval_weight,
+                "passages": service.index.info.passages,
+            },
         }
     )
 

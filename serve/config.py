@@ -73,6 +73,7 @@ class ServeConfig:
             (self.shutdown_timeout >= 0, "shutdown_timeout must be 0 or more"),
             (self.keepalive_s > 0, "keepalive_s must be greater than 0"),
             (1 <= self.k <= 100, "k must be between 1 and 100"),
+            (self.index is None or self.k <= self.max_queue, "k must be at most max_queue (a question queues k)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -242,3 +242,28 @@ def test_reader_recipe_measures_both_choices_through_the_product_s_choose(tmp_pa
     [row] = [json.loads(line) for line in (tmp_path / "curve.jsonl").read_text().splitlines()]
     assert row["step"] == 2
     assert all(0 <= row[key] <= 100 for key in ("gold_em", "source", "em", "reader_source", "reader_em"))
+
+
+def test_reader_recipe_scores_the_joined_choice_and_the_readers_alone_apart() -> None:
+    """Readings where the two rules disagree: retrieval keeps the right page, the reader's score alone does not."""
+    from edgeqa.bench.reader_recipe import evaluate, prompt
+    from edgeqa.documents import Passage
+
+    def passage(title: str, bm25: float, rank: int) -> Passage:
+        return Passage(rank, f"{title}.md", title, title, 1, 1, "line", f"The capital of {title} is X.", rank, bm25)
+
+    right, wrong = passage("Aland", 10.0, 1), passage("Bland", 2.0, 2)
+    row = {"question": "What is the capital of Aland?", "context": right.text, "answer": "Oslo", "relation": "capital"}
+    row["page"] = "Aland"
+    said = {
+        prompt(row["question"], right.text): ("Oslo", -1.0),  # the right page, read less surely
+        prompt(row["question"], wrong.text): ("Lima", -0.1),
+    }
+
+    class Reader:
+        def answer(self, prompts: list[str]) -> list[tuple[str, float]]:
+            return [said[p] for p in prompts]
+
+    result = evaluate(Reader(), [row], [(row, [right, wrong])])  # type: ignore[arg-type]
+    assert (result["gold_em"], result["source"], result["em"]) == (100.0, 100.0, 100.0)
+    assert (result["reader_source"], result["reader_em"]) == (0.0, 0.0)

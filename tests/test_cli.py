@@ -30,6 +30,16 @@ def test_help_lists_commands_and_imports_no_torch():
         assert command in result.stdout
 
 
+def test_help_shows_the_defaults_of_options_drawn_from_config_fields():
+    """Options made from `ServeConfig`'s and `ExportConfig`'s fields show their defaults (Rich renders the help)."""
+    wide = {"COLUMNS": "300", "TERMINAL_WIDTH": "300"}
+    serve = runner.invoke(app, ["serve", "--help"], env=wide).output
+    for option, default in (("--max-queue", "64"), ("--port", "8080"), ("--retrieval-weight", "1.0")):
+        [line] = [line for line in serve.splitlines() if line.lstrip("│ ").startswith(f"{option} ")]
+        assert f"[default: {default}]" in line, line
+    assert "[default: 200]" in runner.invoke(app, ["export", "--help"], env=wide).output  # --parity-samples
+
+
 def test_ask_prints_the_answer(artifact_int8):
     from edgeqa.runtime import QAModel
 

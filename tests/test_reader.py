@@ -26,8 +26,9 @@ from edgeqa.documents import (
 )
 from edgeqa.documents.answers import MAX_RETRIEVAL_WEIGHT, choose, retrieval_logprobs
 from edgeqa.documents.build import load_tokenizer
-from edgeqa.errors import InputError
+from edgeqa.errors import ConfigError, InputError
 from edgeqa.runtime import QAModel, Row
+from edgeqa.serve.config import ServeConfig
 
 runner = CliRunner()
 ROUTER = """# Router
@@ -155,6 +156,8 @@ def test_ask_index_prints_the_answer_and_its_source(artifact_tiny, index, tmp_pa
 
     streamed = runner.invoke(app, [*base, "How?", "--stream"])
     assert streamed.exit_code == 1 and "--stream does not work with --index" in streamed.output
+    with_context = runner.invoke(app, [*base, "How?", "--context", "-"], input="A passage.")
+    assert with_context.exit_code == 1 and "give --context or --index, not both" in with_context.output
     missing = runner.invoke(app, [*base[:2], "--index", str(tmp_path / "none.edgeqa-index"), "q"])
     assert missing.exit_code == 1 and "none.edgeqa-index" in missing.output and "Traceback" not in missing.output
 
@@ -229,6 +232,102 @@ def test_served_answers_from_the_index_are_documents_qas(artifact_tiny, model, i
         assert info["index"]["passages"] == 3 and info["index"]["k"] == 4
 
     in_process(artifact_tiny, model, body, index=index)
+
+
+def test_a_served_index_reads_with_the_servers_retrieval_weight_and_its_queue_share(artifact_tiny, model, index):
+    """`serve --retrieval-weight 0` chooses as `DocumentsQA(retrieval_weight=0)`; a request that could never
+    fit the queue (questions x k over --max-queue) is a 400 naming the cap, never a 503 at every retry."""
+    from serve_helpers import in_process, openai_client
+
+    questions = ["How do I reset the router?", "What does a red light mean?", "How do I descale the kettle?"]
+    with DocumentsQA(model, Index.open(index), retrieval_weight=0.0) as qa:
+        expected = [qa.ask(q, model.options(max_new_tokens=6)) for q in questions]
+
+    async def body(app, http):
+        info = (await http.get("/info")).json()
+        assert (info["index"]["k"], info["index"]["retrieval_weight"]) == (4, 0.0)
+        two = (await http.post("/v1/answer", json={"questions": questions[:2], "max_new_tokens": 6})).json()
+        for got, want in zip(two["answers"], expected[:2], strict=True):
+            assert (got["answer"], got["source"]) == (want.text, want.to_dict()["source"])
+            assert all(s["joint_score"] == s["reader_score"] for s in got["sources"])
+        three = await http.post("/v1/answer", json={"questions": questions, "max_new_tokens": 6})
+        error = three.json()["error"]
+        assert three.status_code == 400 and error["code"] == "over_cap" and error["param"] == "questions"
+        assert "at most 2 a request (each is read from 4 passages)" in error["message"]
+        own = await http.post("/v1/answer", json={"questions": questions, "context": "Ann wrote it."})
+        assert own.status_code == 200  # read from the request's passage: one place each
+        chat = await openai_client(http).chat.completions.create(
+            model="edgeqa",
+            messages=[{"role": "user", "content": "Who wrote it?"}],
+            max_tokens=6,
+            extra_body={"context": "Ann wrote the report in May."},
+        )
+        alone = model.answer("Who wrote it?", context="Ann wrote the report in May.", **OPTS)
+        assert chat.choices[0].message.content == alone.text and "edgeqa_sources" not in (chat.model_extra or {})
+
+    in_process(artifact_tiny, model, body, index=index, retrieval_weight=0.0, max_queue=8)
+    with pytest.raises(ConfigError, match=r"k must be at most max_queue"):
+        ServeConfig(artifact=artifact_tiny, index=index, k=9, max_queue=8)
+
+
+def test_the_search_runs_off_the_event_loop(artifact_tiny, model, index):
+    """While a search is held in its worker thread, the server still answers /health."""
+    import asyncio
+    import threading
+
+    from serve_helpers import in_process
+
+    searching, release = threading.Event(), threading.Event()
+    search_threads: list[threading.Thread] = []
+
+    async def body(app, http):
+        service = app.state.service
+        search = service.index.search
+
+        def held(question, k):
+            search_threads.append(threading.current_thread())
+            searching.set()
+            release.wait(10)
+            return search(question, k)
+
+        service.index.search = held
+        asked = asyncio.create_task(http.post("/v1/answer", json={"question": "router?", "max_new_tokens": 6}))
+        assert await asyncio.to_thread(searching.wait, 10)
+        health = await http.get("/health")  # answered while the search is still held
+        assert health.status_code == 200 and not release.is_set()
+        release.set()
+        assert (await asked).status_code == 200
+        assert search_threads and search_threads[0] is not threading.current_thread()  # not the loop's thread
+
+    in_process(artifact_tiny, model, body, index=index)
+
+
+def test_an_index_sized_with_another_tokenizer_is_named_with_the_fix(model, docs, artifact_tiny, tmp_path, caplog):
+    other = tmp_path / "tokenizer.json"
+    other.write_text((artifact_tiny / "tokenizer.json").read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    path = tmp_path / "other.edgeqa-index"
+    build_index([docs], path, other)
+    with caplog.at_level("WARNING", logger="edgeqa.documents.reader"):
+        DocumentsQA(model, Index.open(path)).close()
+    [record] = caplog.records
+    assert "sized with the tokenizer of" in record.message and f"--artifact {artifact_tiny}" in record.message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edgeqa.documents.reader"):
+        with DocumentsQA.open(artifact_tiny, index_of(docs, artifact_tiny, tmp_path)):
+            pass
+    assert not caplog.records  # sized for this reader: nothing to say
+
+
+def index_of(docs: Path, artifact: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "same.edgeqa-index"
+    build_index([docs], path, artifact / "tokenizer.json")
+    return path
+
+
+def test_the_package_names_the_documents_api():
+    import edgeqa
+
+    assert edgeqa.DocumentsQA is DocumentsQA and edgeqa.Index is Index
 
 
 def test_serve_index_behind_a_real_server(artifact_tiny, index):
@@ -397,7 +496,7 @@ def test_retrieval_decides_between_pages_it_tells_apart_and_the_reader_where_bm2
 
 
 @pytest.mark.parametrize("weight", [-0.5, MAX_RETRIEVAL_WEIGHT + 1, float("nan"), float("inf"), True, "1"])
-def test_a_retrieval_weight_out_of_range_is_refused_naming_the_range(weight, model, index, artifact_tiny):
+def test_a_retrieval_weight_out_of_range_is_refused_naming_the_range(weight, model, index):
     with pytest.raises(InputError, match=r"retrieval weight is .*; give 0 \(the reader's score alone\) to 100"):
         choose("q", [Candidate(_passage(1), "A", -0.1)], retrieval_weight=weight)
     with pytest.raises(InputError, match="retrieval weight is"):
