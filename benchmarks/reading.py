@@ -6,16 +6,19 @@
 A documents question reads the top 4 passages (up to 400 tokens each) in one batch, prompted with
 the reading template (`edgeqa.prompt.CONTEXT_TEMPLATE`), and keeps the answer with the best score.
 Here the passages are real prose (the bundled QA answers, packed into passages by the indexer's own
-splitter), the models the benchmark's
-FLAN-T5-shaped ones (`edgeqa.bench.shapes`: seeded random weights, the same checkpoint for every
-engine). Each engine runs in its own process, kept loaded (`edgeqa.bench.reading_worker`), and
-the engines take turns round by round (a different one first each round), so that a busy machine
-slows them alike. Each turn measures, on the same token ids:
+splitter), the question one whose top 4 passages in an index of those answers are the ones read
+(`edgeqa.bench.reading_index`), the models the benchmark's FLAN-T5-shaped ones
+(`edgeqa.bench.shapes`: seeded random weights, the same checkpoint for every engine). Each engine
+runs in its own process, kept loaded (`edgeqa.bench.reading_worker`), and the engines take turns
+round by round (a different one first each round), so that a busy machine slows them alike. Each
+turn measures, on the same token ids:
 
 - prompt: the batch's encoder and its first answer token (CTranslate2 cannot run its encoder alone);
 - read: the encoder and exactly `--new-tokens` greedy tokens for each passage (random weights never
   end an answer: the end is forbidden before the limit, as in `edgeqa bench`), with each answer's
-  score where the engine gives one.
+  score where the engine gives one;
+- ask (edgeqa only; the others have no index): `DocumentsQA.ask` of the question, what `edgeqa ask
+  --index` does once loaded: the search, the same read of the same token ids, the choice.
 
 The ratios are edgeqa's median over each engine's median, CTranslate2 at its better thread count.
 """
@@ -41,6 +44,7 @@ from edgeqa.manifest import Manifest
 ENGINES = ("edgeqa-int8", "edgeqa-int8@1", "ctranslate2@1", "ctranslate2@2", "pytorch")
 GOAL = 0.8  # edgeqa's reading time at most this share of CTranslate2's
 MODES = ("prompt", "read")
+ASK = "ask"  # edgeqa's whole `DocumentsQA.ask`, timed after its read in the same turn
 
 
 @dataclass(frozen=True)
@@ -83,33 +87,52 @@ class ReadingConfig:
             raise ConfigError(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
 
 
-def reading_prompts(tokenizer_path: Path, count: int, passage_tokens: int) -> tuple[list[list[int]], list[int]]:
+def reading_passages(tokenizer_path: Path, count: int, passage_tokens: int) -> tuple[list[str], list[int]]:
+    """`count` passages of the bundled validation answers, split and packed by the indexer's splitter, and
+    their sizes in tokens; the fullest ones are taken, as a search over real documents mostly returns full
+    passages."""
+    from tokenizers import Tokenizer
+
+    from edgeqa.bench.reading_index import bundled_answers
+    from edgeqa.documents.formats import Document, block_from_lines
+    from edgeqa.documents.split import count_tokens, default_overlap, split_document
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    blocks = [block_from_lines([(n, answer)], "", 0) for n, answer in enumerate(bundled_answers(), start=1)]
+    pieces = split_document(Document("qa", blocks), tokenizer, passage_tokens, default_overlap(passage_tokens))
+    sized = sorted(((count_tokens(tokenizer, p.text), i) for i, p in enumerate(pieces)), reverse=True)[:count]
+    if len(sized) < count:
+        raise ConfigError(f"the bundled data gives {len(sized)} passages; ask for at most that many")
+    in_order = sorted(sized, key=lambda s: s[1])
+    return [pieces[i].text for _, i in in_order], [size for size, _ in in_order]
+
+
+def reading_prompts(
+    tokenizer_path: Path, count: int, passage_tokens: int, question: str | None = None
+) -> tuple[list[list[int]], list[int]]:
     """`count` reading prompts (passage and question in `CONTEXT_TEMPLATE`) as token ids, and their passages' sizes.
 
-    The passages are the bundled validation answers, split and packed by the indexer's splitter;
-    the fullest ones are taken, as a search over real documents mostly returns full passages.
+    Args:
+        question: The question asked of every passage, as `edgeqa ask --index` asks one question of
+            its top passages [a different bundled question for each passage].
     """
     from tokenizers import Tokenizer
 
-    from edgeqa.documents.formats import Document, block_from_lines
-    from edgeqa.documents.split import count_tokens, default_overlap, split_document
     from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
     from edgeqa.records import read_records, sample_data
 
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    records = read_records(sample_data("validation"))
-    blocks = [block_from_lines([(n, r.answer.replace("\n", " "))], "", 0) for n, r in enumerate(records, start=1)]
-    pieces = split_document(Document("qa", blocks), tokenizer, passage_tokens, default_overlap(passage_tokens))
-    sized = sorted(((count_tokens(tokenizer, p.text), i) for i, p in enumerate(pieces)), reverse=True)[:count]
-    texts = [pieces[i].text for _, i in sorted(sized, key=lambda s: s[1])]
-    questions = [r.question for r in records if len(r.question) < 80][: len(texts)]
-    if len(texts) < count or len(questions) < count:
-        raise ConfigError(f"the bundled data gives {len(texts)} passages; ask for at most that many")
+    texts, sizes = reading_passages(tokenizer_path, count, passage_tokens)
+    if question is None:
+        questions = [r.question for r in read_records(sample_data("validation")) if len(r.question) < 80][:count]
+    else:
+        questions = [question] * count
+    if len(questions) < count:
+        raise ConfigError(f"the bundled data gives {len(questions)} short questions; ask for at most that many")
     prompts = [
         format_prompt(q, context=t, context_template=CONTEXT_TEMPLATE) for t, q in zip(texts, questions, strict=True)
     ]
-    ids = [tokenizer.encode(prompt).ids for prompt in prompts]
-    return ids, [size for size, _ in sorted(sized, key=lambda s: s[1])]
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    return [tokenizer.encode(prompt).ids for prompt in prompts], sizes
 
 
 def reader_artifact(artifact: Path, target: Path, max_input_tokens: int) -> Path:
@@ -139,9 +162,17 @@ def reader_artifact(artifact: Path, target: Path, max_input_tokens: int) -> Path
 class EngineProcess:
     """One engine's worker process, loaded once and sent one command a turn."""
 
-    def __init__(self, engine: str, path: Path, tokenizer: Path, prompts: list[list[int]], config: ReadingConfig):
+    def __init__(
+        self,
+        engine: str,
+        path: Path,
+        tokenizer: Path,
+        prompts: list[list[int]],
+        config: ReadingConfig,
+        ask: dict[str, Any] | None = None,
+    ):
         name, threads = split_engine(engine)
-        spec = {
+        spec: dict[str, Any] = {
             "engine": {"edgeqa-int8": "edgeqa"}.get(name, name),
             "path": str(path),
             "tokenizer": str(tokenizer),
@@ -150,6 +181,9 @@ class EngineProcess:
             "threads": threads or config.threads,
             "scored": config.scored,
         }
+        if ask is not None:
+            spec["ask"] = ask
+        self.modes = MODES + ((ASK,) if ask is not None else ())
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(spec, f)
         self.spec_path = Path(f.name)
@@ -186,7 +220,13 @@ class EngineProcess:
 
 @dataclass
 class ShapeResult:
-    """One shape's samples: engine -> mode -> each round's times (ms), and what the engines answered."""
+    """One shape's samples: engine -> mode -> each round's times (ms), and what the engines answered.
+
+    `ask` describes the index and question of edgeqa's `ask` mode (`question`, `index_passages`, and per
+    engine `same_ids`: the ask read the very token ids of the read, and `answer_tokens`: each passage's
+    answer length in its last ask); `ask_parts` holds the ask's steps timed apart (search, prompts,
+    read, choice; ms).
+    """
 
     prompt_tokens: list[int]
     passage_tokens: list[int]
@@ -196,6 +236,8 @@ class ShapeResult:
     tokens: dict[str, list[list[int]]] = field(default_factory=dict)
     scores: dict[str, list[float | None]] = field(default_factory=dict)
     load: list[float] = field(default_factory=list)
+    ask: dict[str, Any] = field(default_factory=dict)
+    ask_parts: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def median(self, engine: str, mode: str) -> float:
         return statistics.median(t for round_ in self.times[engine][mode] for t in round_)
@@ -204,24 +246,42 @@ class ShapeResult:
         ct2 = [e for e in self.times if e.startswith("ctranslate2")]
         return min(ct2, key=lambda e: self.median(e, mode)) if ct2 else None
 
-    def round_ratios(self, engine: str, other: str, mode: str) -> list[float]:
+    def round_ratios(self, engine: str, other: str, mode: str, other_mode: str | None = None) -> list[float]:
         """The ratio of the two engines' medians in each round (a round's turns are minutes apart at most)."""
         return [
             statistics.median(a) / statistics.median(b)
-            for a, b in zip(self.times[engine][mode], self.times[other][mode], strict=True)
+            for a, b in zip(self.times[engine][mode], self.times[other][other_mode or mode], strict=True)
         ]
+
+    def part(self, engine: str, step: str) -> float:
+        """The median time (ms) of one step of edgeqa's ask (search, prompts, read, choice)."""
+        return statistics.median(p[step] for p in self.ask_parts[engine])
+
+    def asked(self) -> list[str]:
+        """The engines timed asking the index (edgeqa's)."""
+        return [e for e, modes in self.times.items() if modes.get(ASK)]
 
 
 def measure(
-    models: dict[str, Path], tokenizer: Path, prompts: list[list[int]], config: ReadingConfig, log=None
+    models: dict[str, Path],
+    tokenizer: Path,
+    prompts: list[list[int]],
+    config: ReadingConfig,
+    log=None,
+    ask: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every engine in `models` (engine -> model path) on the same prompts, round by round."""
+    """Every engine in `models` (engine -> model path) on the same prompts, round by round; edgeqa's
+    engines also ask `ask["question"]` of the index `ask["index"]` when `ask` is given."""
     processes = {}
     try:
         for engine, path in models.items():
-            processes[engine] = EngineProcess(engine, path, tokenizer, prompts, config)
+            asks = ask if engine.startswith("edgeqa") else None
+            processes[engine] = EngineProcess(engine, path, tokenizer, prompts, config, asks)
         names = list(processes)
-        times: dict[str, dict[str, list[list[float]]]] = {e: {m: [] for m in MODES} for e in names}
+        times: dict[str, dict[str, list[list[float]]]] = {e: {m: [] for m in processes[e].modes} for e in names}
+        ask_parts: dict[str, list[dict[str, float]]] = {}
+        same_ids: dict[str, bool] = {}
+        answer_tokens: dict[str, list[int]] = {}
         encoder: dict[str, list[float]] = {}
         profile: dict[str, list[dict[str, float]]] = {}
         answers: dict[str, dict[str, Any]] = {}
@@ -230,11 +290,15 @@ def measure(
             for engine in names[round_ % len(names) :] + names[: round_ % len(names)]:
                 time.sleep(config.settle_s)
                 load.append(os.getloadavg()[0])
-                for mode in MODES:
+                for mode in processes[engine].modes:
                     reply = processes[engine].run(mode, config.reps)
                     times[engine][mode].append(reply["ms"])
                     if "encoder_ms" in reply:
                         encoder.setdefault(engine, []).extend(reply["encoder_ms"])
+                    if mode == ASK:
+                        ask_parts.setdefault(engine, []).extend(reply["parts"])
+                        same_ids[engine] = reply["same_ids"] and same_ids.get(engine, True)
+                        answer_tokens[engine] = reply["answer_tokens"]
                     if mode == "read":
                         if any(reply["timings"]):
                             profile.setdefault(engine, []).extend(reply["timings"])
@@ -251,14 +315,21 @@ def measure(
         "tokens": {e: a["tokens"] for e, a in answers.items()},
         "scores": {e: a["scores"] for e, a in answers.items()},
         "load": load,
+        "ask_parts": ask_parts,
+        "ask": {"same_ids": same_ids, "answer_tokens": answer_tokens} if ask else {},
     }
 
 
 def run_shape(name: str, paths: dict[str, Path], config: ReadingConfig, log=None) -> ShapeResult:
     """One shape: `paths` holds `checkpoint`, `int8` and (for CTranslate2) `ct2`, as `shapes.prepare` returns."""
+    from edgeqa.bench.reading_index import build_reading_index, keyword_question
+
     tokenizer = paths["int8"] / "tokenizer.json"
-    prompts, sizes = reading_prompts(tokenizer, config.passages, config.passage_tokens)
     reader = reader_artifact(paths["int8"], paths["int8"].parent / f"{paths['int8'].name}-reader", 512)
+    index, index_passages = build_reading_index(reader.parent / "reading-index", tokenizer, config.passage_tokens)
+    question = keyword_question(index, reading_passages(tokenizer, config.passages, config.passage_tokens)[0])
+    prompts, sizes = reading_prompts(tokenizer, config.passages, config.passage_tokens, question)
+    ask = {"index": str(index), "question": question, "k": config.passages}
     where = {"edgeqa-int8": reader, "ctranslate2": paths.get("ct2"), "pytorch": paths.get("checkpoint")}
     models: dict[str, Path] = {}
     for engine in config.engines:
@@ -266,8 +337,9 @@ def run_shape(name: str, paths: dict[str, Path], config: ReadingConfig, log=None
         if path is not None:
             models[engine] = path
     result = ShapeResult(prompt_tokens=[len(p) for p in prompts], passage_tokens=sizes)
-    for key, value in measure(models, tokenizer, prompts, config, log).items():
+    for key, value in measure(models, tokenizer, prompts, config, log, ask).items():
         setattr(result, key, value)
+    result.ask |= {"question": question, "index_passages": index_passages}
     return result
 
 
@@ -311,12 +383,29 @@ def markdown(results: dict[str, ShapeResult], config: ReadingConfig) -> str:
                     f"{shape}, {label(engine)}: {ratio:.2f}x {label(best_read)} for the reading work: "
                     f"{'met' if ratio <= GOAL else 'not met'} (goal <= {GOAL}x)"
                 )
+            if engine in r.asked() and best_read:
+                ratio = r.median(engine, ASK) / r.median(best_read, "read")
+                verdicts.append(
+                    f"{shape}, {label(engine)}: the whole ask {ratio:.2f}x {label(best_read)}'s read alone: "
+                    f"{'within' if ratio <= GOAL else 'over'} the goal with the search and the choice counted"
+                )
     lines += ["", "Ratios: of the medians, (in brackets) the range of the per-round ratios.", ""]
+    lines += ask_table(results)
     for shape, r in results.items():
         lines.append(
             f"- {shape}: prompts of {min(r.prompt_tokens)}-{max(r.prompt_tokens)} tokens "
             f"(passages {min(r.passage_tokens)}-{max(r.passage_tokens)})"
         )
+        if r.asked():
+            same = all(r.ask.get("same_ids", {}).values())
+            lines.append(
+                f"  - ask: the index holds {r.ask['index_passages']} passages (the bundled answers, indexed by "
+                f"`build_index`); the question {r.ask['question']!r} finds the {len(r.prompt_tokens)} passages read"
+                f"{', as the same token ids' if same else ', but NOT as the same token ids'}"
+            )
+        for engine, parts in r.ask_parts.items():
+            steps = ", ".join(f"{step} {r.part(engine, step):.2f}" for step in parts[0])
+            lines.append(f"  - {label(engine)}, an ask's steps timed apart: {steps} ms")
         for engine, profile in r.profile.items():
             if not profile:
                 continue
@@ -340,6 +429,41 @@ def markdown(results: dict[str, ShapeResult], config: ReadingConfig) -> str:
         if r.load:
             lines.append(f"  - 1-minute load average at the turns: {min(r.load):.1f} to {max(r.load):.1f}")
     return "\n".join(lines + ["", "Verdict:", ""] + [f"- {v}" for v in verdicts]) + "\n"
+
+
+def ask_table(results: dict[str, ShapeResult]) -> list[str]:
+    """The table of edgeqa's whole ask beside its read and the others' reads ([] if no engine asked)."""
+    if not any(r.asked() for r in results.values()):
+        return []
+    lines = [
+        "`ask --index` end to end: edgeqa's `DocumentsQA.ask` (the search in the index, the same batched read of "
+        "the same token ids, the choice), timed right after its read in the same turns, then its steps timed "
+        "apart. CTranslate2 and PyTorch have no index: their columns set edgeqa's whole ask against their read "
+        "alone.",
+        "",
+        "| shape | engine | read | ask | ask - read (per round) | search + prompts + choice, timed apart | "
+        "ask vs best CT2 read | ask vs PyTorch read |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for shape, r in results.items():
+        for engine in r.asked():
+            read, ask = r.median(engine, "read"), r.median(engine, ASK)
+            extra = [
+                statistics.median(a) - statistics.median(b)
+                for a, b in zip(r.times[engine][ASK], r.times[engine]["read"], strict=True)
+            ]
+            cells = [shape, label(engine), f"{read:.0f}", f"{ask:.0f}"]
+            cells.append(f"{ask - read:+.1f} ({min(extra):+.1f} to {max(extra):+.1f})")
+            steps = [r.part(engine, step) for step in ("search", "prompts", "choice")]
+            cells.append(" + ".join(f"{t:.2f}" for t in steps) + f" = {sum(steps):.1f} ({sum(steps) / ask:.1%} of ask)")
+            for other in (r.best_ct2("read"), "pytorch"):
+                if other in r.times:
+                    ratios = r.round_ratios(engine, other, ASK, "read")
+                    cells.append(f"{ask / r.median(other, 'read'):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+                else:
+                    cells.append("")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> None:

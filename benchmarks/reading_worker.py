@@ -3,7 +3,7 @@
 Run by `benchmarks.reading`: `python -m edgeqa.bench.reading_worker SPEC.json`. The spec names the
 engine, the model path, the threads, the prompts (token ids) and the forced answer length. The
 worker loads its engine, prints `{"ready": ...}`, then answers one JSON command a line on stdin
-(`{"mode": "prompt" | "read", "reps": N}`) with one JSON line on stdout, until stdin closes.
+(`{"mode": "prompt" | "read" | "ask", "reps": N}`) with one JSON line on stdout, until stdin closes.
 
 - `prompt`: the batch's encoder run and its first answer token (every engine's smallest unit of
   work: CTranslate2 has no encoder-only call and computes the cross-attention keys and values in
@@ -12,6 +12,11 @@ worker loads its engine, prints `{"ready": ...}`, then answers one JSON command 
 - `read`: the whole reading work: the encoder and exactly `new_tokens` greedy answer tokens for
   every prompt of the batch, with each answer's score (sum of log-probabilities) where the engine
   gives one.
+- `ask` (edgeqa, with an `ask` spec: `index`, `question`, `k`): `DocumentsQA.ask`, all that `edgeqa ask
+  --index` does for a question once loaded: the search, the prompts, the batched read (answers forced to
+  `new_tokens` as in `read`), the choice. Then the same steps once more, timed apart (search, prompts,
+  read, choice) through the functions `DocumentsQA.ask` and `edgeqa serve --index` run them with.
+  Whether the passages found make the very token ids of `read` is checked once.
 
 Like `edgeqa.bench.worker`, this imports only its engine.
 """
@@ -26,14 +31,19 @@ from typing import Any
 
 # (prompts, new tokens, scored) -> (each prompt's tokens, each prompt's score or None, timings in ms)
 Read = Callable[[list[list[int]], int, bool], tuple[list[list[int]], list[float | None], dict[str, float]]]
+# (new tokens) -> the answer length read from each passage
+Ask = Callable[[int], list[int]]
+# (new tokens) -> the ask's steps timed apart, in ms
+Parts = Callable[[int], dict[str, float]]
 
 
-def load_engine(engine: str, path: str, threads: int, tokenizer_path: str) -> tuple[Read, Callable | None]:
-    """The engine's reading function, and a function running its encoder alone (None without one)."""
+def load_engine(engine: str, path: str, threads: int, tokenizer_path: str) -> tuple[Read, Callable | None, Any]:
+    """The engine's reading function, a function running its encoder alone (None without one), and the
+    loaded `QAModel` (edgeqa's; None for the others)."""
     if engine == "pytorch":
-        return _pytorch(path, threads)
+        return *_pytorch(path, threads), None
     if engine == "ctranslate2":
-        return _ctranslate2(path, threads, tokenizer_path)
+        return *_ctranslate2(path, threads, tokenizer_path), None
     if engine == "edgeqa":
         return _edgeqa(path, threads)
     raise SystemExit(f"unknown engine {engine}")
@@ -98,7 +108,7 @@ def _ctranslate2(path: str, threads: int, tokenizer_path: str) -> tuple[Read, No
     return read, None
 
 
-def _edgeqa(path: str, threads: int) -> tuple[Read, Callable]:
+def _edgeqa(path: str, threads: int) -> tuple[Read, Callable, Any]:
     from edgeqa.runtime import GenerationOptions, QAModel, Row
 
     model = QAModel.load(path, threads=threads)
@@ -128,22 +138,64 @@ def _edgeqa(path: str, threads: int) -> tuple[Read, Callable]:
         decoder = model.decoder()
         decoder.join([Row(list(ids), GenerationOptions(max_new_tokens=1)) for ids in prompts])
 
-    return read, encode
+    return read, encode, model
+
+
+def asker(model: Any, ask: dict[str, Any], prompts: list[list[int]]) -> tuple[Ask, Parts, bool]:
+    """edgeqa's `DocumentsQA.ask` of `ask["question"]` over the index `ask["index"]` with `model`, its steps
+    timed apart, and whether the prompts it reads are `prompts` (in any order)."""
+    from edgeqa.documents import DocumentsQA, Index
+    from edgeqa.documents.reader import read_all, reading_rows
+    from edgeqa.runtime import GenerationOptions
+
+    qa = DocumentsQA(model, Index.open(ask["index"]), k=ask["k"])
+    question = ask["question"]
+    found = qa.index.search(question, qa.k)
+    ids = [i for i, _ in model.decoder().prompts([question] * len(found), [p.text for p in found])]
+
+    def run(new_tokens: int) -> list[int]:
+        answer = qa.ask(question, GenerationOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens))
+        return [c.answer_tokens for c in answer.candidates]
+
+    def parts(new_tokens: int) -> dict[str, float]:
+        # `DocumentsQA._read` for one question, step by step
+        options = model.options(GenerationOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens))
+        decoder = model.decoder()
+        times = [time.perf_counter()]
+        found = qa.index.search(question, qa.k)
+        times.append(time.perf_counter())
+        rows, errors = reading_rows(decoder, question, found, options)
+        times.append(time.perf_counter())
+        decoder.join([row for row in rows if row is not None])
+        decoder.run()
+        times.append(time.perf_counter())
+        read_all([(question, found, rows, errors)], model.manifest.no_answer, qa.retrieval_weight)
+        times.append(time.perf_counter())
+        steps = ("search", "prompts", "read", "choice")
+        return {step: (b - a) * 1000 for step, a, b in zip(steps, times[:-1], times[1:], strict=True)}
+
+    return run, parts, sorted(ids) == sorted(prompts)
 
 
 def serve(spec: dict[str, Any], commands: Any, out: Any) -> None:
     """Load the engine, then answer the commands read from `commands`, one JSON line each."""
-    read, encode = load_engine(spec["engine"], spec["path"], spec["threads"], spec["tokenizer"])
+    read, encode, model = load_engine(spec["engine"], spec["path"], spec["threads"], spec["tokenizer"])
     prompts: list[list[int]] = spec["prompts"]
     new_tokens: int = spec["new_tokens"]
     scored = spec.get("scored", True)
     read(prompts, new_tokens, scored)  # warm-up: the first run allocates and packs
     if encode is not None:
         encode(prompts)
+    if "ask" in spec:
+        ask, parts, same_ids = asker(model, spec["ask"], prompts)
+        ask(new_tokens), parts(new_tokens)
     print(json.dumps({"ready": True, "engine": spec["engine"]}), file=out, flush=True)
     for line in commands:
         command = json.loads(line)
         reps, mode = command["reps"], command["mode"]
+        if mode == "ask":
+            print(json.dumps(_time_ask(ask, parts, same_ids, reps, new_tokens)), file=out, flush=True)
+            continue
         result: dict[str, Any] = {"mode": mode, "ms": [], "timings": []}
         for _ in range(reps):
             started = time.perf_counter()
@@ -158,6 +210,17 @@ def serve(spec: dict[str, Any], commands: Any, out: Any) -> None:
                 result["encoder_ms"].append((time.perf_counter() - started) * 1000)
         result["tokens"], result["scores"] = tokens, scores
         print(json.dumps(result), file=out, flush=True)
+
+
+def _time_ask(ask: Ask, parts: Parts, same_ids: bool, reps: int, new_tokens: int) -> dict[str, Any]:
+    result: dict[str, Any] = {"mode": "ask", "ms": [], "parts": [], "same_ids": same_ids}
+    for _ in range(reps):
+        started = time.perf_counter()
+        result["answer_tokens"] = ask(new_tokens)
+        result["ms"].append((time.perf_counter() - started) * 1000)
+    for _ in range(reps):
+        result["parts"].append(parts(new_tokens))
+    return result
 
 
 if __name__ == "__main__":

@@ -182,7 +182,10 @@ def test_serve_report_shows_ratios_to_one_caller(tmp_path):
 
 def test_reading_benchmark_times_every_engine_on_the_same_passages(tiny_model, artifact_tiny, tmp_path):
     """One round of `edgeqa.bench.reading` on the tiny model: every engine reads the same 4 passages,
-    each answer exactly the forced length and scored, and the table holds the ratios."""
+    each answer exactly the forced length and scored, and the table holds the ratios; edgeqa also asks
+    the index of those passages end to end."""
+    import statistics
+
     from edgeqa.bench.reading import ReadingConfig, available, markdown, run_shape
 
     engines = tuple(e for e in ("edgeqa-int8", "edgeqa-int8@1", "ctranslate2@1", "pytorch") if available(e))
@@ -204,10 +207,26 @@ def test_reading_benchmark_times_every_engine_on_the_same_passages(tiny_model, a
         assert all(isinstance(s, float) and s <= 0 for s in result.scores[engine]), engine
     assert all(p["steps"] == 4 and p["encoder_ms"] > 0 for p in result.profile["edgeqa-int8"])
     assert len(result.encoder_ms["edgeqa-int8"]) == 2
+    # edgeqa's engines also ask the index end to end: its top 4 are the passages read, as the same token ids
+    edgeqa = [e for e in engines if e.startswith("edgeqa")]
+    assert result.asked() == edgeqa and result.ask["index_passages"] > 4
+    assert result.ask["same_ids"] == dict.fromkeys(edgeqa, True)
+    for engine in edgeqa:
+        [asks] = result.times[engine]["ask"]
+        assert len(asks) == 2 and all(ms > 0 for ms in asks), engine
+        assert result.ask["answer_tokens"][engine] == [4] * 4, engine
+        parts = result.ask_parts[engine]  # its steps timed apart
+        assert len(parts) == 2 and all(set(p) == {"search", "prompts", "read", "choice"} for p in parts), engine
+        assert all(ms > 0 for p in parts for ms in p.values()), engine
+        around = sum(result.part(engine, step) for step in ("search", "prompts", "choice"))
+        assert statistics.median(asks) > around, engine  # the ask is those and a read
     table = markdown({"tiny": result}, config)
     assert "| tiny | edgeqa runtime int8 |" in table and "| tiny | edgeqa runtime int8, 1 thread |" in table
+    assert table.count("| tiny | edgeqa runtime int8 |") == 2 and "`ask --index` end to end" in table
+    assert repr(result.ask["question"]) in table and "an ask's steps timed apart: search" in table
     if "ctranslate2@1" in engines:
         assert "(goal <= 0.8x)" in table and "x (" in table  # a verdict, and ratios with their rounds' range
+        assert "the whole ask" in table
 
 
 def test_reader_probe_logs_every_evaluation_and_saves_the_reader(tmp_path: Path) -> None:
