@@ -660,26 +660,18 @@ def test_the_documents_package_loads_no_model_libraries():
 @pytest.mark.slow
 def test_cli_index_shows_a_progress_bar_at_a_terminal_and_none_in_a_pipe(tmp_path):
     """`edgeqa index` in tmux draws a bar on stderr; piped (CliRunner), stderr stays quiet."""
-    if not shutil.which("tmux"):
-        pytest.skip("tmux is needed (apt-get install tmux)")
+    from terminal import Tmux
+
     docs = corpus(tmp_path / "docs", files=30)
-    out = tmp_path / "i.db"
-    session = f"edgeqa-{tmp_path.name}"
-    socket = ["tmux", "-L", session]  # a server of its own, gone with the test
-    command = f"{sys.executable} -m edgeqa.cli index {docs} -o {out}; echo EXIT=$?; sleep 60"
-    subprocess.run([*socket, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", command], check=True)
+    command = f"{sys.executable} -m edgeqa.cli index {docs} -o {tmp_path / 'i.db'}; echo EXIT=$?; sleep 60"
+    terminal = Tmux(f"edgeqa-{tmp_path.name}", command)
     try:
-        deadline, shown = time.monotonic() + 60, ""
-        while time.monotonic() < deadline and "EXIT=" not in shown:
-            time.sleep(0.2)
-            shown = subprocess.run(
-                [*socket, "capture-pane", "-p", "-t", session], capture_output=True, text=True
-            ).stdout
+        shown = terminal.wait_for("EXIT=")
         assert "EXIT=0" in shown, shown
         [bar] = [line for line in shown.splitlines() if line.startswith("indexing 30 files")]
         assert "[" in bar and "#" in bar and "100%" in bar, bar
     finally:
-        subprocess.run([*socket, "kill-server"], capture_output=True)
+        terminal.close()
     piped = CliRunner().invoke(app, ["index", str(docs), "-o", str(tmp_path / "j.db")])
     assert piped.exit_code == 0 and piped.stderr == "", piped.stderr
 

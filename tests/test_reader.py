@@ -528,43 +528,26 @@ def test_retrieval_logprobs_are_a_distribution_in_the_order_of_bm25(bm25):
 @pytest.mark.slow
 def test_a_person_asks_the_documents_at_a_terminal(artifact_tiny, index, tmp_path):
     """`edgeqa ask ART --index INDEX` in tmux: a question typed, its answer and source shown, Ctrl-D quits."""
-    import shutil
-    import subprocess
     import sys
     import time
 
-    if not shutil.which("tmux"):
-        pytest.skip("tmux is needed (apt-get install tmux)")
-    session = f"edgeqa-{tmp_path.name}"
-    socket = ["tmux", "-L", session]  # a server of its own, gone with the test
+    from terminal import Tmux
+
     command = f"{sys.executable} -m edgeqa.cli ask {artifact_tiny} --index {index} --max-new-tokens 6 --no-verify"
-    subprocess.run([*socket, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", command], check=True)
-
-    def screen() -> str:
-        return subprocess.run([*socket, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-
-    def wait_for(text: str, seconds: float = 60) -> str:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            shown = screen()
-            if text in shown:
-                return shown
-            time.sleep(0.2)
-        raise AssertionError(f"{text!r} never appeared:\n{screen()}")
-
+    terminal = Tmux(f"edgeqa-{tmp_path.name}", command)
     try:
-        wait_for("Ask about the documents in")
-        subprocess.run([*socket, "send-keys", "-t", session, "How do I reset the router?", "Enter"], check=True)
-        shown = wait_for("source: ")
+        terminal.wait_for("Ask about the documents in")
+        terminal.send("How do I reset the router?", "Enter")
+        shown = terminal.wait_for("source: ")
         with DocumentsQA.open(artifact_tiny, index) as qa:
             expected = qa.ask("How do I reset the router?", qa.model.options(max_new_tokens=6))
         assert expected.text in shown and expected.source.source in shown
-        subprocess.run([*socket, "send-keys", "-t", session, "zebra quasar", "Enter"], check=True)
-        wait_for(NO_PASSAGE)
-        subprocess.run([*socket, "send-keys", "-t", session, "C-d"], check=True)
+        terminal.send("zebra quasar", "Enter")
+        terminal.wait_for(NO_PASSAGE)
+        terminal.send("C-d")
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and subprocess.run([*socket, "has-session", "-t", session]).returncode == 0:
+        while time.monotonic() < deadline and terminal.alive():
             time.sleep(0.2)
-        assert subprocess.run([*socket, "has-session", "-t", session], capture_output=True).returncode != 0
+        assert not terminal.alive()
     finally:
-        subprocess.run([*socket, "kill-server"], capture_output=True)
+        terminal.close()
