@@ -107,32 +107,29 @@ def reading_passages(tokenizer_path: Path, count: int, passage_tokens: int) -> t
     return [pieces[i].text for _, i in in_order], [size for size, _ in in_order]
 
 
-def reading_prompts(
-    tokenizer_path: Path, count: int, passage_tokens: int, question: str | None = None
-) -> tuple[list[list[int]], list[int]]:
-    """`count` reading prompts (passage and question in `CONTEXT_TEMPLATE`) as token ids, and their passages' sizes.
-
-    Args:
-        question: The question asked of every passage, as `edgeqa ask --index` asks one question of
-            its top passages [a different bundled question for each passage].
-    """
-    from tokenizers import Tokenizer
-
-    from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
+def reading_prompts(tokenizer_path: Path, count: int, passage_tokens: int) -> tuple[list[list[int]], list[int]]:
+    """`count` reading prompts as token ids, a different bundled question for each passage, and the
+    passages' sizes."""
     from edgeqa.records import read_records, sample_data
 
     texts, sizes = reading_passages(tokenizer_path, count, passage_tokens)
-    if question is None:
-        questions = [r.question for r in read_records(sample_data("validation")) if len(r.question) < 80][:count]
-    else:
-        questions = [question] * count
+    questions = [r.question for r in read_records(sample_data("validation")) if len(r.question) < 80][:count]
     if len(questions) < count:
         raise ConfigError(f"the bundled data gives {len(questions)} short questions; ask for at most that many")
-    prompts = [
-        format_prompt(q, context=t, context_template=CONTEXT_TEMPLATE) for t, q in zip(texts, questions, strict=True)
-    ]
+    return passage_prompts(tokenizer_path, texts, questions), sizes
+
+
+def passage_prompts(tokenizer_path: Path, passages: list[str], questions: list[str]) -> list[list[int]]:
+    """Each passage with its question in `CONTEXT_TEMPLATE`, as token ids."""
+    from tokenizers import Tokenizer
+
+    from edgeqa.prompt import CONTEXT_TEMPLATE, format_prompt
+
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
-    return [tokenizer.encode(prompt).ids for prompt in prompts], sizes
+    prompts = [
+        format_prompt(q, context=t, context_template=CONTEXT_TEMPLATE) for t, q in zip(passages, questions, strict=True)
+    ]
+    return [tokenizer.encode(prompt).ids for prompt in prompts]
 
 
 def reader_artifact(artifact: Path, target: Path, max_input_tokens: int) -> Path:
@@ -327,8 +324,9 @@ def run_shape(name: str, paths: dict[str, Path], config: ReadingConfig, log=None
     tokenizer = paths["int8"] / "tokenizer.json"
     reader = reader_artifact(paths["int8"], paths["int8"].parent / f"{paths['int8'].name}-reader", 512)
     index, index_passages = build_reading_index(reader.parent / "reading-index", tokenizer, config.passage_tokens)
-    question = keyword_question(index, reading_passages(tokenizer, config.passages, config.passage_tokens)[0])
-    prompts, sizes = reading_prompts(tokenizer, config.passages, config.passage_tokens, question)
+    passages, sizes = reading_passages(tokenizer, config.passages, config.passage_tokens)
+    question = keyword_question(index, passages)  # `edgeqa ask --index` asks one question of its top passages
+    prompts = passage_prompts(tokenizer, passages, [question] * len(passages))
     ask = {"index": str(index), "question": question, "k": config.passages}
     where = {"edgeqa-int8": reader, "ctranslate2": paths.get("ct2"), "pytorch": paths.get("checkpoint")}
     models: dict[str, Path] = {}
