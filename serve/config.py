@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, check_retrieval_weight
+from edgeqa.documents.reader import check_k
 from edgeqa.errors import ConfigError, InputError
 from edgeqa.runtime.options import MAX_BEAMS
 
@@ -72,14 +73,13 @@ class ServeConfig:
             (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
             (self.shutdown_timeout >= 0, "shutdown_timeout must be 0 or more"),
             (self.keepalive_s > 0, "keepalive_s must be greater than 0"),
-            (1 <= self.k <= 100, "k must be between 1 and 100"),
             (self.index is None or self.k <= self.max_queue, "k must be at most max_queue (a question queues k)"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"{message} (got {self})")
-        try:
-            check_retrieval_weight(self.retrieval_weight)
+        try:  # the index's own rules, as `edgeqa ask --index` applies them
+            check_k(self.k), check_retrieval_weight(self.retrieval_weight)
         except InputError as e:
             raise ConfigError(str(e)) from None
 

@@ -268,6 +268,8 @@ def test_a_served_index_reads_with_the_servers_retrieval_weight_and_its_queue_sh
     in_process(artifact_tiny, model, body, index=index, retrieval_weight=0.0, max_queue=8)
     with pytest.raises(ConfigError, match=r"k must be at most max_queue"):
         ServeConfig(artifact=artifact_tiny, index=index, k=9, max_queue=8)
+    with pytest.raises(ConfigError, match=r"k is 0; read 1 to 100 passages"):  # ask --index's rule
+        ServeConfig(artifact=artifact_tiny, index=index, k=0)
 
 
 def test_the_search_runs_off_the_event_loop(artifact_tiny, model, index):
