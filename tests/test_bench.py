@@ -120,7 +120,7 @@ def test_finetune_speed_runs_settings_and_reports_them(tmp_path: Path, tiny_mode
     assert LADDER[-1][1:] == ({}, {}), "the ladder reaches edgeqa's own defaults"
     assert SETTINGS == LADDER + OPT_IN
     picked = [LADDER[0], OPT_IN[0]]
-    results = run("base", steps=4, warmup_steps=1, output=tmp_path, model=tiny_model, settings=picked)
+    results = run("base", tmp_path, steps=4, warmup_steps=1, model=tiny_model, settings=picked, eval_samples=16)
     assert [r.setting for r in results] == [name for name, _, _ in picked]
     assert all(r.timed_steps == 3 and r.samples_per_second > 0 and r.eval_seconds > 0 for r in results)
     tutorial, answer = results
@@ -129,6 +129,56 @@ def test_finetune_speed_runs_settings_and_reports_them(tmp_path: Path, tiny_mode
     report = (tmp_path / "finetune-speed.md").read_text()
     assert "| + answer-length batches | 8 |" in report and "1.00x" in report
     assert json.loads((tmp_path / "finetune-speed.json").read_text())["steps"] == 4
+
+
+def test_finetune_speed_end_to_end_trains_equal_samples_and_scores_rouge(tmp_path: Path, tiny_model: Path) -> None:
+    """By epochs: every batch size trains the same samples; each run is timed whole and scored on validation."""
+    from edgeqa.bench.finetune_speed import LADDER, run
+
+    picked = [LADDER[0], ("batch 16", {"batch_size": 16}, {}), ("subset", {"eval_subset": 4}, {})]
+    results = run(
+        "base", tmp_path, epochs=1, warmup_steps=1, model=tiny_model, settings=picked,
+        train_samples=32, eval_samples=8, eval_max_new_tokens=4,
+    )  # fmt: skip
+    assert [r.samples for r in results] == [32, 32, 32]
+    assert [r.timed_steps for r in results] == [3, 1, 3], "warm-up is at most half the steps"
+    for r in results:
+        assert r.end_to_end_seconds > r.seconds + r.eval_seconds > 0
+        assert r.end_to_end_samples_per_second == pytest.approx(32 / r.end_to_end_seconds)
+        assert r.rouge_l is not None and 0 <= r.rouge_l <= 100 and r.exact_match is not None
+    report = (tmp_path / "finetune-speed.md").read_text()
+    assert "1 epochs of 32 samples, 8 validation answers of up to 4 tokens" in report
+    assert "| batch 16 | 16 |" in report and "Fastest at equal ROUGE-L:" in report
+    record = json.loads((tmp_path / "finetune-speed.json").read_text())
+    assert record["epochs"] == 1 and record["results"][0]["end_to_end_samples_per_second"] > 0
+
+
+def test_finetune_speed_candidate_defaults_need_the_speedup_at_equal_rouge() -> None:
+    from edgeqa.bench.finetune_speed import DEFAULTS, SpeedResult, kept_model_scores, verdicts
+
+    def result(name: str, seconds: float, rouge: float | None) -> SpeedResult:
+        return SpeedResult(name, 8, 800, seconds, 1.0, 1, 1.0, 0.0, rouge, 0.0, 0.0, 0.0, 0.0, None)
+
+    results = [
+        result("tutorial", 100, 30.0),
+        result(DEFAULTS, 80, 30.5),
+        result("fast, equal ROUGE", 60, 29.5),  # 1.33x the defaults, 0.5 points below the tutorial
+        result("faster, worse ROUGE", 20, 25.0),
+        result("a little faster", 70, 31.0),  # 1.14x the defaults
+        result("no score", 10, None),
+    ]
+    ranked = verdicts(results, min_speedup=1.3, rouge_tolerance=1.0)
+    assert [v.candidate for v in ranked] == [False, False, True, False, False, False]
+    assert ranked[2].vs_first == pytest.approx(100 / 60) and ranked[2].vs_defaults == pytest.approx(80 / 60)
+    assert ranked[2].rouge_delta == pytest.approx(-0.5) and ranked[5].rouge_delta is None
+    assert [v.candidate for v in verdicts(results, 1.3, rouge_tolerance=5.0)][3], "within a looser tolerance"
+    without_defaults = verdicts([results[0], results[2]], 1.3, 1.0)
+    assert without_defaults[1].vs_defaults is None and not without_defaults[1].candidate
+
+    subset = [{"eval_rougeL": 40.0, "eval_exact_match": 5.0}, {"eval_rougeL": 10.0, "validation": "full"}]
+    assert kept_model_scores(subset) == (10.0, 0.0), "after a validation subset, the final whole-set score"
+    assert kept_model_scores([{"eval_rougeL": 20.0}, {"eval_rougeL": 35.0, "eval_exact_match": 2.0}]) == (35.0, 2.0)
+    assert kept_model_scores([{"loss": 1.0}]) == (None, None)
 
 
 def test_finetune_speed_setting_flag_is_parsed_or_refused() -> None:
