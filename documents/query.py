@@ -23,6 +23,14 @@ MAX_K = 100
 #: all its words score them. Scoring costs about a microsecond a passage.
 CANDIDATES = 2000
 
+
+def check_k(k: int) -> int:
+    """`k` if it is a number of passages one search may return, else an `InputError` naming the range."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise InputError(f"k is {k!r}; read 1 to {MAX_K} passages per question")
+    return k
+
+
 # Words too common to tell passages apart; dropped unless a question has nothing else.
 STOPWORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being below between
@@ -233,8 +241,7 @@ class Index:
             InputError: `k` is out of range.
             DataError: the index cannot be read.
         """
-        if not 1 <= k <= MAX_K:
-            raise InputError(f"k is {k}; ask for 1 to {MAX_K} passages")
+        check_k(k)
         words = question_words(question)
         if not words:
             return []

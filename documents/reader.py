@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, Candidate, DocumentAnswer, check_retrieval_weight, choose
-from edgeqa.documents.query import Index, Passage
+from edgeqa.documents.query import Index, Passage, check_k
 from edgeqa.documents.store import tokenizer_sha256
 from edgeqa.errors import InputError
 from edgeqa.prompt import NO_ANSWER
@@ -167,12 +167,3 @@ def warn_if_sized_for_another(index: Index, reader_tokenizer: Path, artifact: Pa
         artifact,
     )
     return True
-
-
-def check_k(k: int) -> int:
-    """`k` if it is a number of passages one search may return, else an `InputError` naming the range."""
-    from edgeqa.documents.query import MAX_K
-
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise InputError(f"k is {k!r}; read 1 to {MAX_K} passages per question")
-    return k

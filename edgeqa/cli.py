@@ -126,7 +126,7 @@ def ask(
         from edgeqa.documents import DocumentsQA, Index
         from edgeqa.documents.answers import check_retrieval_weight
         from edgeqa.documents.asking import ask_index
-        from edgeqa.documents.reader import check_k
+        from edgeqa.documents.query import check_k
 
         check_k(k), check_retrieval_weight(retrieval_weight)  # before the model loads: bad options fail at once
         found = Index.open(index)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, check_retrieval_weight
-from edgeqa.documents.reader import check_k
+from edgeqa.documents.query import check_k
 from edgeqa.errors import ConfigError, InputError
 from edgeqa.runtime.options import MAX_BEAMS
 

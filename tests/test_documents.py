@@ -28,7 +28,7 @@ from edgeqa.documents.formats import FORMATS
 from edgeqa.documents.query import narrow_query
 from edgeqa.documents.sizing import bundled_tokenizer, resolve_sizing
 from edgeqa.documents.split import count_tokens, split_document
-from edgeqa.errors import ConfigError, DataError
+from edgeqa.errors import ConfigError, DataError, InputError
 
 TOKENIZER = bundled_tokenizer()
 
@@ -540,8 +540,9 @@ def test_search_ranks_by_bm25_and_returns_nothing_for_unknown_words(tmp_path):
         assert ix.search("xylophone quetzalcoatl") == [] and ix.search("?!") == []
         assert ix.search("what is the") != []  # only common words: they are searched after all
         assert hits[0].to_dict()["source"] == hits[0].source
-        with pytest.raises(Exception, match="ask for 1 to 100"):
-            ix.search("zebra1", k=0)
+        for k in (0, 101, True, 2.0):  # the reader's own rule (check_k): ask --index and serve -k refuse the same
+            with pytest.raises(InputError, match=rf"k is {k!r}; read 1 to 100 passages"):
+                ix.search("zebra1", k=k)  # type: ignore[arg-type]
         results = []
         threads = [threading.Thread(target=lambda: results.append(ix.search("zebra2"))) for _ in range(4)]
         for thread in threads:
