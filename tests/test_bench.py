@@ -236,7 +236,8 @@ def test_reading_benchmark_times_every_engine_on_the_same_passages(tiny_model, a
     the index of those passages end to end."""
     import statistics
 
-    from edgeqa.bench.reading import ReadingConfig, available, markdown, run_shape
+    from edgeqa.bench.reading import ReadingConfig, available, run_shape
+    from edgeqa.bench.reading_report import markdown
 
     engines = tuple(e for e in ("edgeqa-int8", "edgeqa-int8@1", "ctranslate2@1", "pytorch") if available(e))
     paths = {"checkpoint": tiny_model, "int8": artifact_tiny}
