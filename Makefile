@@ -51,7 +51,7 @@ GPU_PYTHON_VERSION ?= 3.12
 WHEELS ?= .whl
 GPU_WHEELS ?= datasets dill multiprocess fsspec pyarrow nltk defusedxml
 gpu-wheels:
-	rm -rf $(WHEELS)/.resolve && mkdir -p $(WHEELS)
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
 	$(PYTHON) -m pip download -q --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 		-d $(WHEELS)/.resolve "datasets>=3.0" "nltk>=3.8"

@@ -167,13 +167,7 @@ def _finetune(
     model, tokenizer = load_model(config)
     train_set = tokenize(train_split, tokenizer, config)
     eval_set = tokenize(eval_split, tokenizer, config)
-    args.generation_config = GenerationConfig.from_model_config(model.config)
-    # The answer length as max_length (a T5 answer starts from one decoder token): transformers 5's
-    # Seq2SeqTrainer sets max_length's default on the model after the first batch, and `generate`
-    # would then warn on every batch that max_new_tokens and max_length are both set.
-    args.generation_config.max_length = config.eval_max_new_tokens + 1
-    args.generation_config.max_new_tokens = None
-    args.generation_config.num_beams = config.eval_num_beams
+    args.generation_config = evaluation_generation(model, config)
     epoch_eval_set = eval_set
     if config.eval_subset and config.eval_subset < len(eval_set):
         epoch_eval_set = eval_set.shuffle(seed=config.seed).select(range(config.eval_subset))
@@ -208,6 +202,18 @@ def _finetune(
         trainer.state.best_model_checkpoint,
         trainer.is_world_process_zero(),
     )
+
+
+def evaluation_generation(model: Any, config: FinetuneConfig) -> GenerationConfig:
+    """How evaluation generates answers: up to `eval_max_new_tokens` tokens, with `eval_num_beams` beams."""
+    generation = GenerationConfig.from_model_config(model.config)
+    # The answer length as max_length (a T5 answer starts from one decoder token): transformers 5's
+    # Seq2SeqTrainer sets max_length's default on the model after the first batch, and `generate`
+    # would then warn on every batch that max_new_tokens and max_length are both set.
+    generation.max_length = config.eval_max_new_tokens + 1
+    generation.max_new_tokens = None
+    generation.num_beams = config.eval_num_beams
+    return generation
 
 
 def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split: Any, final_dir: Path) -> None:

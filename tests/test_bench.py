@@ -115,11 +115,11 @@ def test_unknown_shape_is_refused(shapes):
 
 def test_finetune_speed_runs_settings_and_reports_them(tmp_path: Path, tiny_model: Path) -> None:
     """The GPU fine-tuning benchmark on the CPU, tiny model: the tutorial recipe against answer-length batches."""
-    from edgeqa.bench.finetune_speed import LADDER, OPT_IN, SETTINGS, run
+    from edgeqa.bench.finetune_speed import COMPILE, DEFAULTS, LADDER, LADDERS, OPT_IN, TUTORIAL, run
 
-    assert LADDER[-1][1:] == ({}, {}), "the ladder reaches edgeqa's own defaults"
-    assert SETTINGS == LADDER + OPT_IN
-    picked = [LADDER[0], OPT_IN[0]]
+    assert LADDER[0] == TUTORIAL and LADDER[-1][1:] == DEFAULTS[1:] == ({}, {}), "the ladder reaches the defaults"
+    assert LADDERS == {"short": [TUTORIAL, DEFAULTS, *OPT_IN], "full": [*LADDER, *OPT_IN, COMPILE]}
+    picked = [TUTORIAL, OPT_IN[0]]
     results = run("base", tmp_path, steps=4, warmup_steps=1, model=tiny_model, settings=picked, eval_samples=16)
     assert [r.setting for r in results] == [name for name, _, _ in picked]
     assert all(r.timed_steps == 3 and r.samples_per_second > 0 and r.eval_seconds > 0 for r in results)
@@ -132,36 +132,83 @@ def test_finetune_speed_runs_settings_and_reports_them(tmp_path: Path, tiny_mode
 
 
 def test_finetune_speed_end_to_end_trains_equal_samples_and_scores_rouge(tmp_path: Path, tiny_model: Path) -> None:
-    """By epochs: every batch size trains the same samples; each run is timed whole and scored on validation."""
-    from edgeqa.bench.finetune_speed import LADDER, run
+    """By epochs: every batch size trains the same samples; each run is timed end to end and its kept
+    checkpoint scored on every validation record."""
+    from edgeqa.bench.finetune_speed import DEFAULTS, TUTORIAL, run
 
-    picked = [LADDER[0], ("batch 16", {"batch_size": 16}, {}), ("subset", {"eval_subset": 4}, {})]
+    picked = [TUTORIAL, ("batch 16", {"batch_size": 16}, {}), DEFAULTS, ("subset", {"eval_subset": 4}, {})]
     results = run(
-        "base", tmp_path, epochs=1, warmup_steps=1, model=tiny_model, settings=picked,
+        "base", tmp_path, epochs=2, warmup_steps=3, model=tiny_model, settings=picked,
         train_samples=32, eval_samples=8, eval_max_new_tokens=4,
     )  # fmt: skip
-    assert [r.samples for r in results] == [32, 32, 32]
-    assert [r.timed_steps for r in results] == [3, 1, 3], "warm-up is at most half the steps"
+    assert [r.samples for r in results] == [64] * 4
+    assert [r.timed_steps for r in results] == [5, 2, 5, 5], "the warm-up is at most half the steps"
+    assert [r.edgeqa_defaults for r in results] == [False, False, True, False]
     for r in results:
-        assert r.end_to_end_seconds > r.seconds + r.eval_seconds > 0
-        assert r.end_to_end_samples_per_second == pytest.approx(32 / r.end_to_end_seconds)
+        assert r.seconds + r.eval_seconds < r.end_to_end_seconds and r.other_seconds > 0
+        assert r.end_to_end_samples_per_second == pytest.approx(64 / r.end_to_end_seconds)
         assert r.rouge_l is not None and 0 <= r.rouge_l <= 100 and r.exact_match is not None
     report = (tmp_path / "finetune-speed.md").read_text()
-    assert "1 epochs of 32 samples, 8 validation answers of up to 4 tokens" in report
+    assert "2 epochs of 32 samples, 8 validation answers of up to 4 tokens each epoch" in report
     assert "| batch 16 | 16 |" in report and "Fastest at equal ROUGE-L:" in report
     record = json.loads((tmp_path / "finetune-speed.json").read_text())
-    assert record["epochs"] == 1 and record["results"][0]["end_to_end_samples_per_second"] > 0
+    assert record["epochs"] == 2 and record["results"][0]["end_to_end_samples_per_second"] > 0
+
+
+def test_finetune_speed_kept_checkpoint_is_scored_on_every_validation_record(tiny_model: Path) -> None:
+    from edgeqa.bench.finetune_speed import score_kept_model
+    from edgeqa.finetune import FinetuneConfig
+    from edgeqa.records import BUNDLED_QA
+
+    config = FinetuneConfig(model=str(tiny_model), data=str(BUNDLED_QA), max_eval_samples=2, eval_max_new_tokens=2)
+    rouge_l, exact = score_kept_model(tiny_model, config, batch_size=128)
+    assert 0 < rouge_l < 100 and exact == 0.0  # two random tokens share a word with some of the 371 answers
+
+
+class _State:
+    def __init__(self, max_steps: int) -> None:
+        self.max_steps, self.global_step = max_steps, 0
+
+
+def test_finetune_speed_clock_leaves_the_evaluations_between_epochs_out() -> None:
+    """Two epochs of 4 one-second steps with a 10-second evaluation between them, warm-up 1 step."""
+    from edgeqa.bench.finetune_gauges import StepClock
+
+    now = [0.0]
+    clock, state = StepClock(warmup_steps=1, now=lambda: now[0]), _State(max_steps=8)
+    clock.on_train_begin(None, state, None)
+    for _epoch in range(2):
+        for _ in range(4):
+            clock.on_step_begin(None, state, None)
+            now[0] += 1
+            state.global_step += 1
+            clock.on_step_end(None, state, None)
+        clock.on_epoch_end(None, state, None)
+        now[0] += 10  # the epoch's evaluation and checkpoint
+    clock.on_train_end(None, state, None)
+    assert (clock.start, clock.end, clock.paused) == (1, 18, 10)
+    assert (clock.seconds, clock.steps) == (7, 7), "steps 2-8 in 7 s, the evaluation between epochs left out"
+    assert (clock.train_began, clock.train_ended) == (0, 28), "the whole of Trainer.train"
+    big_warmup = StepClock(warmup_steps=20, now=lambda: 0.0)
+    big_warmup.on_train_begin(None, _State(max_steps=6), None)
+    assert big_warmup.warmup_steps == 3
 
 
 def test_finetune_speed_candidate_defaults_need_the_speedup_at_equal_rouge() -> None:
-    from edgeqa.bench.finetune_speed import DEFAULTS, SpeedResult, kept_model_scores, verdicts
+    from edgeqa.bench.finetune_speed import SpeedResult
+    from edgeqa.bench.finetune_speed_report import verdicts
 
     def result(name: str, seconds: float, rouge: float | None) -> SpeedResult:
-        return SpeedResult(name, 8, 800, seconds, 1.0, 1, 1.0, 0.0, rouge, 0.0, 0.0, 0.0, 0.0, None)
+        zero = dict.fromkeys(("other_seconds", "seconds", "eval_seconds", "answer_padding", "prompt_padding"), 0.0)
+        return SpeedResult(
+            setting=name, edgeqa_defaults=name == "defaults", batch_size=8, samples=800, end_to_end_seconds=seconds,
+            samples_per_second=1.0, timed_steps=1, rouge_l=rouge, exact_match=0.0, peak_memory_gib=0.0,
+            last_loss=None, **zero,
+        )  # fmt: skip
 
     results = [
         result("tutorial", 100, 30.0),
-        result(DEFAULTS, 80, 30.5),
+        result("defaults", 80, 30.5),
         result("fast, equal ROUGE", 60, 29.5),  # 1.33x the defaults, 0.5 points below the tutorial
         result("faster, worse ROUGE", 20, 25.0),
         result("a little faster", 70, 31.0),  # 1.14x the defaults
@@ -169,16 +216,13 @@ def test_finetune_speed_candidate_defaults_need_the_speedup_at_equal_rouge() -> 
     ]
     ranked = verdicts(results, min_speedup=1.3, rouge_tolerance=1.0)
     assert [v.candidate for v in ranked] == [False, False, True, False, False, False]
+    assert [v.equal_rouge for v in ranked] == [True, True, True, False, True, False]
     assert ranked[2].vs_first == pytest.approx(100 / 60) and ranked[2].vs_defaults == pytest.approx(80 / 60)
     assert ranked[2].rouge_delta == pytest.approx(-0.5) and ranked[5].rouge_delta is None
     assert [v.candidate for v in verdicts(results, 1.3, rouge_tolerance=5.0)][3], "within a looser tolerance"
+    assert not verdicts(results, min_speedup=0.5, rouge_tolerance=1.0)[1].candidate, "the defaults are not a change"
     without_defaults = verdicts([results[0], results[2]], 1.3, 1.0)
     assert without_defaults[1].vs_defaults is None and not without_defaults[1].candidate
-
-    subset = [{"eval_rougeL": 40.0, "eval_exact_match": 5.0}, {"eval_rougeL": 10.0, "validation": "full"}]
-    assert kept_model_scores(subset) == (10.0, 0.0), "after a validation subset, the final whole-set score"
-    assert kept_model_scores([{"eval_rougeL": 20.0}, {"eval_rougeL": 35.0, "eval_exact_match": 2.0}]) == (35.0, 2.0)
-    assert kept_model_scores([{"loss": 1.0}]) == (None, None)
 
 
 def test_finetune_speed_setting_flag_is_parsed_or_refused() -> None:
