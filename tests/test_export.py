@@ -56,9 +56,9 @@ def test_manifest_records_files_dims_and_parity(artifact_int8, trained_model):
     assert manifest.prompt_template == "Please answer this question: {question}"
     assert manifest.quantization and manifest.quantization.preset == detect_preset()
     assert manifest.quantization.activation_granularity == "per-token"
-    # the gate's confirmation half of the fixture's 96 questions (the plain int8 graphs passed the tuning half)
+    # the gate's confirmation half of the fixture's 200 questions (the plain int8 graphs passed the tuning half)
     parity = manifest.parity
-    assert parity and parity.passed and (parity.samples, parity.split) == (48, "confirmation")
+    assert parity and parity.passed and (parity.samples, parity.split) == (100, "confirmation")
     assert manifest.versions["onnxruntime"]
     assert sorted(p.name for p in artifact_int8.iterdir()) == sorted(
         [e.path for e in manifest.files.values()] + ["manifest.json"]
