@@ -4,6 +4,7 @@ whether a trained reader reads right is `tests/test_demo.py`'s (`edgeqa demo --d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -353,12 +354,14 @@ def test_serve_index_behind_a_real_server(artifact_tiny, index):
 def test_the_page_shows_each_answers_sources_in_a_real_browser(artifact_tiny, index, tmp_path):
     from serve_helpers import ServerProcess, headless_chromium, keep_screenshot
 
-    process = ServerProcess(artifact_tiny, "--index", str(index), "--no-verify", "--max-new-tokens", "6")
-    driver = headless_chromium(tmp_path)
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    with contextlib.ExitStack() as cleanup:
+        driver = headless_chromium(tmp_path)  # first: where Chromium is missing it skips before a server starts
+        cleanup.callback(driver.quit)
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
+        process = ServerProcess(artifact_tiny, "--index", str(index), "--no-verify", "--max-new-tokens", "6")
+        cleanup.callback(process.stop)
         served = httpx_post(process.url + "/v1/answer", {"question": "What does a red light mean?"})
         driver.get(process.url + "/")
         WebDriverWait(driver, 20).until(lambda d: "your documents" in d.find_element(By.ID, "model").text)
@@ -376,9 +379,6 @@ def test_the_page_shows_each_answers_sources_in_a_real_browser(artifact_tiny, in
         keep_screenshot(driver, tmp_path, "serve-page-sources.png")
         errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
         assert not errors, errors
-    finally:
-        driver.quit()
-        process.stop()
 
 
 def httpx_post(url: str, body: dict) -> dict:
