@@ -75,7 +75,7 @@ def test_fp32_artifact_passes_exact_gate(artifact_fp32):
 
 def test_int8_gate_is_rouge_within_one_point(artifact_int8):
     parity = Manifest.read(artifact_int8).parity
-    assert parity and abs(parity.rouge_l_delta) <= 0.01
+    assert parity and round(abs(parity.rouge_l_delta), 9) <= 0.01  # one answer in 100 may differ: 0.01 exactly
     assert parity.gate.startswith("int8: |ROUGE-L difference|")
 
 

@@ -65,7 +65,10 @@ def test_planted_outliers_leave_the_float_model_bit_identical(facts_model: Path,
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     for stack in plan.stacks:
         wo = f"{stack}.block.0.layer.{2 if stack == 'decoder' else 1}.DenseReluDense.wo"
-        assert ranges_after[wo].max() >= ranges_before[wo].max() * plan.scale / 8  # outliers int8 now sees
+        grown = ranges_after[wo] / ranges_before[wo].clamp_min(1e-12)
+        # the planted channels' inputs are exactly `scale` times wider (outliers int8 now sees), the others as before
+        assert grown.max().item() == pytest.approx(plan.scale, rel=1e-4)
+        assert (grown < 1.0001).sum() >= len(grown) - plan.channels
 
 
 def test_no_plan_plants_nothing_and_scales_must_be_powers_of_two(facts_model: Path) -> None:
@@ -141,8 +144,9 @@ def test_export_passes_the_gate_by_itself_on_an_outlier_model(
     manifest = Manifest.read(out)
     parity, quantization = manifest.parity, manifest.quantization
     assert parity and parity.passed and parity.split == "confirmation" and parity.samples == 100
-    assert abs(parity.rouge_l_delta) <= 0.01
-    assert parity.artifact_exact_match >= parity.reference_exact_match - 0.01
+    # one answer in 100 may differ: 0.01 exactly (rounded: the difference of two means is not exact)
+    assert round(abs(parity.rouge_l_delta), 9) <= 0.01
+    assert round(parity.artifact_exact_match - parity.reference_exact_match, 9) >= -0.01
     assert "exact match at most 1.0 point below" in parity.gate
     assert quantization and quantization.outliers and quantization.outliers.smoothing
     assert [a.passed for a in quantization.outliers.attempts][-1] and len(quantization.outliers.attempts) >= 2
