@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch's compiled-kernel cache, one per test session (its processes share it): the machine-wide
+# /tmp/torchinductor_<user> keeps a kernel cut off mid-write by a killed run, and every later run
+# that needs that kernel then fails loading it ("main.so: file too short")
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="edgeqa-tests-inductor-"))
 
 from edgeqa.bench.outliers import FACTS_RELATIONS, train_facts_model, write_facts_data  # noqa: E402, F401
 from edgeqa.demo import DEMO_SHAPE  # noqa: E402

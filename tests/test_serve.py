@@ -89,7 +89,7 @@ def test_streaming_chunks_as_openai_sends_them(artifact_fp32, model):
 
 def test_stop_strings_end_the_answer_and_are_never_streamed(artifact_fp32, model):
     full = model.answer(QUESTION, max_new_tokens=16).text
-    assert len(full) > 4, full
+    assert len(full) >= 3, full  # e.g. "Apia": the stop string "ia" leaves "Ap"
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     expected = full[: full.index(stop)]  # verbatim, as OpenAI cuts
 
