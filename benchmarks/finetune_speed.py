@@ -109,28 +109,40 @@ class SpeedResult:
         return self.samples / self.end_to_end_seconds
 
 
-def score_kept_model(final_dir: Path, config: FinetuneConfig, batch_size: int = SCORE_BATCH) -> tuple[float, float]:
-    """ROUGE-L and exact match (in points) of a saved checkpoint on every validation record of `config`'s
-    data, generating as the per-epoch evaluation does, in float32 on the GPU where there is one."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+Validation = tuple[list[str], list[str]]  # prompts, reference answers
 
+
+def validation_records(config: FinetuneConfig) -> Validation:
+    """Every validation record of `config`'s data (whatever `max_eval_samples`), as prompts and answers."""
     from edgeqa.finetune.data import load_raw, prepare_splits, prompts
-    from edgeqa.finetune.train import evaluation_generation
-    from edgeqa.metrics import exact_match, rouge
 
     every = replace(config, max_eval_samples=None)
     _, validation = prepare_splits(load_raw(every), every)
-    texts, references = prompts(validation[:], every), validation[every.answer_column]
+    return prompts(validation[:], every), validation[every.answer_column]
+
+
+def score_kept_model(
+    final_dir: Path, config: FinetuneConfig, validation: Validation | None = None, batch_size: int = SCORE_BATCH
+) -> tuple[float, float]:
+    """ROUGE-L and exact match (in points) of a saved checkpoint on every validation record of `config`'s
+    data (`validation`, when read already), generating as the per-epoch evaluation does, in float32 on the
+    GPU where there is one."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from edgeqa.finetune.train import evaluation_generation
+    from edgeqa.metrics import exact_match, rouge
+
+    texts, references = validation or validation_records(config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSeq2SeqLM.from_pretrained(final_dir).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(final_dir)
-    generation = evaluation_generation(model, every)
+    generation = evaluation_generation(model, config)
     answers: list[str] = []
     with torch.inference_mode():
         for first in range(0, len(texts), batch_size):
             batch = tokenizer(
                 texts[first : first + batch_size],
-                max_length=every.max_source_tokens,
+                max_length=config.max_source_tokens,
                 truncation=True,
                 padding=True,
                 return_tensors="pt",
@@ -140,7 +152,7 @@ def score_kept_model(final_dir: Path, config: FinetuneConfig, batch_size: int = 
     return rouge(answers, references)["rougeL"] * 100, exact_match(answers, references) * 100
 
 
-def measure(setting: Setting, config: FinetuneConfig, warmup_steps: int) -> SpeedResult:
+def measure(setting: Setting, config: FinetuneConfig, warmup_steps: int, validation: Validation) -> SpeedResult:
     """Fine-tune with one setting, time it, and score the checkpoint it keeps."""
     name, fields, overrides = setting
     clock, padding = StepClock(warmup_steps), PaddingGauge()
@@ -155,7 +167,7 @@ def measure(setting: Setting, config: FinetuneConfig, warmup_steps: int) -> Spee
     final_evaluation = sum(e.get("eval_runtime", 0.0) for e in result.history if e.get("validation") == "full")
     end_to_end = clock.train_ended - clock.train_began + final_evaluation
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
-    rouge_l, exact = score_kept_model(result.final_dir, config)
+    rouge_l, exact = score_kept_model(result.final_dir, config, validation)
     accumulation = overrides.get("gradient_accumulation_steps", 1)
     return SpeedResult(
         setting=name,
@@ -215,10 +227,11 @@ def run(
         )
         # Untimed: the first run in a process pays for kernels, imports and the data cache.
         finetune(replace(config, output_dir=Path(tmp) / "warm-up", max_steps=2, max_eval_samples=4))
+        validation = validation_records(config)  # the same records score every setting
         results: list[SpeedResult] = []
         for number, setting in enumerate(settings or LADDERS["short"]):
             run_config = replace(config, output_dir=Path(tmp) / f"run-{number}", **setting[1])
-            results.append(measure(setting, run_config, warmup_steps))
+            results.append(measure(setting, run_config, warmup_steps, validation))
             shutil.rmtree(run_config.output_dir)  # a base model's checkpoints are gigabytes each
             report = markdown(results, name, plan, min_speedup, rouge_tolerance)
             (output / "finetune-speed.md").write_text(report, encoding="utf-8")

@@ -3,13 +3,14 @@ edgeqa's defaults, at equal ROUGE-L (`finetune_speed.py`)."""
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import transformers
+
+from edgeqa.bench.machine import cpu_name
 
 if TYPE_CHECKING:
     from edgeqa.bench.finetune_speed import SpeedResult
@@ -45,7 +46,7 @@ def verdicts(results: Sequence[SpeedResult], min_speedup: float, rouge_tolerance
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"CPU ({platform.processor() or platform.machine()})"
+    return f"CPU ({cpu_name()})"
 
 
 def _number(value: float | None, pattern: str, unit: str = "") -> str:
