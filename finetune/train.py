@@ -30,7 +30,7 @@ from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import heldout_record, load_raw, prepare_splits, tokenize
 from edgeqa.finetune.portable import make_portable
 from edgeqa.finetune.t5_heads import model_class, one_embedding_module
-from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
+from edgeqa.finetune.trainer import EdgeQATrainer, accelerate_environment_kept, training_arguments
 from edgeqa.metrics import exact_match, rouge
 from edgeqa.tied_weights import tie_problem
 
@@ -145,7 +145,8 @@ def finetune(
         datasets.disable_progress_bars()
         transformers_logging.disable_progress_bar()
     try:
-        return _finetune(config, callbacks, trainer_overrides, progress_bars)
+        with accelerate_environment_kept():
+            return _finetune(config, callbacks, trainer_overrides, progress_bars)
     finally:
         if not progress_bars and bars_were_on[0]:
             datasets.enable_progress_bars()

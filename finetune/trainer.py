@@ -14,6 +14,26 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from edgeqa.finetune.config import FinetuneConfig
 
+# What transformers 4.x's TrainingArguments hand to accelerate through os.environ: torch.compile's
+# backend, mixed precision, FSDP's options.
+_HANDED_OVER = ("ACCELERATE_", "FSDP_")
+
+
+@contextlib.contextmanager
+def accelerate_environment_kept() -> Iterator[None]:
+    """Undo, on leaving, what training arguments wrote to the process's environment for accelerate.
+
+    transformers 4.x hands `torch_compile` to the Accelerator as ACCELERATE_DYNAMO_BACKEND and never takes
+    it back: every later run in the process, and every process it starts, would compile its model too.
+    """
+    before = {k: v for k, v in os.environ.items() if k.startswith(_HANDED_OVER)}
+    try:
+        yield
+    finally:
+        for key in [k for k in os.environ if k.startswith(_HANDED_OVER) and k not in before]:
+            del os.environ[key]
+        os.environ.update(before)
+
 
 def world_size() -> int:
     """Processes in this run (set by torchrun and `accelerate launch`; 1 otherwise)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -234,17 +235,20 @@ def test_config_validation_and_toml(tmp_path):
 
 def test_recipes_and_speed_settings_reach_the_trainer(tmp_path):
     from edgeqa.finetune.train import resolve_precision
-    from edgeqa.finetune.trainer import groups_by_length, training_arguments
+    from edgeqa.finetune.trainer import accelerate_environment_kept, groups_by_length, training_arguments
 
     def args(**fields):
         cfg = FinetuneConfig(output_dir=tmp_path, device="cpu", **fields)
-        return training_arguments(cfg, *resolve_precision(cfg))
+        with accelerate_environment_kept():
+            return training_arguments(cfg, *resolve_precision(cfg))
 
     edgeqa, tutorial = args(), args(recipe="tutorial")
     assert (groups_by_length(edgeqa), edgeqa.logging_nan_inf_filter) == (True, False)
     assert (groups_by_length(tutorial), tutorial.logging_nan_inf_filter, tutorial.bf16) == (False, True, False)
     assert groups_by_length(args(length_grouping="answer")) is False  # edgeqa's own sampler does it
     assert args(torch_compile=True).torch_compile is True
+    # transformers 4.x hands it to accelerate as ACCELERATE_DYNAMO_BACKEND: left there, every later run would compile
+    assert "ACCELERATE_DYNAMO_BACKEND" not in os.environ
     # A global batch of 32 is 4 x the tutorial's 8: sqrt scaling doubles the learning rate, linear quadruples it.
     assert args(batch_size=32, lr_scaling="sqrt").learning_rate == pytest.approx(6e-4)
     assert args(batch_size=32).learning_rate == pytest.approx(3e-4)
@@ -339,6 +343,7 @@ def test_answer_length_batches_cut_the_padding(tiny_model, tmp_path):
 def test_validation_subset_each_epoch_then_the_full_set(tmp_path, tiny_model, memo_data):
     from edgeqa.finetune import finetune, metrics_table
 
+    environment = dict(os.environ)
     result = finetune(
         FinetuneConfig(
             model=str(tiny_model),
@@ -356,6 +361,7 @@ def test_validation_subset_each_epoch_then_the_full_set(tmp_path, tiny_model, me
     evaluated = [round(e["eval_runtime"] * e["eval_samples_per_second"]) for e in result.history]
     assert evaluated == [8, 8, 64] and [e.get("validation") for e in result.history] == [None, None, "full"]
     assert "(full validation)" in metrics_table(result.history).splitlines()[-1]
+    assert dict(os.environ) == environment  # nothing handed to accelerate outlives the run
     saved = json.loads((result.final_dir / "edgeqa_config.json").read_text())
     assert (saved["config"]["eval_subset"], saved["config"]["length_grouping"]) == (8, "answer")
 
