@@ -145,7 +145,6 @@ def asker(model: Any, ask: dict[str, Any], prompts: list[list[int]]) -> tuple[As
     """edgeqa's `DocumentsQA.ask` of `ask["question"]` over the index `ask["index"]` with `model`, its steps
     timed apart, and whether the prompts it reads are `prompts` (in any order)."""
     from edgeqa.documents import DocumentsQA, Index
-    from edgeqa.documents.reader import read_all, reading_rows
     from edgeqa.runtime import GenerationOptions
 
     qa = DocumentsQA(model, Index.open(ask["index"]), k=ask["k"])
@@ -158,21 +157,11 @@ def asker(model: Any, ask: dict[str, Any], prompts: list[list[int]]) -> tuple[As
         return [c.answer_tokens for c in answer.candidates]
 
     def parts(new_tokens: int) -> dict[str, float]:
-        # `DocumentsQA._read` for one question, step by step
+        # `DocumentsQA.ask`'s own steps, each timed as it ends
         options = model.options(GenerationOptions(max_new_tokens=new_tokens, min_new_tokens=new_tokens))
-        decoder = model.decoder()
-        times = [time.perf_counter()]
-        found = qa.index.search(question, qa.k)
-        times.append(time.perf_counter())
-        rows, errors = reading_rows(decoder, question, found, options)
-        times.append(time.perf_counter())
-        decoder.join([row for row in rows if row is not None])
-        decoder.run()
-        times.append(time.perf_counter())
-        read_all([(question, found, rows, errors)], model.manifest.no_answer, qa.retrieval_weight)
-        times.append(time.perf_counter())
-        steps = ("search", "prompts", "read", "choice")
-        return {step: (b - a) * 1000 for step, a, b in zip(steps, times[:-1], times[1:], strict=True)}
+        laps = [("start", time.perf_counter())]
+        qa._read([question], options, qa.k, lambda step: laps.append((step, time.perf_counter())))
+        return {step: (end - start) * 1000 for (_, start), (step, end) in zip(laps, laps[1:], strict=False)}
 
     return run, parts, sorted(ids) == sorted(prompts)
 

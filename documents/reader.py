@@ -9,7 +9,7 @@ retrieval. `edgeqa serve --index` builds the same rows with `reading_rows` and c
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,15 +135,24 @@ class DocumentsQA:
             answers += self._read(list(questions[first : first + batch_size]), opts, k)
         return answers
 
-    def _read(self, questions: list[str], options: GenerationOptions, k: int) -> list[DocumentAnswer]:
+    def _read(
+        self, questions: list[str], options: GenerationOptions, k: int, lap: Callable[[str], None] = lambda step: None
+    ) -> list[DocumentAnswer]:
+        """The questions' answers; `lap(step)` is called as each step ends (the reading benchmark times them)."""
         decoder = self.model.decoder()
-        planned = []
-        for question in questions:
-            passages = self.index.search(question, k)
-            planned.append((question, passages, *reading_rows(decoder, question, passages, options)))
+        found = [self.index.search(question, k) for question in questions]
+        lap("search")
+        planned = [
+            (q, passages, *reading_rows(decoder, q, passages, options))
+            for q, passages in zip(questions, found, strict=True)
+        ]
+        lap("prompts")
         decoder.join([row for _, _, rows, _ in planned for row in rows if row is not None])
         decoder.run()
-        return read_all(planned, self.model.manifest.no_answer, self.retrieval_weight)
+        lap("read")
+        answers = read_all(planned, self.model.manifest.no_answer, self.retrieval_weight)
+        lap("choice")
+        return answers
 
     def close(self) -> None:
         self.index.close()
