@@ -242,13 +242,14 @@ def test_recipes_and_speed_settings_reach_the_trainer(tmp_path):
         with accelerate_environment_kept():
             return training_arguments(cfg, *resolve_precision(cfg))
 
+    launched_with = os.environ.get("ACCELERATE_DYNAMO_BACKEND")
     edgeqa, tutorial = args(), args(recipe="tutorial")
     assert (groups_by_length(edgeqa), edgeqa.logging_nan_inf_filter) == (True, False)
     assert (groups_by_length(tutorial), tutorial.logging_nan_inf_filter, tutorial.bf16) == (False, True, False)
     assert groups_by_length(args(length_grouping="answer")) is False  # edgeqa's own sampler does it
     assert args(torch_compile=True).torch_compile is True
     # transformers 4.x hands it to accelerate as ACCELERATE_DYNAMO_BACKEND: left there, every later run would compile
-    assert "ACCELERATE_DYNAMO_BACKEND" not in os.environ
+    assert os.environ.get("ACCELERATE_DYNAMO_BACKEND") == launched_with
     # A global batch of 32 is 4 x the tutorial's 8: sqrt scaling doubles the learning rate, linear quadruples it.
     assert args(batch_size=32, lr_scaling="sqrt").learning_rate == pytest.approx(6e-4)
     assert args(batch_size=32).learning_rate == pytest.approx(3e-4)
@@ -305,7 +306,7 @@ def padding_shares(tiny_model: Path, tmp_path: Path, **fields) -> tuple[float, s
 
     from edgeqa.finetune.data import tokenize
     from edgeqa.finetune.train import resolve_precision
-    from edgeqa.finetune.trainer import EdgeQATrainer, training_arguments
+    from edgeqa.finetune.trainer import EdgeQATrainer, accelerate_environment_kept, training_arguments
     from edgeqa.records import BUNDLED_QA
 
     cfg = FinetuneConfig(model=str(tiny_model), data=str(BUNDLED_QA), output_dir=tmp_path, device="cpu", **fields)
@@ -314,10 +315,16 @@ def padding_shares(tiny_model: Path, tmp_path: Path, **fields) -> tuple[float, s
     train = tokenize(prepare_splits(load_raw(cfg), cfg)[0], tokenizer, cfg)
     lengths = [len(ids) for ids in train["labels"]] if cfg.grouping == "answer" else None
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, pad_to_multiple_of=cfg.pad_to_multiple_of)
-    args = training_arguments(cfg, *resolve_precision(cfg))
-    trainer = EdgeQATrainer(
-        model=model, args=args, train_dataset=train, eval_dataset=train, data_collator=collator, answer_lengths=lengths
-    )
+    with accelerate_environment_kept():
+        args = training_arguments(cfg, *resolve_precision(cfg))
+        trainer = EdgeQATrainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            eval_dataset=train,
+            data_collator=collator,
+            answer_lengths=lengths,
+        )
     padded = total = 0
     shapes = set()
     for batch in trainer.get_train_dataloader():
@@ -340,9 +347,12 @@ def test_answer_length_batches_cut_the_padding(tiny_model, tmp_path):
     assert len(shapes) <= (128 // 32) * (512 // 32)  # a bounded set of shapes for torch.compile
 
 
-def test_validation_subset_each_epoch_then_the_full_set(tmp_path, tiny_model, memo_data):
+def test_validation_subset_each_epoch_then_the_full_set(tmp_path, tiny_model, memo_data, monkeypatch):
     from edgeqa.finetune import finetune, metrics_table
 
+    for key in [k for k in os.environ if k.startswith(("ACCELERATE_", "FSDP_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # as `accelerate launch` sets it
     environment = dict(os.environ)
     result = finetune(
         FinetuneConfig(
