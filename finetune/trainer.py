@@ -16,7 +16,7 @@ from edgeqa.finetune.config import FinetuneConfig
 
 # What transformers 4.x's TrainingArguments hand to accelerate through os.environ: torch.compile's
 # backend, mixed precision, FSDP's options.
-_HANDED_OVER = ("ACCELERATE_", "FSDP_")
+HANDED_TO_ACCELERATE = ("ACCELERATE_", "FSDP_")
 
 
 @contextlib.contextmanager
@@ -26,11 +26,11 @@ def accelerate_environment_kept() -> Iterator[None]:
     transformers 4.x hands `torch_compile` to the Accelerator as ACCELERATE_DYNAMO_BACKEND and never takes
     it back: every later run in the process, and every process it starts, would compile its model too.
     """
-    before = {k: v for k, v in os.environ.items() if k.startswith(_HANDED_OVER)}
+    before = {k: v for k, v in os.environ.items() if k.startswith(HANDED_TO_ACCELERATE)}
     try:
         yield
     finally:
-        for key in [k for k in os.environ if k.startswith(_HANDED_OVER) and k not in before]:
+        for key in [k for k in os.environ if k.startswith(HANDED_TO_ACCELERATE) and k not in before]:
             del os.environ[key]
         os.environ.update(before)
 

@@ -349,8 +349,9 @@ def test_answer_length_batches_cut_the_padding(tiny_model, tmp_path):
 
 def test_validation_subset_each_epoch_then_the_full_set(tmp_path, tiny_model, memo_data, monkeypatch):
     from edgeqa.finetune import finetune, metrics_table
+    from edgeqa.finetune.trainer import HANDED_TO_ACCELERATE
 
-    for key in [k for k in os.environ if k.startswith(("ACCELERATE_", "FSDP_"))]:
+    for key in [k for k in os.environ if k.startswith(HANDED_TO_ACCELERATE)]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "NO")  # as `accelerate launch` sets it
     environment = dict(os.environ)
