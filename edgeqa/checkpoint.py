@@ -80,3 +80,18 @@ def read_training_record(checkpoint: str | Path) -> TrainingRecord | None:
 def heldout_path(checkpoint: str | Path) -> Path | None:
     path = Path(checkpoint) / HELDOUT
     return path if path.is_file() else None
+
+
+MODEL_TYPE = "t5"  # FLAN-T5 and every T5 checkpoint; the runtime's graphs are T5's
+
+
+def check_model_type(model_type: str | None, checkpoint: str | Path) -> None:
+    """Refuse a checkpoint that is not a T5 model, before fine-tuning or exporting it.
+
+    Raises:
+        ModelError: naming the checkpoint's model type.
+    """
+    if model_type != MODEL_TYPE:
+        raise ModelError(
+            f"{str(checkpoint)!r} is a {model_type} model; edgeqa fine-tunes and exports T5 models (FLAN-T5)"
+        )

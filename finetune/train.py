@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,10 +22,10 @@ from transformers import (
     PrinterCallback,
     TrainerCallback,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from edgeqa.checkpoint import HELDOUT, TrainingRecord
-from edgeqa.errors import ConfigError, ModelError
+from edgeqa.checkpoint import HELDOUT, TrainingRecord, check_model_type
+from edgeqa.errors import ConfigError, EdgeQAError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import heldout_record, load_raw, prepare_splits, tokenize
 from edgeqa.finetune.portable import make_portable
@@ -53,8 +53,9 @@ class FinetuneResult:
 def prepare_output_dir(config: FinetuneConfig) -> str | None:
     """Refuse a non-empty output folder unless resuming or overwriting; return the checkpoint to resume.
 
-    `overwrite` clears the folder only if it holds nothing but a previous run's files, so a
-    mistyped `--output` cannot delete anything else.
+    With `overwrite`, a folder holding anything but a previous run's files is refused, so that a
+    mistyped `--output` cannot delete anything else; `clear_previous_run` deletes the old run once
+    the rest of the set-up has succeeded.
     """
     out = config.output_dir
     busy = out.is_dir() and any(out.iterdir())
@@ -73,14 +74,31 @@ def prepare_output_dir(config: FinetuneConfig) -> str | None:
                 f"--overwrite: {out} holds files that are not from an edgeqa run ({', '.join(foreign[:3])}); "
                 "pick another --output"
             )
-        if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, one process deletes
-            shutil.rmtree(out)
     return None
+
+
+def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
+    """Delete the previous run that `overwrite` replaces (`prepare_output_dir` checked it holds nothing else).
+
+    Called once the data, the model and the device are known to be usable, so a run that cannot
+    start leaves the old one in place. Under a launcher the main process deletes while the others wait.
+    """
+    out = Path(config.output_dir)
+    if not (config.overwrite and out.is_dir()):
+        return
+    with args.main_process_first(local=False, desc="clearing the previous run"):
+        if args.process_index == 0 and out.is_dir():
+            shutil.rmtree(out)
+
+
+_RUN_FILE = re.compile(
+    rf"{PREFIX_CHECKPOINT_DIR}-\d+|{FINAL}|{FINAL}\.partial|{re.escape(METRICS)}(\.tmp)?|runs|README\.md"
+)
 
 
 def _is_run_file(name: str) -> bool:
     """Whether a name in a run folder is one `finetune` (or the Trainer) writes."""
-    return name.startswith(("checkpoint-", FINAL, "runs", METRICS)) or name in ("README.md",)
+    return _RUN_FILE.fullmatch(name) is not None
 
 
 def resolve_precision(config: FinetuneConfig) -> tuple[bool, bool, bool]:
@@ -102,17 +120,18 @@ def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
     if problem:  # trained on, the model would differ between transformers versions
         raise ModelError(f"{problem}; then fine-tune it")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
         model_config = AutoConfig.from_pretrained(config.model)
+        check_model_type(model_config.model_type, config.model)
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
         loader = model_class(model_config) or AutoModelForSeq2SeqLM  # FLAN-T5's own lm_head under transformers 5
         model = loader.from_pretrained(config.model, config=model_config)
-    except OSError as e:
+    except EdgeQAError:
+        raise
+    except (OSError, ValueError) as e:  # a missing folder or hub name; a config or files transformers cannot read
         raise ModelError(
             f"cannot load model {config.model!r}: {str(e).splitlines()[0]}. Offline or without a cached copy, "
             "pass a local checkpoint folder: --model path/to/flan-t5-base"
         ) from e
-    if model.config.model_type not in ("t5", "mt5"):
-        raise ModelError(f"{config.model!r} is a {model.config.model_type} model; edgeqa fine-tunes T5 checkpoints")
     one_embedding_module(model)
     return model, tokenizer
 
@@ -168,6 +187,7 @@ def _finetune(
     model, tokenizer = load_model(config)
     train_set = tokenize(train_split, tokenizer, config)
     eval_set = tokenize(eval_split, tokenizer, config)
+    clear_previous_run(config, args)
     args.generation_config = evaluation_generation(model, config)
     epoch_eval_set = eval_set
     if config.eval_subset and config.eval_subset < len(eval_set):

@@ -203,6 +203,19 @@ def test_missing_model_says_how_to_pass_a_folder(tmp_path, rows):
 
     with pytest.raises(ModelError, match="local checkpoint folder"):
         load_model(FinetuneConfig(model="google/flan-t5-base", data=str(tmp_path)))
+    with pytest.raises(ModelError, match="local checkpoint folder"):  # a path, not a hub name
+        load_model(FinetuneConfig(model=str(tmp_path / "no-model"), data=str(tmp_path)))
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "mt5"])
+def test_a_model_edgeqa_cannot_export_is_refused_before_training(tmp_path, model_type):
+    from transformers import AutoConfig
+
+    from edgeqa.finetune.train import load_model
+
+    AutoConfig.for_model(model_type).save_pretrained(tmp_path / model_type)  # no weights needed: refused first
+    with pytest.raises(ModelError, match=f"is a {model_type} model; edgeqa fine-tunes and exports T5 models"):
+        load_model(FinetuneConfig(model=str(tmp_path / model_type), data=str(tmp_path)))
 
 
 def test_flan_t5_keeps_its_own_lm_head(tiny_model):
@@ -388,6 +401,35 @@ def test_non_empty_output_is_refused(tmp_path, memo_data, tiny_model):
     with pytest.raises(ConfigError, match=r"not from an edgeqa run \(old.txt\); pick another --output"):
         finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path, overwrite=True))
     assert (tmp_path / "old.txt").exists()
+
+
+def test_overwrite_deletes_only_a_previous_run_and_only_once_the_run_can_start(tmp_path, memo_data, tiny_model):
+    from edgeqa.finetune import finetune
+
+    def previous_run(folder: Path, *extra: str) -> Path:
+        (folder / "checkpoint-900").mkdir(parents=True)
+        (folder / "checkpoint-900" / "model.safetensors").write_text("old")
+        (folder / "metrics.json").write_text("[]")
+        for name in extra:
+            (folder / name).write_text("user's")
+        return folder
+
+    mixed = previous_run(tmp_path / "mixed", "final_report.docx", "metrics.json.bak", "runs_notes.txt")
+    with pytest.raises(ConfigError, match=r"not from an edgeqa run \(final_report.docx, metrics.json.bak, runs_"):
+        finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=mixed, overwrite=True))
+    assert sorted(p.name for p in mixed.iterdir())[:2] == ["checkpoint-900", "final_report.docx"]
+
+    run = previous_run(tmp_path / "run")
+    with pytest.raises(DataError, match="does not exist"):
+        finetune(FinetuneConfig(model=str(tiny_model), data=f"{tmp_path}/a.jsonl", output_dir=run, overwrite=True))
+    with pytest.raises(ModelError):
+        finetune(FinetuneConfig(model=str(tmp_path / "typo"), data=str(memo_data), output_dir=run, overwrite=True))
+    assert (run / "checkpoint-900" / "model.safetensors").read_text() == "old"  # a run that cannot start keeps it
+
+    short = dict(max_steps=2, max_eval_samples=4, eval_max_new_tokens=4, device="cpu", overwrite=True)
+    result = finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=run, **short))
+    assert not (run / "checkpoint-900" / "model.safetensors").exists() and result.final_dir.is_dir()
+    assert [e["step"] for e in json.loads((run / "metrics.json").read_text())] == [2]
 
 
 def test_training_raises_rouge_on_training_questions(trained_run, tiny_model, memo_data):
