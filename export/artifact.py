@@ -16,11 +16,13 @@ from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.config import ExportConfig, QuantizeSettings, settings_for
 from edgeqa.export.graphs import export_graphs, graph_bytes
 from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
+from edgeqa.export.loading import load_config, load_tokenizer
 from edgeqa.export.optimum_check import check_exporter
 from edgeqa.export.parity import ParityCheck, run_parity
 from edgeqa.export.quantize import quantize_graph
 from edgeqa.export.search import Build, SearchFailed, search
 from edgeqa.manifest import (
+    MANIFEST_NAME,
     FallbackMode,
     GenerationDefaults,
     Manifest,
@@ -63,9 +65,9 @@ def export_artifact(config: ExportConfig) -> ExportResult:
     problem = tie_problem(config.checkpoint) if Path(config.checkpoint).is_dir() else None
     if problem:
         raise ExportError(f"{problem}; nothing exported")
+    load_config(config.checkpoint)  # a missing or non-T5 checkpoint is refused before anything is written
     output = Path(config.output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not config.force:
-        raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")
+    check_replaceable(output, config)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
     try:
@@ -84,10 +86,32 @@ def export_artifact(config: ExportConfig) -> ExportResult:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_replaceable(output: Path, config: ExportConfig) -> None:
+    """Refuse an OUTPUT whose replacement would lose something: anything non-empty without `force`, and
+    even with it anything but an earlier artifact, or a folder holding the checkpoint being exported.
+
+    Raises:
+        ExportError: naming the problem and the way out.
+    """
+    if not output.exists() or (output.is_dir() and not any(output.iterdir())):
+        return
+    if not config.force:
+        raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")
+    if not (output / MANIFEST_NAME).is_file():
+        raise ExportError(
+            f"--force replaces an earlier artifact only, and {output} holds no {MANIFEST_NAME}; pick another OUTPUT"
+        )
+    checkpoint = Path(config.checkpoint)
+    if checkpoint.exists() and checkpoint.resolve().is_relative_to(output.resolve()):
+        raise ExportError(f"{output} holds the checkpoint being exported ({config.checkpoint}); pick another OUTPUT")
+
+
 def _build(config: ExportConfig, staging: Path) -> ExportResult:
     settings = settings_for(config.preset, config.keep_fp32, config.quantize) if config.quantize else None
-    with tempfile.TemporaryDirectory(prefix="edgeqa-onnx-") as work_dir:
+    # beside the artifact, on the disk chosen for it: a large model's float graphs may not fit in $TMPDIR
+    with tempfile.TemporaryDirectory(dir=staging.parent, prefix=".edgeqa-export-work-") as work_dir:
         work = Path(work_dir)
+        _save_tokenizer(config.checkpoint, work)  # once, for every candidate
         exported: dict[str, tuple[dict[str, Path], Path]] = {}
 
         def build(weights: str, float_modules: frozenset[str]) -> int:
@@ -118,8 +142,6 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
             for name in CONFIG_FILES.values():
                 if (raw / name).exists():
                     shutil.copy2(raw / name, staging / name)
-            if not (work / "tokenizer.json").exists():  # once, from the checkpoint, for every candidate
-                _save_tokenizer(config.checkpoint, work)
             shutil.copy2(work / "tokenizer.json", staging / "tokenizer.json")
             _manifest(config, staging, settings, shared).write(staging)
             return kept_float
@@ -170,15 +192,12 @@ def _mb(*paths: Path) -> str:
     return f"{sum(p.stat().st_size for p in paths if p.exists()) / 1e6:.1f} MB"
 
 
-def _save_tokenizer(checkpoint: str, staging: Path) -> None:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    if not tokenizer.is_fast:
-        raise ExportError(f"{checkpoint!r} has no fast tokenizer; install `tokenizers` and save it again")
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer.save_pretrained(tmp)
-        shutil.copy2(Path(tmp) / "tokenizer.json", staging / "tokenizer.json")
+def _save_tokenizer(checkpoint: str, work: Path) -> None:
+    """The checkpoint's tokenizer as `work/tokenizer.json`: before any graph is exported, so that a
+    checkpoint without one is refused at once."""
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        load_tokenizer(checkpoint).save_pretrained(tmp)
+        shutil.copy2(Path(tmp) / "tokenizer.json", work / "tokenizer.json")
 
 
 def _parity_records(config: ExportConfig) -> list[QARecord]:

@@ -46,7 +46,7 @@ class ExportConfig:
         parity_samples: Questions the gate answers.
         parity_max_new_tokens: Answer length during the gate.
         allow_parity_failure: Write the artifact even if the gate fails.
-        force: Replace an existing non-empty output folder.
+        force: Replace an earlier artifact at `output` (never a folder that is not one).
         threads: Runtime threads during the gate (default: physical cores).
         max_input_tokens: The artifact's input limit in tokens (default: training's `max_source_tokens`;
             128 for checkpoints not from `edgeqa finetune`). FLAN-T5 reads 512: give 512 to read

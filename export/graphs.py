@@ -27,8 +27,9 @@ import torch
 from onnx.external_data_helper import uses_external_data
 from transformers import AutoConfig, T5ForConditionalGeneration
 
-from edgeqa.errors import ExportError, ModelError
+from edgeqa.errors import ExportError
 from edgeqa.export.attention import fuse_attention
+from edgeqa.export.loading import load_model
 from edgeqa.export.memory import release_memory
 from edgeqa.export.nodes import CROSS_PREFIX
 from edgeqa.export.shared_cross_cache import share_cross_cache
@@ -46,8 +47,8 @@ def export_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
     step}, weights in external-data files, plus the model's config.json and generation_config.json.
 
     Raises:
-        ModelError: the checkpoint cannot be loaded.
-        ExportError: the checkpoint is not a T5 model, or the exporter failed.
+        ModelError: the checkpoint cannot be loaded, or is not a T5 model.
+        ExportError: the exporter failed.
     """
     raw.mkdir(parents=True, exist_ok=True)
     logger.info("export: %s -> ONNX (encoder + cross-attention cache, decoder step with cache)", checkpoint)
@@ -59,7 +60,7 @@ def export_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
     onnx.checker.check_model(str(target))
     fold_reshape_shapes(target)
     # a model of its own: the encoder's pages are no longer resident, and its export's config changes are gone
-    decoder = _export_part(_load(checkpoint), DECODER, raw)
+    decoder = _export_part(load_model(checkpoint), DECODER, raw)
     release_memory()
     fold_reshape_shapes(decoder)
     config = AutoConfig.from_pretrained(raw)
@@ -81,28 +82,10 @@ def graph_bytes(path: Path) -> int:
     return path.stat().st_size + sum((path.parent / location).stat().st_size for location in locations)
 
 
-def _load(checkpoint: str) -> T5ForConditionalGeneration:
-    try:
-        config = AutoConfig.from_pretrained(checkpoint)
-        if config.model_type != "t5":
-            raise ExportError(f"{checkpoint!r} is a {config.model_type} model; edgeqa exports T5 models (FLAN-T5)")
-        model = T5ForConditionalGeneration.from_pretrained(checkpoint, config=config, dtype=torch.float32)
-    except OSError as e:
-        raise ModelError(
-            f"cannot load checkpoint {checkpoint!r}: {e}. Offline, pass a local checkpoint folder "
-            "(e.g. OUTPUT/final from `edgeqa finetune`)"
-        ) from e
-    except ExportError:
-        raise
-    except Exception as e:  # transformers and safetensors raise ValueError, RuntimeError, ... on bad files
-        raise ModelError(f"cannot load checkpoint {checkpoint!r}: {e}") from e
-    return model.eval()
-
-
 def _export_encoder(checkpoint: str, raw: Path) -> tuple[Path, Path]:
     """Optimum's encoder graph and the cross-attention graph, from one load of the model, which also
     gives the configs."""
-    model = _load(checkpoint)
+    model = load_model(checkpoint)
     model.config.save_pretrained(raw)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(raw)

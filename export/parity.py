@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ExportError, ModelError
+from edgeqa.errors import ExportError
+from edgeqa.export.loading import load_model, load_tokenizer
 from edgeqa.manifest import ParityRecord
 from edgeqa.metrics import exact_match, rouge
 from edgeqa.prompt import format_prompt
@@ -34,13 +35,8 @@ def reference_answers(
     """Answers of the PyTorch checkpoint with transformers' `generate` (greedy unless options say
     otherwise): token ids, end-of-answer included, and the mean ms per question."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint).eval()
-    except OSError as e:
-        raise ModelError(f"cannot load the reference checkpoint {checkpoint!r}: {e}") from e
+    tokenizer, model = load_tokenizer(checkpoint), load_model(checkpoint)
     eos = model.config.eos_token_id
     answers: list[list[int]] = []
     started = time.perf_counter()
@@ -60,9 +56,7 @@ def reference_answers(
 
 def check_tokenizer(checkpoint: str | Path, model: QAModel, prompts: list[str], records: list[QARecord]) -> None:
     """Fail unless the artifact's tokenizer.json gives the checkpoint tokenizer's ids on every prompt."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
     expected = tokenizer(prompts, truncation=True, max_length=model.manifest.max_input_tokens)["input_ids"]
     actual = model.tokenizer.encode([r.question for r in records], [r.context for r in records])
     differ = sum(a != b for a, b in zip(actual, expected, strict=True))

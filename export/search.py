@@ -26,6 +26,7 @@ from edgeqa.errors import ExportError
 from edgeqa.export.calibration import input_ranges, teacher_forced
 from edgeqa.export.config import QuantizeSettings
 from edgeqa.export.fallback import RankedGroup, node_groups, rank_groups
+from edgeqa.export.loading import load_model, load_tokenizer
 from edgeqa.export.nodes import module_path
 from edgeqa.export.parity import ParityCheck
 from edgeqa.export.smoothing import apply_smoothing, smoothing_scales
@@ -214,10 +215,7 @@ def _float_group(ranked: RankedGroup) -> FloatGroupRecord:
 
 
 def _load(checkpoint: str) -> tuple[Any, Any]:
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
-
-    model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint).eval()
-    return model, AutoTokenizer.from_pretrained(checkpoint)
+    return load_model(checkpoint), load_tokenizer(checkpoint)
 
 
 def _save(model: Any, tokenizer: Any, folder: Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,9 +116,21 @@ def test_existing_output_is_refused_without_force(trained_model, tmp_path):
     with pytest.raises(ExportError, match="--force"):
         export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False))
     assert (out / "keep.txt").read_text() == "mine"
+    with pytest.raises(ExportError, match="--force replaces an earlier artifact only.*pick another OUTPUT"):
+        export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False, force=True))
+    assert (out / "keep.txt").read_text() == "mine"  # not an artifact: kept whatever the flags
+    holder = tmp_path / "holder"  # an artifact folder someone kept a checkpoint in
+    shutil.copytree(trained_model, holder / "checkpoint")
+    (holder / "manifest.json").write_text("{}")
+    with pytest.raises(ExportError, match="holds the checkpoint being exported"):
+        export_artifact(ExportConfig(checkpoint=str(holder / "checkpoint"), output=holder, force=True))
+    shutil.rmtree(holder)
+
+    (out / "keep.txt").unlink()
+    export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False))
+    (out / "manifest.json").write_text("{}")  # an artifact, even a damaged one, is what --force replaces
     export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False, force=True))
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+    assert Manifest.read(out).files and [p.name for p in tmp_path.iterdir()] == ["taken"]
 
 
 def test_failed_export_leaves_nothing(trained_model, tmp_path, monkeypatch):
@@ -401,8 +414,21 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
     BartForConditionalGeneration(config).save_pretrained(tmp_path / "bart")
     result = runner.invoke(app, ["export", str(tmp_path / "bart"), str(tmp_path / "out"), "--no-parity"])
     assert result.exit_code == 1
-    assert "is a bart model; edgeqa exports T5 models" in result.output
+    assert "is a bart model; edgeqa fine-tunes and exports T5 models" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_without_its_tokenizer_is_refused_before_any_graph_is_exported(trained_model, tmp_path):
+    bare = tmp_path / "weights-only"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy2(trained_model / name, bare / name)
+    started = time.perf_counter()
+    result = runner.invoke(app, ["export", str(bare), str(tmp_path / "out"), "--no-parity"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot load the tokenizer of '{bare}'" in result.output and "tokenizer.save_pretrained" in result.output
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["weights-only"]
+    assert time.perf_counter() - started < 30  # refused up front, not after the export (a bound, not a timing)
 
 
 @pytest.mark.parametrize(

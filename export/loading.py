@@ -1,0 +1,83 @@
+"""Loading a checkpoint for export, the outlier search and the parity gate: one rule for all three.
+
+Every caller gets the same model (T5 only, float32 whatever dtype the weights were saved in: under
+transformers 5 a bf16 checkpoint would otherwise load as bf16) and the same fast tokenizer, or one
+line naming what is wrong with the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from edgeqa.checkpoint import check_model_type
+from edgeqa.errors import ExportError, ModelError
+
+
+def load_config(checkpoint: str | Path) -> Any:
+    """The checkpoint's model config, checked to be a T5's.
+
+    Raises:
+        ModelError: the checkpoint cannot be found or read, or is not a T5 model.
+    """
+    from transformers import AutoConfig
+
+    with _model_errors(checkpoint):
+        config = AutoConfig.from_pretrained(checkpoint)
+    check_model_type(config.model_type, checkpoint)
+    return config
+
+
+def load_model(checkpoint: str | Path) -> Any:
+    """The checkpoint's T5 model in float32, in eval mode.
+
+    Raises:
+        ModelError: the checkpoint cannot be found or read, or is not a T5 model.
+    """
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = load_config(checkpoint)
+    with _model_errors(checkpoint):
+        model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, config=config, dtype=torch.float32)
+    return model.eval()
+
+
+def load_tokenizer(checkpoint: str | Path) -> Any:
+    """The checkpoint's fast tokenizer (the artifact's tokenizer.json is written from it).
+
+    Raises:
+        ModelError: the checkpoint has no readable tokenizer files.
+        ExportError: it has only a slow tokenizer.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except Exception as e:  # missing files surface as OSError, ValueError or TypeError depending on the version
+        raise ModelError(
+            f"cannot load the tokenizer of {str(checkpoint)!r}: {_first_line(e)}. Save the tokenizer beside the "
+            "weights (tokenizer.save_pretrained(folder); `edgeqa finetune` does)"
+        ) from e
+    if not tokenizer.is_fast:
+        raise ExportError(f"{str(checkpoint)!r} has no fast tokenizer; install `tokenizers` and save it again")
+    return tokenizer
+
+
+@contextmanager
+def _model_errors(checkpoint: str | Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        raise ModelError(
+            f"cannot load checkpoint {str(checkpoint)!r}: {_first_line(e)}. Offline, pass a local checkpoint "
+            "folder (e.g. OUTPUT/final from `edgeqa finetune`)"
+        ) from e
+    except Exception as e:  # transformers and safetensors raise ValueError, RuntimeError, ... on bad files
+        raise ModelError(f"cannot load checkpoint {str(checkpoint)!r}: {_first_line(e)}") from e
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
