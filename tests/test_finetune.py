@@ -218,6 +218,19 @@ def test_a_model_edgeqa_cannot_export_is_refused_before_training(tmp_path, model
         load_model(FinetuneConfig(model=str(tmp_path / model_type), data=str(tmp_path)))
 
 
+def test_export_and_parity_read_a_bf16_checkpoint_in_float32(tmp_path, tiny_model):
+    """A bf16 run's `final/` is the fp32 model export measures against, on both transformers lines (5 would
+    otherwise load it in bf16, and the gate compare the artifact with a rounded model)."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    from edgeqa.export.loading import load_model
+
+    AutoModelForSeq2SeqLM.from_pretrained(tiny_model, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    model = load_model(tmp_path / "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and not model.training
+
+
 def test_flan_t5_keeps_its_own_lm_head(tiny_model):
     """transformers 5 ties T5's lm_head to the embedding in every config: FLAN-T5's stays its own, also after
     a later `tie_weights()` (accelerate calls one when FSDP 2 shards the model), and the encoder and decoder
