@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ModelError
+from edgeqa.errors import ConfigError, ModelError
 from edgeqa.prompt import (
     CONTEXT_TEMPLATE,
     DEFAULT_MAX_ANSWER_TOKENS,
@@ -94,4 +94,20 @@ def check_model_type(model_type: str | None, checkpoint: str | Path) -> None:
     if model_type != MODEL_TYPE:
         raise ModelError(
             f"{str(checkpoint)!r} is a {model_type} model; edgeqa fine-tunes and exports T5 models (FLAN-T5)"
+        )
+
+
+def check_checkpoint_location(checkpoint: str) -> None:
+    """Refuse a name that looks like a local path (it exists, starts with `.`, `/` or `~`, or has more than
+    one `/`) but is not a folder, before transformers mistakes it for a hub name and tries the network.
+
+    Raises:
+        ConfigError: naming the path.
+    """
+    path = Path(checkpoint)
+    looks_local = path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
+    if looks_local and not path.is_dir():
+        raise ConfigError(
+            f"checkpoint {checkpoint!r} is not a folder; pass a checkpoint folder "
+            "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base"
         )

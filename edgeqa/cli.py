@@ -281,7 +281,11 @@ def parity_command(
     artifact: ArtifactArg,
     reference: Annotated[str, typer.Option(help="The PyTorch checkpoint the artifact came from.")],
     data: Annotated[
-        Path | None, typer.Option(help="Questions with answers, JSONL or CSV (default: the bundled validation).")
+        Path | None,
+        typer.Option(
+            help="Questions with answers, JSONL or CSV (default: the checkpoint's held-out split, as export uses, "
+            "else the bundled validation)."
+        ),
     ] = None,
     samples: Annotated[int, typer.Option(help="Questions to answer.")] = 200,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 64,
@@ -293,12 +297,13 @@ def parity_command(
 
     Example: edgeqa parity model-int8 --reference runs/qa/final --data heldout.jsonl
     """
+    from edgeqa.checkpoint import check_checkpoint_location
     from edgeqa.cli_display import parity_table
-    from edgeqa.export import run_parity
-    from edgeqa.records import read_records, sample_data
+    from edgeqa.export.parity import parity_records, run_parity
 
     _setup_logging(verbose=verbose, libraries=True)
-    records = read_records(data or sample_data("validation"))[:samples]
+    check_checkpoint_location(reference)
+    records = parity_records(reference, data, samples)
     report = run_parity(reference, artifact, records, max_new_tokens=max_new_tokens, threads=threads)
     typer.echo(json.dumps(dataclasses.asdict(report), indent=2) if as_json else parity_table(report))
     if not report.passed:

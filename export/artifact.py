@@ -11,14 +11,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgeqa import __version__
-from edgeqa.checkpoint import TrainingRecord, heldout_path, read_training_record
+from edgeqa.checkpoint import TrainingRecord, read_training_record
 from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.config import ExportConfig, QuantizeSettings, settings_for
 from edgeqa.export.graphs import export_graphs, graph_bytes
 from edgeqa.export.layout import EMBEDDING_FILE, GRAPHS, graph_entries, save_graphs, weights_file
 from edgeqa.export.loading import load_config, load_tokenizer
 from edgeqa.export.optimum_check import check_exporter
-from edgeqa.export.parity import ParityCheck, run_parity
+from edgeqa.export.parity import ParityCheck, parity_records, run_parity
 from edgeqa.export.quantize import quantize_graph
 from edgeqa.export.search import Build, SearchFailed, search
 from edgeqa.manifest import (
@@ -33,7 +33,7 @@ from edgeqa.manifest import (
     file_entry,
 )
 from edgeqa.prompt import check_context_template, check_template
-from edgeqa.records import QARecord, read_records, sample_data
+from edgeqa.records import QARecord
 from edgeqa.tied_weights import tie_problem
 
 logger = logging.getLogger(__name__)
@@ -201,12 +201,7 @@ def _save_tokenizer(checkpoint: str, work: Path) -> None:
 
 
 def _parity_records(config: ExportConfig) -> list[QARecord]:
-    path = config.parity_data
-    if path is None:
-        path = heldout_path(config.checkpoint) or sample_data("validation")
-    records = read_records(path)[: config.parity_samples]
-    logger.info("parity: PyTorch and the artifact answer %d questions from %s", len(records), path)
-    return records
+    return parity_records(config.checkpoint, config.parity_data, config.parity_samples)
 
 
 def _versions() -> dict[str, str]:

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeqa.checkpoint import check_checkpoint_location
 from edgeqa.cpu import detect_preset, this_cpu
 from edgeqa.errors import ConfigError
 from edgeqa.manifest import ActivationGranularity, FallbackMode, Preset, QuantizationRecord, QuantMethod, WeightType
@@ -86,13 +87,7 @@ class ExportConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.parity_data is not None and not Path(self.parity_data).is_file():
             raise ConfigError(f"parity_data {self.parity_data} is not a file; pass a JSONL or CSV of questions")
-        path = Path(self.checkpoint)
-        looks_local = path.exists() or self.checkpoint.startswith((".", "/", "~")) or self.checkpoint.count("/") > 1
-        if looks_local and not path.is_dir():
-            raise ConfigError(
-                f"checkpoint {self.checkpoint!r} is not a folder; pass a checkpoint folder "
-                "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base"
-            )
+        check_checkpoint_location(self.checkpoint)
 
 
 @dataclass(frozen=True)

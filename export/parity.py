@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ExportError
+from edgeqa.checkpoint import heldout_path
+from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.loading import load_model, load_tokenizer
 from edgeqa.manifest import ParityRecord
 from edgeqa.metrics import exact_match, rouge
 from edgeqa.prompt import format_prompt
-from edgeqa.records import QARecord
+from edgeqa.records import QARecord, read_records, sample_data
 from edgeqa.runtime import Answer, GenerationOptions, QAModel, until_eos
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,10 @@ class ParityCheck:
         batch_size: int = 16,
         threads: int | None = None,
     ):
+        if not records:
+            raise ConfigError("the parity gate needs at least 1 question with a reference answer")
+        if max_new_tokens < 1:
+            raise ConfigError(f"the parity gate's answers need at least 1 new token, got {max_new_tokens}")
         self.checkpoint, self.records = checkpoint, records
         self.max_new_tokens, self.batch_size, self.threads = max_new_tokens, batch_size, threads
         self.prompts: list[str] = []
@@ -132,6 +137,22 @@ class ParityCheck:
         )
 
 
+def parity_records(checkpoint: str | Path, data: str | Path | None, samples: int) -> list[QARecord]:
+    """The gate's questions: the first `samples` of `data`, else of the checkpoint's held-out split
+    (`edgeqa finetune` saves it beside the weights), else of the bundled validation sample.
+
+    Raises:
+        ConfigError: `samples` below 1.
+        DataError: the file is missing, empty or unreadable.
+    """
+    if samples < 1:
+        raise ConfigError(f"the parity gate needs at least 1 question, got samples={samples}")
+    path = data or heldout_path(checkpoint) or sample_data("validation")
+    records = read_records(Path(path))[:samples]
+    logger.info("parity: PyTorch and the artifact answer %d questions from %s", len(records), path)
+    return records
+
+
 def run_parity(
     checkpoint: str,
     artifact: Path,
@@ -167,6 +188,8 @@ def apply_gate(
 ) -> tuple[bool, str]:
     """(passed, the rule): float graphs must give identical answers; quantized ones the same ROUGE-L
     within a point and, where the references are short answers, no more than a point less exact match."""
+    if not references:  # nothing compared, nothing shown
+        return False, "no questions answered"
     if weight_type is None:
         return identical >= FP32_MIN_IDENTICAL, f"fp32: identical answers >= {FP32_MIN_IDENTICAL * 100:.0f}%"
     gate = f"{weight_type}: |ROUGE-L difference| <= {QUANTIZED_MAX_ROUGE_L_DELTA * 100:.1f} points"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ExportError
+from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.calibration import input_ranges, teacher_forced
 from edgeqa.export.config import QuantizeSettings
 from edgeqa.export.fallback import RankedGroup, node_groups, rank_groups
@@ -71,9 +71,15 @@ def search(
 
     Raises:
         SearchFailed: no candidate passed within the caps; the message gives every attempt.
+        ConfigError: fewer than 2 parity questions, which cannot be split into the two halves.
     """
     method = str(settings.weight_type)
     total = len(check.records)
+    if total < 2:
+        raise ConfigError(
+            f"the outlier search tunes on half of the parity questions and confirms on the other half, so it "
+            f"needs at least 2 and has {total}; give more (--parity-samples, --parity-data) or --fallback none"
+        )
     tune, confirm = list(range(0, total, 2)), list(range(1, total, 2))
     attempts: list[GateAttempt] = []
 

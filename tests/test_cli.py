@@ -150,6 +150,9 @@ def test_info_shows_the_manifest(artifact_int8):
         (["ask", "{art}"], "error: no question given: pass one as an argument, use --file, or run in a terminal"),
         (["info", "{tmp}"], "error: {tmp} has no manifest.json"),
         (["export", "{tmp}/no-checkpoint", "{tmp}/out"], "error: checkpoint '{tmp}/no-checkpoint' is not a folder"),
+        (["parity", "{art}", "--reference", "{tmp}/nope"], "error: checkpoint '{tmp}/nope' is not a folder"),
+        (["parity", "{art}", "--reference", "{tmp}", "--samples", "0"], "error: the parity gate needs at least 1"),
+        (["parity", "{art}", "--reference", "{tmp}", "--max-new-tokens", "0"], "need at least 1 new token, got 0"),
         (
             ["export", "ckpt", "{tmp}/out", "--quantize", "int8", "--keep-fp32", "lm_haed"],
             "error: keep_fp32 lm_haed names no part",

@@ -418,6 +418,17 @@ def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_gate_never_passes_on_no_questions_and_the_search_needs_two(trained_model, tmp_path):
+    from edgeqa.export.parity import apply_gate
+
+    assert apply_gate("int8", 0.0, 1.0, 0.0, 0.0, []) == (False, "no questions answered")
+    assert apply_gate(None, 0.0, 1.0, 0.0, 0.0, []) == (False, "no questions answered")
+    config = ExportConfig(checkpoint=str(trained_model), output=tmp_path / "out", quantize="int8", parity_samples=1)
+    with pytest.raises(ConfigError, match="needs at least 2 and has 1; give more .* or --fallback none"):
+        export_artifact(config)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_checkpoint_without_its_tokenizer_is_refused_before_any_graph_is_exported(trained_model, tmp_path):
     bare = tmp_path / "weights-only"
     bare.mkdir()
