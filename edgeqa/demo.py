@@ -132,6 +132,27 @@ SCHEDULES = {
 }
 
 
+def prepare_output(output: Path, force: bool, **counts: int | None) -> Path:
+    """Check a demo's settings before anything is written, then create its `output` folder.
+
+    Args:
+        counts: Step and sample counts given by the user (None: the demo's default); each must be at least 1.
+
+    Raises:
+        ConfigError: a count below 1, an `output` that is a file, or a non-empty one without `force`.
+    """
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file; pass a folder for everything the demo writes")
+    if output.exists() and any(output.iterdir()) and not force:
+        raise ConfigError(f"{output} is not empty; pass --force to run the demo again there, or another --output")
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
 def run_demo(
     output: Path,
     data: str = "facts",
@@ -144,7 +165,7 @@ def run_demo(
     """Fine-tune (a demo-sized model, or `model`), export to int8 with the parity gate, answer samples.
 
     Raises:
-        ConfigError: an unknown `data`, or a non-empty `output` without `force`.
+        ConfigError: an unknown `data`, or a setting `prepare_output` refuses.
     """
     from edgeqa.export import ExportConfig, export_artifact
     from edgeqa.finetune import FinetuneConfig, finetune
@@ -153,11 +174,8 @@ def run_demo(
     if data not in DATASETS:
         raise ConfigError(f"demo data {data!r} is not one of {', '.join(DATASETS)}")
     schedule = SCHEDULES[data]
-    steps = max_steps or schedule.max_steps
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not force:
-        raise ConfigError(f"{output} is not empty; pass --force to run the demo again there, or another --output")
-    output.mkdir(parents=True, exist_ok=True)
+    output = prepare_output(output, force, max_steps=max_steps, parity_samples=parity_samples)
+    steps = schedule.max_steps if max_steps is None else max_steps
     if model is None:
         logger.info("demo 1/4: a 9M-parameter FLAN-T5-shaped model, random weights (none can be downloaded offline)")
         from edgeqa.finetune.models import build_random_t5
@@ -200,7 +218,7 @@ def run_demo(
             output=artifact,
             quantize=WeightType.INT8,
             parity_data=splits.get("validation"),
-            parity_samples=parity_samples or schedule.parity_samples,
+            parity_samples=schedule.parity_samples if parity_samples is None else parity_samples,
             parity_max_new_tokens=schedule.parity_max_new_tokens,
             force=True,
         )

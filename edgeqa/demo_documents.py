@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ConfigError
 from edgeqa.manifest import WeightType
 
 logger = logging.getLogger(__name__)
@@ -207,10 +206,10 @@ def run_documents_demo(
     """Write the pages, train the reader, export it to int8 through the gate, index the pages, answer.
 
     Raises:
-        ConfigError: a non-empty `output` without `force`.
+        ConfigError: a setting `edgeqa.demo.prepare_output` refuses.
     """
     from edgeqa.counterfactual import page_body
-    from edgeqa.demo import every_steps
+    from edgeqa.demo import every_steps, prepare_output
     from edgeqa.documents import DocumentsQA, Index, build_index, choose
     from edgeqa.documents.sizing import resolve_sizing
     from edgeqa.export import ExportConfig, export_artifact
@@ -219,11 +218,8 @@ def run_documents_demo(
     from edgeqa.runtime import QAModel
 
     started = time.perf_counter()
-    output = Path(output)
-    if output.exists() and any(output.iterdir()) and not force:
-        raise ConfigError(f"{output} is not empty; pass --force to run the demo again there, or another --output")
-    output.mkdir(parents=True, exist_ok=True)
-    steps = max_steps or recipe.max_steps
+    output = prepare_output(output, force, max_steps=max_steps)
+    steps = recipe.max_steps if max_steps is None else max_steps
     logger.info("demo 1/5: a counterfactual world, one page per country, and reading records of other countries")
     world, tests, data, sentences = write_data(output, recipe)
     first = round(steps * recipe.sentence_steps / recipe.max_steps)

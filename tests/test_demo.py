@@ -46,6 +46,24 @@ def test_demo_options_reach_the_library(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-steps", "0"], "error: --max-steps must be at least 1, got 0"),
+        (["--parity-samples", "-1"], "error: --parity-samples must be at least 1, got -1"),
+        (["--documents", "--max-steps", "0"], "error: --max-steps must be at least 1, got 0"),
+        (["--output", "{tmp}/a-file"], "error: --output {tmp}/a-file is a file; pass a folder"),
+    ],
+)
+def test_bad_demo_settings_are_refused_before_anything_is_written(tmp_path, args, message):
+    (tmp_path / "a-file").write_text("mine")
+    out = ["--output", str(tmp_path / "demo")] if "--output" not in args else []
+    result = CliRunner().invoke(app, ["demo", *out, *[a.format(tmp=tmp_path) for a in args]])
+    assert result.exit_code == 1 and message.format(tmp=tmp_path) in result.stderr, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing written, the file kept
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
 def test_demo_runs_the_whole_pipeline_with_a_quiet_log(tmp_path):
     """The real command in a subprocess (as a user runs it): answers, parity, next steps, and a log of
     at most 40 lines in which every warning is edgeqa's own."""
