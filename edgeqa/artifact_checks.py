@@ -204,7 +204,8 @@ def read_manifest(folder: Path, expect_sha256: str | None = None) -> bytes:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ArtifactError(f"artifact folder {folder} does not exist; pass the folder `edgeqa export` wrote")
+        problem = "is a file" if folder.exists() else "does not exist"
+        raise ArtifactError(f"artifact folder {folder} {problem}; pass the folder `edgeqa export` wrote")
     if not (folder / MANIFEST).exists() and not (folder / MANIFEST).is_symlink():
         raise ArtifactError(f"{folder} has no {MANIFEST}: it is not an edgeqa artifact (run `edgeqa export`)")
     data = read_member(folder, MANIFEST, "the manifest", MAX_MANIFEST_BYTES)

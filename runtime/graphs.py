@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from edgeqa.artifact_checks import open_member, shown
 from edgeqa.cpu import has_vnni, physical_cores
-from edgeqa.errors import ArtifactError
+from edgeqa.errors import ArtifactError, ConfigError
 from edgeqa.manifest import QUESTIONS_DIM, ActivationGranularity, Manifest, WeightType, cache_names
 from edgeqa.runtime.onnx_refs import check_graph_files
 
@@ -171,6 +171,8 @@ class T5Graphs:
         threads: int | None = None,
         session_config: dict[str, str] | None = None,
     ):
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {threads}")
         _check_runtime_supports(manifest)
         warn_if_saturating(manifest)
         for role in ("decoder", "encoder"):

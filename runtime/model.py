@@ -66,6 +66,7 @@ class Answer:
             "prompt_tokens": self.prompt_tokens,
             "encode_ms": round(self.encode_ms, 2),
             "generate_ms": round(self.generate_ms, 2),
+            "finish_reason": str(self.finish_reason),
         }
         if self.score is not None:
             data["score"] = round(self.score, 4)

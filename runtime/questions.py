@@ -55,6 +55,10 @@ class Ask:
             raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.output is not None and self.file is None:
             raise InputError("--output writes the answers of --file; give --file too, or leave --output out")
+        if self.file is not None and self.question is not None:
+            raise InputError("give one question or --file, not both (the question would be left unanswered)")
+        if self.stream and (self.file is not None or self.as_json):
+            raise InputError("--stream prints one answer as it is generated; leave it out with --file or --json")
 
 
 class Console(Protocol):
@@ -186,7 +190,7 @@ def read_context(source: str, stdin: TextIO | None = None) -> str:
     else:
         path = Path(source)
         if not path.is_file():
-            raise InputError(f"context file {path} does not exist; give a text file, or - to read standard input")
+            raise InputError(f"context file {path} {_not_a_file(path)}; give a text file, or - to read standard input")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
@@ -205,7 +209,7 @@ def read_questions(path: Path) -> tuple[list[Question], list[str]]:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"question file {path} does not exist")
+        raise InputError(f"question file {path} {_not_a_file(path)}; give a .jsonl or .txt file")
     if path.suffix.lower() not in (".jsonl", ".txt"):
         raise InputError(f'{path} must be .jsonl (one {{"question": ...}} per line) or .txt (one per line)')
     try:
@@ -227,7 +231,14 @@ def read_questions(path: Path) -> tuple[list[Question], list[str]]:
             problems.append(f"line {number}: no question text; skipped")
             continue
         questions.append(Question(number, text))
+    if not questions:
+        bad = f": {len(problems)} bad lines, the first: {problems[0]}" if problems else ""
+        raise InputError(f"question file {path} holds no questions{bad}")
     return questions, problems
+
+
+def _not_a_file(path: Path) -> str:
+    return "is a folder" if path.is_dir() else "does not exist"
 
 
 def answer_questions(

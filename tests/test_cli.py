@@ -54,6 +54,22 @@ def test_ask_json_and_stream(artifact_int8):
     data = json.loads(result.stdout)
     assert data["question"] == "Who wrote Hamlet?" and 1 <= data["answer_tokens"] <= 5
     assert {"prompt_tokens", "encode_ms", "generate_ms"} <= set(data)
+    cut = json.loads(
+        runner.invoke(
+            app,
+            [
+                "ask",
+                str(artifact_int8),
+                "Who wrote Hamlet?",
+                "--json",
+                "--min-new-tokens",
+                "2",
+                "--max-new-tokens",
+                "2",
+            ],
+        ).stdout
+    )
+    assert (cut["answer_tokens"], cut["finish_reason"]) == (2, "length")
     streamed = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?", "--stream", "--max-new-tokens", "5"])
     plain = runner.invoke(app, ["ask", str(artifact_int8), "Who wrote Hamlet?", "--max-new-tokens", "5"])
     assert streamed.stdout == plain.stdout
@@ -146,6 +162,14 @@ def test_info_shows_the_manifest(artifact_int8):
         (["ask", "{art}", "Hi?", "--num-beams", "0"], "error: num_beams must be at least 1"),
         (["ask", "{tmp}/nowhere", "Hi?"], "error: artifact folder"),
         (["ask", "{art}", "--file", "{tmp}/missing.jsonl"], "error: question file"),
+        (["ask", "{art}", "--file", "{tmp}"], "error: question file {tmp} is a folder; give a .jsonl or .txt file"),
+        (["ask", "{art}", "--file", "{tmp}/empty.txt"], "error: question file {tmp}/empty.txt holds no questions"),
+        (["ask", "{art}", "--file", "{tmp}/bad.jsonl"], "holds no questions: 1 bad lines, the first: line 1: not a"),
+        (["ask", "{art}", "Hi?", "--file", "{tmp}/empty.txt"], "error: give one question or --file, not both"),
+        (["ask", "{art}", "Hi?", "--stream", "--json"], "error: --stream prints one answer as it is generated"),
+        (["ask", "{art}", "Hi?", "--threads", "0"], "error: threads must be at least 1, got 0"),
+        (["ask", "{art}/manifest.json", "Hi?"], "error: artifact folder {art}/manifest.json is a file"),
+        (["ask", "{art}", "Hi?", "--context", "{tmp}"], "error: context file {tmp} is a folder"),
         (["ask", "{art}", "-f", "{tmp}/missing.jsonl", "--batch-size", "0"], "error: batch_size must be at least 1"),
         (["ask", "{art}"], "error: no question given: pass one as an argument, use --file, or run in a terminal"),
         (["info", "{tmp}"], "error: {tmp} has no manifest.json"),
@@ -164,6 +188,8 @@ def test_info_shows_the_manifest(artifact_int8):
 )
 def test_errors_are_one_line_with_exit_code_1(artifact_int8, tmp_path, args, message):
     fill = {"art": str(artifact_int8), "tmp": str(tmp_path)}
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "bad.jsonl").write_text("[1]\n")
     result = runner.invoke(app, [a.format(**fill) for a in args])
     assert result.exit_code == 1, result.output
     assert message.format(**fill) in result.stderr

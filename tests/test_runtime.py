@@ -185,7 +185,8 @@ def test_min_new_tokens_and_limits(model):
 def test_answer_carries_timings(model):
     answer = model.answer("What is the capital of France?", max_new_tokens=4)
     assert answer.encode_ms > 0 and answer.generate_ms > 0
-    assert set(answer.to_dict()) == {"answer", "answer_tokens", "prompt_tokens", "encode_ms", "generate_ms"}
+    keys = {"answer", "answer_tokens", "prompt_tokens", "encode_ms", "generate_ms", "finish_reason"}
+    assert set(answer.to_dict()) == keys and answer.to_dict()["finish_reason"] == answer.finish_reason
 
 
 def test_concurrent_answers_match_sequential(model, questions):
