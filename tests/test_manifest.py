@@ -174,6 +174,14 @@ def test_other_versions_are_refused_before_anything_else(folder, version, messag
         Manifest.from_dict(data)
 
 
+def test_the_artifact_docs_state_the_formats_this_edgeqa_writes_and_reads():
+    from edgeqa.manifest_schema import OLDEST_READABLE_FORMAT
+
+    docs = (Path(__file__).parents[1] / "docs" / "artifact.md").read_text(encoding="utf-8")
+    assert f"`manifest.json` is format {FORMAT_VERSION};" in docs
+    assert f"one older than {OLDEST_READABLE_FORMAT} or newer than {FORMAT_VERSION} is refused" in docs
+
+
 def test_a_format_4_manifest_reads_with_flans_reading_template(folder):
     data = json.loads(manifest_in(folder).to_json())
     data["format_version"] = 4
