@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what __getattr__ returns, for type checkers
     from edgeqa.documents.answers import NO_PASSAGE, NOT_ANSWERED, Candidate, DocumentAnswer, choose
-    from edgeqa.documents.build import build_index, load_tokenizer
+    from edgeqa.documents.build import build_index
     from edgeqa.documents.query import Index, Passage, fts_query
     from edgeqa.documents.reader import DocumentsQA
     from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, passage_budget
-    from edgeqa.documents.store import FORMAT_VERSION, IndexInfo, tokenizer_sha256
+    from edgeqa.documents.store import FORMAT_VERSION, IndexInfo, load_tokenizer, tokenizer_sha256
     from edgeqa.documents.summary import IndexSummary, Progress
 
 _LAZY = {
@@ -24,7 +24,7 @@ _LAZY = {
     "DocumentAnswer": "answers",
     "choose": "answers",
     "build_index": "build",
-    "load_tokenizer": "build",
+    "load_tokenizer": "store",
     "Index": "query",
     "Passage": "query",
     "fts_query": "query",

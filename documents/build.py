@@ -23,21 +23,6 @@ from edgeqa.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    """A tokenizer.json, with truncation and padding off so that counts are true.
-
-    Raises:
-        ConfigError: the file is missing or not a tokenizer.
-    """
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
-        raise ConfigError(f"cannot load the tokenizer {path} ({e}); give a tokenizer.json or --artifact") from e
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
-
-
 def build_index(
     paths: Iterable[Path | str],
     output: Path | str,
@@ -66,7 +51,7 @@ def build_index(
     started = time.perf_counter()
     output, tokenizer_path = Path(output), Path(tokenizer)
     roots = [Path(p) for p in paths]
-    tok = load_tokenizer(tokenizer_path)
+    tok = store.load_tokenizer(tokenizer_path)
     sha256 = store.tokenizer_sha256(tokenizer_path)
     name = tokenizer_name or str(tokenizer_path)
     if update and output.exists():

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqa.documents.build import load_tokenizer
 from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, passage_budget
+from edgeqa.documents.store import load_tokenizer
 from edgeqa.errors import ConfigError
 
 

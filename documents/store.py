@@ -7,7 +7,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqa.errors import DataError
+from tokenizers import Tokenizer
+
+from edgeqa.errors import ConfigError, DataError
 
 #: What `meta.format` holds in every edgeqa index.
 FORMAT_NAME = "edgeqa-index"
@@ -55,10 +57,32 @@ CREATE TABLE term_counts (term TEXT PRIMARY KEY, passages INTEGER NOT NULL) WITH
 """
 
 
+def load_tokenizer(path: Path) -> Tokenizer:
+    """A tokenizer.json, with truncation and padding off so that counts are true.
+
+    Raises:
+        ConfigError: the file is missing or not a tokenizer.
+    """
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception
+        raise ConfigError(f"cannot load the tokenizer {path} ({e}); give a tokenizer.json or --artifact") from e
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
 def tokenizer_sha256(path: Path) -> str:
-    """The fingerprint an index records of the tokenizer its passages were sized with: tokenizer.json's sha256."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """The fingerprint an index records of the tokenizer its passages were sized with: the sha256 of the
+    tokenizer as `tokenizers` writes it, truncation and padding off (`load_tokenizer`).
+
+    The same tokenizer saved by another program has the same fingerprint (`edgeqa export` re-saves
+    FLAN-T5's with other float formatting and a truncation block); one that tokenizes otherwise has another.
+
+    Raises:
+        ConfigError: the file is missing or not a tokenizer.
+    """
+    return hashlib.sha256(load_tokenizer(path).to_str().encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -171,7 +195,7 @@ def check_tokenizer(info: IndexInfo, path: Path, sha256: str, name: str) -> None
         raise DataError(
             f"{path} was sized with the tokenizer of {info.tokenizer_name} (sha256 {info.tokenizer_sha256[:12]}), "
             f"not {name}'s ({sha256[:12]}); rebuild it with "
-            f"`edgeqa index {' '.join(info.roots) or 'PATH...'} -o {path} --artifact ARTIFACT`"
+            f"`edgeqa index {' '.join(info.roots) or 'PATH...'} -o {path} --artifact ARTIFACT` (or --tokenizer FILE)"
         )
 
 

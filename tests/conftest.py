@@ -45,6 +45,16 @@ def build_t5(folder: Path, seed: int = 0, **sizes: float) -> Path:
     return build_random_t5(folder, seed=seed, **sizes)
 
 
+def another_tokenizer(source: Path, target: Path) -> Path:
+    """A copy of tokenizer.json `source` that splits text otherwise (one piece's score changed): another
+    tokenizer to an index's fingerprint, where a re-saved copy of the same one is not."""
+    data = json.loads(Path(source).read_text(encoding="utf-8"))
+    data["model"]["vocab"][100][1] -= 1.0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data), encoding="utf-8")
+    return target
+
+
 def short_records(count: int, max_chars: int = 60) -> list[dict]:
     rows = [json.loads(line) for line in sample_data("train").read_text(encoding="utf-8").splitlines()]
     return [r for r in rows if len(r["answer"]) <= max_chars][:count]

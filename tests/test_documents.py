@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from conftest import another_tokenizer
 from edgeqa.cli import app
 from edgeqa.documents import Index, build_index, fts_query, load_tokenizer, passage_budget
 from edgeqa.documents.files import Skip, SourceFile, read_document
@@ -349,8 +350,7 @@ def test_update_refuses_another_tokenizer_or_passage_size(tmp_path):
     docs = corpus(tmp_path / "docs", files=1)
     index = tmp_path / "index.db"
     build_index([docs], index, TOKENIZER, passage_tokens=48)
-    other = tmp_path / "other" / "tokenizer.json"
-    write(other, json.dumps(json.loads(TOKENIZER.read_text(encoding="utf-8"))))
+    other = another_tokenizer(TOKENIZER, tmp_path / "other" / "tokenizer.json")
     with pytest.raises(
         DataError, match=r"was sized with the tokenizer of .* rebuild it with `edgeqa index .* --artifact"
     ):
@@ -441,6 +441,21 @@ def test_an_index_for_another_tokenizer_is_refused_by_a_reader(tmp_path):
     from edgeqa.documents import tokenizer_sha256
 
     assert Index.open(index, tokenizer_sha256=tokenizer_sha256(TOKENIZER)).info.passages > 0
+
+
+def test_the_tokenizer_fingerprint_is_the_tokenizers_not_the_files(tmp_path):
+    """An artifact's tokenizer.json is FLAN-T5's re-saved (a truncation block, other float formatting):
+    an index sized with the bundled file serves it; a tokenizer that splits otherwise is another."""
+    from tokenizers import Tokenizer
+
+    from edgeqa.documents import tokenizer_sha256
+
+    resaved = Tokenizer.from_file(str(TOKENIZER))
+    resaved.enable_truncation(32)
+    resaved.save(str(tmp_path / "resaved.json"), pretty=False)
+    assert (tmp_path / "resaved.json").read_bytes() != TOKENIZER.read_bytes()
+    assert tokenizer_sha256(tmp_path / "resaved.json") == tokenizer_sha256(TOKENIZER)
+    assert tokenizer_sha256(another_tokenizer(TOKENIZER, tmp_path / "other.json")) != tokenizer_sha256(TOKENIZER)
 
 
 def test_corrupt_or_foreign_files_are_refused_naming_them(tmp_path):

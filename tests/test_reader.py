@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from conftest import another_tokenizer
 from edgeqa.cli import app
 from edgeqa.documents import (
     NO_PASSAGE,
@@ -26,7 +27,7 @@ from edgeqa.documents import (
     passage_budget,
 )
 from edgeqa.documents.answers import MAX_RETRIEVAL_WEIGHT, choose, retrieval_logprobs
-from edgeqa.documents.build import load_tokenizer
+from edgeqa.documents.store import load_tokenizer
 from edgeqa.errors import ConfigError, InputError
 from edgeqa.runtime import QAModel, Row
 from edgeqa.serve.config import ServeConfig
@@ -306,8 +307,7 @@ def test_the_search_runs_off_the_event_loop(artifact_tiny, model, index):
 
 
 def test_an_index_sized_with_another_tokenizer_is_named_with_the_fix(model, docs, artifact_tiny, tmp_path, caplog):
-    other = tmp_path / "tokenizer.json"
-    other.write_text((artifact_tiny / "tokenizer.json").read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    other = another_tokenizer(artifact_tiny / "tokenizer.json", tmp_path / "tokenizer.json")
     path = tmp_path / "other.edgeqa-index"
     build_index([docs], path, other)
     with caplog.at_level("WARNING", logger="edgeqa.documents.reader"):
