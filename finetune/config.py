@@ -50,7 +50,8 @@ class FinetuneConfig:
         context_template: Prompt with one `{context}` and one `{question}` field, for records with a
             passage; saved for export and runtime (FLAN's reading template by default).
         no_answer: The answer of records whose passage does not answer their question (FLAN's
-            "unanswerable" by default); saved, so that a reader of several passages passes over it.
+            "unanswerable" by default), given to records with a passage and an empty answer; saved, so
+            that a reader of several passages passes over it.
         max_source_tokens: Prompt tokens kept (truncation).
         max_target_tokens: Answer tokens kept (truncation).
         validation_fraction: Share held out when the data has no validation split.

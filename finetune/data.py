@@ -136,8 +136,7 @@ def prepare_splits(raw: Any, config: FinetuneConfig) -> tuple[Any, Any]:
             raise DataError(f"{config.data} has {len(train)} record(s); at least 2 are needed to hold some out")
         parts = train.train_test_split(test_size=config.validation_fraction, seed=config.seed)
         train, validation = parts["train"], parts["test"]
-    train = train.select_columns(keep).filter(_complete, fn_kwargs={"keep": required})
-    validation = validation.select_columns(keep).filter(_complete, fn_kwargs={"keep": required})
+    train, validation = _usable(train.select_columns(keep), config), _usable(validation.select_columns(keep), config)
     if config.max_train_samples:
         train = train.select(range(min(config.max_train_samples, len(train))))
     if config.max_eval_samples:
@@ -148,8 +147,32 @@ def prepare_splits(raw: Any, config: FinetuneConfig) -> tuple[Any, Any]:
     return train, validation
 
 
+def _usable(split: Any, config: FinetuneConfig) -> Any:
+    """The records training can use: a record with a passage and no answer (SQuAD 2.0's unanswerable
+    questions) answers `no_answer`; one still without a question or an answer is left out, with a warning."""
+    if config.context_column is not None:
+        split = split.map(_unanswerable, fn_kwargs={"config": config}, desc="unanswerable records")
+    required = [config.question_column, config.answer_column]
+    kept = split.filter(_complete, fn_kwargs={"keep": required}, desc="complete records")
+    if 0 < len(kept) < len(split):
+        dropped = len(split) - len(kept)
+        logger.warning("data: left out %d of %d records without a question or an answer", dropped, len(split))
+    return kept
+
+
+def _unanswerable(row: dict, config: FinetuneConfig) -> dict:
+    answer, context = row[config.answer_column], row[config.context_column]
+    if _text(context) and not _text(answer):
+        answer = config.no_answer
+    return {config.answer_column: answer}
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _complete(row: dict, keep: list[str]) -> bool:
-    return all(isinstance(row[k], str) and row[k].strip() for k in keep)
+    return all(_text(row[k]) for k in keep)
 
 
 def prompts(batch: dict[str, list[Any]], config: FinetuneConfig) -> list[str]:

@@ -326,6 +326,25 @@ def test_a_context_column_is_read_with_the_context_template_and_never_cut(tmp_pa
         prepare_splits(load_raw(config(path, context_column="passage")), config(path, context_column="passage"))
 
 
+def test_a_passage_without_an_answer_trains_no_answer_and_incomplete_records_are_named(tmp_path, caplog):
+    rows = [
+        {"question": "Who wrote it?", "answer": "Ann", "context": "Ann wrote the report."},
+        {"question": "Who painted it?", "answer": "", "context": "Ann wrote the report."},  # SQuAD 2.0's kind
+        {"question": "Who?", "answer": "", "context": ""},  # neither: left out
+        {"question": " ", "answer": "Bo", "context": "Bo ran."},  # no question: left out
+    ]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "validation.jsonl", rows[:2])
+    cfg = config(tmp_path, context_column="context", no_answer="no answer here")
+    with caplog.at_level("WARNING"):
+        train, validation = prepare_splits(load_raw(cfg), cfg)
+    assert [r["answer"] for r in train] == ["Ann", "no answer here"]
+    assert [r["answer"] for r in validation] == ["Ann", "no answer here"]
+    assert "left out 2 of 4 records without a question or an answer" in caplog.text
+    plain = config(tmp_path)  # without passages an empty answer is just incomplete
+    assert [r["answer"] for r in prepare_splits(load_raw(plain), plain)[0]] == ["Ann"]
+
+
 def padding_shares(tiny_model: Path, tmp_path: Path, **fields) -> tuple[float, set[tuple[int, int]]]:
     """Share of padding in the answers of one epoch of training batches, and the batch shapes seen."""
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, T5ForConditionalGeneration
