@@ -235,9 +235,8 @@ def finetune(
     if not result.main_process:  # under torchrun, one process reports
         return
     typer.echo(metrics_table(result.history))
-    typer.echo(
-        f"\nbest checkpoint: {result.best_checkpoint}; final model: {result.final_dir} (step {result.global_step})"
-    )
+    step = result.saved_step or result.global_step
+    typer.echo(f"\nbest checkpoint: {result.best_checkpoint}; final model: {result.final_dir} (step {step})")
     typer.echo(f"next: edgeqa export {result.final_dir} model-int8 --quantize")
 
 

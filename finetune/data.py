@@ -134,7 +134,13 @@ def prepare_splits(raw: Any, config: FinetuneConfig) -> tuple[Any, Any]:
     else:
         if len(train) < 2:
             raise DataError(f"{config.data} has {len(train)} record(s); at least 2 are needed to hold some out")
-        parts = train.train_test_split(test_size=config.validation_fraction, seed=config.seed)
+        try:
+            parts = train.train_test_split(test_size=config.validation_fraction, seed=config.seed)
+        except ValueError as e:  # datasets: a split that leaves one side empty
+            raise DataError(
+                f"{config.data} has {len(train)} records: --validation-fraction {config.validation_fraction} leaves "
+                "none to train on or none to validate; give more records, another fraction or a validation split"
+            ) from e
         train, validation = parts["train"], parts["test"]
     train, validation = _usable(train.select_columns(keep), config), _usable(validation.select_columns(keep), config)
     if config.max_train_samples:

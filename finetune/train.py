@@ -43,11 +43,23 @@ MAX_HELDOUT = 1000
 
 @dataclass(frozen=True)
 class FinetuneResult:
+    """A finished run.
+
+    Attributes:
+        final_dir: The saved model (`OUTPUT/final`).
+        global_step: Optimizer steps trained.
+        history: Every evaluation's metrics.
+        best_checkpoint: The checkpoint `final_dir` was saved from.
+        main_process: Whether this process wrote the files (under a launcher, one does).
+        saved_step: The optimizer step of the saved model: the best checkpoint's (default: the last step).
+    """
+
     final_dir: Path
     global_step: int
     history: list[dict[str, float]]
     best_checkpoint: str | None
     main_process: bool = True
+    saved_step: int | None = None
 
 
 def prepare_output_dir(config: FinetuneConfig) -> str | None:
@@ -222,7 +234,16 @@ def _finetune(
         history.load(),
         trainer.state.best_model_checkpoint,
         trainer.is_world_process_zero(),
+        saved_step(trainer.state),
     )
+
+
+def saved_step(state: Any) -> int:
+    """The optimizer step of the model `final/` holds: the best checkpoint's, which the Trainer loads at the
+    end, else the last step."""
+    best = Path(state.best_model_checkpoint or "").name
+    prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+    return int(best[len(prefix) :]) if best.startswith(prefix) and best[len(prefix) :].isdigit() else state.global_step
 
 
 def evaluation_generation(model: Any, config: FinetuneConfig) -> GenerationConfig:
@@ -256,7 +277,7 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
         return
     tokenizer.save_pretrained(str(staging))
     make_portable(staging)
-    training_record(config, trainer.state.global_step).write(staging)
+    training_record(config, saved_step(trainer.state)).write(staging)
     with open(staging / HELDOUT, "w", encoding="utf-8") as f:
         for row in eval_split.select(range(min(MAX_HELDOUT, len(eval_split)))):
             record = heldout_record(row, config, tokenizer)

@@ -326,6 +326,19 @@ def test_a_context_column_is_read_with_the_context_template_and_never_cut(tmp_pa
         prepare_splits(load_raw(config(path, context_column="passage")), config(path, context_column="passage"))
 
 
+def test_the_saved_step_is_the_best_checkpoints_and_a_bad_split_is_one_line(tmp_path, rows):
+    from types import SimpleNamespace
+
+    from edgeqa.finetune.train import saved_step
+
+    assert saved_step(SimpleNamespace(best_model_checkpoint="runs/qa/checkpoint-100", global_step=300)) == 100
+    assert saved_step(SimpleNamespace(best_model_checkpoint=None, global_step=300)) == 300
+    write_jsonl(tmp_path / "train.jsonl", rows[:3])
+    cfg = config(tmp_path, validation_fraction=0.8)
+    with pytest.raises(DataError, match="has 3 records: --validation-fraction 0.8 leaves none to train on"):
+        prepare_splits(load_raw(cfg), cfg)
+
+
 def test_a_passage_without_an_answer_trains_no_answer_and_incomplete_records_are_named(tmp_path, caplog):
     rows = [
         {"question": "Who wrote it?", "answer": "Ann", "context": "Ann wrote the report."},
@@ -485,6 +498,8 @@ def test_training_raises_rouge_on_training_questions(trained_run, tiny_model, me
     assert len(history) == 12 and {"eval_rougeL", "eval_gen_len", "epoch"} <= set(history[0])
     saved = read_training_record(trained_run / "final")
     assert saved and saved.prompt_template == PROMPT_TEMPLATE and saved.eval_max_new_tokens == 16
+    best = max(history, key=lambda e: (e["eval_rougeL"], -e["step"]))  # the Trainer keeps the first best
+    assert saved.global_step == best["step"]  # the saved model's step, not the last one's
     # what transformers 4.57 and 5.x both read as this model: FLAN-T5's own lm_head, untied; the extra ids
     config = json.loads((trained_run / "final" / "config.json").read_text())
     tokenizer = json.loads((trained_run / "final" / "tokenizer_config.json").read_text())
