@@ -19,7 +19,7 @@ INT4_ACCURACY_LEVEL = 4
 # The parts of the exported graphs' node names (`/decoder/block.0/layer.2/DenseReluDense/wo/MatMul`)
 # that `keep_fp32` can name.
 NODE_PARTS = frozenset(
-    "encoder decoder lm_head embed_tokens SelfAttention EncDecAttention DenseReluDense "
+    "encoder decoder lm_head embed_tokens shared SelfAttention EncDecAttention DenseReluDense "
     "q k v o wi wi_0 wi_1 wo MatMul Gather".split()
 )
 _NUMBERED_PART = re.compile(r"(block|layer)\.\d+")

@@ -25,6 +25,10 @@ def module_path(module: str) -> str:
     return "/".join(out)
 
 
+#: The embedding's names: the module `shared`, which the encoder and decoder reach as `embed_tokens`.
+EMBEDDING_NAMES = ("shared", "embed_tokens")
+
+
 def node_module(role: str, node: str) -> str | None:
     """The module path (as `module_path` writes it) a node of the `role` graph computes, or None."""
     found = _PROJECTION.match(node)
@@ -34,7 +38,7 @@ def node_module(role: str, node: str) -> str | None:
     parts = node.strip("/").split("/")[:-1]  # the last part names the op (MatMul, Gather_2)
     if not parts:
         return None
-    if parts[-1] in ("embed_tokens", "shared"):
+    if parts[-1] in EMBEDDING_NAMES:
         return "shared"
     if role == "encoder" and parts[0].startswith("block."):
         parts.insert(0, "encoder")

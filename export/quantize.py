@@ -19,7 +19,7 @@ from edgeqa.errors import ExportError
 from edgeqa.export.config import INT4_ACCURACY_LEVEL, QuantizeSettings
 from edgeqa.export.joined_products import join_shared_products
 from edgeqa.export.memory import release_memory
-from edgeqa.export.nodes import node_module
+from edgeqa.export.nodes import EMBEDDING_NAMES, node_module
 from edgeqa.export.per_token import per_token_activations
 from edgeqa.manifest import ActivationGranularity
 
@@ -53,6 +53,8 @@ def float_nodes(model: onnx.ModelProto, role: str, settings: QuantizeSettings, m
         if module is None:
             continue
         parts = {*module.split("/"), node.name.rsplit("/", 1)[-1].split("_")[0]}
+        if module == "shared":  # either of its names keeps the embedding float, whichever the graph uses
+            parts.update(EMBEDDING_NAMES)
         if module in modules or parts & keep:
             found.add(node.name)
     return sorted(found)

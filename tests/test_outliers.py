@@ -262,3 +262,8 @@ def test_nodes_map_to_their_modules(artifact_fp32: Path) -> None:
     assert len(cross) == 4 and all(name.startswith("cross_kv//projections.") for name in cross)
     own = float_nodes(encoder, "encoder", settings_for("avx512_vnni", ("encoder", "wo")), frozenset())
     assert "/block.1/layer.1/DenseReluDense/wo/MatMul" in own and not set(own) & set(cross)
+    decoder = onnx.load(str(artifact_fp32 / "decoder.onnx"), load_external_data=False)
+    for name in ("embed_tokens", "shared"):  # the embedding by either name, in both graphs
+        for graph, role in ((encoder, "encoder"), (decoder, "decoder")):
+            kept = float_nodes(graph, role, settings_for("avx512_vnni", (name,)), frozenset())
+            assert kept and all(node_module(role, node) == "shared" for node in kept), (name, role, kept)
