@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,22 +82,38 @@ def search(
         )
     tune, confirm = list(range(0, total, 2)), list(range(1, total, 2))
     attempts: list[GateAttempt] = []
+    staged = _Staged()
 
-    def gate(name: str, weights: str, groups: list[RankedGroup]) -> tuple[ParityRecord, ParityRecord | None]:
-        """(tuning record, confirmation record if the tuning half passed)."""
-        modules = frozenset(module_path(m) for r in groups for m in r.group.modules)
-        build(weights, modules)
-        tuning = check.run(staging, tune, "tuning")
+    def gate(
+        name: str, weights: str, smoothing: list[SmoothingRecord], groups: list[RankedGroup], share: float = 0.0
+    ) -> tuple[ParityRecord, ParityRecord | None]:
+        """Build a candidate in staging; (tuning record, confirmation record if the tuning half passed)."""
+        staged.smoothing, staged.groups, staged.share = smoothing, groups, share
+        build(weights, frozenset(module_path(m) for r in groups for m in r.group.modules))
+        tuning = staged.record = check.run(staging, tune, "tuning")
         attempts.append(_attempt(name, tuning))
         logger.info("export: %s on %d tuning questions: %s", name, len(tune), _figures(attempts[-1]))
         if not tuning.passed:
             return tuning, None
-        confirmation = check.run(staging, confirm, "confirmation")
+        confirmation = staged.record = check.run(staging, confirm, "confirmation")
         attempts.append(_attempt(name, confirmation))
         logger.info("export: %s on %d confirmation questions: %s", name, len(confirm), _figures(attempts[-1]))
         return tuning, confirmation
 
-    last, confirmed = gate(method, checkpoint, [])
+    def finish() -> SearchResult:
+        """What staging holds: the last candidate built, and its last gate record."""
+        assert staged.record is not None  # the first gate has run
+        found = OutlierSearch(
+            mode=mode,
+            smoothing=staged.smoothing,
+            float_groups=[_float_group(r) for r in staged.groups],
+            float_share=staged.share,
+            attempts=attempts,
+            seconds=time.perf_counter() - started,
+        )
+        return SearchResult(found, staged.record)
+
+    last, confirmed = gate(method, checkpoint, [], [])
     if confirmed and confirmed.passed:
         return SearchResult(OutlierSearch(mode=mode, attempts=attempts), confirmed)
     started = time.perf_counter()
@@ -111,22 +127,7 @@ def search(
         pad=model.config.pad_token_id,
     )
     weights: str = checkpoint
-    chosen: list[RankedGroup] = []
-    share = 0.0
     smoothing: list[SmoothingRecord] = []
-
-    def finish(record: ParityRecord) -> SearchResult:
-        """The search so far: what the last candidate built in `staging` has, and `record`."""
-        found = OutlierSearch(
-            mode=mode,
-            smoothing=smoothing,
-            float_groups=[_float_group(r) for r in chosen],
-            float_share=share,
-            attempts=attempts,
-            seconds=time.perf_counter() - started,
-        )
-        return SearchResult(found, record)
-
     if mode in (FallbackMode.AUTO, FallbackMode.SMOOTH):
         scales = smoothing_scales(model, input_ranges(model, data))
         if scales:
@@ -135,23 +136,22 @@ def search(
             logger.info(
                 "export: smoothing %d channels in %d activations", sum(r.channels for r in records), len(records)
             )
-            tuning, confirmed = gate(f"{method} + smoothing", smoothed, [])
-            smoothing = records
+            tuning, confirmed = gate(f"{method} + smoothing", smoothed, records, [])
             if confirmed and confirmed.passed:
-                return finish(confirmed)
+                return finish()
             if _closer(tuning, last):
-                weights, last = smoothed, tuning
-            elif mode == FallbackMode.AUTO:  # smoothing did not help: the fallback starts from the plain weights
+                weights, last, smoothing = smoothed, tuning, records
+            else:  # smoothing did not help: the fallback starts from the plain weights
                 logger.info("export: smoothing did not bring the tuning figures closer; not kept")
-                smoothing = []
         else:
             logger.info("export: no activation needs smoothing")
     # The fallback starts from the smoothed weights where smoothing helped, then (auto) from the
     # plain ones: smoothing moves range into the weights, which can leave int4 weights worse off.
     starts = [(weights, smoothing)] + ([(checkpoint, [])] if mode == FallbackMode.AUTO and smoothing else [])
-    for weights, records in starts if mode in (FallbackMode.AUTO, FallbackMode.FLOAT) else []:
-        smoothing = records
-        model = _load(checkpoint)[0] if not records else model
+    for weights, smoothing in starts if mode in (FallbackMode.AUTO, FallbackMode.FLOAT) else []:
+        if len(attempts) >= MAX_GATE_RUNS:  # no gate run left to try this start with
+            break
+        model = _load(checkpoint)[0] if not smoothing else model
         groups = node_groups(model)
         ranked = rank_groups(model, data, settings, groups)
         quantizable = sum(g.parameters for g in groups)
@@ -165,16 +165,26 @@ def search(
             chosen = eligible[:count]
             share = sum(r.group.parameters for r in chosen) / quantizable
             prefix = f"{method} + smoothing" if smoothing else method
-            last, confirmed = gate(f"{prefix} + {count} groups float", weights, chosen)
+            last, confirmed = gate(f"{prefix} + {count} groups float", weights, smoothing, chosen, share)
             if confirmed and confirmed.passed:
-                return finish(confirmed)
-    result = finish(confirmed or last)
+                return finish()
+    result = finish()
     tried = "; ".join(f"{a.name} ({a.questions}): {_figures(a)}" for a in attempts)
     raise SearchFailed(
         f"parity gate failed after {len(attempts)} gate runs ({tried}); the search stops at "
         f"{MAX_FLOAT_SHARE * 100:.0f}% float weights or {MAX_GATE_RUNS} gate runs",
         result,
     )
+
+
+@dataclass
+class _Staged:
+    """The candidate last built in staging: its latest gate record and what it is made of."""
+
+    record: ParityRecord | None = None
+    smoothing: list[SmoothingRecord] = field(default_factory=list)
+    groups: list[RankedGroup] = field(default_factory=list)
+    share: float = 0.0
 
 
 def _within_cap(ranked: list[RankedGroup], quantizable: int) -> list[RankedGroup]:

@@ -194,6 +194,58 @@ def test_a_search_that_fails_names_every_attempt_and_writes_nothing(
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("mode, gate_runs", [("smooth", 8), ("auto", 2)])
+def test_a_failed_search_records_the_candidate_it_leaves_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, gate_runs: int
+) -> None:
+    """Smoothing that does not help is not kept for the fallback, but where nothing else is built after it
+    (--fallback smooth, or no gate run left) the record describes the smoothed graphs staging holds."""
+    from types import SimpleNamespace
+
+    from edgeqa.export import search as search_module
+    from edgeqa.export.config import settings_for
+    from edgeqa.manifest import FallbackMode, ParityRecord, SmoothingRecord
+
+    def record(delta: float, split: str) -> ParityRecord:
+        return ParityRecord(
+            samples=2, quantized=True, reference_rouge={}, artifact_rouge={}, rouge_l_delta=delta,
+            identical_answers=0.5, token_agreement=0.5, reference_exact_match=0.0, artifact_exact_match=0.0,
+            reference_ms=1.0, artifact_ms=1.0, passed=False, gate="int8", max_new_tokens=8, split=split,
+        )
+
+    built: list[str] = []
+    deltas = {"plain": -0.05, "smoothed": -0.07}  # smoothing makes it worse: not kept
+
+    class Check:
+        records, prompts, expected, max_input_tokens = [0, 1, 2, 3], ["a"] * 4, [[1]] * 4, 8
+
+        def run(self, staging: Path, indices: list[int], split: str) -> ParityRecord:
+            return record(deltas[built[-1]], split)
+
+    model = SimpleNamespace(config=SimpleNamespace(decoder_start_token_id=0, pad_token_id=0))
+    smoothed = [SmoothingRecord(activation="decoder/block.0/layer.2 wo", channels=3, max_scale=4)]
+    monkeypatch.setattr(search_module, "MAX_GATE_RUNS", gate_runs)
+    monkeypatch.setattr(search_module, "_load", lambda checkpoint: (model, None))
+    monkeypatch.setattr(search_module, "teacher_forced", lambda *a, **k: None)
+    monkeypatch.setattr(search_module, "input_ranges", lambda *a: None)
+    monkeypatch.setattr(search_module, "smoothing_scales", lambda *a: {"x": 1})
+    monkeypatch.setattr(search_module, "apply_smoothing", lambda *a: smoothed)
+    monkeypatch.setattr(search_module, "_save", lambda *a: tmp_path / "smoothed")
+    monkeypatch.setattr(search_module, "rank_groups", lambda *a: pytest.fail("no gate run left to rank groups for"))
+
+    def build(weights: str, modules: frozenset[str]) -> int:
+        built.append("smoothed" if weights.endswith("smoothed") else "plain")
+        return 0
+
+    with pytest.raises(search_module.SearchFailed) as failed:
+        search_module.search(
+            FallbackMode(mode), "ckpt", Check(), settings_for("avx2", ()), build, tmp_path, tmp_path  # type: ignore[arg-type]
+        )
+    result = failed.value.result
+    assert built == ["plain", "smoothed"]  # what staging holds: the smoothed graphs
+    assert result.parity.rouge_l_delta == deltas["smoothed"] and result.outliers.smoothing == smoothed
+
+
 @pytest.mark.slow
 def test_int4_goes_through_the_same_outlier_handling(tmp_path: Path, outlier_model: Path) -> None:
     out = tmp_path / "int4"
