@@ -44,9 +44,10 @@ def describe(manifest: ManifestRecord) -> str:
 
 def quantization_summary(q: QuantizationRecord) -> str:
     """Method, preset, weight layout, activations and float nodes on one line."""
-    layout = f"blocks of {q.block_size}" if q.is_int4 else f"per-channel {q.per_channel}, reduce-range {q.reduce_range}"
+    weights = f"weight blocks of {q.block_size}" if q.is_int4 else f"per-channel {q.per_channel}"
+    layout = weights + ("" if q.is_int4 else f", reduce-range {q.reduce_range}")
     layout += f", activations {q.activation_granularity or 'per-tensor'}"
-    return f"{q.method} preset {q.preset}, {layout}, float nodes: {','.join(q.keep_fp32) or 'none'}"
+    return f"{q.method} preset {q.preset}, {layout}, --keep-fp32 {','.join(q.keep_fp32) or 'none'}"
 
 
 def outliers_summary(search: OutlierSearch) -> str:
@@ -55,7 +56,8 @@ def outliers_summary(search: OutlierSearch) -> str:
     parts = [f"{smoothed} channels in {len(search.smoothing)} activations smoothed" if smoothed else "no smoothing"]
     if search.float_groups:
         names = ", ".join(g.group for g in search.float_groups)
-        parts.append(f"{len(search.float_groups)} groups float ({search.float_share * 100:.1f}% of weights: {names})")
+        groups = f"{len(search.float_groups)} group{'s' if len(search.float_groups) > 1 else ''}"
+        parts.append(f"{groups} float ({search.float_share * 100:.1f}% of weights: {names})")
     else:
         parts.append("no fallback")
     parts.append(f"{len(search.attempts)} gate runs, {search.seconds:.0f} s")

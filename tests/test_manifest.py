@@ -118,7 +118,7 @@ def test_describe_reads_the_records(folder):
     int4 = manifest_in(folder, quantization=settings_for("avx512_vnni", method="int4").record(), parity=PARITY)
     text = describe(int4)
     assert int4.describe() == text  # serve's /info calls the method
-    assert "weight-only-int4 preset avx512_vnni, blocks of 128" in text
+    assert "weight-only-int4 preset avx512_vnni, weight blocks of 128" in text
     assert "exact match 80.0% vs 70.0%" in text and "identical answers 90.0%" in text
     assert f"size            {int4.total_bytes / 1e6:.1f} MB in 4 files" in text
     assert int4.total_bytes == 99
