@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 
 from edgeqa.documents import store
 from edgeqa.documents.files import Skip, SourceFile, discover, read_document
-from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, default_overlap, split_document
+from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, check_passage_tokens, default_overlap, split_document
 from edgeqa.documents.summary import IndexSummary, Progress
 from edgeqa.errors import ConfigError, DataError
 
@@ -77,6 +77,7 @@ def build_index(
         if not roots:
             raise DataError("no files or folders given to index")
         budget = passage_tokens if passage_tokens is not None else DEFAULT_PASSAGE_TOKENS
+        check_passage_tokens(budget)  # before the overlap, which a bad size would make nonsense of
         overlap = overlap_tokens if overlap_tokens is not None else default_overlap(budget)
         if not 0 <= overlap < budget:
             raise ConfigError(f"overlap_tokens is {overlap}; give 0 to {budget - 1} (less than passage_tokens)")

@@ -68,6 +68,16 @@ def passage_budget(
     return budget
 
 
+def check_passage_tokens(budget: int) -> None:
+    """Refuse a passage size too small to hold a sentence's worth of tokens.
+
+    Raises:
+        ConfigError: naming the size and the smallest allowed.
+    """
+    if budget < MIN_PASSAGE_TOKENS:
+        raise ConfigError(f"passage_tokens is {budget}; give at least {MIN_PASSAGE_TOKENS}")
+
+
 def default_overlap(passage_tokens: int) -> int:
     """The overlap between neighbouring passages: an eighth of the budget."""
     return passage_tokens // 8
@@ -179,8 +189,7 @@ def _pack(tokenizer: Tokenizer, units: list[_Unit], budget: int, overlap: int, e
 
 def split_document(document: Document, tokenizer: Tokenizer, budget: int, overlap: int) -> list[Piece]:
     """The passages of a document, in order; none crosses a section, none has more than `budget` tokens."""
-    if budget < MIN_PASSAGE_TOKENS:
-        raise ConfigError(f"passage_tokens is {budget}; give at least {MIN_PASSAGE_TOKENS}")
+    check_passage_tokens(budget)
     sections: list[list[_Unit]] = []
     for unit in _units(tokenizer, document.blocks, budget):
         if sections and sections[-1][0].block.section == unit.block.section:

@@ -319,6 +319,14 @@ def test_passage_size_comes_from_the_artifacts_manifest(tmp_path, monkeypatch, t
         resolve_sizing(artifact=tmp_path, tokenizer=TOKENIZER)
 
 
+@pytest.mark.parametrize("size", [0, -5, 15])
+def test_a_passage_size_too_small_is_named_before_its_overlap(tmp_path, size):
+    docs = corpus(tmp_path / "docs", files=1)
+    with pytest.raises(ConfigError, match=f"passage_tokens is {size}; give at least 16"):
+        build_index([docs], tmp_path / "index.db", TOKENIZER, passage_tokens=size)
+    assert not (tmp_path / "index.db").exists()
+
+
 # ---------------------------------------------------------------- update
 
 
