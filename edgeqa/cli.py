@@ -159,6 +159,9 @@ class _Terminal:
 
     @contextlib.contextmanager
     def progress(self, total: int) -> Iterator[Callable[[int], None]]:
+        if not sys.stderr.isatty():  # a log file gets the summary line, not a bar's label
+            yield lambda advanced: None
+            return
         with typer.progressbar(length=total, label="answering", file=sys.stderr) as bar:
             yield bar.update
 
