@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
+from anyio import to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -26,16 +27,20 @@ from edgeqa.serve.config import ServeConfig
 from edgeqa.serve.engine import Engine, EngineState, QueueFull
 from edgeqa.serve.jobs import Job
 from edgeqa.serve.metrics import Metrics
-from edgeqa.serve.middleware import ApiKeyMiddleware, MetricsMiddleware
-from edgeqa.serve.protocol import ApiError, Caps, parse_body, parse_native, parse_openai
+from edgeqa.serve.middleware import ApiKeyMiddleware, MetricsMiddleware, ShutdownMiddleware
+from edgeqa.serve.protocol import (
+    ApiError,
+    Caps,
+    parse_body,
+    parse_native,
+    parse_openai,
+    shutting_down,
+    unavailable,
+)
 from edgeqa.serve.reading import answer_body, openai_from_index, read_index
 from edgeqa.serve.streams import EventStream, native_stream, openai_response, openai_stream, wait_all
 
 logger = logging.getLogger(__name__)
-
-
-def unavailable(message: str, code: str) -> ApiError:
-    return ApiError(503, message, type="server_error", code=code, headers={"Retry-After": "1"})
 
 
 class Service:
@@ -59,7 +64,7 @@ class Service:
     def model(self) -> QAModel:
         """The loaded model, or 503 while loading or shutting down."""
         if self.draining:
-            raise unavailable("the server is shutting down; retry on another instance", "shutting_down")
+            raise shutting_down()
         if self.engine.state != EngineState.READY or self.engine.model is None:
             raise unavailable(f"the model is {self.engine.state}; retry shortly", f"model_{self.engine.state}")
         return self.engine.model
@@ -81,7 +86,7 @@ class Service:
                 raise too_large
         return parse_body(bytes(body))
 
-    def jobs(
+    async def jobs(
         self,
         model: QAModel,
         questions: list[str],
@@ -90,14 +95,19 @@ class Service:
         stop: tuple[str, ...] = (),
         context: str | None = None,
     ) -> list[Job]:
-        """A job for each question, read from `context` when given.
+        """A job for each question, read from `context` when given; tokenized off the event loop (a
+        question of up to --max-body-bytes takes seconds, and every other caller would wait).
 
         Raises:
             InputError: a question with the context is over the input limit (400).
         """
-        started = time.perf_counter()
-        encoded = model.tokenizer.encode_checked(questions, [context] * len(questions))
-        each_ms = (time.perf_counter() - started) * 1000 / len(questions)
+
+        def encode() -> tuple[list[tuple[list[int], bool]], float]:
+            started = time.perf_counter()
+            encoded = model.tokenizer.encode_checked(questions, [context] * len(questions))
+            return encoded, (time.perf_counter() - started) * 1000 / len(questions)
+
+        encoded, each_ms = await to_thread.run_sync(encode)
         return [
             Job(Row(ids, opts, stop=stop, stream=stream), truncated=cut, tokenize_ms=each_ms) for ids, cut in encoded
         ]
@@ -117,7 +127,7 @@ async def openai_endpoint(request: Request, chat: bool) -> Response:
     parsed = parse_openai(await service.read_json(request), model, chat, service.caps(model))
     if service.index is not None and parsed.context is None:
         return await openai_from_index(request, service, service.index, model, parsed, chat)
-    [job] = service.jobs(
+    [job] = await service.jobs(
         model, [parsed.question], parsed.options, stream=parsed.stream, stop=parsed.stop, context=parsed.context
     )
     if job.truncated:
@@ -157,9 +167,9 @@ async def answer(request: Request) -> Response:
         read = await read_index(request, service, service.index, model, questions, opts)
         if read is None:
             return Response(status_code=499)
-        bodies = [answer_body(a) for a in read]
+        bodies = [answer_body(a.answer) for a in read]
         return JSONResponse(bodies[0] if "question" in data else {"answers": bodies})
-    jobs = service.jobs(model, questions, opts, stream=stream, context=parsed.context)
+    jobs = await service.jobs(model, questions, opts, stream=stream, context=parsed.context)
     service.submit(jobs)
     if stream:
         return EventStream(native_stream(service, jobs[0]), service.engine, jobs)
@@ -251,6 +261,11 @@ async def input_error(request: Request, exc: Exception) -> Response:
     return JSONResponse(ApiError(400, str(exc)).body(), status_code=400)
 
 
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The caller left while sending its body: counted as every caller that leaves (499), nobody to answer."""
+    return Response(status_code=499)
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     logger.exception("edgeqa serve: unexpected error on %s", request.url.path, exc_info=exc)
     return JSONResponse(ApiError(500, "internal server error", type="server_error").body(), status_code=500)
@@ -310,6 +325,8 @@ def create_app(config: ServeConfig, load: Callable[[], QAModel] | None = None) -
                 max_age=600,
             )
         )
+    # inside CORS, whose headers its answers need too
+    middleware.append(Middleware(ShutdownMiddleware, draining=lambda: service.draining))
     if config.api_key:
         # the page is static HTML with no data (it asks for the key); /health is for load balancers
         middleware.append(Middleware(ApiKeyMiddleware, key=config.api_key, public=("/health", "/")))
@@ -321,6 +338,7 @@ def create_app(config: ServeConfig, load: Callable[[], QAModel] | None = None) -
             ApiError: api_error,
             InputError: input_error,
             HTTPException: http_error,
+            ClientDisconnect: client_gone,
             Exception: server_error,
         },
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, check_retrieval_weight
@@ -27,11 +27,12 @@ class ServeConfig:
         batch_wait_ms: Longest wait for more requests to batch once one is queued (none for a
             lone caller: one request queued after a batch of one).
         max_queue: Most waiting requests; more are refused with 503 and Retry-After.
-        api_key: Key asked of every endpoint but /health and the page (also EDGEQA_API_KEY).
+        api_key: Key asked of every endpoint but /health and the page (also EDGEQA_API_KEY); spaces
+            around it are dropped, as from a key file and the request's header.
         cors_origins: Origins allowed by CORS, comma-separated (default: CORS off).
         ui: Serve the web page at /.
         max_body_bytes: Largest request body (413 above it).
-        shutdown_timeout: Seconds SIGTERM waits for in-flight requests.
+        shutdown_timeout: Seconds SIGTERM waits for in-flight requests (those still open then get 503).
         keepalive_s: Seconds between `: ping` comments on a quiet stream.
         verify: Check the artifact's checksums on load.
         index: Answer from the passages of this index (`edgeqa index`) unless a request brings its own context.
@@ -49,7 +50,7 @@ class ServeConfig:
     max_new_tokens: int | None = None
     batch_wait_ms: float = 5.0
     max_queue: int = 64
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never shown
     cors_origins: tuple[str, ...] = ()
     ui: bool = True
     max_body_bytes: int = 1 << 20
@@ -61,23 +62,30 @@ class ServeConfig:
     retrieval_weight: float = RETRIEVAL_WEIGHT
 
     def __post_init__(self) -> None:
+        if self.api_key is not None:  # a header's key is stripped: spaces kept here could never match
+            object.__setattr__(self, "api_key", self.api_key.strip())
         checks = [
-            (0 <= self.port <= 65535, "port must be between 0 and 65535"),
-            (self.threads is None or self.threads >= 1, "threads must be at least 1"),
-            (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
-            (1 <= self.max_beams <= MAX_BEAMS, f"max_beams must be between 1 and {MAX_BEAMS}"),
-            (self.max_new_tokens is None or self.max_new_tokens >= 1, "max_new_tokens must be at least 1"),
-            (self.batch_wait_ms >= 0, "batch_wait_ms must be 0 or more"),
-            (self.max_queue >= 1, "max_queue must be at least 1"),
-            (self.api_key is None or self.api_key.strip() != "", "api_key must not be empty"),
-            (self.max_body_bytes >= 1024, "max_body_bytes must be at least 1024"),
-            (self.shutdown_timeout >= 0, "shutdown_timeout must be 0 or more"),
-            (self.keepalive_s > 0, "keepalive_s must be greater than 0"),
-            (self.index is None or self.k <= self.max_queue, "k must be at most max_queue (a question queues k)"),
+            ("port", 0 <= self.port <= 65535, "must be between 0 and 65535"),
+            ("threads", self.threads is None or self.threads >= 1, "must be at least 1"),
+            ("max_batch_size", self.max_batch_size >= 1, "must be at least 1"),
+            ("max_beams", 1 <= self.max_beams <= MAX_BEAMS, f"must be between 1 and {MAX_BEAMS}"),
+            ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "must be at least 1"),
+            ("batch_wait_ms", self.batch_wait_ms >= 0, "must be 0 or more"),
+            ("max_queue", self.max_queue >= 1, "must be at least 1"),
+            ("max_body_bytes", self.max_body_bytes >= 1024, "must be at least 1024"),
+            ("shutdown_timeout", self.shutdown_timeout >= 0, "must be 0 or more"),
+            ("keepalive_s", self.keepalive_s > 0, "must be greater than 0"),
         ]
-        for ok, message in checks:
+        for name, ok, rule in checks:
             if not ok:
-                raise ConfigError(f"{message} (got {self})")
+                raise ConfigError(f"{name} {rule}, got {getattr(self, name)} ({_flag(name)})")
+        if self.api_key == "":
+            raise ConfigError("api_key must not be empty (--api-key, --api-key-file or EDGEQA_API_KEY)")
+        if self.index is not None and self.k > self.max_queue:
+            raise ConfigError(
+                f"k must be at most max_queue (a question queues k), got k={self.k} and max_queue={self.max_queue} "
+                "(-k, --max-queue)"
+            )
         try:  # the index's own rules, as `edgeqa ask --index` applies them
             check_k(self.k), check_retrieval_weight(self.retrieval_weight)
         except InputError as e:
@@ -86,3 +94,8 @@ class ServeConfig:
     @property
     def loopback(self) -> bool:
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+
+def _flag(name: str) -> str:
+    """The `edgeqa serve` option that sets a field (`fields_as_options` names them so)."""
+    return "--" + name.replace("_", "-")

@@ -107,9 +107,10 @@ class Job:
     def result(self) -> Result:
         """The finished row's answer with the server's timings."""
         row = self.row
+        answer = Answer.of(row, encode_ms=self.tokenize_ms)
         return Result(
-            answer=Answer.of(row, encode_ms=self.tokenize_ms),
-            finish_reason=str(row.finish_reason),
+            answer=answer,
+            finish_reason=str(answer.finish_reason),
             queue_ms=(row.joined_at - self.enqueued) * 1000 if self.enqueued else 0.0,
             encode_ms=self.tokenize_ms + row.encoder_ms,
             decode_ms=row.decode_ms,

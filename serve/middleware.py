@@ -1,16 +1,24 @@
 """Pure ASGI middleware (no BaseHTTPMiddleware, which would buffer streams and hide disconnects):
-API-key checks and request metrics."""
+API-key checks, request metrics, and the answer to requests that shutting down cuts off."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgeqa.serve.metrics import Metrics
+from edgeqa.serve.protocol import shutting_down
+from edgeqa.serve.streams import sse
+
+#: Longest wait to hand a cut-off request its answer (a caller that reads nothing must not hold the exit).
+CUT_OFF_SEND_S = 1.0
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
@@ -84,3 +92,45 @@ class MetricsMiddleware:
             if not status["counted"]:  # the caller left mid-response
                 status["code"] = status["code"] if status["code"] != 200 else 499
                 count()
+
+
+class ShutdownMiddleware:
+    """A request still open when shutting down cuts it off (its task cancelled at --shutdown-timeout or by a
+    second signal) gets what new requests get while draining: 503 `shutting_down` with Retry-After, or, in a
+    stream already under way, that error as its last event. No traceback: it is no fault."""
+
+    def __init__(self, app: ASGIApp, draining: Callable[[], bool]):
+        self.app = app
+        self.draining = draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        sent = {"start": False, "stream": False, "end": False}
+
+        async def watching_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                content_type = dict(message.get("headers", [])).get(b"content-type", b"")
+                sent["start"], sent["stream"] = True, content_type.startswith(b"text/event-stream")
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent["end"] = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching_send)
+        except asyncio.CancelledError:
+            if not self.draining():
+                raise
+            with contextlib.suppress(Exception):  # the caller may have left, or read nothing
+                async with asyncio.timeout(CUT_OFF_SEND_S):
+                    await self._answer(send, sent)
+
+    @staticmethod
+    async def _answer(send: Send, sent: dict[str, bool]) -> None:
+        error = shutting_down()
+        if not sent["start"]:
+            await send_json(send, error.status, error.body(), error.headers)
+        elif sent["stream"] and not sent["end"]:
+            await send({"type": "http.response.body", "body": sse(error.body()).encode(), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -48,6 +48,16 @@ def bad(message: str, param: str | None = None, code: str | None = None) -> ApiE
     return ApiError(400, message, param=param, code=code)
 
 
+def unavailable(message: str, code: str) -> ApiError:
+    """A 503 that the caller may retry (`Retry-After`; the OpenAI client retries those by itself)."""
+    return ApiError(503, message, type="server_error", code=code, headers={"Retry-After": "1"})
+
+
+def shutting_down() -> ApiError:
+    """What every request gets once the server is shutting down, queued, running or new."""
+    return unavailable("the server is shutting down; retry on another instance", "shutting_down")
+
+
 def parse_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, at most `MAX_DEPTH` deep."""
     try:
@@ -227,7 +237,7 @@ def parse_openai(data: dict[str, Any], model: QAModel, chat: bool, caps: Caps | 
     n = _typed(data, "n", (int,), "an integer")
     if n is not None and n != 1:
         raise bad("'n' must be 1: one answer per request", param="n", code="unsupported_value")
-    tokens_field = "max_completion_tokens" if "max_completion_tokens" in data else "max_tokens"
+    tokens_field = "max_completion_tokens" if data.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _typed(data, tokens_field, (int,), "an integer")
     if max_tokens is not None and max_tokens < 1:
         raise bad(f"'{tokens_field}' must be at least 1", param=tokens_field)

@@ -6,7 +6,8 @@ The rows are `edgeqa.documents.reading_rows`' and the choice `edgeqa.documents.c
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
@@ -16,16 +17,24 @@ from starlette.responses import JSONResponse, Response
 from edgeqa.documents.answers import DocumentAnswer
 from edgeqa.documents.query import Index, Passage
 from edgeqa.documents.reader import read_all, reading_rows
-from edgeqa.runtime import GenerationOptions, QAModel, Row
+from edgeqa.runtime import Answer, FinishReason, GenerationOptions, QAModel, Row
 from edgeqa.serve.jobs import Job
 from edgeqa.serve.protocol import OpenAIRequest, choice, completion_id, envelope, usage
-from edgeqa.serve.streams import SSE_HEADERS, wait_all
+from edgeqa.serve.streams import SSE_HEADERS, sse, wait_all
 
 if TYPE_CHECKING:
     from edgeqa.serve.app import Service
 
 #: Characters of a passage shown as its snippet.
 SNIPPET_CHARS = 280
+
+
+@dataclass(frozen=True)
+class IndexAnswer:
+    """An answer from the index, and why the reading chosen ended ("stop" or "length"; "stop" when none was)."""
+
+    answer: DocumentAnswer
+    finish_reason: str
 
 
 async def read_index(
@@ -36,7 +45,7 @@ async def read_index(
     questions: list[str],
     options: GenerationOptions,
     stop: tuple[str, ...] = (),
-) -> list[DocumentAnswer] | None:
+) -> list[IndexAnswer] | None:
     """Each question's answer from its top passages, or None if the caller left first.
 
     Raises:
@@ -58,7 +67,17 @@ async def read_index(
         service.submit(jobs)
         if await wait_all(request, service.engine, jobs) is None:
             return None
-    return read_all(planned, model.manifest.no_answer, service.config.retrieval_weight)
+    answers = read_all(planned, model.manifest.no_answer, service.config.retrieval_weight)
+    return [
+        IndexAnswer(answer, _finish_reason(answer, passages, rows))
+        for answer, (_, passages, rows, _) in zip(answers, planned, strict=True)
+    ]
+
+
+def _finish_reason(answer: DocumentAnswer, passages: Sequence[Passage], rows: Sequence[Row | None]) -> str:
+    """The chosen reading's finish reason, the runtime's (`Answer.finish_reason`) as for every other answer."""
+    chosen = next((row for p, row in zip(passages, rows, strict=True) if p is answer.source and row is not None), None)
+    return str(Answer.of(chosen).finish_reason if chosen else FinishReason.STOP)
 
 
 async def openai_from_index(
@@ -66,24 +85,25 @@ async def openai_from_index(
 ) -> Response:
     """An OpenAI response whose answer comes from the index; the sources in its extra `edgeqa_sources` field
     (official clients keep unknown fields: `response.model_extra`). A stream sends the answer in one chunk."""
-    read = await read_index(request, service, index, model, [parsed.question], parsed.options, parsed.stop)
-    if read is None:
+    reads = await read_index(request, service, index, model, [parsed.question], parsed.options, parsed.stop)
+    if reads is None:
         return Response(status_code=499)
-    [answer] = read
+    [read] = reads
+    answer, finish_reason = read.answer, read.finish_reason
     chosen = answer.chosen
     counts = usage(sum(c.prompt_tokens for c in answer.candidates), chosen.answer_tokens if chosen else 0)
     extra = {"edgeqa_sources": sources(answer)}
     if not parsed.stream:
         body = envelope(chat, completion_id(chat), service.model_id)
-        return JSONResponse({**body, "choices": [choice(chat, answer.text, "stop")], "usage": counts, **extra})
+        return JSONResponse({**body, "choices": [choice(chat, answer.text, finish_reason)], "usage": counts, **extra})
     base = envelope(chat, completion_id(chat), service.model_id, chunk=True)
     first = choice(chat, answer.text, None, delta=True)
     if chat:
         first["delta"] = {"role": "assistant", "content": answer.text}
-    chunks = [{**base, "choices": [first]}, {**base, "choices": [choice(chat, "", "stop", delta=True)], **extra}]
+    chunks = [{**base, "choices": [first]}, {**base, "choices": [choice(chat, "", finish_reason, delta=True)], **extra}]
     if parsed.include_usage:
         chunks.append({**base, "choices": [], "usage": counts})
-    text = "".join(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n" for chunk in chunks) + "data: [DONE]\n\n"
+    text = "".join(sse(chunk) for chunk in chunks) + "data: [DONE]\n\n"
     return Response(text, media_type="text/event-stream", headers=SSE_HEADERS)
 
 

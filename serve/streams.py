@@ -75,20 +75,19 @@ async def wait_all(request: Request, engine: Engine, jobs: list[Job]) -> list[Re
         ApiError: a job failed.
     """
     gone = asyncio.ensure_future(_disconnected(request.receive))
-    waits = [asyncio.ensure_future(_final(job)) for job in jobs]
+    answers = asyncio.ensure_future(_all_final(jobs))  # one task, not a gather: a cancelled one logs nothing
     try:
-        everything = asyncio.ensure_future(asyncio.gather(*waits))
-        done, _ = await asyncio.wait({everything, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if everything in done:
-            return everything.result()
-        everything.cancel()
-        return None
+        await asyncio.wait({answers, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return answers.result() if answers.done() else None
     finally:
         gone.cancel()
-        for wait in waits:
-            wait.cancel()
+        answers.cancel()
         for job in jobs:
             engine.cancel(job)
+
+
+async def _all_final(jobs: list[Job]) -> list[Result]:
+    return [await _final(job) for job in jobs]
 
 
 async def _final(job: Job) -> Result:
@@ -112,7 +111,8 @@ async def openai_response(request: Request, service: Service, job: Job, chat: bo
     return JSONResponse(body)
 
 
-def _sse(data: dict[str, Any]) -> str:
+def sse(data: dict[str, Any]) -> str:
+    """One server-sent event carrying `data` as JSON."""
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
@@ -123,19 +123,19 @@ async def openai_stream(service: Service, job: Job, parsed: Any, chat: bool) -> 
     if chat:
         first = choice(chat, "", None, delta=True)
         first["delta"] = {"role": "assistant", "content": ""}
-        yield _sse({**base, "choices": [first], **extra})
+        yield sse({**base, "choices": [first], **extra})
     async for event in events(job, service.config.keepalive_s):
         if isinstance(event, str):
             yield event
         elif isinstance(event, Delta):
-            yield _sse({**base, "choices": [choice(chat, event.text, None, delta=True)], **extra})
+            yield sse({**base, "choices": [choice(chat, event.text, None, delta=True)], **extra})
         elif isinstance(event, Failed):
-            yield _sse(ApiError(500, event.message, type="server_error").body())
+            yield sse(ApiError(500, event.message, type="server_error").body())
             return
         else:
-            yield _sse({**base, "choices": [choice(chat, "", event.result.finish_reason, delta=True)], **extra})
+            yield sse({**base, "choices": [choice(chat, "", event.result.finish_reason, delta=True)], **extra})
             if parsed.include_usage:
-                yield _sse({**base, "choices": [], "usage": usage(len(job.row.ids), event.result.answer.answer_tokens)})
+                yield sse({**base, "choices": [], "usage": usage(len(job.row.ids), event.result.answer.answer_tokens)})
             yield "data: [DONE]\n\n"
 
 
@@ -145,10 +145,10 @@ async def native_stream(service: Service, job: Job) -> AsyncIterator[str]:
         if isinstance(event, str):
             yield event
         elif isinstance(event, Delta):
-            yield _sse({"delta": event.text})
+            yield sse({"delta": event.text})
         elif isinstance(event, Failed):
-            yield _sse(ApiError(500, event.message, type="server_error").body())
+            yield sse(ApiError(500, event.message, type="server_error").body())
             return
         else:
-            yield _sse(event.result.to_dict())
+            yield sse(event.result.to_dict())
             yield "data: [DONE]\n\n"

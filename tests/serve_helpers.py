@@ -46,6 +46,37 @@ def in_process(
     return asyncio.run(main())
 
 
+async def asgi_call(app: Any, path: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """POST to `path` as a server would, the caller sending `messages` (then leaving): what the app sent back."""
+    body_size = sum(len(m.get("body", b"")) for m in messages) + 1000  # more declared than sent, if it leaves early
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(body_size).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 80),
+    }
+    pending = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
 def openai_client(http: Any, key: str = "unused") -> Any:
     from openai import AsyncOpenAI
 

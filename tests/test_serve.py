@@ -477,3 +477,74 @@ def test_a_request_cancelled_while_its_batch_waits_leaves_the_batcher_waiting():
     engine._last_rows = 2  # others have been asking: it waits for company
     engine._pending.append(gone)
     assert engine._take() == [later]
+
+
+# ------------------------------------------------------------------ settings and start-up failures
+
+
+def test_a_bad_setting_names_its_flag_and_value_and_never_the_api_key(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeqa.cli import app
+
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{KEY}\n")
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--api-key-file", str(key_file), "--max-queue", "0"])
+    assert result.exit_code == 1 and KEY not in result.output
+    assert result.output.strip().splitlines() == ["error: max_queue must be at least 1, got 0 (--max-queue)"]
+    with pytest.raises(ConfigError) as refused:
+        ServeConfig(artifact="x", api_key=KEY, port=70000)  # type: ignore[arg-type]
+    assert KEY not in str(refused.value) and "got 70000 (--port)" in str(refused.value)
+
+
+def test_an_api_key_is_stripped_from_every_source_and_a_blank_one_refused(artifact_tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import edgeqa.serve.server
+    from edgeqa.cli import app
+
+    seen = []
+    monkeypatch.setattr(edgeqa.serve.server, "run_server", seen.append)
+    runner = CliRunner()
+    assert runner.invoke(app, ["serve", str(tmp_path), "--api-key", f" {KEY} "]).exit_code == 0
+    assert runner.invoke(app, ["serve", str(tmp_path)], env={"EDGEQA_API_KEY": f"{KEY}\r"}).exit_code == 0
+    assert [config.api_key for config in seen] == [KEY, KEY]
+    blank = runner.invoke(app, ["serve", str(tmp_path), "--api-key", " \t"])
+    assert blank.exit_code == 1 and blank.output.strip().splitlines() == [
+        "error: api_key must not be empty (--api-key, --api-key-file or EDGEQA_API_KEY)"
+    ]
+
+    async def body(app, http):
+        headers = {"Authorization": f"Bearer {KEY}"}
+        assert (await http.get("/v1/models", headers=headers)).status_code == 200
+        assert (await http.get("/v1/models", headers={"x-api-key": f" {KEY}\t"})).status_code == 200
+        assert (await http.get("/v1/models")).status_code == 401
+
+    in_process(artifact_tiny, QAModel.load(artifact_tiny, threads=1), body, api_key=f"{KEY} \r\n")
+
+
+def test_a_busy_port_or_an_unknown_host_is_one_error_line_and_exit_code_1(artifact_tiny):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from edgeqa.cli import app
+
+    runner = CliRunner()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = runner.invoke(app, ["serve", str(artifact_tiny), "--port", str(port), "--no-verify"])
+    assert taken.exit_code == 1, taken.output
+    assert taken.output.strip().splitlines() == [
+        f"error: 127.0.0.1:{port} is already in use; pick another --port, or stop the program listening there"
+    ]
+    unknown = runner.invoke(app, ["serve", str(artifact_tiny), "--host", "no-such-host.invalid", "--no-verify"])
+    assert unknown.exit_code == 1, unknown.output
+    [line] = unknown.output.strip().splitlines()
+    assert line.startswith("error: cannot resolve --host no-such-host.invalid") and "127.0.0.1" in line
+    elsewhere = runner.invoke(app, ["serve", str(artifact_tiny), "--host", "192.0.2.1", "--api-key", "k"])
+    assert elsewhere.exit_code == 1, elsewhere.output
+    [line] = elsewhere.output.strip().splitlines()
+    assert line.startswith("error: cannot listen on 192.0.2.1:8080") and "--host" in line

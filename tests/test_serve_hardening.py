@@ -9,7 +9,10 @@ that to a server reading an index (`serve --index`); the soak runs 60 s at 8 cal
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
+import threading
 import time
 from pathlib import Path
 
@@ -21,10 +24,11 @@ import httpx  # noqa: E402
 from faults import Poisoned  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from serve_helpers import ServerProcess, in_process, metric  # noqa: E402
+from serve_helpers import ServerProcess, asgi_call, in_process, metric, openai_client  # noqa: E402
 
 from edgeqa.bench.soak import INVALID_BODIES, expected_answers, soak  # noqa: E402
 from edgeqa.runtime import QAModel  # noqa: E402
+from edgeqa.serve.protocol import parse_openai  # noqa: E402
 
 ORDINARY = ["What is the capital of France?", "Who wrote Hamlet?", "Name a planet.", "Why is the sky blue?"]
 FUZZ_EXAMPLES = 60
@@ -133,6 +137,121 @@ def test_a_tiny_temperature_answers_as_greedy_search(artifact_tiny, model):
         assert answers[0] and answers == [answers[0]] * 3
 
     in_process(artifact_tiny, model, body)
+
+
+# ------------------------------------------------------------------ hostile callers
+
+
+def test_a_huge_question_is_tokenized_off_the_event_loop(artifact_tiny, model, monkeypatch):
+    """While one caller's question is being tokenized (held here), another caller is answered."""
+    huge = "why " * 20000
+    tokenizing, release = threading.Event(), threading.Event()
+    released: list[bool] = []
+    encode = model.tokenizer.encode_checked
+
+    def held(questions, contexts=None):
+        if questions[0] == huge:
+            tokenizing.set()
+            released.append(release.wait(5))  # False: nobody released it, the event loop was stuck here
+        return encode(questions, contexts)
+
+    monkeypatch.setattr(model.tokenizer, "encode_checked", held)
+
+    async def body(app, http):
+        chat = {"messages": [{"role": "user", "content": huge}], "max_tokens": 2}
+        big = asyncio.create_task(http.post("/v1/chat/completions", json=chat))
+        assert await asyncio.to_thread(tokenizing.wait, 10)
+        small = await asyncio.wait_for(http.post("/v1/answer", json={"question": "Hi?", "max_new_tokens": 2}), 10)
+        assert small.status_code == 200 and small.json()["answer_tokens"] == 2
+        release.set()
+        refused = await asyncio.wait_for(big, 10)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+        assert released == [True]
+
+    in_process(artifact_tiny, model, body)
+
+
+def test_a_caller_leaving_mid_upload_is_counted_499_and_logs_no_error(artifact_tiny, model, caplog):
+    async def body(app, http):
+        partial = [{"type": "http.request", "body": b'{"messages": [{"role"', "more_body": True}]
+        sent = await asgi_call(app, "/v1/chat/completions", [*partial, {"type": "http.disconnect"}])
+        assert sent[0]["status"] == 499
+        text = (await http.get("/metrics")).text
+        assert metric(text, 'edgeqa_requests_total{endpoint="/v1/chat/completions",status="499"}') == 1
+        assert metric(text, 'edgeqa_requests_total{endpoint="/v1/chat/completions",status="500"}') == 0
+
+    with caplog.at_level(logging.WARNING):
+        in_process(artifact_tiny, model, body)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_plain_caller_leaving_before_its_answer_logs_nothing(artifact_tiny, model, caplog):
+    """Found by a hostile client: every plain (non-streaming) caller that left logged
+    `_GatheringFuture exception was never retrieved`."""
+
+    async def body(app, http):
+        question = json.dumps({"question": "Why?", "max_new_tokens": 512, "min_new_tokens": 512}).encode()
+        for _ in range(3):
+            sent = await asgi_call(app, "/v1/answer", [{"type": "http.request", "body": question}])
+            assert sent[0]["status"] == 499
+        await asyncio.sleep(0.2)  # the cancelled waits finish
+        gc.collect()
+        await asyncio.sleep(0)
+
+    with caplog.at_level(logging.WARNING):
+        in_process(artifact_tiny, model, body)
+        gc.collect()
+    assert "never retrieved" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_null_max_completion_tokens_counts_as_absent(artifact_tiny, model):
+    both = {"prompt": "Why?", "max_completion_tokens": None, "max_tokens": 2}
+    assert parse_openai(both, model, chat=False).options.max_new_tokens == 2
+    other = {"prompt": "Why?", "max_completion_tokens": 3, "max_tokens": None}
+    assert parse_openai(other, model, chat=False).options.max_new_tokens == 3
+
+    async def body(app, http):
+        chat = {"messages": [{"role": "user", "content": "Why?"}], "max_completion_tokens": None, "max_tokens": 2}
+        reply = (await http.post("/v1/chat/completions", json=chat)).json()
+        assert reply["usage"]["completion_tokens"] == 2 and reply["choices"][0]["finish_reason"] == "length"
+
+    in_process(artifact_tiny, model, body)
+
+
+@pytest.fixture(scope="module")
+def index(artifact_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from edgeqa.documents import build_index
+
+    docs = tmp_path_factory.mktemp("docs")
+    (docs / "ai.md").write_text("# AI\n\nAI is the study of machines that learn.\n\nWhat is AI? A field.\n")
+    path = tmp_path_factory.mktemp("index") / "docs.edgeqa-index"
+    build_index([docs], path, artifact_tiny / "tokenizer.json", passage_tokens=64)
+    return path
+
+
+def test_answers_from_the_index_report_the_readings_finish_reason(artifact_tiny, model, index):
+    """An answer cut by max_tokens finishes with "length", from the index as without it."""
+    from edgeqa.documents import DocumentsQA, Index
+
+    question = "What is AI?"
+    with DocumentsQA(model, Index.open(index)) as qa:
+        chosen = qa.ask(question, model.options(max_new_tokens=3)).source
+    assert chosen is not None
+    expected = model.answer(question, context=chosen.text, max_new_tokens=3).finish_reason
+    assert expected == "length"  # the untrained model never ends an answer in 3 tokens
+
+    async def body(app, http):
+        client = openai_client(http)
+        messages = [{"role": "user", "content": question}]
+        reply = await client.chat.completions.create(model="edgeqa", messages=messages, max_tokens=3)
+        assert reply.choices[0].finish_reason == expected and reply.usage.completion_tokens == 3
+        done = await client.completions.create(model="edgeqa", prompt=question, max_tokens=3)
+        assert done.choices[0].finish_reason == expected
+        stream = await client.chat.completions.create(model="edgeqa", messages=messages, max_tokens=3, stream=True)
+        reasons = [chunk.choices[0].finish_reason async for chunk in stream if chunk.choices]
+        assert reasons[-1] == expected
+
+    in_process(artifact_tiny, model, body, index=index)
 
 
 # ------------------------------------------------------------------ fuzzing a real server

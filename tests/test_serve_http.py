@@ -1,6 +1,6 @@
 """`edgeqa serve` as people run it: a real uvicorn in a subprocess on 127.0.0.1:0. Streaming, the
-caller leaving, a full queue, the web page in headless Chromium, and the SIGTERM drain (last: it
-stops the module's server)."""
+caller leaving, a full queue, the web page in headless Chromium, and the SIGTERM drain (the last test
+of the module's server: it stops it); then shutting down cut short, on servers of their own."""
 
 from __future__ import annotations
 
@@ -171,3 +171,69 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(server
     assert lines[-1] == "data: [DONE]", lines[-3:]
     assert json.loads(lines[-2][6:])["answer_tokens"] == LONG
     assert server.proc.wait(30) == 0, "".join(server.lines)
+
+
+# ------------------------------------------------------------------ shutdown, on servers of their own
+
+BEAMS = {"question": QUESTION, "max_new_tokens": 512, "min_new_tokens": 512, "num_beams": 4}  # decoded alone
+
+
+def held_upload(url: str) -> socket.socket:
+    """A connection whose request body never finishes coming: the drain waits for it."""
+    host, port = url.removeprefix("http://").split(":")
+    raw = socket.create_connection((host, int(port)), timeout=20)
+    raw.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b'{"question"')
+    return raw
+
+
+@pytest.mark.parametrize("second", ["SIGTERM", "SIGINT"])
+def test_a_second_signal_during_the_drain_stops_at_once_and_exits_0(artifact_tiny, second):
+    server = ServerProcess(artifact_tiny, "--no-verify", "--shutdown-timeout", "60")
+    try:
+        with held_upload(server.url) as raw:
+            time.sleep(1)  # the request reaches the server
+            server.proc.send_signal(signal.SIGTERM)
+            assert wait_for(lambda: "finishing in-flight requests" in "".join(server.lines), 10)
+            time.sleep(0.3)
+            assert server.proc.poll() is None, "the held upload keeps the drain waiting"
+            server.proc.send_signal(getattr(signal, second))
+            assert server.proc.wait(15) == 0, "".join(server.lines)
+            reply = raw.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 503") and b"shutting_down" in reply, reply
+        assert "Traceback" not in "".join(server.lines) and "ERROR" not in "".join(server.lines)
+    finally:
+        server.stop()
+
+
+def test_requests_still_queued_when_the_shutdown_timeout_ends_get_503_shutting_down(artifact_tiny):
+    server = ServerProcess(artifact_tiny, "--no-verify", "--shutdown-timeout", "1")
+    queued = lambda n: wait_for(lambda: metric(server.metrics(), "edgeqa_queue_depth") >= n)  # noqa: E731
+    lines: list[str] = []
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(server.url + "/v1/answer", json=BEAMS, timeout=60)
+
+    def stream() -> None:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=chat, timeout=60) as reply:
+            lines.extend(line for line in reply.iter_lines() if line)
+
+    chat = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 512, "stream": True}
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            replies = [pool.submit(post, i) for i in range(6)]
+            assert queued(4)
+            streamed = pool.submit(stream)  # the last in the queue
+            assert queued(5)
+            server.proc.send_signal(signal.SIGTERM)
+            statuses = [r.result(60).status_code for r in replies]
+            streamed.result(60)
+        assert server.proc.wait(30) == 0, "".join(server.lines)
+        assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+        for reply in (r.result() for r in replies):
+            if reply.status_code == 503:
+                assert reply.json()["error"]["code"] == "shutting_down" and reply.headers["retry-after"] == "1"
+        assert json.loads(lines[-1][6:])["error"]["code"] == "shutting_down", lines[-3:]
+        log = "".join(server.lines)
+        assert "Traceback" not in log and "Exception in ASGI application" not in log, log
+    finally:
+        server.stop()
