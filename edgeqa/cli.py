@@ -409,8 +409,9 @@ def serve(
     run_server = import_extra("edgeqa.serve.server", "serve", "edgeqa serve").run_server
 
     _setup_logging(quiet)
-    api_key = fields.get("api_key") or os.environ.get("EDGEQA_API_KEY") or None
-    if fields.get("api_key") and api_key_file:
+    given = fields.get("api_key")  # an empty --api-key is refused below, not taken for no key
+    api_key = given if given is not None else os.environ.get("EDGEQA_API_KEY") or None
+    if given is not None and api_key_file:
         raise EdgeQAError("give --api-key or --api-key-file, not both")
     if api_key_file is not None:
         try:
