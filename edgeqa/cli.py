@@ -238,8 +238,8 @@ def finetune(
     if not result.main_process:  # under torchrun, one process reports
         return
     typer.echo(metrics_table(result.history))
-    step = result.saved_step or result.global_step
-    typer.echo(f"\nbest checkpoint: {result.best_checkpoint}; final model: {result.final_dir} (step {step})")
+    saved = f"step {result.saved_step or result.global_step} of {result.global_step}"
+    typer.echo(f"\nbest checkpoint: {result.best_checkpoint}; final model: {result.final_dir} ({saved})")
     typer.echo(f"next: edgeqa export {result.final_dir} model-int8 --quantize")
 
 
@@ -409,17 +409,17 @@ def serve(
     run_server = import_extra("edgeqa.serve.server", "serve", "edgeqa serve").run_server
 
     _setup_logging(quiet)
-    given = fields.get("api_key")  # an empty --api-key is refused below, not taken for no key
-    api_key = given if given is not None else os.environ.get("EDGEQA_API_KEY") or None
+    # a blank key from any source (an unset variable in EDGEQA_API_KEY=$KEY) is refused by ServeConfig, which
+    # strips every key, not taken for no key
+    given = fields.get("api_key")
+    api_key = given if given is not None else os.environ.get("EDGEQA_API_KEY")
     if given is not None and api_key_file:
         raise EdgeQAError("give --api-key or --api-key-file, not both")
     if api_key_file is not None:
         try:
-            api_key = api_key_file.read_text(encoding="utf-8").strip()
+            api_key = api_key_file.read_text(encoding="utf-8")
         except OSError as e:
             raise EdgeQAError(f"cannot read the API key file {api_key_file}: {e}") from e
-        if not api_key:
-            raise EdgeQAError(f"the API key file {api_key_file} is empty")
     run_server(ServeConfig(artifact=artifact, **{**fields, "api_key": api_key}))
 
 

@@ -155,7 +155,13 @@ def prepare_splits(raw: Any, config: FinetuneConfig) -> tuple[Any, Any]:
 
 def _usable(split: Any, config: FinetuneConfig) -> Any:
     """The records training can use: a record with a passage and no answer (SQuAD 2.0's unanswerable
-    questions) answers `no_answer`; one still without a question or an answer is left out, with a warning."""
+    questions) answers `no_answer`; one still without a question or an answer is left out, with a warning.
+    Numbers in the answer column (years, counts) are answers, as text."""
+    from datasets import Value
+
+    answers = split.features[config.answer_column]
+    if isinstance(answers, Value) and answers.dtype not in ("string", "large_string"):
+        split = split.cast_column(config.answer_column, Value("string"))
     if config.context_column is not None:
         split = split.map(_unanswerable, fn_kwargs={"config": config}, desc="unanswerable records")
     required = [config.question_column, config.answer_column]
@@ -168,7 +174,8 @@ def _usable(split: Any, config: FinetuneConfig) -> Any:
 
 def _unanswerable(row: dict, config: FinetuneConfig) -> dict:
     answer, context = row[config.answer_column], row[config.context_column]
-    if _text(context) and not _text(answer):
+    missing = answer is None or (isinstance(answer, str) and not answer.strip())  # a number is an answer
+    if _text(context) and missing:
         answer = config.no_answer
     return {config.answer_column: answer}
 

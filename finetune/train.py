@@ -93,11 +93,14 @@ def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
     """Delete the previous run that `overwrite` replaces (`prepare_output_dir` checked it holds nothing else).
 
     Called once the data, the model and the device are known to be usable, so a run that cannot
-    start leaves the old one in place. Under a launcher the main process deletes while the others wait.
+    start leaves the old one in place. Under a launcher every process has got this far before the main
+    process deletes, and the others wait until it has.
     """
     out = Path(config.output_dir)
     if not (config.overwrite and out.is_dir()):
         return
+    if args.world_size > 1:  # every process has checked its data, model and device before anything goes
+        torch.distributed.barrier()
     with args.main_process_first(local=False, desc="clearing the previous run"):
         if args.process_index == 0 and out.is_dir():
             shutil.rmtree(out)

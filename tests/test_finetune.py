@@ -356,6 +356,12 @@ def test_a_passage_without_an_answer_trains_no_answer_and_incomplete_records_are
     assert "left out 2 of 4 records without a question or an answer" in caplog.text
     plain = config(tmp_path)  # without passages an empty answer is just incomplete
     assert [r["answer"] for r in prepare_splits(load_raw(plain), plain)[0]] == ["Ann"]
+    (numbers := tmp_path / "numbers").mkdir()  # a column of numbers (years, counts) holds answers, not missing ones
+    rows = [{"question": f"When? ({n})", "answer": 1900 + n, "context": f"In {1900 + n}."} for n in range(4)]
+    write_jsonl(numbers / "train.jsonl", rows)
+    write_jsonl(numbers / "validation.jsonl", rows[:1])
+    cfg = config(numbers, context_column="context")
+    assert [r["answer"] for r in prepare_splits(load_raw(cfg), cfg)[0]] == ["1900", "1901", "1902", "1903"]
 
 
 def padding_shares(tiny_model: Path, tmp_path: Path, **fields) -> tuple[float, set[tuple[int, int]]]:
@@ -551,7 +557,7 @@ def test_resume_after_kill_finishes_at_the_same_step(tmp_path, tiny_model, memo_
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     own = ("data: ", "resuming from ", "step ", "saved the best model")
     assert all(line.startswith(own) for line in resumed.stderr.splitlines()), resumed.stderr  # edgeqa's log only
-    assert "(step 24)" in resumed.stdout  # 3 epochs x 64 records / batch 8, as an uninterrupted run
+    assert " of 24)" in resumed.stdout  # 3 epochs x 64 records / batch 8, as an uninterrupted run
     assert (out / "final" / "model.safetensors").is_file()
     assert [e["step"] for e in json.loads((out / "metrics.json").read_text())] == [8, 16, 24]
 
@@ -576,7 +582,7 @@ def test_two_process_ddp_run(tmp_path, memo_data):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "(step 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
+    assert " of 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
     assert result.stdout.count("best checkpoint") == 1
     assert (out / "final" / "model.safetensors").is_file()
 
@@ -612,7 +618,7 @@ def test_two_process_accelerate_launch(tmp_path, memo_data, tiny_model, launcher
         env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "(step 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
+    assert " of 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
     assert result.stdout.count("best checkpoint") == 1
     checkpoint = out / "checkpoint-4"
     sharded = {
