@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.errors import ConfigError
+from edgeqa.export.config import MIN_SEARCH_QUESTIONS
 from edgeqa.manifest import WeightType
 from edgeqa.records import read_records, sample_data
 
@@ -132,18 +133,18 @@ SCHEDULES = {
 }
 
 
-def prepare_output(output: Path, force: bool, **counts: int | None) -> Path:
+def prepare_output(output: Path, force: bool, **counts: tuple[int | None, int]) -> Path:
     """Check a demo's settings before anything is written, then create its `output` folder.
 
     Args:
-        counts: Step and sample counts given by the user (None: the demo's default); each must be at least 1.
+        counts: (value given by the user, None for the demo's default; the least it may be) by option.
 
     Raises:
-        ConfigError: a count below 1, an `output` that is a file, or a non-empty one without `force`.
+        ConfigError: a count below its least, an `output` that is a file, or a non-empty one without `force`.
     """
-    for name, value in counts.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name, (value, least) in counts.items():
+        if value is not None and value < least:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise ConfigError(f"--output {output} is a file; pass a folder for everything the demo writes")
@@ -174,7 +175,9 @@ def run_demo(
     if data not in DATASETS:
         raise ConfigError(f"demo data {data!r} is not one of {', '.join(DATASETS)}")
     schedule = SCHEDULES[data]
-    output = prepare_output(output, force, max_steps=max_steps, parity_samples=parity_samples)
+    # the int8 export's outlier search splits the gate's questions in two
+    least_samples = MIN_SEARCH_QUESTIONS
+    output = prepare_output(output, force, max_steps=(max_steps, 1), parity_samples=(parity_samples, least_samples))
     steps = schedule.max_steps if max_steps is None else max_steps
     if model is None:
         logger.info("demo 1/4: a 9M-parameter FLAN-T5-shaped model, random weights (none can be downloaded offline)")

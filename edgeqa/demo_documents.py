@@ -218,7 +218,7 @@ def run_documents_demo(
     from edgeqa.runtime import QAModel
 
     started = time.perf_counter()
-    output = prepare_output(output, force, max_steps=max_steps)
+    output = prepare_output(output, force, max_steps=(max_steps, 1))
     steps = recipe.max_steps if max_steps is None else max_steps
     logger.info("demo 1/5: a counterfactual world, one page per country, and reading records of other countries")
     world, tests, data, sentences = write_data(output, recipe)

@@ -23,7 +23,6 @@ from edgeqa.export.quantize import quantize_graph
 from edgeqa.export.search import Build, SearchFailed, search
 from edgeqa.manifest import (
     MANIFEST_NAME,
-    FallbackMode,
     GenerationDefaults,
     Manifest,
     ModelDims,
@@ -95,12 +94,13 @@ def check_replaceable(output: Path, config: ExportConfig) -> None:
     """
     if not output.exists() or (output.is_dir() and not any(output.iterdir())):
         return
-    if not config.force:
-        raise ExportError(f"{output} already exists and is not empty; pass --force to replace it")
     if not (output / MANIFEST_NAME).is_file():
         raise ExportError(
-            f"--force replaces an earlier artifact only, and {output} holds no {MANIFEST_NAME}; pick another OUTPUT"
+            f"{output} already exists and is not an edgeqa artifact (no {MANIFEST_NAME}); pick another OUTPUT "
+            "(--force replaces an earlier artifact only)"
         )
+    if not config.force:
+        raise ExportError(f"{output} already holds an artifact; pass --force to replace it")
     checkpoint = Path(config.checkpoint)
     if checkpoint.exists() and checkpoint.resolve().is_relative_to(output.resolve()):
         raise ExportError(f"{output} holds the checkpoint being exported ({config.checkpoint}); pick another OUTPUT")
@@ -147,7 +147,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
             return kept_float
 
         report: ParityRecord | None = None
-        if settings and config.parity and config.fallback != FallbackMode.NONE:
+        if settings and config.searches:
             report = _search(config, settings, build, staging, work)
         else:
             build(config.checkpoint, frozenset())

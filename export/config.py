@@ -10,6 +10,7 @@ from pathlib import Path
 from edgeqa.checkpoint import check_checkpoint_location
 from edgeqa.cpu import detect_preset, this_cpu
 from edgeqa.errors import ConfigError
+from edgeqa.export.nodes import EMBEDDING_NAMES
 from edgeqa.manifest import ActivationGranularity, FallbackMode, Preset, QuantizationRecord, QuantMethod, WeightType
 from edgeqa.typed_json import check_types, parse_choice
 
@@ -19,10 +20,11 @@ INT4_ACCURACY_LEVEL = 4
 # The parts of the exported graphs' node names (`/decoder/block.0/layer.2/DenseReluDense/wo/MatMul`)
 # that `keep_fp32` can name.
 NODE_PARTS = frozenset(
-    "encoder decoder lm_head embed_tokens shared SelfAttention EncDecAttention DenseReluDense "
-    "q k v o wi wi_0 wi_1 wo MatMul Gather".split()
-)
+    "encoder decoder lm_head SelfAttention EncDecAttention DenseReluDense q k v o wi wi_0 wi_1 wo MatMul Gather".split()
+) | frozenset(EMBEDDING_NAMES)
 _NUMBERED_PART = re.compile(r"(block|layer)\.\d+")
+#: The outlier search tunes on half of the gate's questions and confirms on the other half.
+MIN_SEARCH_QUESTIONS = 2
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,11 @@ class ExportConfig:
     threads: int | None = None
     max_input_tokens: int | None = None
 
+    @property
+    def searches(self) -> bool:
+        """Whether a failing gate starts the outlier search (quantized graphs, gate on, a fallback mode)."""
+        return bool(self.quantize) and self.parity and self.fallback != FallbackMode.NONE
+
     def __post_init__(self) -> None:
         check_types(self, ConfigError)  # strings become the enums here, or a ConfigError naming the valid values
         if self.keep_fp32 and not self.quantize:
@@ -82,6 +89,11 @@ class ExportConfig:
         for name in ("parity_samples", "parity_max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.searches and self.parity_samples < MIN_SEARCH_QUESTIONS:
+            raise ConfigError(
+                f"parity_samples must be at least {MIN_SEARCH_QUESTIONS} for the outlier search, which tunes on "
+                f"half and confirms on the other half; got {self.parity_samples} (or --fallback none)"
+            )
         for name in ("threads", "max_input_tokens"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.calibration import input_ranges, teacher_forced
-from edgeqa.export.config import QuantizeSettings
+from edgeqa.export.config import MIN_SEARCH_QUESTIONS, QuantizeSettings
 from edgeqa.export.fallback import RankedGroup, node_groups, rank_groups
 from edgeqa.export.loading import load_model, load_tokenizer
 from edgeqa.export.nodes import module_path
@@ -75,10 +75,11 @@ def search(
     """
     method = str(settings.weight_type)
     total = len(check.records)
-    if total < 2:
+    if total < MIN_SEARCH_QUESTIONS:
         raise ConfigError(
-            f"the outlier search tunes on half of the parity questions and confirms on the other half, so it "
-            f"needs at least 2 and has {total}; give more (--parity-samples, --parity-data) or --fallback none"
+            f"the outlier search tunes on half of the parity questions and confirms on the other half, so it needs "
+            f"at least {MIN_SEARCH_QUESTIONS} and has {total}; give more (--parity-samples, --parity-data) or "
+            "--fallback none"
         )
     tune, confirm = list(range(0, total, 2)), list(range(1, total, 2))
     attempts: list[GateAttempt] = []
@@ -217,7 +218,7 @@ def _attempt(name: str, record: ParityRecord) -> GateAttempt:
 def _figures(attempt: GateAttempt) -> str:
     return (
         f"ROUGE-L {attempt.rouge_l_delta * 100:+.1f}, exact match {attempt.exact_match_delta * 100:+.1f}, "
-        f"identical {attempt.identical_answers * 100:.0f}%, {'pass' if attempt.passed else 'FAIL'}"
+        f"identical {attempt.identical_answers * 100:.1f}%, {'pass' if attempt.passed else 'FAIL'}"
     )
 
 

@@ -45,12 +45,11 @@ def test_demo_options_reach_the_library(monkeypatch, tmp_path):
     assert result.exit_code == 2 and "wiki" in result.output
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--max-steps", "0"], "error: --max-steps must be at least 1, got 0"),
-        (["--parity-samples", "-1"], "error: --parity-samples must be at least 1, got -1"),
+        (["--parity-samples", "1"], "error: --parity-samples must be at least 2, got 1"),
         (["--documents", "--max-steps", "0"], "error: --max-steps must be at least 1, got 0"),
         (["--output", "{tmp}/a-file"], "error: --output {tmp}/a-file is a file; pass a folder"),
     ],
@@ -64,6 +63,7 @@ def test_bad_demo_settings_are_refused_before_anything_is_written(tmp_path, args
     assert (tmp_path / "a-file").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_with_a_quiet_log(tmp_path):
     """The real command in a subprocess (as a user runs it): answers, parity, next steps, and a log of
     at most 40 lines in which every warning is edgeqa's own."""

@@ -113,11 +113,9 @@ def test_existing_output_is_refused_without_force(trained_model, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="--force"):
-        export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False))
-    assert (out / "keep.txt").read_text() == "mine"
-    with pytest.raises(ExportError, match="--force replaces an earlier artifact only.*pick another OUTPUT"):
-        export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False, force=True))
+    for force in (False, True):
+        with pytest.raises(ExportError, match=r"is not an edgeqa artifact \(no manifest.json\); pick another OUTPUT"):
+            export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False, force=force))
     assert (out / "keep.txt").read_text() == "mine"  # not an artifact: kept whatever the flags
     holder = tmp_path / "holder"  # an artifact folder someone kept a checkpoint in
     shutil.copytree(trained_model, holder / "checkpoint")
@@ -128,6 +126,8 @@ def test_existing_output_is_refused_without_force(trained_model, tmp_path):
 
     (out / "keep.txt").unlink()
     export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False))
+    with pytest.raises(ExportError, match="already holds an artifact; pass --force to replace it"):
+        export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False))
     (out / "manifest.json").write_text("{}")  # an artifact, even a damaged one, is what --force replaces
     export_artifact(ExportConfig(checkpoint=str(trained_model), output=out, parity=False, force=True))
     assert Manifest.read(out).files and [p.name for p in tmp_path.iterdir()] == ["taken"]
@@ -423,23 +423,30 @@ def test_the_gate_never_passes_on_no_questions_and_the_search_needs_two(trained_
 
     assert apply_gate("int8", 0.0, 1.0, 0.0, 0.0, []) == (False, "no questions answered")
     assert apply_gate(None, 0.0, 1.0, 0.0, 0.0, []) == (False, "no questions answered")
-    config = ExportConfig(checkpoint=str(trained_model), output=tmp_path / "out", quantize="int8", parity_samples=1)
+    with pytest.raises(ConfigError, match="parity_samples must be at least 2 for the outlier search"):
+        ExportConfig(checkpoint=str(trained_model), output=tmp_path / "out", quantize="int8", parity_samples=1)
+    one = tmp_path / "one.jsonl"  # the config cannot see how many questions a file holds
+    one.write_text('{"question": "What is the capital of France?", "answer": "Paris"}\n')
+    config = ExportConfig(checkpoint=str(trained_model), output=tmp_path / "out", quantize="int8", parity_data=str(one))
     with pytest.raises(ConfigError, match="needs at least 2 and has 1; give more .* or --fallback none"):
         export_artifact(config)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_checkpoint_without_its_tokenizer_is_refused_before_any_graph_is_exported(trained_model, tmp_path):
+def test_a_checkpoint_without_its_tokenizer_is_refused_before_any_graph_is_exported(
+    trained_model, tmp_path, monkeypatch
+):
+    import edgeqa.export.artifact
+
     bare = tmp_path / "weights-only"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy2(trained_model / name, bare / name)
-    started = time.perf_counter()
+    monkeypatch.setattr(edgeqa.export.artifact, "export_graphs", lambda *a: pytest.fail("exported before refusing"))
     result = runner.invoke(app, ["export", str(bare), str(tmp_path / "out"), "--no-parity"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"cannot load the tokenizer of '{bare}'" in result.output and "tokenizer.save_pretrained" in result.output
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["weights-only"]
-    assert time.perf_counter() - started < 30  # refused up front, not after the export (a bound, not a timing)
 
 
 @pytest.mark.parametrize(
