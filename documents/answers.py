@@ -49,6 +49,7 @@ class Candidate:
             log-softmax of their BM25 scores); None until `choose` sets it.
         joint: The score the choice compares: `score` plus the retrieval weight times `retrieval`;
             None until `choose` sets it, or when the passage was not read.
+        finish_reason: Why the reading ended: "stop", or "length" where max_new_tokens cut it.
     """
 
     passage: Passage
@@ -59,6 +60,7 @@ class Candidate:
     answer_tokens: int = 0
     retrieval: float | None = None
     joint: float | None = None
+    finish_reason: str = "stop"
 
     @classmethod
     def read(cls, passage: Passage, row: Row | None, error: str = "") -> Candidate:
@@ -69,7 +71,14 @@ class Candidate:
             return cls(passage, error=error)
         if row.finish_reason in (FinishReason.FAILED, FinishReason.CANCELLED):
             return cls(passage, error=f"reading it failed: {row.error or row.finish_reason}")
-        return cls(passage, answer=row.text, score=row.score, prompt_tokens=len(row.ids), answer_tokens=len(row.tokens))
+        return cls(
+            passage,
+            answer=row.text,
+            score=row.score,
+            prompt_tokens=len(row.ids),
+            answer_tokens=len(row.tokens),
+            finish_reason=str(row.finish_reason or FinishReason.STOP),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = {
@@ -83,6 +92,7 @@ class Candidate:
             "title": self.passage.title,
             "heading": self.passage.heading,
             "passage": self.passage.text,
+            "finish_reason": self.finish_reason,
         }
         return data | ({"error": self.error} if self.error else {})
 
@@ -114,6 +124,12 @@ class DocumentAnswer:
         """The candidate whose answer was kept."""
         return next((c for c in self.candidates if c.passage is self.source), None)
 
+    @property
+    def finish_reason(self) -> str:
+        """Why the chosen reading ended ("length": max_new_tokens cut it); "stop" when none was chosen."""
+        chosen = self.chosen
+        return chosen.finish_reason if chosen else "stop"
+
     def to_dict(self, candidates: bool = True) -> dict[str, Any]:
         chosen = self.chosen
         data = {
@@ -123,6 +139,7 @@ class DocumentAnswer:
             "source": self.source.source if self.source else None,
             "reader_score": None if chosen is None else _rounded(chosen.score),
             "joint_score": None if chosen is None else _rounded(chosen.joint),
+            "finish_reason": self.finish_reason,
         }
         return data | ({"candidates": [c.to_dict() for c in self.candidates]} if candidates else {})
 

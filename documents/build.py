@@ -52,12 +52,13 @@ def build_index(
     output, tokenizer_path = Path(output), Path(tokenizer)
     roots = [Path(p) for p in paths]
     tok = store.load_tokenizer(tokenizer_path)
-    sha256 = store.tokenizer_sha256(tokenizer_path)
+    accepted = store.fingerprints(tokenizer_path)
+    sha256 = accepted[0]
     name = tokenizer_name or str(tokenizer_path)
     if update and output.exists():
         connection, info = store.open_checked(output, write=True)
         try:
-            store.check_tokenizer(info, output, sha256, name)
+            store.check_tokenizer(info, output, accepted, name)
             if passage_tokens is not None and passage_tokens != info.passage_tokens:
                 raise ConfigError(
                     f"{output} holds passages of {info.passage_tokens} tokens, not {passage_tokens}; "

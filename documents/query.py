@@ -191,7 +191,7 @@ class Index:
         """Open and check an index.
 
         Args:
-            tokenizer_sha256: The reader's tokenizer.json sha256; an index sized with another is refused.
+            tokenizer_sha256: The reader's tokenizer fingerprint (`tokenizer_sha256(path)`); another is refused.
 
         Raises:
             DataError: missing, not an edgeqa index, damaged, of another format, or sized for another tokenizer.
@@ -200,7 +200,7 @@ class Index:
         connection, info = store.open_checked(path)
         if tokenizer_sha256 is not None:
             try:
-                store.check_tokenizer(info, path, tokenizer_sha256, tokenizer_name)
+                store.check_tokenizer(info, path, (tokenizer_sha256,), tokenizer_name)
             except DataError:
                 connection.close()
                 raise
@@ -229,7 +229,7 @@ class Index:
                 self._terms.remove(self._local.terms)
         connection, info = store.open_checked(self.path)
         if self._tokenizer_sha256 is not None:
-            store.check_tokenizer(info, self.path, self._tokenizer_sha256, "the reader")
+            store.check_tokenizer(info, self.path, (self._tokenizer_sha256,), "the reader")
         self.info = info
         self._adopt(connection)
         return connection, self._local.terms

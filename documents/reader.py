@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, Candidate, DocumentAnswer, check_retrieval_weight, choose
 from edgeqa.documents.query import Index, Passage, check_k
-from edgeqa.documents.store import tokenizer_sha256
+from edgeqa.documents.store import fingerprints
 from edgeqa.errors import InputError
 from edgeqa.prompt import NO_ANSWER
 
@@ -166,7 +166,7 @@ class DocumentsQA:
 
 def warn_if_sized_for_another(index: Index, reader_tokenizer: Path, artifact: Path) -> bool:
     """Warn (and say so) when the index's passages were measured with another tokenizer than the reader's."""
-    if index.info.tokenizer_sha256 == tokenizer_sha256(reader_tokenizer):
+    if index.info.tokenizer_sha256 in fingerprints(reader_tokenizer):
         return False
     logger.warning(
         "%s was sized with the tokenizer of %s, not this reader's: a passage that does not fit the reader's "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,13 +86,20 @@ def tokenizer_sha256(path: Path) -> str:
     return hashlib.sha256(load_tokenizer(path).to_str().encode("utf-8")).hexdigest()
 
 
+def fingerprints(path: Path) -> tuple[str, str]:
+    """What an index may have recorded of this tokenizer: its fingerprint (`tokenizer_sha256`), or, for an
+    index built by edgeqa before that, the sha256 of the file itself."""
+    with open(path, "rb") as f:
+        return tokenizer_sha256(path), hashlib.file_digest(f, "sha256").hexdigest()
+
+
 @dataclass(frozen=True)
 class IndexInfo:
     """What an index says about itself.
 
     Attributes:
         tokenizer_name: A label for the tokenizer (the artifact or file it came from).
-        tokenizer_sha256: sha256 of the tokenizer.json the passages were sized with.
+        tokenizer_sha256: The fingerprint (`tokenizer_sha256`) of the tokenizer the passages were sized with.
         passage_tokens: The most tokens a passage holds.
         overlap_tokens: The most tokens a passage repeats from the one before.
         roots: The paths given when the index was built.
@@ -185,16 +193,16 @@ def read_info(connection: sqlite3.Connection, path: Path) -> IndexInfo:
     return IndexInfo(**{**info.__dict__, "files": files, "passages": passages})
 
 
-def check_tokenizer(info: IndexInfo, path: Path, sha256: str, name: str) -> None:
-    """Refuse an index sized for another tokenizer than `sha256`'s.
+def check_tokenizer(info: IndexInfo, path: Path, accepted: Collection[str], name: str) -> None:
+    """Refuse an index sized for another tokenizer than the one `accepted` fingerprints (`fingerprints`).
 
     Raises:
         DataError: naming both tokenizers and the command that rebuilds the index.
     """
-    if info.tokenizer_sha256 != sha256:
+    if info.tokenizer_sha256 not in accepted:
         raise DataError(
             f"{path} was sized with the tokenizer of {info.tokenizer_name} (sha256 {info.tokenizer_sha256[:12]}), "
-            f"not {name}'s ({sha256[:12]}); rebuild it with "
+            f"not {name}'s ({next(iter(accepted), '?')[:12]}); rebuild it with "
             f"`edgeqa index {' '.join(info.roots) or 'PATH...'} -o {path} --artifact ARTIFACT` (or --tokenizer FILE)"
         )
 

@@ -167,7 +167,7 @@ async def answer(request: Request) -> Response:
         read = await read_index(request, service, service.index, model, questions, opts)
         if read is None:
             return Response(status_code=499)
-        bodies = [answer_body(a.answer) for a in read]
+        bodies = [answer_body(a) for a in read]
         return JSONResponse(bodies[0] if "question" in data else {"answers": bodies})
     jobs = await service.jobs(model, questions, opts, stream=stream, context=parsed.context)
     service.submit(jobs)

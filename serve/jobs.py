@@ -16,7 +16,6 @@ class Result:
 
     Attributes:
         answer: The runtime's `Answer` (its encode_ms: tokenization and encoder; generate_ms: encoder and decoder).
-        finish_reason: "stop" (end of answer or a stop string) or "length" (max tokens reached).
         queue_ms: Time between queueing and the start of its batch.
         encode_ms: Tokenization plus the batch's encoder run.
         decode_ms: Decoder steps while the row was in its batch.
@@ -24,17 +23,20 @@ class Result:
     """
 
     answer: Answer
-    finish_reason: str
     queue_ms: float
     encode_ms: float
     decode_ms: float
     truncated: bool
 
+    @property
+    def finish_reason(self) -> str:
+        """The answer's: "stop" (end of answer or a stop string) or "length" (max tokens reached)."""
+        return str(self.answer.finish_reason)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.answer.to_dict(),
             "tokens": self.answer.tokens,
-            "finish_reason": self.finish_reason,
             "queue_ms": round(self.queue_ms, 2),
             "encode_ms": round(self.encode_ms, 2),
             "decode_ms": round(self.decode_ms, 2),
@@ -107,10 +109,8 @@ class Job:
     def result(self) -> Result:
         """The finished row's answer with the server's timings."""
         row = self.row
-        answer = Answer.of(row, encode_ms=self.tokenize_ms)
         return Result(
-            answer=answer,
-            finish_reason=str(answer.finish_reason),
+            answer=Answer.of(row, encode_ms=self.tokenize_ms),
             queue_ms=(row.joined_at - self.enqueued) * 1000 if self.enqueued else 0.0,
             encode_ms=self.tokenize_ms + row.encoder_ms,
             decode_ms=row.decode_ms,

@@ -6,8 +6,6 @@ The rows are `edgeqa.documents.reading_rows`' and the choice `edgeqa.documents.c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from anyio import to_thread
@@ -17,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from edgeqa.documents.answers import DocumentAnswer
 from edgeqa.documents.query import Index, Passage
 from edgeqa.documents.reader import read_all, reading_rows
-from edgeqa.runtime import Answer, FinishReason, GenerationOptions, QAModel, Row
+from edgeqa.runtime import GenerationOptions, QAModel, Row
 from edgeqa.serve.jobs import Job
 from edgeqa.serve.protocol import OpenAIRequest, choice, completion_id, envelope, usage
 from edgeqa.serve.streams import SSE_HEADERS, sse, wait_all
@@ -29,14 +27,6 @@ if TYPE_CHECKING:
 SNIPPET_CHARS = 280
 
 
-@dataclass(frozen=True)
-class IndexAnswer:
-    """An answer from the index, and why the reading chosen ended ("stop" or "length"; "stop" when none was)."""
-
-    answer: DocumentAnswer
-    finish_reason: str
-
-
 async def read_index(
     request: Request,
     service: Service,
@@ -45,7 +35,7 @@ async def read_index(
     questions: list[str],
     options: GenerationOptions,
     stop: tuple[str, ...] = (),
-) -> list[IndexAnswer] | None:
+) -> list[DocumentAnswer] | None:
     """Each question's answer from its top passages, or None if the caller left first.
 
     Raises:
@@ -67,17 +57,7 @@ async def read_index(
         service.submit(jobs)
         if await wait_all(request, service.engine, jobs) is None:
             return None
-    answers = read_all(planned, model.manifest.no_answer, service.config.retrieval_weight)
-    return [
-        IndexAnswer(answer, _finish_reason(answer, passages, rows))
-        for answer, (_, passages, rows, _) in zip(answers, planned, strict=True)
-    ]
-
-
-def _finish_reason(answer: DocumentAnswer, passages: Sequence[Passage], rows: Sequence[Row | None]) -> str:
-    """The chosen reading's finish reason, the runtime's (`Answer.finish_reason`) as for every other answer."""
-    chosen = next((row for p, row in zip(passages, rows, strict=True) if p is answer.source and row is not None), None)
-    return str(Answer.of(chosen).finish_reason if chosen else FinishReason.STOP)
+    return read_all(planned, model.manifest.no_answer, service.config.retrieval_weight)
 
 
 async def openai_from_index(
@@ -85,11 +65,11 @@ async def openai_from_index(
 ) -> Response:
     """An OpenAI response whose answer comes from the index; the sources in its extra `edgeqa_sources` field
     (official clients keep unknown fields: `response.model_extra`). A stream sends the answer in one chunk."""
-    reads = await read_index(request, service, index, model, [parsed.question], parsed.options, parsed.stop)
-    if reads is None:
+    read = await read_index(request, service, index, model, [parsed.question], parsed.options, parsed.stop)
+    if read is None:
         return Response(status_code=499)
-    [read] = reads
-    answer, finish_reason = read.answer, read.finish_reason
+    [answer] = read
+    finish_reason = answer.finish_reason
     chosen = answer.chosen
     counts = usage(sum(c.prompt_tokens for c in answer.candidates), chosen.answer_tokens if chosen else 0)
     extra = {"edgeqa_sources": sources(answer)}

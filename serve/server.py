@@ -44,18 +44,33 @@ def listen(host: str, port: int) -> list[socket.socket]:
             "e.g. 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
         ) from None
     sockets: list[socket.socket] = []
+    unusable: OSError | None = None  # the last address skipped, for the error if none is usable
     try:
         for family, kind, proto, _, address in dict.fromkeys(found):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as e:
+                if e.errno != errno.EAFNOSUPPORT:
+                    raise
+                unusable = e  # as asyncio: a family switched off here (IPv6 disabled) is skipped
+                continue
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # as asyncio: the IPv4 address gets a socket of its own
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as e:
+                if e.errno != errno.EADDRNOTAVAIL:
+                    raise
+                sockets.pop().close()  # as asyncio: localhost's ::1 where IPv6 is off
+                unusable = e
     except OSError as e:
         for sock in sockets:
             sock.close()
         raise ConfigError(_bind_error(host, port, e)) from None
+    if not sockets:
+        raise ConfigError(_bind_error(host, port, unusable or OSError(errno.EADDRNOTAVAIL, "no address")))
     return sockets
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -464,6 +465,14 @@ def test_the_tokenizer_fingerprint_is_the_tokenizers_not_the_files(tmp_path):
     assert (tmp_path / "resaved.json").read_bytes() != TOKENIZER.read_bytes()
     assert tokenizer_sha256(tmp_path / "resaved.json") == tokenizer_sha256(TOKENIZER)
     assert tokenizer_sha256(another_tokenizer(TOKENIZER, tmp_path / "other.json")) != tokenizer_sha256(TOKENIZER)
+    docs = corpus(tmp_path / "docs", files=1)  # an index from before, which recorded the file's sha256
+    build_index([docs], tmp_path / "old.db", TOKENIZER, passage_tokens=48)
+    connection = sqlite3.connect(tmp_path / "old.db")
+    with connection:
+        file_sha256 = hashlib.sha256(TOKENIZER.read_bytes()).hexdigest()
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'tokenizer_sha256'", (file_sha256,))
+    connection.close()
+    assert build_index([docs], tmp_path / "old.db", TOKENIZER, update=True).passages > 0  # still its tokenizer
 
 
 def test_corrupt_or_foreign_files_are_refused_naming_them(tmp_path):

@@ -509,10 +509,13 @@ def test_an_api_key_is_stripped_from_every_source_and_a_blank_one_refused(artifa
     assert runner.invoke(app, ["serve", str(tmp_path), "--api-key", f" {KEY} "]).exit_code == 0
     assert runner.invoke(app, ["serve", str(tmp_path)], env={"EDGEQA_API_KEY": f"{KEY}\r"}).exit_code == 0
     assert [config.api_key for config in seen] == [KEY, KEY]
-    blank = runner.invoke(app, ["serve", str(tmp_path), "--api-key", " \t"])
-    assert blank.exit_code == 1 and blank.output.strip().splitlines() == [
-        "error: api_key must not be empty (--api-key, --api-key-file or EDGEQA_API_KEY)"
-    ]
+    for blank in (
+        runner.invoke(app, ["serve", str(tmp_path), "--api-key", " \t"]),
+        runner.invoke(app, ["serve", str(tmp_path)], env={"EDGEQA_API_KEY": ""}),  # EDGEQA_API_KEY=$UNSET
+    ):
+        assert blank.exit_code == 1 and blank.output.strip().splitlines() == [
+            "error: api_key must not be empty (--api-key, --api-key-file or EDGEQA_API_KEY)"
+        ]
 
     async def body(app, http):
         headers = {"Authorization": f"Bearer {KEY}"}
@@ -521,6 +524,23 @@ def test_an_api_key_is_stripped_from_every_source_and_a_blank_one_refused(artifa
         assert (await http.get("/v1/models")).status_code == 401
 
     in_process(artifact_tiny, QAModel.load(artifact_tiny, threads=1), body, api_key=f"{KEY} \r\n")
+
+
+def test_an_address_of_a_name_that_is_not_this_machines_is_skipped_as_asyncio_skips_it(monkeypatch):
+    """localhost resolves to ::1 too where IPv6 is switched off (containers): the name is served on the
+    addresses that work, and refused only when none does."""
+    import socket
+
+    from edgeqa.serve.server import listen
+
+    both = [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (host, 0)) for host in ("192.0.2.1", "127.0.0.1")]
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: both)
+    [sock] = listen("localhost", 0)
+    with sock:
+        assert sock.getsockname()[0] == "127.0.0.1"
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: both[:1])
+    with pytest.raises(ConfigError, match="cannot listen on localhost:0: localhost is not an address of this machine"):
+        listen("localhost", 0)
 
 
 def test_a_busy_port_or_an_unknown_host_is_one_error_line_and_exit_code_1(artifact_tiny):

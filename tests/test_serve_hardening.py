@@ -235,10 +235,11 @@ def test_answers_from_the_index_report_the_readings_finish_reason(artifact_tiny,
 
     question = "What is AI?"
     with DocumentsQA(model, Index.open(index)) as qa:
-        chosen = qa.ask(question, model.options(max_new_tokens=3)).source
-    assert chosen is not None
-    expected = model.answer(question, context=chosen.text, max_new_tokens=3).finish_reason
+        read = qa.ask(question, model.options(max_new_tokens=3))
+    assert read.source is not None
+    expected = model.answer(question, context=read.source.text, max_new_tokens=3).finish_reason
     assert expected == "length"  # the untrained model never ends an answer in 3 tokens
+    assert read.finish_reason == read.to_dict()["finish_reason"] == expected  # the library's answer says so too
 
     async def body(app, http):
         client = openai_client(http)
@@ -250,6 +251,8 @@ def test_answers_from_the_index_report_the_readings_finish_reason(artifact_tiny,
         stream = await client.chat.completions.create(model="edgeqa", messages=messages, max_tokens=3, stream=True)
         reasons = [chunk.choices[0].finish_reason async for chunk in stream if chunk.choices]
         assert reasons[-1] == expected
+        native = (await http.post("/v1/answer", json={"question": question, "max_new_tokens": 3})).json()
+        assert native["finish_reason"] == expected
 
     in_process(artifact_tiny, model, body, index=index)
 
