@@ -28,13 +28,14 @@ CASES = [(1, 0, 7), (3, 0, 12), (1, 5, 9), (4, 11, 5)]
 @pytest.fixture(scope="module")
 def exported(tiny_model, tmp_path_factory) -> dict[str, Path]:
     """The tiny model's encoder (with the cross-attention cache) and decoder graphs, as exported."""
-    from edgeqa.export.graphs import DECODER, _append, _export_encoder, _export_part, _load
+    from edgeqa.export.graphs import DECODER, _append, _export_encoder, _export_part
+    from edgeqa.export.loading import load_model
 
     raw = tmp_path_factory.mktemp("raw")
     encoder, cross = _export_encoder(str(tiny_model), raw)
     joined = _append(onnx.load(str(encoder), load_external_data=False), onnx.load(str(cross), load_external_data=False))
     onnx.save_model(joined, str(raw / "encoder.onnx"))
-    return {"encoder": raw / "encoder.onnx", "decoder": _export_part(_load(str(tiny_model)), DECODER, raw)}
+    return {"encoder": raw / "encoder.onnx", "decoder": _export_part(load_model(str(tiny_model)), DECODER, raw)}
 
 
 def _copy(graph: Path, target: Path) -> Path:
