@@ -54,13 +54,17 @@ def load_tokenizer(checkpoint: str | Path) -> Any:
     """
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    except Exception as e:  # missing files surface as OSError, ValueError or TypeError depending on the version
-        raise ModelError(
-            f"cannot load the tokenizer of {str(checkpoint)!r}: {_first_line(e)}. Save the tokenizer beside the "
-            "weights (tokenizer.save_pretrained(folder); `edgeqa finetune` does)"
-        ) from e
+    if not Path(checkpoint).is_dir():  # a hub name: it fails as the checkpoint would (offline: no hub)
+        with _model_errors(checkpoint):
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        except Exception as e:  # missing files surface as OSError, ValueError or TypeError by version
+            raise ModelError(
+                f"cannot load the tokenizer of {str(checkpoint)!r}: {_first_line(e)}. Save the tokenizer beside "
+                "the weights (tokenizer.save_pretrained(folder); `edgeqa finetune` does)"
+            ) from e
     if not tokenizer.is_fast:
         raise ExportError(f"{str(checkpoint)!r} has no fast tokenizer; install `tokenizers` and save it again")
     return tokenizer
@@ -80,4 +84,5 @@ def _model_errors(checkpoint: str | Path) -> Iterator[None]:
 
 
 def _first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+    """The error's first line, without its closing full stop (the message goes on after it)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")

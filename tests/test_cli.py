@@ -175,6 +175,7 @@ def test_info_shows_the_manifest(artifact_int8):
         (["info", "{tmp}"], "error: {tmp} has no manifest.json"),
         (["export", "{tmp}/no-checkpoint", "{tmp}/out"], "error: checkpoint '{tmp}/no-checkpoint' is not a folder"),
         (["parity", "{art}", "--reference", "{tmp}/nope"], "error: checkpoint '{tmp}/nope' is not a folder"),
+        (["parity", "{art}", "--reference", "google/flan-t5-base"], "Offline, pass a local checkpoint folder"),
         (["serve", "{art}", "--api-key", ""], "error: api_key must not be empty"),
         (["serve", "{art}", "--api-key-file", "{tmp}/empty.txt"], "error: api_key must not be empty"),
         (["parity", "{art}", "--reference", "{tmp}", "--samples", "0"], "error: the parity gate needs at least 1"),
