@@ -106,9 +106,8 @@ def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
             shutil.rmtree(out)
 
 
-_RUN_FILE = re.compile(
-    rf"{PREFIX_CHECKPOINT_DIR}-\d+|{FINAL}|{FINAL}\.partial|{re.escape(METRICS)}(\.tmp)?|runs|README\.md"
-)
+_CHECKPOINT = rf"{PREFIX_CHECKPOINT_DIR}-(\d+)"  # the Trainer's checkpoint folders, by optimizer step
+_RUN_FILE = re.compile(rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|{re.escape(METRICS)}(\.tmp)?|runs|README\.md")
 
 
 def _is_run_file(name: str) -> bool:
@@ -244,9 +243,8 @@ def _finetune(
 def saved_step(state: Any) -> int:
     """The optimizer step of the model `final/` holds: the best checkpoint's, which the Trainer loads at the
     end, else the last step."""
-    best = Path(state.best_model_checkpoint or "").name
-    prefix = f"{PREFIX_CHECKPOINT_DIR}-"
-    return int(best[len(prefix) :]) if best.startswith(prefix) and best[len(prefix) :].isdigit() else state.global_step
+    best = re.fullmatch(_CHECKPOINT, Path(state.best_model_checkpoint or "").name)
+    return int(best.group(1)) if best else state.global_step
 
 
 def evaluation_generation(model: Any, config: FinetuneConfig) -> GenerationConfig:
