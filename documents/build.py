@@ -52,7 +52,7 @@ def build_index(
     output, tokenizer_path = Path(output), Path(tokenizer)
     roots = [Path(p) for p in paths]
     tok = store.load_tokenizer(tokenizer_path)
-    accepted = store.fingerprints(tokenizer_path)
+    accepted = store.fingerprints(tokenizer_path, tok)
     sha256 = accepted[0]
     name = tokenizer_name or str(tokenizer_path)
     if update and output.exists():

@@ -83,14 +83,19 @@ def tokenizer_sha256(path: Path) -> str:
     Raises:
         ConfigError: the file is missing or not a tokenizer.
     """
-    return hashlib.sha256(load_tokenizer(path).to_str().encode("utf-8")).hexdigest()
+    return _fingerprint(load_tokenizer(path))
 
 
-def fingerprints(path: Path) -> tuple[str, str]:
+def fingerprints(path: Path, loaded: Tokenizer | None = None) -> tuple[str, str]:
     """What an index may have recorded of this tokenizer: its fingerprint (`tokenizer_sha256`), or, for an
-    index built by edgeqa before that, the sha256 of the file itself."""
+    index built by edgeqa before that, the sha256 of the file itself. `loaded`: the file as
+    `load_tokenizer` read it, if the caller has it already."""
     with open(path, "rb") as f:
-        return tokenizer_sha256(path), hashlib.file_digest(f, "sha256").hexdigest()
+        return _fingerprint(loaded or load_tokenizer(path)), hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fingerprint(tokenizer: Tokenizer) -> str:
+    return hashlib.sha256(tokenizer.to_str().encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
