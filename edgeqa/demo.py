@@ -175,9 +175,12 @@ def run_demo(
     if data not in DATASETS:
         raise ConfigError(f"demo data {data!r} is not one of {', '.join(DATASETS)}")
     schedule = SCHEDULES[data]
-    # the int8 export's outlier search splits the gate's questions in two
-    least_samples = MIN_SEARCH_QUESTIONS
-    output = prepare_output(output, force, max_steps=(max_steps, 1), parity_samples=(parity_samples, least_samples))
+    output = prepare_output(
+        output,
+        force,
+        max_steps=(max_steps, 1),
+        parity_samples=(parity_samples, MIN_SEARCH_QUESTIONS),  # the int8 export's search splits them in two
+    )
     steps = schedule.max_steps if max_steps is None else max_steps
     if model is None:
         logger.info("demo 1/4: a 9M-parameter FLAN-T5-shaped model, random weights (none can be downloaded offline)")

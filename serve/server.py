@@ -158,11 +158,14 @@ class DrainingServer(uvicorn.Server):
 
     def _open(self) -> bool:
         """Whether requests are still queued, decoded or otherwise open (a body still coming, an answer being sent)."""
-        return self.service.busy or any(not task.done() for task in self.server_state.tasks)
+        return self.service.busy or bool(self._open_tasks())
+
+    def _open_tasks(self) -> list[asyncio.Task]:
+        return [task for task in self.server_state.tasks if not task.done()]
 
     def _cut_off(self, why: str) -> None:
         """Cancel every request still open: `ShutdownMiddleware` answers each with 503 `shutting_down`."""
-        still_open = [task for task in self.server_state.tasks if not task.done()]
+        still_open = self._open_tasks()
         if still_open:
             logger.info("edgeqa serve: %s, %d request(s) still open get 503 shutting_down", why, len(still_open))
         for task in still_open:
