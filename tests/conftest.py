@@ -5,8 +5,10 @@ Nothing here touches the network: the tokenizer and the data are the bundled one
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,8 +20,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # torch's compiled-kernel cache, one per test session (its processes share it): the machine-wide
 # /tmp/torchinductor_<user> keeps a kernel cut off mid-write by a killed run, and every later run
-# that needs that kernel then fails loading it ("main.so: file too short")
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="edgeqa-tests-inductor-"))
+# that needs that kernel then fails loading it ("main.so: file too short"). It goes when the session
+# ends (about 90 MB a run).
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgeqa-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 from edgeqa.bench.outliers import FACTS_RELATIONS, train_facts_model, write_facts_data  # noqa: E402, F401
 from edgeqa.demo import DEMO_SHAPE  # noqa: E402
