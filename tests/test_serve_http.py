@@ -209,12 +209,14 @@ def test_requests_still_queued_when_the_shutdown_timeout_ends_get_503_shutting_d
     server = ServerProcess(artifact_tiny, "--no-verify", "--shutdown-timeout", "1")
     queued = lambda n: wait_for(lambda: metric(server.metrics(), "edgeqa_queue_depth") >= n)  # noqa: E731
     lines: list[str] = []
+    opened = threading.Event()  # the stream's headers arrived: it is queued (the queue depth can't say whose)
 
     def post(_: int) -> httpx.Response:
         return httpx.post(server.url + "/v1/answer", json=BEAMS, timeout=60)
 
     def stream() -> None:
         with httpx.stream("POST", server.url + "/v1/chat/completions", json=chat, timeout=60) as reply:
+            opened.set()
             lines.extend(line for line in reply.iter_lines() if line)
 
     chat = {"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 512, "stream": True}
@@ -223,7 +225,7 @@ def test_requests_still_queued_when_the_shutdown_timeout_ends_get_503_shutting_d
             replies = [pool.submit(post, i) for i in range(6)]
             assert queued(4)
             streamed = pool.submit(stream)  # the last in the queue
-            assert queued(5)
+            assert opened.wait(30)
             server.proc.send_signal(signal.SIGTERM)
             statuses = [r.result(60).status_code for r in replies]
             streamed.result(60)
