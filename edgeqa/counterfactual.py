@@ -78,62 +78,6 @@ SENTENCES: dict[str, tuple[str, ...]] = {
         "In {a} there is a city called {s}.",
     ),
 }
-#: More training phrasings of the questions, beside `Relation.train`: a reader trained on three
-#: phrasings a relation learns those three, not the relation. None is a test phrasing
-#: (`Relation.heldout`, `Relation.unseen`).
-MORE_PHRASINGS: dict[str, tuple[str, ...]] = {
-    "capital": (
-        "Capital of {s}?",
-        "{s} has which city as its capital?",
-        "Where is the capital of {s}?",
-        "Tell me the name of the capital of {s}.",
-        "What is the name of the capital city of {s}?",
-        "From which city is {s} governed?",
-        "I would like to know the capital of {s}.",
-    ),
-    "continent": (
-        "Continent of {s}?",
-        "{s} is on which continent?",
-        "Which continent does {s} belong to?",
-        "Tell me the continent of {s}.",
-        "Where in the world is {s}, which continent?",
-        "What is the continent of {s}?",
-        "I would like to know which continent {s} is on.",
-    ),
-    "currency": (
-        "Currency of {s}?",
-        "{s} uses which money?",
-        "What do people in {s} pay with?",
-        "Tell me the currency of {s}.",
-        "Which money is used in {s}?",
-        "What is the official currency in {s}?",
-        "I would like to know the currency of {s}.",
-    ),
-    "largest_city": (
-        "Largest city of {s}?",
-        "Tell me the most populous city of {s}.",
-        "Which city of {s} is the biggest?",
-        "Where do most people of {s} live, which city?",
-    ),
-    "tld": (
-        "Internet domain of {s}?",
-        "Tell me the top-level domain of {s}.",
-        "What do websites in {s} end in?",
-        "Which country code domain does {s} have?",
-    ),
-    "neighbours": (
-        "Neighbours of {s}?",
-        "Tell me the countries next to {s}.",
-        "Which countries lie next to {s}?",
-        "What countries does {s} border?",
-    ),
-    "city_country": (
-        "Country of the city {s}?",
-        "Tell me the country of {s}.",
-        "Where is {s}, in which country?",
-        "Which country has a city called {s}?",
-    ),
-}
 #: Sentences about values never asked: they make pages less regular.
 FILLERS = (
     "{s} has about {population} inhabitants.",
@@ -417,11 +361,7 @@ def records(
         if pages is not None and fact.page not in pages:
             continue
         relation = RELATIONS[fact.relation]
-        group = (
-            (*relation.train, *MORE_PHRASINGS[fact.relation])
-            if phrasings == "train"
-            else (relation.heldout, *relation.unseen)
-        )
+        group = relation.train if phrasings == "train" else (relation.heldout, *relation.unseen)
         picked = list(group) if per_fact == 0 else [rng.choice(group) for _ in range(per_fact)]
         for template in picked:
             out.append(

@@ -88,11 +88,13 @@ def _short_answer_split(folder: Path, max_answer_chars: int, limit: int) -> Path
     return folder
 
 
-def facts_data(folder: Path, relations: tuple[str, ...] = DEMO_RELATIONS) -> dict[str, Path]:
+def facts_data(
+    folder: Path, relations: tuple[str, ...] = DEMO_RELATIONS, train_phrasings: int | None = None
+) -> dict[str, Path]:
     """Write the demo's facts splits (train, validation = held-out phrasing, test = unseen templates)."""
     from edgeqa.facts import load_facts, make_splits, write_splits
 
-    return write_splits(folder, make_splits(load_facts(relations)))
+    return write_splits(folder, make_splits(load_facts(relations), train_phrasings=train_phrasings))
 
 
 def showcase() -> list[Answered]:
@@ -162,8 +164,13 @@ def run_demo(
     parity_samples: int | None = None,
     force: bool = False,
     progress_bars: bool = False,
+    train_phrasings: int | None = None,
 ) -> DemoResult:
     """Fine-tune (a demo-sized model, or `model`), export to int8 with the parity gate, answer samples.
+
+    Args:
+        train_phrasings: facts only: train on the first this many phrasings of each relation [all]
+            (`edgeqa.bench.demo_kernels` compares).
 
     Raises:
         ConfigError: an unknown `data`, or a setting `prepare_output` refuses.
@@ -180,6 +187,7 @@ def run_demo(
         force,
         max_steps=(max_steps, 1),
         parity_samples=(parity_samples, MIN_SEARCH_QUESTIONS),  # the int8 export's search splits them in two
+        train_phrasings=(train_phrasings, 1),
     )
     steps = schedule.max_steps if max_steps is None else max_steps
     if model is None:
@@ -188,7 +196,7 @@ def run_demo(
 
         model = str(build_random_t5(output / "base-model", initializer_factor=0.5, **DEMO_SHAPE))
     if data == "facts":
-        splits = facts_data(output / "data")
+        splits = facts_data(output / "data", train_phrasings=train_phrasings)
         folder = output / "data"
         logger.info("demo 2/4: fine-tuning on %s (%s), %d steps", folder, ", ".join(DEMO_RELATIONS), steps)
     else:

@@ -33,7 +33,10 @@ class Relation:
 
     Attributes:
         name: Relation name (`capital`, `continent`, ...).
-        train: Phrasings the model is trained on.
+        train: Phrasings the model is trained on: seven or more, of every form (questions starting
+            with what, which, where, statements, requests). A model trained on three learns those
+            three, not the relation: it can take a first word for the relation ("What ..." for the
+            currency) and then answers a held-out phrasing with another relation's value.
         heldout: One phrasing never trained on (the validation split).
         unseen: Phrasings never trained on nor used to pick a checkpoint (the test split).
     """
@@ -49,25 +52,66 @@ RELATIONS: dict[str, Relation] = {
     for r in (
         Relation(
             "capital",
-            ("Which city is the capital of {s}?", "{s}: what is its capital?", "Name the capital of {s}."),
+            (
+                "Which city is the capital of {s}?",
+                "{s}: what is its capital?",
+                "Name the capital of {s}.",
+                "Capital of {s}?",
+                "{s} has which city as its capital?",
+                "Where is the capital of {s}?",
+                "Tell me the name of the capital of {s}.",
+                "What is the name of the capital city of {s}?",
+                "From which city is {s} governed?",
+                "I would like to know the capital of {s}.",
+            ),
             "What is the capital of {s}?",
             ("What city serves as the capital of {s}?", "Tell me the capital city of {s}."),
         ),
         Relation(
             "continent",
-            ("On which continent is {s}?", "{s} lies on which continent?", "Which continent is {s} part of?"),
+            (
+                "On which continent is {s}?",
+                "{s} lies on which continent?",
+                "Which continent is {s} part of?",
+                "Continent of {s}?",
+                "{s} is on which continent?",
+                "Which continent does {s} belong to?",
+                "Tell me the continent of {s}.",
+                "Where in the world is {s}, which continent?",
+                "What is the continent of {s}?",
+                "I would like to know which continent {s} is on.",
+            ),
             "What continent is {s} in?",
             ("Name the continent where {s} is located.", "In which continent can you find {s}?"),
         ),
         Relation(
             "currency",
-            ("What currency is used in {s}?", "Which currency does {s} use?", "{s} pays with which currency?"),
+            (
+                "What currency is used in {s}?",
+                "Which currency does {s} use?",
+                "{s} pays with which currency?",
+                "Currency of {s}?",
+                "{s} uses which money?",
+                "What do people in {s} pay with?",
+                "Tell me the currency of {s}.",
+                "Which money is used in {s}?",
+                "What is the official currency in {s}?",
+                "I would like to know the currency of {s}.",
+            ),
             "What is the currency of {s}?",
             ("Name the currency of {s}.", "What money do people use in {s}?"),
         ),
         Relation(
             "city_country",
-            ("In which country is {s}?", "{s} is a city in which country?", "Which country is {s} located in?"),
+            (
+                "In which country is {s}?",
+                "{s} is a city in which country?",
+                "Which country is {s} located in?",
+                "Country of the city {s}?",
+                "Tell me the country of {s}.",
+                "Where is {s}, in which country?",
+                "Which country has a city called {s}?",
+            ),
             "What country is {s} in?",
             ("Name the country where the city of {s} lies.", "The city {s} belongs to which country?"),
         ),
@@ -77,6 +121,10 @@ RELATIONS: dict[str, Relation] = {
                 "Which is the largest city of {s}?",
                 "What is the most populous city in {s}?",
                 "{s}: which city has the most people?",
+                "Largest city of {s}?",
+                "Tell me the most populous city of {s}.",
+                "Which city of {s} is the biggest?",
+                "Where do most people of {s} live, which city?",
             ),
             "What is the largest city in {s}?",
             ("Name the biggest city of {s}.", "Which city in {s} has the largest population?"),
@@ -87,6 +135,10 @@ RELATIONS: dict[str, Relation] = {
                 "What is the internet domain of {s}?",
                 "Which top-level domain belongs to {s}?",
                 "{s} uses which country code domain?",
+                "Internet domain of {s}?",
+                "Tell me the top-level domain of {s}.",
+                "What do websites in {s} end in?",
+                "Which country code domain does {s} have?",
             ),
             "What is the top-level domain of {s}?",
             ("Name the web domain ending for {s}.", "Which domain suffix do websites in {s} use?"),
@@ -97,6 +149,10 @@ RELATIONS: dict[str, Relation] = {
                 "Which countries border {s}?",
                 "What are the neighbouring countries of {s}?",
                 "{s} shares borders with which countries?",
+                "Neighbours of {s}?",
+                "Tell me the countries next to {s}.",
+                "Which countries lie next to {s}?",
+                "What countries does {s} border?",
             ),
             "Which countries are neighbours of {s}?",
             ("Name the countries that border {s}.", "What countries share a border with {s}?"),
@@ -171,7 +227,11 @@ def _held_out(fact: Fact, share: float, seed: int) -> bool:
 
 
 def make_splits(
-    facts: Sequence[Fact], heldout_facts: float = 0.0, keep: Iterable[str] = (), seed: int = 0
+    facts: Sequence[Fact],
+    heldout_facts: float = 0.0,
+    keep: Iterable[str] = (),
+    seed: int = 0,
+    train_phrasings: int | None = None,
 ) -> dict[str, list[dict[str, str]]]:
     """Question/answer records (question, answer, relation, subject) in four splits, each shuffled (seeded).
 
@@ -185,9 +245,12 @@ def make_splits(
         heldout_facts: Share of facts kept out of training, picked by a hash of the fact.
         keep: Subjects always kept in training (the demo's showcase questions).
         seed: Changes which facts are held out.
+        train_phrasings: Only the first this many `train` phrasings of each relation [all].
     """
     if not 0 <= heldout_facts < 1:
         raise ConfigError(f"heldout_facts must be in [0, 1), got {heldout_facts}")
+    if train_phrasings is not None and train_phrasings < 1:
+        raise ConfigError(f"train_phrasings must be at least 1, got {train_phrasings}")
     kept = set(keep)
     splits: dict[str, list[dict[str, str]]] = {name: [] for name in SPLITS}
 
@@ -204,10 +267,11 @@ def make_splits(
 
     for fact in facts:
         relation = RELATIONS[fact.relation]
+        trained = relation.train[:train_phrasings]
         if fact.subject not in kept and _held_out(fact, heldout_facts, seed):
-            add("unseen_facts", fact, relation.train)
+            add("unseen_facts", fact, trained)
             continue
-        add("train", fact, relation.train)
+        add("train", fact, trained)
         add("validation", fact, (relation.heldout,))
         add("test", fact, relation.unseen)
     for name, rows in splits.items():  # relations mixed, so that the first N records of a split are a fair sample

@@ -63,6 +63,14 @@ def test_bad_demo_settings_are_refused_before_anything_is_written(tmp_path, args
     assert (tmp_path / "a-file").read_text() == "mine"
 
 
+def test_train_phrasings_below_one_is_refused_before_anything_is_written(tmp_path):
+    from edgeqa.demo import run_demo
+
+    with pytest.raises(ConfigError, match="--train-phrasings must be at least 1, got 0"):
+        run_demo(tmp_path / "demo", train_phrasings=0)
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_with_a_quiet_log(tmp_path):
     """The real command in a subprocess (as a user runs it): answers, parity, next steps, and a log of

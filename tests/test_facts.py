@@ -37,7 +37,7 @@ def test_every_relation_has_facts_with_short_answers():
 def test_each_relation_has_disjoint_template_groups():
     for relation in RELATIONS.values():
         groups = [set(relation.train), {relation.heldout}, set(relation.unseen)]
-        assert len(relation.train) >= 3 and len(relation.unseen) >= 2, relation.name
+        assert len(relation.train) >= 7 and len(relation.unseen) >= 2, relation.name
         assert sum(map(len, groups)) == len(set().union(*groups)), f"{relation.name} repeats a template"
         assert all("{s}" in t for t in set().union(*groups))
 
@@ -55,8 +55,10 @@ def test_splits_hold_out_phrasings_and_facts_and_are_deterministic():
     assert 0.05 * len(facts) < len(held) < 0.15 * len(facts)
     assert ("capital", "France") in trained and ("currency", "France") in trained
     assert "What is the capital of France?" in {r["question"] for r in splits["validation"]}
-    assert len(splits["train"]) == 3 * len(trained) == 3 * len(splits["validation"])
-    assert len(splits["test"]) == 2 * len(trained) and len(splits["unseen_facts"]) == 3 * len(held)
+    phrasings = len(RELATIONS["capital"].train)  # capital and currency train on as many
+    assert phrasings == len(RELATIONS["currency"].train) == 10
+    assert len(splits["train"]) == phrasings * len(trained) == phrasings * len(splits["validation"])
+    assert len(splits["test"]) == 2 * len(trained) and len(splits["unseen_facts"]) == phrasings * len(held)
     assert make_splits(facts, heldout_facts=0.1, seed=1)["unseen_facts"] != splits["unseen_facts"]
 
 
@@ -73,6 +75,16 @@ def test_bad_arguments_are_config_errors():
         load_facts(("capitals",))
     with pytest.raises(ConfigError, match="heldout_facts"):
         make_splits([], heldout_facts=1.0)
+    with pytest.raises(ConfigError, match="train_phrasings must be at least 1, got 0"):
+        make_splits([], train_phrasings=0)
+
+
+def test_train_phrasings_keeps_the_first_of_each_relation():
+    facts = load_facts(("capital", "continent"))
+    three = make_splits(facts, train_phrasings=3)
+    questions = {r["question"] for r in three["train"]}
+    assert questions == {t.format(s=f.subject) for f in facts for t in RELATIONS[f.relation].train[:3]}
+    assert three["validation"] == make_splits(facts)["validation"] and three["test"] == make_splits(facts)["test"]
 
 
 def test_bundled_tables_are_small_and_attributed():
