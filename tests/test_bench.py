@@ -381,3 +381,27 @@ def test_reader_recipe_scores_the_joined_choice_and_the_readers_alone_apart() ->
     result = evaluate(Reader(), [row], [(row, [right, wrong])])  # type: ignore[arg-type]
     assert (result["gold_em"], result["source"], result["em"]) == (100.0, 100.0, 100.0)
     assert (result["reader_source"], result["reader_em"]) == (0.0, 0.0)
+
+
+def test_demo_kernels_sets_the_kernels_before_torch_loads_and_reports_the_spread(tmp_path, monkeypatch) -> None:
+    """Each run gets its kernel set in a fresh process (a stand-in demo echoes it); the table and
+    the spread per number of phrasings come from the runs."""
+    from edgeqa.bench import demo_kernels
+
+    stand_in = (
+        "import json, os, sys\n"
+        "cap = os.environ.get('ATEN_CPU_CAPABILITY', 'native')\n"
+        "print(json.dumps({'validation': {'native': 0.825, 'avx2': 0.985}.get(cap, 0.947), 'test': 0.5}))\n"
+    )
+    monkeypatch.setattr(demo_kernels, "_RUN", stand_in)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # the caller's own setting does not leak into "native"
+    runs = [demo_kernels.run_once(kernels, "3", tmp_path) for kernels in demo_kernels.KERNELS]
+    assert [round(run.heldout, 3) for run in runs] == [0.825, 0.985, 0.947]
+    table = demo_kernels.report(runs)
+    assert "| 3 | avx2 | 98.5% | 50.0% |" in table
+    assert "- 3 phrasings: held-out 82.5-98.5% (spread 16.0 points), never-seen 50.0-50.0% (spread 0.0)" in table
+    monkeypatch.setattr(demo_kernels, "_RUN", "import sys; sys.exit('no demo here')")
+    with pytest.raises(RuntimeError, match="the demo under avx2 kernels failed:\nno demo here"):
+        demo_kernels.run_once("avx2", "all", tmp_path)
+    with pytest.raises(SystemExit):
+        demo_kernels.main(["--train-phrasings", "0"])
