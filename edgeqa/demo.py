@@ -181,13 +181,14 @@ def run_demo(
 
     if data not in DATASETS:
         raise ConfigError(f"demo data {data!r} is not one of {', '.join(DATASETS)}")
+    if train_phrasings is not None and (data != "facts" or train_phrasings < 1):
+        raise ConfigError(f"train_phrasings takes a number from 1 with the facts data; got {train_phrasings} ({data})")
     schedule = SCHEDULES[data]
     output = prepare_output(
         output,
         force,
         max_steps=(max_steps, 1),
         parity_samples=(parity_samples, MIN_SEARCH_QUESTIONS),  # the int8 export's search splits them in two
-        train_phrasings=(train_phrasings, 1),
     )
     steps = schedule.max_steps if max_steps is None else max_steps
     if model is None:

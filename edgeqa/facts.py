@@ -33,10 +33,10 @@ class Relation:
 
     Attributes:
         name: Relation name (`capital`, `continent`, ...).
-        train: Phrasings the model is trained on: seven or more, of every form (questions starting
-            with what, which, where, statements, requests). A model trained on three learns those
-            three, not the relation: it can take a first word for the relation ("What ..." for the
-            currency) and then answers a held-out phrasing with another relation's value.
+        train: Phrasings the model is trained on: seven or more, in many forms. A model trained on
+            three learns those three, not the relation: it can take a first word for the relation
+            ("What ..." for the currency) and then answers a held-out phrasing with another
+            relation's value.
         heldout: One phrasing never trained on (the validation split).
         unseen: Phrasings never trained on nor used to pick a checkpoint (the test split).
     """

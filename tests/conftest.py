@@ -18,13 +18,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# torch's compiled-kernel cache, one per test session (its processes share it): the machine-wide
-# /tmp/torchinductor_<user> keeps a kernel cut off mid-write by a killed run, and every later run
-# that needs that kernel then fails loading it ("main.so: file too short"). It goes when the session
-# ends (about 90 MB a run).
-if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgeqa-tests-inductor-")
-    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
+# torch's compiled-kernel cache and its extensions folder (where DeepSpeed builds its CPU op), one
+# each per test session (its processes share them), removed when it ends (about 90 MB a run). The
+# machine-wide ones outlive a killed run: /tmp/torchinductor_<user> keeps a kernel cut off mid-write
+# ("main.so: file too short" in every later run), and ~/.cache/torch_extensions a build's lock file,
+# on which every later ZeRO-3 run waits for ever (seen here after a CI run was stopped).
+for variable, prefix in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TORCH_EXTENSIONS_DIR", "extensions")):
+    if variable not in os.environ:
+        os.environ[variable] = tempfile.mkdtemp(prefix=f"edgeqa-tests-{prefix}-")
+        atexit.register(shutil.rmtree, os.environ[variable], ignore_errors=True)
 
 from edgeqa.bench.outliers import FACTS_RELATIONS, train_facts_model, write_facts_data  # noqa: E402, F401
 from edgeqa.demo import DEMO_SHAPE  # noqa: E402

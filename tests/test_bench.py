@@ -403,5 +403,3 @@ def test_demo_kernels_sets_the_kernels_before_torch_loads_and_reports_the_spread
     monkeypatch.setattr(demo_kernels, "_RUN", "import sys; sys.exit('no demo here')")
     with pytest.raises(RuntimeError, match="the demo under avx2 kernels failed:\nno demo here"):
         demo_kernels.run_once("avx2", "all", tmp_path)
-    with pytest.raises(SystemExit):
-        demo_kernels.main(["--train-phrasings", "0"])

@@ -66,8 +66,10 @@ def test_bad_demo_settings_are_refused_before_anything_is_written(tmp_path, args
 def test_train_phrasings_below_one_is_refused_before_anything_is_written(tmp_path):
     from edgeqa.demo import run_demo
 
-    with pytest.raises(ConfigError, match="--train-phrasings must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match=r"train_phrasings takes a number from 1 with the facts data; got 0 \(fa"):
         run_demo(tmp_path / "demo", train_phrasings=0)
+    with pytest.raises(ConfigError, match=r"got 3 \(dolly\)"):
+        run_demo(tmp_path / "demo", data="dolly", train_phrasings=3)
     assert not (tmp_path / "demo").exists()
 
 
