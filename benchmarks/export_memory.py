@@ -1,5 +1,5 @@
 """Peak memory, time and sizes of `edgeqa export` on a FLAN-T5-shaped checkpoint (random weights),
-each export its own process, as `/usr/bin/time -v` measures it (the process's maximum resident set).
+each export its own process, whose peak resident set (`VmHWM`) it reports as it exits.
 
     python -m edgeqa.bench.export_memory --shape large --output bench-results/export-memory.md
 """
@@ -7,7 +7,6 @@ each export its own process, as `/usr/bin/time -v` measures it (the process's ma
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -17,10 +16,23 @@ from pathlib import Path
 
 from edgeqa.manifest import Manifest
 
+#: Runs `edgeqa ARGS` with the file named first receiving the process's own peak resident memory as it
+#: exits (`VmHWM`). Not the waiting parent's `ru_maxrss`: Linux carries the parent's peak across exec
+#: into it (subprocess starts children with vfork), so every child would weigh at least its parent.
+_REPORT_PEAK = """
+import atexit, runpy, sys
+from pathlib import Path
+from edgeqa.bench.machine import memory_mb
+peak_file = Path(sys.argv.pop(1))
+atexit.register(lambda: peak_file.write_text(str(memory_mb("self", "VmHWM"))))
+sys.argv[0] = "edgeqa"
+runpy.run_module("edgeqa.cli", run_name="__main__", alter_sys=True)
+"""
+
 
 @dataclass(frozen=True)
 class Measured:
-    """One command: its exit status, peak resident memory in bytes, and wall seconds."""
+    """One command: its exit status, peak resident memory in bytes (0 if it died unreported), wall seconds."""
 
     returncode: int
     peak: int
@@ -28,17 +40,15 @@ class Measured:
     output: str
 
 
-def measure(command: list[str]) -> Measured:
-    """Run a command; its peak resident memory is that of the process or of its largest waited-for child."""
+def measure(args: list[str]) -> Measured:
+    """Run `edgeqa ARGS` in a fresh process: its exit status, output, wall time and own peak memory."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)  # wait4, not wait(): it returns the child's rusage
-        returncode = os.waitstatus_to_exitcode(status)
-        process.returncode = returncode  # reaped here: Popen must not wait for it again
-        log.seek(0)
-        output = log.read()
-    return Measured(returncode, usage.ru_maxrss * 1024, time.perf_counter() - start, output)
+    with tempfile.TemporaryDirectory(prefix="edgeqa-peak-") as tmp:
+        peak_file = Path(tmp) / "peak-mb"
+        command = [sys.executable, "-c", _REPORT_PEAK, str(peak_file), *args]
+        run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        peak_mb = float(peak_file.read_text()) if peak_file.is_file() else 0.0
+    return Measured(run.returncode, int(peak_mb * 1024 * 1024), time.perf_counter() - start, run.stdout)
 
 
 def checkpoint_bytes(checkpoint: Path) -> int:
@@ -49,8 +59,8 @@ def checkpoint_bytes(checkpoint: Path) -> int:
     return total
 
 
-def export_command(checkpoint: Path, output: Path, *options: str) -> list[str]:
-    return [sys.executable, "-m", "edgeqa.cli", "export", str(checkpoint), str(output), "--force", *options]
+def export_args(checkpoint: Path, output: Path, *options: str) -> list[str]:
+    return ["export", str(checkpoint), str(output), "--force", *options]
 
 
 def report(shape: str, checkpoint: Path, work: Path, parity_samples: int) -> str:
@@ -74,10 +84,10 @@ def report(shape: str, checkpoint: Path, work: Path, parity_samples: int) -> str
     ]
     for name, options in runs.items():
         output = work / name.split(",")[0]
-        run = measure(export_command(checkpoint, output, *options))
+        run = measure(export_args(checkpoint, output, *options))
         if run.returncode != 0:
             raise SystemExit(f"{name}: edgeqa export failed:\n{run.output[-3000:]}")
-        asked = measure([sys.executable, "-m", "edgeqa.cli", "ask", str(output), "What is the capital of France?"])
+        asked = measure(["ask", str(output), "What is the capital of France?"])
         size = sum(entry.size for entry in Manifest.read(output).files.values())
         answers = f"yes ({asked.peak / 1e9:.2f} GB to answer)" if asked.returncode == 0 else "no"
         rows.append(

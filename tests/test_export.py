@@ -15,7 +15,7 @@ import pytest
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from conftest import SMALL, build_t5
+from conftest import SMALL, TINY, build_t5
 from edgeqa.cli import app
 from edgeqa.cpu import detect_preset
 from edgeqa.errors import ConfigError, ExportError
@@ -388,22 +388,30 @@ def test_a_weight_the_streamed_export_cannot_rebuild_is_refused_before_writing(t
 
 
 @pytest.mark.slow
-def test_large_shaped_export_peaks_within_2_3_times_the_checkpoint(tmp_path):
-    """flan-t5-large's shape (3.1 GB of fp32 weights, random): the int8 export's peak memory within
-    2.3x the checkpoint, an artifact under 30% of it, and the artifact answers."""
-    from edgeqa.bench.export_memory import checkpoint_bytes, export_command, measure
+def test_export_holds_within_2_3_times_the_weights_beyond_its_libraries(tmp_path):
+    """flan-t5-base's shape (0.99 GB of fp32 weights, random) to int8: the export's peak memory beyond a
+    tiny model's export (the interpreter and its libraries, about 0.65 GB) within 2.3x the weights (1.9x
+    measured; 4.0x with the export before it streamed the weights, 70a4ac7), an artifact under 30% of
+    them, and it answers. flan-t5-large's and -xl's figures: benchmarks/results/export-memory.md."""
+    from edgeqa.bench.export_memory import checkpoint_bytes, export_args, measure
     from edgeqa.finetune.models import FLAN_T5_SHAPES
 
-    checkpoint = build_t5(tmp_path / "large", **FLAN_T5_SHAPES["large"])
+    tiny = build_t5(tmp_path / "tiny", **TINY)
+    libraries = measure(export_args(tiny, tmp_path / "tiny-int8", "--quantize", "--no-parity"))
+    assert libraries.returncode == 0 and libraries.peak > 0, libraries.output[-2000:]
+    checkpoint = build_t5(tmp_path / "base", **FLAN_T5_SHAPES["base"])
     weights = checkpoint_bytes(checkpoint)
     out = tmp_path / "int8"
-    run = measure(export_command(checkpoint, out, "--quantize", "--no-parity"))
+    run = measure(export_args(checkpoint, out, "--quantize", "--no-parity"))
     assert run.returncode == 0, run.output[-2000:]
-    assert run.peak <= 2.3 * weights, f"peak {run.peak / 1e9:.2f} GB for {weights / 1e9:.2f} GB of weights"
+    held = run.peak - libraries.peak
+    figures = f"peak {run.peak / 1e9:.2f} GB, {held / 1e9:.2f} GB beyond a tiny export, weights {weights / 1e9:.2f} GB"
+    assert weights <= held <= 2.3 * weights, figures
     size = sum(entry.size for entry in Manifest.read(out).files.values())
     assert size <= 0.30 * weights, size
-    asked = measure([sys.executable, "-m", "edgeqa.cli", "ask", str(out), "What is the capital of France?"])
+    asked = measure(["ask", str(out), "What is the capital of France?"])
     assert asked.returncode == 0 and asked.output.strip(), asked.output[-2000:]
+    assert asked.peak < run.peak, (asked.peak, run.peak)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused_by_name(tmp_path):
