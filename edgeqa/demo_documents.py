@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeqa.errors import ConfigError
 from edgeqa.manifest import WeightType
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ class ReaderRecipe:
     learning_rate: float
     max_source_tokens: int
     eval_steps: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sentence_steps <= self.max_steps:
+            raise ConfigError(
+                f"sentence_steps is {self.sentence_steps} of max_steps {self.max_steps}: the sentence steps are "
+                "the first of the steps; give a sentence_steps from 0 to max_steps"
+            )
 
 
 #: The best measured (benchmarks/results/reader-recipe.md): 13-14 minutes of training on 2 idle cores.

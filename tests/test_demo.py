@@ -110,16 +110,26 @@ def test_demo_documents_options_reach_the_library(monkeypatch, tmp_path):
     assert refused.exit_code == 1 and "--documents trains its own reader" in refused.stderr
 
 
+def test_a_reader_recipe_with_more_sentence_steps_than_steps_is_refused():
+    from dataclasses import replace
+
+    from edgeqa.demo_documents import RECIPE
+
+    with pytest.raises(ConfigError, match="sentence_steps is 1000 of max_steps 500: .* from 0 to max_steps"):
+        replace(RECIPE, max_steps=500)
+    assert replace(RECIPE, max_steps=500, sentence_steps=500).sentence_steps == 500
+
+
 @pytest.mark.slow
 def test_demo_documents_reads_counterfactual_pages_far_better_than_a_closed_book(tmp_path):
-    """A short `edgeqa demo --documents`: 252 pages, a reader trained for a few hundred steps, int8 through
-    the gate, an index, answers with sources; the reader given the pages beats the same model without them."""
+    """A short `edgeqa demo --documents --max-steps 400`: 252 pages, a reader trained for 100 steps on
+    sentences and 300 on pages, int8 through the gate, an index, answers with sources; the reader given
+    the pages beats the same model without them."""
     from dataclasses import replace
 
     from edgeqa.demo_documents import RECIPE, documents_summary, run_documents_demo
 
-    recipe = replace(RECIPE, worlds=10, max_steps=500, eval_steps=250)
-    result = run_documents_demo(tmp_path / "demo", recipe, test_questions=90)
+    result = run_documents_demo(tmp_path / "demo", replace(RECIPE, worlds=10), max_steps=400, test_questions=90)
     assert len(list(result.pages.glob("*.md"))) == 252
     manifest = Manifest.read(result.artifact)
     assert manifest.parity and manifest.parity.passed and manifest.quantization
@@ -129,7 +139,9 @@ def test_demo_documents_reads_counterfactual_pages_far_better_than_a_closed_book
     measured = (result.passage_exact_match, result.closed_book_exact_match)
     assert result.passage_exact_match["all"] >= result.closed_book_exact_match + 0.3, measured
     assert result.passage_exact_match["continent"] >= 0.4, measured
-    assert result.passage_exact_match["capital"] >= 0.2, measured  # names copied: 37% at 500 steps here
+    # currencies copied from the page: 32-39% on this machine's three kernel sets (capitals need about
+    # 1,000 steps: 30% after 750 on sentences and 250 on pages)
+    assert result.passage_exact_match["currency"] >= 0.2, measured
     # BM25's first passage is the question's own page; read, it beats the closed book as the page does
     assert result.top_passage_right_source >= 0.9, result.top_passage_right_source
     assert result.top_passage_exact_match >= result.closed_book_exact_match + 0.2, result.top_passage_exact_match
