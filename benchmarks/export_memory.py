@@ -16,16 +16,14 @@ from pathlib import Path
 
 from edgeqa.manifest import Manifest
 
-#: Runs `edgeqa ARGS` with the file named first receiving the process's own peak resident memory as it
-#: exits (`VmHWM`). Not the waiting parent's `ru_maxrss`: Linux carries the parent's peak across exec
-#: into it (subprocess starts children with vfork), so every child would weigh at least its parent.
+#: Runs `edgeqa ARGS`; the file named first receives the process's own peak memory as it exits
+#: (`edgeqa.bench.machine.peak_rss_mb`: the waiting parent's `ru_maxrss` would include its own peak).
 _REPORT_PEAK = """
 import atexit, runpy, sys
 from pathlib import Path
-from edgeqa.bench.machine import memory_mb
+from edgeqa.bench.machine import peak_rss_mb
 peak_file = Path(sys.argv.pop(1))
-atexit.register(lambda: peak_file.write_text(str(memory_mb("self", "VmHWM"))))
-sys.argv[0] = "edgeqa"
+atexit.register(lambda: peak_file.write_text(str(peak_rss_mb())))
 runpy.run_module("edgeqa.cli", run_name="__main__", alter_sys=True)
 """
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import platform
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,13 @@ def memory_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
     return 0.0
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (`VmHWM`). The parent's `ru_maxrss` of a child is no measure:
+    Linux carries the parent's peak across exec into a child started by vfork, as subprocess starts
+    them; `ru_maxrss` is the fallback without /proc."""
+    return memory_mb("self", "VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -41,6 +47,8 @@ def cpu_name() -> str:
 
 def measure() -> MachineLimits:
     """Copy bandwidth (read + write of 512 MB) and numpy's fp32 GEMM rate (2048^3, all cores), best of 5."""
+    import numpy as np  # here, not above: measured processes import this module for peak_rss_mb
+
     source = np.ones(64 * 1024 * 1024, dtype=np.float64)
     target = np.empty_like(source)
     best = min(_timed(lambda: np.copyto(target, source)) for _ in range(5))

@@ -7,7 +7,6 @@ engine, the model path, the prompts (token ids), the forced number of new tokens
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import sys
 import time
@@ -87,13 +86,6 @@ def load_engine(
     raise SystemExit(f"unknown engine {engine}")
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory. (ru_maxrss would carry the parent's peak across exec.)"""
-    from edgeqa.bench.machine import memory_mb
-
-    return memory_mb("self", "VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _pad_torch(prompts: list[list[int]]) -> tuple[Any, Any]:
     import torch
 
@@ -152,7 +144,9 @@ def main(spec_path: str) -> None:
             result["modes"][mode["name"]]["same_as_b1"] = sum(a == b for a, b in zip(tokens, alone, strict=True)) / len(
                 prompts
             )
-    result["peak_rss_mb"] = _peak_rss_mb()
+    from edgeqa.bench.machine import peak_rss_mb
+
+    result["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
 
 

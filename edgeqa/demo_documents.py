@@ -66,10 +66,10 @@ class ReaderRecipe:
     eval_steps: int
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sentence_steps <= self.max_steps:
+        if not 0 <= self.sentence_steps < self.max_steps:
             raise ConfigError(
-                f"sentence_steps is {self.sentence_steps} of max_steps {self.max_steps}: the sentence steps are "
-                "the first of the steps; give a sentence_steps from 0 to max_steps"
+                f"sentence_steps is {self.sentence_steps} of max_steps {self.max_steps}: the sentence steps come "
+                "first and the reader ends on whole pages; give a sentence_steps from 0 to max_steps - 1"
             )
 
 

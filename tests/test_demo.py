@@ -115,9 +115,12 @@ def test_a_reader_recipe_with_more_sentence_steps_than_steps_is_refused():
 
     from edgeqa.demo_documents import RECIPE
 
-    with pytest.raises(ConfigError, match="sentence_steps is 1000 of max_steps 500: .* from 0 to max_steps"):
+    with pytest.raises(ConfigError, match="sentence_steps is 1000 of max_steps 500: .* from 0 to max_steps - 1"):
         replace(RECIPE, max_steps=500)
-    assert replace(RECIPE, max_steps=500, sentence_steps=500).sentence_steps == 500
+    for steps, sentences in ((500, 500), (0, 0), (500, -1)):
+        with pytest.raises(ConfigError, match=f"sentence_steps is {sentences} of max_steps {steps}"):
+            replace(RECIPE, max_steps=steps, sentence_steps=sentences)
+    assert replace(RECIPE, max_steps=500, sentence_steps=499).sentence_steps == 499
 
 
 @pytest.mark.slow
