@@ -580,6 +580,7 @@ def test_two_process_ddp_run(tmp_path, memo_data):
         capture_output=True,
         text=True,
         timeout=600,
+        env=os.environ | {"TMPDIR": str(tmp_path)},  # torchrun leaves a torchelastic_* folder in TMPDIR
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert " of 8)" in result.stdout  # 64 records / (2 processes x batch 8) = 4 steps an epoch
@@ -591,11 +592,9 @@ def test_two_process_ddp_run(tmp_path, memo_data):
 @pytest.mark.parametrize("launcher", ["ddp", "fsdp", "zero3"])
 def test_two_process_accelerate_launch(tmp_path, memo_data, tiny_model, launcher):
     """`accelerate launch` with edgeqa's shipped config, unchanged, on 2 CPU processes (gloo)."""
-    import os
-
     from edgeqa.finetune.launchers import accelerate_config
 
-    env = dict(os.environ)
+    env = os.environ | {"TMPDIR": str(tmp_path)}  # the launcher leaves a torchelastic_* folder in TMPDIR
     if launcher == "fsdp":  # accelerate runs FSDP on accelerators only; see tests/fsdp_on_cpu/
         env |= {"EDGEQA_TEST_FSDP_ON_CPU": "1", "PYTHONPATH": str(Path(__file__).parent / "fsdp_on_cpu")}
     if launcher == "zero3":
