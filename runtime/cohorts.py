@@ -106,13 +106,15 @@ class GreedyCohort(Cohort):
         try:
             logits = self.graphs.step(self.state, self.sequences[:, length - 1]).astype(np.float32, copy=False)
             tokens = self.sequences[:, length]
+            # the plain model's scores, taken before choosing edits the logits in place (penalties, bans)
+            plain = None if self.scored is None else logits[self.scored]
             for members, opts, rngs in self.groups:
                 if members is None:
                     tokens[:] = choose_tokens(self.sequences[:, :length], logits, opts, self.eos, rngs)
                 else:
                     chosen = choose_tokens(self.sequences[members, :length], logits[members], opts, self.eos, rngs)
                     tokens[members] = chosen
-            gains = None if self.scored is None else _chosen_log_probs(logits[self.scored], tokens[self.scored])
+            gains = None if plain is None else _chosen_log_probs(plain, tokens[self.scored])
         except Exception:
             self.state.self_cache = cache  # as before the step
             for rng, state in zip(self.sampled, drawn, strict=True):

@@ -97,15 +97,22 @@ class PromptTokenizer:
                 raise InputError('the question is empty; ask something, e.g. "What is the capital of France?"')
             if context is not None and (not isinstance(context, str) or not context.strip()):
                 raise InputError("the context is empty; give the passage to read, or no context at all")
+            for name, text in (("question", question), ("context", context)):
+                if text is not None and not _encodable(text):
+                    raise InputError(
+                        f"the {name} holds bytes that are not text (not UTF-8, as from a terminal in another "
+                        "encoding); give it as UTF-8"
+                    )
             prompts.append(format_prompt(question, self._template, context, self._context_template))
         encodings = self._tokenizer.encode_batch(prompts)
         ids = []
         for question, context, prompt, encoding in zip(questions, contexts, prompts, encodings, strict=True):
             if encoding.overflowing and context is not None:
                 raise InputError(
-                    f"the question and its passage are {self.count(prompt)} tokens, over the model's limit "
-                    f"of {self.max_input_tokens} input tokens; give a shorter passage (an index built with "
-                    "`edgeqa index --artifact` fits its passages to the limit)"
+                    f"the question and its passage are {self.count(prompt)} tokens, over the model's limit of "
+                    f"{self.max_input_tokens} input tokens (the question alone is {self.count(question) - 1}); "
+                    "shorten the question or the passage (an index built with `edgeqa index --artifact` leaves "
+                    "room for a short question beside each passage)"
                 )
             if encoding.overflowing:
                 logger.warning(
@@ -134,3 +141,12 @@ class PromptTokenizer:
             for before, after in _CLEANUPS:
                 text = text.replace(before, after)
         return text.strip()
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` is text: Python keeps undecodable bytes of argv and stdin as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -256,6 +256,22 @@ def test_a_scored_row_carries_the_log_probability_of_its_answer(model, tiny_mode
         assert lone.tokens == row.tokens and lone.log_prob == pytest.approx(row.log_prob, abs=1e-9)
 
 
+def test_a_scored_rows_log_probability_ignores_its_penalties_alone_or_batched(model, tiny_model):
+    """Penalties and bans change which token is chosen, never the plain model's score of it: a row alone
+    (its logits edited in place by choosing) scores as it does beside a batch-mate (which copies them)."""
+    penalised = opts(min_new_tokens=4, repetition_penalty=1.5, no_repeat_ngram_size=1)
+    alone, batched = Row(PROMPTS[2], penalised, scored=True), Row(PROMPTS[2], penalised, scored=True)
+    mate = Row(PROMPTS[0], opts(), scored=True)
+    decoder = model.decoder()
+    decoder.join([alone])
+    decoder.run()
+    decoder.join([batched, mate])
+    decoder.run()
+    assert alone.tokens == batched.tokens and len(alone.tokens) >= 4
+    assert alone.log_prob == pytest.approx(batched.log_prob, abs=1e-9)
+    assert alone.log_prob == pytest.approx(_torch_log_prob(tiny_model, alone.ids, alone.tokens), abs=1e-3)
+
+
 def test_a_scored_beam_row_carries_its_searchs_score(model, tiny_model):
     beams = opts(num_beams=3, max_new_tokens=6)
     row = Row(PROMPTS[2], beams, scored=True)
@@ -276,6 +292,8 @@ def test_a_question_with_a_passage_is_never_cut(model):
     long_passage = "word " * (model.manifest.max_input_tokens + 10)
     with pytest.raises(InputError, match=rf"tokens, over the model's limit of {model.manifest.max_input_tokens}"):
         decoder.prompts(["Who?"], [long_passage])
+    with pytest.raises(InputError, match=r"\(the question alone is 1\d\d\); shorten the question or the passage"):
+        decoder.prompts(["Who wrote it? " * 30], ["Ann wrote it."])  # the question is what overflows
     with pytest.raises(InputError, match="the context is empty"):
         decoder.prompts(["Who?"], ["  "])
     [(_, cut)] = decoder.prompts([long_passage])  # a question alone is cut, with a warning

@@ -223,6 +223,14 @@ def test_empty_question_is_refused(model, question):
         model.answer(question)
 
 
+def test_bytes_that_are_not_text_are_refused_naming_them(model):
+    """A terminal in Latin-1 hands Python `caf\\xe9` as a lone surrogate, which tokenizers cannot take."""
+    with pytest.raises(InputError, match="the question holds bytes that are not text .* give it as UTF-8"):
+        model.answer("caf\udce9 router")
+    with pytest.raises(InputError, match="the context holds bytes that are not text"):
+        model.answer("Who?", context="Ann \udcff wrote it.")
+
+
 def test_very_long_question_is_truncated_with_warning(model, caplog):
     with caplog.at_level(logging.WARNING, logger="edgeqa"):
         answer = model.answer("why " * 25_000, max_new_tokens=4)
