@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import functools
+import hashlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -27,7 +31,7 @@ from edgeqa.serve.config import ServeConfig
 from edgeqa.serve.engine import Engine, EngineState, QueueFull
 from edgeqa.serve.jobs import Job
 from edgeqa.serve.metrics import Metrics
-from edgeqa.serve.middleware import ApiKeyMiddleware, MetricsMiddleware, ShutdownMiddleware
+from edgeqa.serve.middleware import ApiKeyMiddleware, HostCheckMiddleware, MetricsMiddleware, ShutdownMiddleware
 from edgeqa.serve.protocol import (
     ApiError,
     Caps,
@@ -241,8 +245,31 @@ async def info(request: Request) -> Response:
 
 
 async def page(request: Request) -> Response:
+    html, headers = page_and_headers()
+    return HTMLResponse(html, headers=headers)
+
+
+@functools.cache
+def page_and_headers() -> tuple[str, dict[str, str]]:
+    """The web page and its headers: a Content-Security-Policy that lets only the page's own inline script
+    and style run (by their hashes) and its requests go only to this server."""
     html = resources.files("edgeqa.serve").joinpath("page.html").read_text(encoding="utf-8")
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+    def digest(tag: str) -> str:
+        [inline] = re.findall(f"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+        return "'sha256-" + base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode() + "'"
+
+    policy = (
+        f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; connect-src 'self'; "
+        "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    headers = {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    return html, headers
 
 
 async def api_error(request: Request, exc: Exception) -> Response:
@@ -315,6 +342,8 @@ def create_app(config: ServeConfig, load: Callable[[], QAModel] | None = None) -
     if config.ui:
         routes.append(Route("/", page, methods=["GET"]))
     middleware = [Middleware(MetricsMiddleware, metrics=metrics_)]
+    if config.host_names is not None:
+        middleware.append(Middleware(HostCheckMiddleware, names=config.host_names))
     if config.cors_origins:
         middleware.append(
             Middleware(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,9 @@ from edgeqa.documents.answers import RETRIEVAL_WEIGHT, check_retrieval_weight
 from edgeqa.documents.query import check_k
 from edgeqa.errors import ConfigError, InputError
 from edgeqa.runtime.options import MAX_BEAMS
+
+#: A host name or address as a Host header gives it, without the port: IPv6 in brackets, or '*' for any.
+_HOST_NAME = re.compile(r"\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,10 @@ class ServeConfig:
         api_key: Key asked of every endpoint but /health and the page (also EDGEQA_API_KEY); spaces
             around it are dropped, as from a key file and the request's header.
         cors_origins: Origins allowed by CORS, comma-separated (default: CORS off).
+        allowed_hosts: More host names requests may call this server by (comma-separated; '*': any), beside
+            localhost and the loopback addresses, the only ones answered by default when it listens on
+            loopback: a request naming another gets 400, so no web page can reach it by rebinding its own
+            name to 127.0.0.1. Listening beyond loopback, any name is answered unless some are given.
         ui: Serve the web page at /.
         max_body_bytes: Largest request body (413 above it).
         shutdown_timeout: Seconds SIGTERM waits for in-flight requests (those still open then get 503).
@@ -52,6 +60,7 @@ class ServeConfig:
     max_queue: int = 64
     api_key: str | None = field(default=None, repr=False)  # a secret: never shown
     cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     ui: bool = True
     max_body_bytes: int = 1 << 20
     shutdown_timeout: float = 30.0
@@ -79,6 +88,12 @@ class ServeConfig:
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{name} {rule}, got {getattr(self, name)} ({_flag(name)})")
+        odd = [h for h in self.allowed_hosts if not _HOST_NAME.fullmatch(h)]
+        if odd:
+            raise ConfigError(
+                f"allowed_hosts takes host names such as office-box.lan or 10.0.0.5 (IPv6 in brackets), without "
+                f"scheme or port, got {odd[0]!r} (--allowed-hosts)"
+            )
         if self.api_key == "":
             raise ConfigError("api_key must not be empty (--api-key, --api-key-file or EDGEQA_API_KEY)")
         if self.index is not None and self.k > self.max_queue:
@@ -94,6 +109,15 @@ class ServeConfig:
     @property
     def loopback(self) -> bool:
         return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    @property
+    def host_names(self) -> tuple[str, ...] | None:
+        """The names a request's Host header may give (lower case, IPv6 in brackets); None: any."""
+        if "*" in self.allowed_hosts or not (self.loopback or self.allowed_hosts):
+            return None
+        own = f"[{self.host}]" if ":" in self.host else self.host
+        names = ("localhost", "127.0.0.1", "[::1]", own, *self.allowed_hosts)
+        return tuple(dict.fromkeys(name.lower() for name in names))
 
 
 def _flag(name: str) -> str:

@@ -58,6 +58,35 @@ class ApiKeyMiddleware:
         await send_json(send, 401, body, {"www-authenticate": "Bearer"})
 
 
+class HostCheckMiddleware:
+    """Requests must call the server by one of its names (their Host header). A web page elsewhere that
+    rebinds its own name to 127.0.0.1 (DNS rebinding) then reaches nothing: its requests name it."""
+
+    def __init__(self, app: ASGIApp, names: tuple[str, ...]):
+        self.app = app
+        self.names = names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        given = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1").strip()
+        if scope["type"] != "http" or host_name(given) in self.names:
+            await self.app(scope, receive, send)
+            return
+        shown = given[:100] or "(none)"
+        message = (
+            f"this server answers requests that call it {', '.join(self.names)}, not {shown!r} (the Host header): "
+            f"use one of those in the URL, or start the server with --allowed-hosts NAME"
+        )
+        error = {"message": message, "type": "invalid_request_error", "param": None, "code": "host_not_allowed"}
+        body = {"error": error}
+        await send_json(send, 400, body)
+
+
+def host_name(host: str) -> str:
+    """A Host header's name without its port, in lower case: `[::1]:8080` -> `[::1]`, `Localhost.:80` -> `localhost`."""
+    name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.partition(":")[0]
+    return name.lower().rstrip(".")
+
+
 class MetricsMiddleware:
     """Counts every HTTP request by endpoint and status and times it until its last byte."""
 

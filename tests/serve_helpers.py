@@ -59,7 +59,11 @@ async def asgi_call(app: Any, path: str, messages: list[dict[str, Any]]) -> list
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(body_size).encode())],
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(body_size).encode()),
+        ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 80),
     }

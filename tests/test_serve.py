@@ -292,6 +292,10 @@ def test_page_is_self_contained(artifact_fp32, model):
         page = await http.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "<script" in page.text and "http://" not in page.text and "https://" not in page.text
+        policy = page.headers["content-security-policy"]
+        assert policy.startswith("default-src 'none'; script-src 'sha256-") and "frame-ancestors 'none'" in policy
+        assert "unsafe-inline" not in policy and "connect-src 'self'" in policy
+        assert page.headers["x-content-type-options"] == "nosniff"
         info = (await http.get("/info")).json()
         assert info["summary"] == model.manifest.describe()
 
@@ -300,6 +304,37 @@ def test_page_is_self_contained(artifact_fp32, model):
 
     in_process(artifact_fp32, model, body)
     in_process(artifact_fp32, model, no_page, ui=False)
+
+
+def test_a_loopback_server_answers_only_to_its_own_names(artifact_fp32, model):
+    """A web page elsewhere that rebinds its name to 127.0.0.1 (DNS rebinding) sends its own name as Host."""
+
+    def host(name):
+        return {"Host": name}
+
+    async def loopback(app, http):
+        for name in ("127.0.0.1", "localhost:8080", "[::1]:8080", "LOCALHOST", "office.lan"):
+            assert (await http.get("/v1/models", headers=host(name))).status_code == 200, name
+        for name in ("attacker.example", "127.0.0.1.attacker.example:8080", "localhost.evil", ""):
+            refused = await http.post("/v1/answer", json={"question": QUESTION}, headers=host(name))
+            assert refused.status_code == 400, name
+            error = refused.json()["error"]
+            assert error["code"] == "host_not_allowed" and "--allowed-hosts" in error["message"], error
+        assert (await http.get("/", headers=host("attacker.example"))).status_code == 400  # the page too
+
+    async def any_name(app, http):
+        assert (await http.get("/v1/models", headers=host("attacker.example"))).status_code == 200
+
+    in_process(artifact_fp32, model, loopback, allowed_hosts=("office.lan",))
+    in_process(artifact_fp32, model, any_name, allowed_hosts=("*",))
+    in_process(artifact_fp32, model, any_name, host="0.0.0.0", api_key=None)
+    assert ServeConfig(artifact="x", host="0.0.0.0").host_names is None  # type: ignore[arg-type]
+    assert ServeConfig(artifact="x", host="0.0.0.0", allowed_hosts=("a.lan",)).host_names == (  # type: ignore[arg-type]
+        "localhost", "127.0.0.1", "[::1]", "0.0.0.0", "a.lan"
+    )
+    for bad in ("http://office.lan", "office.lan:8080", "a b", ""):
+        with pytest.raises(ConfigError, match=r"allowed_hosts takes host names .*\(--allowed-hosts\)"):
+            ServeConfig(artifact="x", allowed_hosts=(bad,))  # type: ignore[arg-type]
 
 
 def test_settings_are_validated_and_exposure_is_warned():

@@ -89,7 +89,7 @@ def test_a_caller_leaving_frees_its_row(server):
     body = json.dumps(long_request(False)).encode()
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         raw.sendall(
-            b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -145,6 +145,37 @@ def test_the_page_streams_an_answer_in_a_real_browser(server, long_artifact, tmp
         driver.quit()
 
 
+def test_the_page_asks_one_question_at_a_time(server, long_artifact, tmp_path):
+    """Enter pressed again while an answer is on its way starts no second request (whose words would mix
+    into the first's); the page's Content-Security-Policy lets its own script run, and it does."""
+    expected = QAModel.load(long_artifact, threads=1, verify=False).answer(QUESTION).text
+    answered = 'edgeqa_requests_total{endpoint="/v1/answer",status="200"}'
+    driver = headless_chromium(tmp_path)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        driver.get(server.url + "/")
+        info = lambda d: d.find_element(By.ID, "info").get_attribute("textContent")  # noqa: E731
+        WebDriverWait(driver, 20).until(lambda d: "input tokens" in info(d))
+        before = metric(server.metrics(), answered)
+        driver.execute_script(  # three Enters in one tick: the second and third come while the first is asked
+            "const box = document.getElementById('question'); box.value = arguments[0];"
+            "for (let i = 0; i < 3; i++) box.dispatchEvent(new KeyboardEvent('keydown', "
+            "{key: 'Enter', bubbles: true, cancelable: true}));",
+            QUESTION,
+        )
+        WebDriverWait(driver, 30).until(lambda d: "tokens" in d.find_element(By.ID, "timings").text)
+        assert driver.find_element(By.ID, "answer").text == expected
+        assert wait_for(lambda: metric(server.metrics(), answered) == before + 1)
+        time.sleep(0.5)
+        assert metric(server.metrics(), answered) == before + 1
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not errors, errors  # a Content-Security-Policy refusal is one
+    finally:
+        driver.quit()
+
+
 def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(server):
     lines: list[str] = []
     started = threading.Event()
@@ -182,8 +213,40 @@ def held_upload(url: str) -> socket.socket:
     """A connection whose request body never finishes coming: the drain waits for it."""
     host, port = url.removeprefix("http://").split(":")
     raw = socket.create_connection((host, int(port)), timeout=20)
-    raw.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b'{"question"')
+    raw.sendall(b"POST /v1/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n" + b'{"question"')
     return raw
+
+
+def test_the_page_asks_for_the_key_and_says_when_the_server_is_gone(long_artifact, tmp_path):
+    expected = QAModel.load(long_artifact, threads=1, verify=False).answer(QUESTION).text
+    driver = headless_chromium(tmp_path)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    process = ServerProcess(long_artifact, "--api-key", "sk-page", "--no-verify")
+    try:
+        driver.get(process.url + "/")
+        answer = lambda d: d.find_element(By.ID, "answer")  # noqa: E731
+        ask = "const box = document.getElementById('question'); box.value = arguments[0]; box.form.requestSubmit();"
+        driver.execute_script(ask, QUESTION)
+        WebDriverWait(driver, 20).until(lambda d: "error" in answer(d).get_attribute("class"))
+        assert answer(driver).text.startswith("This server needs an API key: enter it under Model and settings")
+        assert driver.find_element(By.ID, "settings").get_attribute("open") is not None
+        assert driver.switch_to.active_element.get_attribute("id") == "key"  # the key box, shown and focused
+        driver.switch_to.active_element.send_keys("sk-page" + Keys.TAB)
+        driver.execute_script(ask, QUESTION)
+        WebDriverWait(driver, 30).until(lambda d: "tokens" in d.find_element(By.ID, "timings").text)
+        assert answer(driver).text == expected and "error" not in answer(driver).get_attribute("class")
+        keep_screenshot(driver, tmp_path, "serve-page-key.png")
+        process.stop()
+        driver.execute_script(ask, QUESTION)
+        WebDriverWait(driver, 20).until(lambda d: "error" in answer(d).get_attribute("class"))
+        host = process.url.removeprefix("http://")
+        assert answer(driver).text == f"Cannot reach the edgeqa server at {host}: is it still running?"
+    finally:
+        driver.quit()
+        process.stop()
 
 
 @pytest.mark.parametrize("second", ["SIGTERM", "SIGINT"])
