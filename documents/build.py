@@ -67,7 +67,7 @@ def build_index(
             roots = roots or [Path(r) for r in info.roots]  # `--update` alone refreshes the paths it was built from
             sources, skipped = discover(roots, output)
             summary = IndexSummary(output, info.passage_tokens, skipped=skipped)
-            new_info = store.IndexInfo(**{**info.__dict__, "roots": tuple(str(r) for r in roots)})
+            new_info = store.IndexInfo(**{**info.__dict__, "roots": _absolute(roots)})
             try:
                 _write(connection, sources, tok, new_info, summary, progress, update=True)
             except sqlite3.OperationalError as e:  # locked by another writer past the timeout, disk full, ...
@@ -85,7 +85,7 @@ def build_index(
         from edgeqa import __version__
 
         sources, skipped = discover(roots, output)
-        info = store.IndexInfo(store.FORMAT_VERSION, name, sha256, budget, overlap, tuple(map(str, roots)), __version__)
+        info = store.IndexInfo(store.FORMAT_VERSION, name, sha256, budget, overlap, _absolute(roots), __version__)
         summary = IndexSummary(output, budget, skipped=skipped)
         try:
             _build_new(output, sources, tok, info, summary, progress)
@@ -93,6 +93,11 @@ def build_index(
             raise DataError(f"cannot write {output} ({e}); the previous index, if any, is unchanged") from e
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _absolute(roots: list[Path]) -> tuple[str, ...]:
+    """The paths as stored: absolute, so that `--update` alone finds them from any folder."""
+    return tuple(os.path.abspath(root) for root in roots)
 
 
 def _build_new(
@@ -259,7 +264,7 @@ def _empty_message(summary: IndexSummary) -> str:
 def _check_replaceable(output: Path) -> None:
     """Refuse to overwrite a file that is not an edgeqa index (of any format version)."""
     try:
-        connection = sqlite3.connect(f"file:{output}?mode=ro", uri=True)
+        connection = sqlite3.connect(store.uri(output, mode="ro"), uri=True)
         try:
             row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         finally:

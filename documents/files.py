@@ -74,6 +74,8 @@ def discover(paths: list[Path], output: Path | None = None) -> tuple[list[Source
 
             for folder, dirs, names in os.walk(root, onerror=unreadable):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for link in [d for d in dirs if os.path.islink(os.path.join(folder, d))]:  # os.walk never enters them
+                    skipped.append((os.path.join(folder, link), "a link to a folder, not followed; give its target"))
                 for name in sorted(names):
                     if not name.startswith("."):
                         consider(Path(folder) / name)

@@ -58,6 +58,12 @@ class Document:
     unit: str = "line"  # "page" for PDF, whose text has no stable lines
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines of `text` as editors and `grep -n` count them: broken at line feeds (and CR LF, CR) only,
+    where `str.splitlines` also breaks at form feeds, U+2028 and the like, which would shift every citation."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def block_from_lines(lines: list[tuple[int, str]], heading: str, section: int) -> Block:
     """A paragraph from `(line number, text)` pairs."""
     starts, offset = [], 0
@@ -80,10 +86,10 @@ def _paragraphs(lines: list[tuple[int, str]], heading: str, section: int) -> lis
 
 def parse_text(text: str, title: str) -> Document:
     """Plain text: paragraphs are separated by blank lines."""
-    return Document(title, _paragraphs(list(enumerate(text.splitlines(), 1)), "", 0))
+    return Document(title, _paragraphs(list(enumerate(source_lines(text), 1)), "", 0))
 
 
-_ATX = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
+_ATX = re.compile(r"^ {0,3}(#{1,6})\s+(.*?)(?:\s+#+)?\s*$")  # a closing run of # follows a space: "# C#" is C#
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)\s*$")
 _FENCE = re.compile(r"^ {0,3}(```|~~~)")
 
@@ -99,7 +105,7 @@ def parse_markdown(text: str, title: str) -> Document:
         blocks.extend(_paragraphs(pending, heading, section))
         pending.clear()
 
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(source_lines(text), 1):
         fenced = _FENCE.match(line)
         if fence or fenced:
             if fenced and (not fence or fenced.group(1) == fence):
@@ -126,7 +132,7 @@ def parse_markdown(text: str, title: str) -> Document:
 class _HTMLText(HTMLParser):
     """Collects visible text by block element, with source lines; skips script, style and the like."""
 
-    SKIP = frozenset({"script", "style", "noscript", "template", "svg", "head"})
+    SKIP = frozenset({"script", "style", "noscript", "template", "svg"})  # not head, whose end tag may be left out
     BREAKS = frozenset(
         "p div br li ul ol tr td th table section article header footer nav aside main blockquote pre "
         "dt dd dl figure figcaption form hr".split()
@@ -149,10 +155,12 @@ class _HTMLText(HTMLParser):
         self._length = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "title":
-            self._in_title = True
-        elif tag in self.SKIP:
+        if tag in self.SKIP:
             self._skip += 1
+        elif self._skip:  # an <svg>'s <title> is a tooltip, not the page's
+            return
+        elif tag == "title":
+            self._in_title = True
         elif tag in self.HEADINGS:
             self._flush()
             self._in_heading, self._heading_text = tag, []
@@ -164,10 +172,12 @@ class _HTMLText(HTMLParser):
             self._flush()
 
     def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self._in_title = False
-        elif tag in self.SKIP:
+        if tag in self.SKIP:
             self._skip = max(self._skip - 1, 0)
+        elif self._skip:
+            return
+        elif tag == "title":
+            self._in_title = False
         elif tag == self._in_heading:
             name = " ".join("".join(self._heading_text).split())
             self._in_heading = ""
@@ -181,10 +191,10 @@ class _HTMLText(HTMLParser):
             self._flush()
 
     def handle_data(self, data: str) -> None:
-        if self._in_title:
-            self.title += data
-        elif self._skip:
+        if self._skip:
             return
+        elif self._in_title:
+            self.title += data
         elif self._in_heading:
             self._heading_text.append(data)
         else:
@@ -235,7 +245,7 @@ def parse_jsonl(text: str, title: str) -> Document:
     not_json: list[int] = []
     no_text: list[int] = []
     fields: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(source_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -249,7 +259,7 @@ def parse_jsonl(text: str, title: str) -> Document:
             fields = fields or ([str(key) for key in record][:8] if isinstance(record, dict) else [])
             continue
         name = record.get("title") or record.get("id") or ""
-        lines = [(number, piece) for piece in body.splitlines()]
+        lines = [(number, piece) for piece in source_lines(body)]
         document.blocks.extend(_paragraphs(lines, str(name), number))
     if not_json:
         document.warnings.append(f"{_lines(not_json)}: not JSON; skipped")
@@ -259,12 +269,12 @@ def parse_jsonl(text: str, title: str) -> Document:
     return document
 
 
-def _lines(numbers: list[int]) -> str:
-    """`line 3`, `lines 3, 5`, `lines 3, 5, 8 and 97 more`."""
+def _lines(numbers: list[int], unit: str = "line") -> str:
+    """`line 3`, `lines 3, 5`, `lines 3, 5, 8 and 97 more` (or pages)."""
     if len(numbers) == 1:
-        return f"line {numbers[0]}"
+        return f"{unit} {numbers[0]}"
     more = f" and {len(numbers) - 3} more" if len(numbers) > 3 else ""
-    return f"lines {', '.join(map(str, numbers[:3]))}{more}"
+    return f"{unit}s {', '.join(map(str, numbers[:3]))}{more}"
 
 
 def parse_pdf(data: bytes, title: str) -> Document:
@@ -281,9 +291,17 @@ def parse_pdf(data: bytes, title: str) -> Document:
     except Exception:  # noqa: BLE001 - a broken info dictionary only costs the title
         meta_title = ""
     document = Document(meta_title.strip() or title, unit="page")
+    unreadable = []
     for number, page in enumerate(reader.pages, 1):
-        lines = [(number, piece) for piece in (page.extract_text() or "").splitlines()]
+        try:
+            text = page.extract_text() or ""
+        except Exception:  # noqa: BLE001 - one damaged page costs that page, not the file
+            unreadable.append(number)
+            continue
+        lines = [(number, piece) for piece in source_lines(text)]
         document.blocks.extend(_paragraphs(lines, "", 0) or [])
+    if unreadable:
+        document.warnings.append(f"{_lines(unreadable, 'page')}: no text could be extracted; skipped")
     return document
 
 

@@ -221,15 +221,20 @@ class Index:
         connection = getattr(self._local, "connection", None)
         if connection is not None and self._local.identity == _identity(self.path):
             return connection, self._local.terms
-        if connection is not None:
+        if connection is not None:  # forgotten before reopening: a failed reopen leaves none, and the next tries again
             connection.close()
             self._local.terms.close()
             with self._lock:
                 self._connections.remove(connection)
                 self._terms.remove(self._local.terms)
+            self._local.connection = self._local.terms = None
         connection, info = store.open_checked(self.path)
         if self._tokenizer_sha256 is not None:
-            store.check_tokenizer(info, self.path, (self._tokenizer_sha256,), "the reader")
+            try:
+                store.check_tokenizer(info, self.path, (self._tokenizer_sha256,), "the reader")
+            except DataError:
+                connection.close()
+                raise
         self.info = info
         self._adopt(connection)
         return connection, self._local.terms

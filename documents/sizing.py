@@ -40,7 +40,7 @@ def resolve_sizing(
 
     With an artifact, its tokenizer and its `max_input_tokens` less the prompt and room for a question;
     else the tokenizer given (or the bundled FLAN-T5 one) and `DEFAULT_PASSAGE_TOKENS`. An explicit
-    `passage_tokens` wins; with `update`, the index keeps its own unless one is given.
+    `passage_tokens` wins; with `update` (an existing index updated), the index keeps its own unless one is given.
 
     Raises:
         ConfigError: both an artifact and a tokenizer, or an artifact whose limit leaves no room for a passage.

@@ -16,6 +16,8 @@ from edgeqa.prompt import CONTEXT_TEMPLATE, check_context_template
 DEFAULT_PASSAGE_TOKENS = 400
 #: The smallest budget that still makes passages worth reading.
 MIN_PASSAGE_TOKENS = 16
+#: Characters tokenized at once per token of budget when a sentence must be cut (prose has about 4 a token).
+WINDOW_CHARS_PER_TOKEN = 16
 
 _SENTENCE_END = re.compile(r"[。！？]|[.!?…][\"'”’)\]]*\s+")
 
@@ -96,7 +98,8 @@ def _sentences(block: Block) -> list[tuple[int, int]]:
 def _fit_span(tokenizer: Tokenizer, block: Block, a: int, b: int, budget: int) -> list[tuple[int, int]]:
     """Spans of at most `budget` tokens covering `block.text[a:b]`: on line breaks first, then on tokens."""
     text = block.text[a:b]
-    if count_tokens(tokenizer, text) <= budget:
+    window = budget * WINDOW_CHARS_PER_TOKEN
+    if len(text) <= window and count_tokens(tokenizer, text) <= budget:
         return [(a, b)]
     if "\n" in text.strip():
         out, start = [], a
@@ -105,6 +108,8 @@ def _fit_span(tokenizer: Tokenizer, block: Block, a: int, b: int, budget: int) -
                 out.extend(_fit_span(tokenizer, block, start, start + len(piece), budget))
             start += len(piece) + 1
         return out
+    if len(text) > window:  # tokenized whole, a long line takes hundreds of bytes a character
+        return [span for x, y in _windows(text, a, window) for span in _fit_span(tokenizer, block, x, y, budget)]
     offsets = [o for o in tokenizer.encode(text, add_special_tokens=False).offsets if o[1] > o[0]]
     out, size = [], budget
     first = 0
@@ -117,6 +122,19 @@ def _fit_span(tokenizer: Tokenizer, block: Block, a: int, b: int, budget: int) -
         out.append(span)
         first, size = last, budget
     return out
+
+
+def _windows(text: str, offset: int, size: int) -> list[tuple[int, int]]:
+    """Spans of at most `size` characters covering `text` (which starts at `offset`), cut after a space
+    in the second half of each where there is one."""
+    spans, start, end = [], 0, len(text)
+    while end - start > size:
+        space = text.rfind(" ", start + size // 2, start + size)
+        cut = space + 1 if space >= 0 else start + size
+        spans.append((offset + start, offset + cut))
+        start = cut
+    spans.append((offset + start, offset + end))
+    return spans
 
 
 def _counts(tokenizer: Tokenizer, texts: list[str]) -> list[int]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
+import urllib.parse
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +109,7 @@ class IndexInfo:
         tokenizer_sha256: The fingerprint (`tokenizer_sha256`) of the tokenizer the passages were sized with.
         passage_tokens: The most tokens a passage holds.
         overlap_tokens: The most tokens a passage repeats from the one before.
-        roots: The paths given when the index was built.
+        roots: The paths given when the index was built, made absolute.
     """
 
     format_version: int
@@ -122,12 +124,38 @@ class IndexInfo:
 
 
 def connect(path: Path, write: bool = False) -> sqlite3.Connection:
-    """A connection in WAL mode (readers keep their snapshot while a writer works); autocommit off by hand."""
-    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
-    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    if not write:
+    """A connection in WAL mode (readers keep their snapshot while a writer works); autocommit off by hand.
+
+    A reader in a folder it cannot write (a read-only mount, a squashfs image), where WAL's shared-memory
+    file cannot be made, reads the file as immutable: nothing can change it there.
+    """
+    connection = _connect(path)
+    if write:
+        return connection
+    connection.execute("PRAGMA query_only = 1")
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the file and its WAL index
+    except sqlite3.DatabaseError:
+        if os.access(Path(path).parent, os.W_OK):
+            return connection  # not a database, or damaged: `read_info` says which
+        connection.close()
+        connection = _connect(uri(path, immutable=1))
         connection.execute("PRAGMA query_only = 1")
     return connection
+
+
+def _connect(target: Path | str) -> sqlite3.Connection:
+    is_uri = isinstance(target, str)
+    timeout = BUSY_TIMEOUT_MS / 1000
+    connection = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=timeout, uri=is_uri)
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return connection
+
+
+def uri(path: Path, **parameters: object) -> str:
+    """A SQLite `file:` URI for `path`, quoted (a `#`, `?` or `%` in a name would otherwise cut it short)."""
+    query = urllib.parse.urlencode(parameters)
+    return f"file:{urllib.parse.quote(str(Path(path).absolute()))}" + (f"?{query}" if query else "")
 
 
 def create_schema(connection: sqlite3.Connection, info: IndexInfo) -> None:

@@ -455,7 +455,7 @@ def index_command(
     from edgeqa.documents.sizing import resolve_sizing
 
     _setup_logging()
-    sizing = resolve_sizing(artifact, tokenizer, passage_tokens, update=update)
+    sizing = resolve_sizing(artifact, tokenizer, passage_tokens, update=update and output.exists())
 
     with contextlib.ExitStack() as open_bar:
         bars: list[Any] = []

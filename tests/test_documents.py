@@ -184,6 +184,24 @@ def test_a_damaged_pdf_is_skipped_and_named(tmp_path):
     assert "PDF" in summary.skipped[0][1]
 
 
+def test_a_pdf_page_whose_text_cannot_be_extracted_costs_that_page_only(tmp_path, monkeypatch):
+    pypdf = pytest.importorskip("pypdf")
+    write(tmp_path / "manual.pdf", make_pdf([["Llamas on page one."], ["Damaged."], ["Alpacas on page three."]]))
+    extract = pypdf.PageObject.extract_text
+
+    def damaged_second_page(page, *args, **kwargs):
+        if "Damaged" in extract(page, *args, **kwargs):
+            raise KeyError("/Font")  # as pypdf does on a page whose resources are broken
+        return extract(page, *args, **kwargs)
+
+    monkeypatch.setattr(pypdf.PageObject, "extract_text", damaged_second_page)
+    summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
+    assert summary.files == 1 and not summary.skipped
+    assert summary.warnings == [f"{tmp_path / 'manual.pdf'}: page 2: no text could be extracted; skipped"]
+    with Index.open(tmp_path / "index.db") as ix:
+        assert ix.search("llamas") and ix.search("alpacas")[0].end_line == 3
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -196,9 +214,11 @@ def test_binary_unsupported_and_unreadable_files_are_skipped_and_counted(tmp_pat
     os.mkfifo(tmp_path / "pipe.txt")
     write(tmp_path / ".git" / "config.txt", "hidden folders are not walked")
     write(tmp_path / "empty.md", "\n\n  \n")
+    (tmp_path / "linked").symlink_to(tmp_path / ".git")  # a link to a folder: named, not walked
     summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
     reasons = {Path(path).name: reason for path, reason in summary.skipped}
     assert reasons == {
+        "linked": "a link to a folder, not followed; give its target",
         "image.txt": "binary content",
         "data.bin": "unsupported file type .bin",
         "README": "unsupported file type (no suffix)",
@@ -211,8 +231,31 @@ def test_binary_unsupported_and_unreadable_files_are_skipped_and_counted(tmp_pat
     for n in range(30):
         write(tmp_path / "images" / f"{n}.png", b"\x89PNG")
     summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
-    assert len(summary.skipped) == 36 and len(summary.format().splitlines()) == 1 + 10 + 1  # the index is not one
-    assert summary.format().splitlines()[-1].startswith("skipped 26 more (")
+    assert len(summary.skipped) == 37 and len(summary.format().splitlines()) == 1 + 10 + 1  # the index is not one
+    assert summary.format().splitlines()[-1].startswith("skipped 27 more (")
+
+
+def test_lines_headings_and_html_are_read_as_editors_and_browsers_read_them(tmp_path):
+    """Lines break at line feeds only (a form feed or U+2028 is no line break to `grep -n`, and JSON may
+    carry U+2028 raw); a closing # needs a space before it; <head> may be left open; an <svg>'s <title>
+    is no page title."""
+    write(tmp_path / "feed.txt", "Cover page.\f\nSecond paragraph\u2028still line two.\n\nThe numbat line.\n")
+    records = [{"text": "First\u2028record.", "title": "One"}, {"text": "The badger record.", "title": "Two"}]
+    write(tmp_path / "recs.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write(tmp_path / "csharp.md", "# Using C#\n\nThe wombat compiles.\n\n## Closed ##\n\nThe quoll runs.\n")
+    write(
+        tmp_path / "open-head.html",
+        "<html><head><title>Open head</title>\n<body><svg><title>tooltip</title></svg>\n<p>The quokka is small.</p>",
+    )
+    summary = build_index([tmp_path], tmp_path / "index.db", TOKENIZER, passage_tokens=64)
+    assert summary.files == 4 and not summary.skipped and not summary.warnings
+    with Index.open(tmp_path / "index.db") as ix:
+        hit = ix.search("numbat")[0]
+        assert (hit.start_line, hit.end_line) == (1, 4)  # as `grep -n` counts
+        assert ix.search("badger")[0].source == f"{tmp_path / 'recs.jsonl'}:2"
+        assert ix.search("wombat")[0].heading == "Using C#" and ix.search("quoll")[0].heading == "Closed"
+        hit = ix.search("quokka")[0]
+        assert (hit.title, hit.start_line, hit.text) == ("Open head", 3, "The quokka is small.")
 
 
 def test_non_utf8_text_is_decoded_with_replacement_and_reported(tmp_path):
@@ -288,6 +331,37 @@ def test_every_passage_fits_the_budget_covers_the_text_and_overlaps(tmp_path, to
     assert "".join("".join(p.text for p in no_overlap).split()) == "".join(expected.split())
 
 
+def test_a_long_unbroken_line_is_tokenized_in_windows(tok):
+    """A base64 image pasted into markdown: cut into passages within the budget without tokenizing it
+    whole (about 225 bytes of memory a character that way)."""
+    import base64
+    import random
+
+    from edgeqa.documents.formats import parse_markdown
+    from edgeqa.documents.split import WINDOW_CHARS_PER_TOKEN
+
+    blob = base64.b64encode(random.Random(0).randbytes(60_000)).decode()
+    document = parse_markdown(f"# Logo\n\n![logo](data:image/png;base64,{blob})\n\nThe emu paragraph.\n", "logo")
+
+    class Recording:
+        longest = 0
+
+        def __getattr__(self, name):
+            method = getattr(tok, name)
+
+            def call(texts, *args, **kwargs):
+                lengths = [len(texts)] if isinstance(texts, str) else [len(t) for t in texts]
+                Recording.longest = max(Recording.longest, *lengths)
+                return method(texts, *args, **kwargs)
+
+            return call
+
+    pieces = split_document(document, Recording(), 64, 8)
+    assert Recording.longest <= 64 * WINDOW_CHARS_PER_TOKEN
+    assert all(count_tokens(tok, p.text) <= 64 for p in pieces)
+    assert pieces[-1].text.endswith("The emu paragraph.") and len(pieces) > 100
+
+
 def test_passage_budget_leaves_room_for_the_prompt_and_a_question(tok):
     budget = passage_budget(512, tok)
     frame = count_tokens(tok, "Read this and answer the question\n\n\n\n")
@@ -353,6 +427,76 @@ def test_update_reindexes_changed_files_only_and_drops_deleted_ones(tmp_path):
     assert passages_of(index) == passages_of(rebuilt)  # an update ends where a rebuild would
     again = build_index([], index, TOKENIZER, update=True)  # no paths: the ones it was built from
     assert again.unchanged == 4 and not again.indexed and not again.removed
+
+
+def test_update_alone_refreshes_the_same_folders_from_any_working_folder(tmp_path, monkeypatch):
+    docs = corpus(tmp_path / "docs", files=3)
+    monkeypatch.chdir(tmp_path)
+    build_index([Path("docs")], Path("index.db"), TOKENIZER, passage_tokens=48)  # relative paths, as typed
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    write(docs / "doc0.md", "# Document 0\n\nquokka facts replaced everything.\n")
+    summary = build_index([], tmp_path / "index.db", TOKENIZER, update=True)
+    assert summary.unchanged == 2 and not summary.removed and summary.indexed == [str(docs / "doc0.md")]
+
+
+def test_an_update_that_creates_the_index_sizes_it_for_the_artifact(tmp_path, monkeypatch):
+    from edgeqa import manifest as manifest_module
+
+    class FakeManifest:
+        files = {"tokenizer": type("Entry", (), {"path": "tokenizer.json"})()}
+        max_input_tokens = 128
+        prompt_template = "Please answer this question: {question}"
+        context_template = "Passage: {context}\nQuestion: {question}"
+
+    monkeypatch.setattr(manifest_module.Manifest, "read", classmethod(lambda cls, folder: FakeManifest()))
+    write(tmp_path / "art" / "tokenizer.json", TOKENIZER.read_bytes())
+    docs = corpus(tmp_path / "docs", files=1)
+    sizes = []
+    for name, update in (("built.db", []), ("updated.db", ["--update"])):
+        args = ["index", str(docs), "-o", str(tmp_path / name), "--artifact", str(tmp_path / "art"), "--json"]
+        result = CliRunner().invoke(app, [*args, *update])
+        assert result.exit_code == 0, result.output
+        sizes.append(json.loads(result.stdout)["passage_tokens"])
+    assert sizes[0] == sizes[1] < 100  # the artifact's budget, not the default 400
+
+
+def test_a_reader_recovers_when_a_rebuild_is_missing_for_a_moment(tmp_path):
+    docs = corpus(tmp_path / "docs", files=1)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    with Index.open(index) as ix:
+        assert ix.search("zebra0")
+        index.rename(tmp_path / "away.db")
+        with pytest.raises(DataError, match="no index at"):
+            ix.search("zebra0")
+        build_index([docs], index, TOKENIZER, passage_tokens=48)
+        assert ix.search("zebra0")  # not "list.remove(x): x not in list" for ever after
+
+
+def test_an_index_is_read_from_a_read_only_mount(tmp_path):
+    """A WAL index in a folder nobody may write (a read-only volume, squashfs) is read as immutable."""
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount")
+    docs = corpus(tmp_path / "docs", files=1)
+    folder = tmp_path / "ro"
+    build_index([docs], folder / "index.db", TOKENIZER, passage_tokens=48)
+    index = str(folder / "index.db")
+    search = f"from edgeqa.documents import Index; print(Index.open({index!r}).search('zebra0')[0].file)"
+    script = f"mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} && {sys.executable} -c \"{search}\""
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    if "mount" in result.stderr and result.returncode != 0 and "Traceback" not in result.stderr:
+        pytest.skip(f"no read-only mount here: {result.stderr.strip()[:200]}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == str(docs / "doc0.md")
+
+
+def test_an_index_whose_name_holds_uri_characters_is_rebuilt(tmp_path):
+    docs = corpus(tmp_path / "docs", files=1)
+    for name in ("v#2.db", "what?.db", "100%.db"):
+        build_index([docs], tmp_path / name, TOKENIZER, passage_tokens=48)
+        again = build_index([docs], tmp_path / name, TOKENIZER, passage_tokens=48)  # not "is not an edgeqa index"
+        assert again.files == 1
 
 
 def test_update_refuses_another_tokenizer_or_passage_size(tmp_path):
