@@ -197,13 +197,7 @@ class Index:
             DataError: missing, not an edgeqa index, damaged, of another format, or sized for another tokenizer.
         """
         path = Path(path)
-        connection, info = store.open_checked(path)
-        if tokenizer_sha256 is not None:
-            try:
-                store.check_tokenizer(info, path, (tokenizer_sha256,), tokenizer_name)
-            except DataError:
-                connection.close()
-                raise
+        connection, info = _open(path, tokenizer_sha256, tokenizer_name)
         index = cls(path, info, tokenizer_sha256)
         index._adopt(connection)
         return index
@@ -228,13 +222,7 @@ class Index:
                 self._connections.remove(connection)
                 self._terms.remove(self._local.terms)
             self._local.connection = self._local.terms = None
-        connection, info = store.open_checked(self.path)
-        if self._tokenizer_sha256 is not None:
-            try:
-                store.check_tokenizer(info, self.path, (self._tokenizer_sha256,), "the reader")
-            except DataError:
-                connection.close()
-                raise
+        connection, info = _open(self.path, self._tokenizer_sha256, "the reader")
         self.info = info
         self._adopt(connection)
         return connection, self._local.terms
@@ -303,3 +291,15 @@ def _identity(path: Path) -> tuple[int, int]:
     except OSError:
         return (0, 0)
     return (stat.st_dev, stat.st_ino)
+
+
+def _open(path: Path, tokenizer_sha256: str | None, tokenizer_name: str) -> tuple[sqlite3.Connection, store.IndexInfo]:
+    """A checked connection to the index, refused (and closed) if it was sized for another tokenizer."""
+    connection, info = store.open_checked(path)
+    if tokenizer_sha256 is not None:
+        try:
+            store.check_tokenizer(info, path, (tokenizer_sha256,), tokenizer_name)
+        except DataError:
+            connection.close()
+            raise
+    return connection, info

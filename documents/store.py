@@ -126,28 +126,37 @@ class IndexInfo:
 def connect(path: Path, write: bool = False) -> sqlite3.Connection:
     """A connection in WAL mode (readers keep their snapshot while a writer works); autocommit off by hand.
 
-    A reader in a folder it cannot write (a read-only mount, a squashfs image), where WAL's shared-memory
-    file cannot be made, reads the file as immutable: nothing can change it there.
+    On a read-only mount (a `:ro` volume, a squashfs image), where WAL's shared-memory file cannot be
+    made, a reader reads the file as immutable: nothing can change it there.
+
+    Raises:
+        DataError: a reader cannot create that file in a folder others may still write.
     """
-    connection = _connect(path)
+    connection = _connect(str(path), uri=False)
     if write:
         return connection
     connection.execute("PRAGMA query_only = 1")
     try:
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the file and its WAL index
     except sqlite3.DatabaseError:
-        if os.access(Path(path).parent, os.W_OK):
+        folder = Path(path).parent
+        if os.access(folder, os.W_OK):
             return connection  # not a database, or damaged: `read_info` says which
         connection.close()
-        connection = _connect(uri(path, immutable=1))
+        if not os.statvfs(folder).f_flag & os.ST_RDONLY:  # an update could come: an immutable read would miss it
+            raise DataError(
+                f"cannot read {path}: its folder {folder} is not writable by this user, and SQLite needs to "
+                f"create {Path(path).name}-shm there beside the index; let this user write the folder, or "
+                "serve a copy from a read-only mount"
+            ) from None
+        connection = _connect(uri(path, immutable=1), uri=True)
         connection.execute("PRAGMA query_only = 1")
     return connection
 
 
-def _connect(target: Path | str) -> sqlite3.Connection:
-    is_uri = isinstance(target, str)
+def _connect(target: str, uri: bool) -> sqlite3.Connection:
     timeout = BUSY_TIMEOUT_MS / 1000
-    connection = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=timeout, uri=is_uri)
+    connection = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=timeout, uri=uri)
     connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return connection
 

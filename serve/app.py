@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import functools
-import hashlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
-from importlib import resources
 from typing import Any
 
 from anyio import to_thread
@@ -19,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from edgeqa.documents.query import Index
@@ -32,6 +27,7 @@ from edgeqa.serve.engine import Engine, EngineState, QueueFull
 from edgeqa.serve.jobs import Job
 from edgeqa.serve.metrics import Metrics
 from edgeqa.serve.middleware import ApiKeyMiddleware, HostCheckMiddleware, MetricsMiddleware, ShutdownMiddleware
+from edgeqa.serve.page import page
 from edgeqa.serve.protocol import (
     ApiError,
     Caps,
@@ -242,34 +238,6 @@ async def info(request: Request) -> Response:
             },
         }
     )
-
-
-async def page(request: Request) -> Response:
-    html, headers = page_and_headers()
-    return HTMLResponse(html, headers=headers)
-
-
-@functools.cache
-def page_and_headers() -> tuple[str, dict[str, str]]:
-    """The web page and its headers: a Content-Security-Policy that lets only the page's own inline script
-    and style run (by their hashes) and its requests go only to this server."""
-    html = resources.files("edgeqa.serve").joinpath("page.html").read_text(encoding="utf-8")
-
-    def digest(tag: str) -> str:
-        [inline] = re.findall(f"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
-        return "'sha256-" + base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode() + "'"
-
-    policy = (
-        f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; connect-src 'self'; "
-        "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
-    headers = {
-        "Cache-Control": "no-store",
-        "Content-Security-Policy": policy,
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-    }
-    return html, headers
 
 
 async def api_error(request: Request, exc: Exception) -> Response:

@@ -60,7 +60,7 @@ class ServeConfig:
     max_queue: int = 64
     api_key: str | None = field(default=None, repr=False)  # a secret: never shown
     cors_origins: tuple[str, ...] = ()
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # lower case, no trailing dot, as a Host header is compared
     ui: bool = True
     max_body_bytes: int = 1 << 20
     shutdown_timeout: float = 30.0
@@ -71,6 +71,8 @@ class ServeConfig:
     retrieval_weight: float = RETRIEVAL_WEIGHT
 
     def __post_init__(self) -> None:
+        names = tuple(name.lower().rstrip(".") for name in self.allowed_hosts)
+        object.__setattr__(self, "allowed_hosts", names)
         if self.api_key is not None:  # a header's key is stripped: spaces kept here could never match
             object.__setattr__(self, "api_key", self.api_key.strip())
         checks = [

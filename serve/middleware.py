@@ -68,13 +68,13 @@ class HostCheckMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1").strip()
-        if scope["type"] != "http" or host_name(given) in self.names:
+        # no Host at all (an HTTP/1.0 probe) is no browser's: only a browser can be made to rebind a name
+        if scope["type"] != "http" or not given or host_name(given) in self.names:
             await self.app(scope, receive, send)
             return
-        shown = given[:100] or "(none)"
-        message = (
-            f"this server answers requests that call it {', '.join(self.names)}, not {shown!r} (the Host header): "
-            f"use one of those in the URL, or start the server with --allowed-hosts NAME"
+        message = (  # the names it answers to are not listed: the caller may be the page being kept out
+            f"this server does not answer requests that call it {given[:100]!r} (the Host header): call it "
+            "localhost or 127.0.0.1, or start it with --allowed-hosts NAME"
         )
         error = {"message": message, "type": "invalid_request_error", "param": None, "code": "host_not_allowed"}
         body = {"error": error}
