@@ -373,17 +373,24 @@ def test_passage_budget_leaves_room_for_the_prompt_and_a_question(tok):
         passage_budget(512, tok, "no fields")
 
 
-def test_passage_size_comes_from_the_artifacts_manifest(tmp_path, monkeypatch, tok):
+def fake_artifact(folder: Path, monkeypatch: pytest.MonkeyPatch, max_input_tokens: int) -> type:
+    """An artifact folder holding only the bundled tokenizer, whose manifest (read through a stand-in)
+    has the given input limit and a reading template; returns the stand-in."""
     from edgeqa import manifest as manifest_module
 
     class FakeManifest:
         files = {"tokenizer": type("Entry", (), {"path": "tokenizer.json"})()}
-        max_input_tokens = 256
         prompt_template = "Please answer this question: {question}"
         context_template = "Passage: {context}\nQuestion: {question}"
 
+    FakeManifest.max_input_tokens = max_input_tokens  # type: ignore[attr-defined]
     monkeypatch.setattr(manifest_module.Manifest, "read", classmethod(lambda cls, folder: FakeManifest()))
-    write(tmp_path / "art" / "tokenizer.json", TOKENIZER.read_bytes())
+    write(folder / "tokenizer.json", TOKENIZER.read_bytes())
+    return FakeManifest
+
+
+def test_passage_size_comes_from_the_artifacts_manifest(tmp_path, monkeypatch, tok):
+    FakeManifest = fake_artifact(tmp_path / "art", monkeypatch, max_input_tokens=256)
     sizing = resolve_sizing(artifact=tmp_path / "art")
     assert sizing.tokenizer == tmp_path / "art" / "tokenizer.json"
     assert sizing.passage_tokens == passage_budget(256, tok, FakeManifest.context_template)
@@ -441,16 +448,7 @@ def test_update_alone_refreshes_the_same_folders_from_any_working_folder(tmp_pat
 
 
 def test_an_update_that_creates_the_index_sizes_it_for_the_artifact(tmp_path, monkeypatch):
-    from edgeqa import manifest as manifest_module
-
-    class FakeManifest:
-        files = {"tokenizer": type("Entry", (), {"path": "tokenizer.json"})()}
-        max_input_tokens = 128
-        prompt_template = "Please answer this question: {question}"
-        context_template = "Passage: {context}\nQuestion: {question}"
-
-    monkeypatch.setattr(manifest_module.Manifest, "read", classmethod(lambda cls, folder: FakeManifest()))
-    write(tmp_path / "art" / "tokenizer.json", TOKENIZER.read_bytes())
+    fake_artifact(tmp_path / "art", monkeypatch, max_input_tokens=128)
     docs = corpus(tmp_path / "docs", files=1)
     sizes = []
     for name, update in (("built.db", []), ("updated.db", ["--update"])):
@@ -459,19 +457,6 @@ def test_an_update_that_creates_the_index_sizes_it_for_the_artifact(tmp_path, mo
         assert result.exit_code == 0, result.output
         sizes.append(json.loads(result.stdout)["passage_tokens"])
     assert sizes[0] == sizes[1] < 100  # the artifact's budget, not the default 400
-
-
-def test_a_reader_recovers_when_a_rebuild_is_missing_for_a_moment(tmp_path):
-    docs = corpus(tmp_path / "docs", files=1)
-    index = tmp_path / "index.db"
-    build_index([docs], index, TOKENIZER, passage_tokens=48)
-    with Index.open(index) as ix:
-        assert ix.search("zebra0")
-        index.rename(tmp_path / "away.db")
-        with pytest.raises(DataError, match="no index at"):
-            ix.search("zebra0")
-        build_index([docs], index, TOKENIZER, passage_tokens=48)
-        assert ix.search("zebra0")  # not "list.remove(x): x not in list" for ever after
 
 
 def test_an_index_is_read_from_a_read_only_mount(tmp_path):
@@ -564,6 +549,11 @@ def test_a_rebuilt_index_is_picked_up_by_an_open_reader(tmp_path):
         write(docs / "doc0.md", "# Renamed\n\nnumbat territory.\n")
         build_index([docs], index, TOKENIZER, passage_tokens=48)
         assert ix.search("zebra0") == [] and ix.search("numbat")[0].title == "Renamed"
+        index.rename(tmp_path / "away.db")  # missing for a moment: that search fails, the next ones recover
+        with pytest.raises(DataError, match="no index at"):
+            ix.search("numbat")
+        build_index([docs], index, TOKENIZER, passage_tokens=48)
+        assert ix.search("numbat")  # not "list.remove(x): x not in list" for ever after
 
 
 # ---------------------------------------------------------------- refusing files
