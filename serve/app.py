@@ -310,8 +310,9 @@ def create_app(config: ServeConfig, load: Callable[[], QAModel] | None = None) -
     if config.ui:
         routes.append(Route("/", page, methods=["GET"]))
     middleware = [Middleware(MetricsMiddleware, metrics=metrics_)]
-    if config.host_names is not None:
-        middleware.append(Middleware(HostCheckMiddleware, names=config.host_names))
+    host_names = config.host_names
+    if host_names is not None:
+        middleware.append(Middleware(HostCheckMiddleware, names=host_names))
     if config.cors_origins:
         middleware.append(
             Middleware(

@@ -71,8 +71,7 @@ class ServeConfig:
     retrieval_weight: float = RETRIEVAL_WEIGHT
 
     def __post_init__(self) -> None:
-        names = tuple(name.lower().rstrip(".") for name in self.allowed_hosts)
-        object.__setattr__(self, "allowed_hosts", names)
+        object.__setattr__(self, "allowed_hosts", tuple(map(fold_host, self.allowed_hosts)))
         if self.api_key is not None:  # a header's key is stripped: spaces kept here could never match
             object.__setattr__(self, "api_key", self.api_key.strip())
         checks = [
@@ -117,9 +116,13 @@ class ServeConfig:
         """The names a request's Host header may give (lower case, IPv6 in brackets); None: any."""
         if "*" in self.allowed_hosts or not (self.loopback or self.allowed_hosts):
             return None
-        own = f"[{self.host}]" if ":" in self.host else self.host
-        names = ("localhost", "127.0.0.1", "[::1]", own, *self.allowed_hosts)
-        return tuple(dict.fromkeys(name.lower() for name in names))
+        own = fold_host(f"[{self.host}]" if ":" in self.host else self.host)
+        return tuple(dict.fromkeys(("localhost", "127.0.0.1", "[::1]", own, *self.allowed_hosts)))
+
+
+def fold_host(name: str) -> str:
+    """A host name as Host headers are compared: lower case, without a trailing dot."""
+    return name.lower().rstrip(".")
 
 
 def _flag(name: str) -> str:

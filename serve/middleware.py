@@ -13,8 +13,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgeqa.serve.config import fold_host
 from edgeqa.serve.metrics import Metrics
-from edgeqa.serve.protocol import shutting_down
+from edgeqa.serve.protocol import ApiError, shutting_down
 from edgeqa.serve.streams import sse
 
 #: Longest wait to hand a cut-off request its answer (a caller that reads nothing must not hold the exit).
@@ -76,15 +77,13 @@ class HostCheckMiddleware:
             f"this server does not answer requests that call it {given[:100]!r} (the Host header): call it "
             "localhost or 127.0.0.1, or start it with --allowed-hosts NAME"
         )
-        error = {"message": message, "type": "invalid_request_error", "param": None, "code": "host_not_allowed"}
-        body = {"error": error}
-        await send_json(send, 400, body)
+        await send_json(send, 400, ApiError(400, message, code="host_not_allowed").body())
 
 
 def host_name(host: str) -> str:
     """A Host header's name without its port, in lower case: `[::1]:8080` -> `[::1]`, `Localhost.:80` -> `localhost`."""
     name = host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.partition(":")[0]
-    return name.lower().rstrip(".")
+    return fold_host(name)
 
 
 class MetricsMiddleware:
