@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 from edgeqa.errors import MissingExtraError
+from edgeqa.records import source_lines
 
 #: File suffixes read as each format; anything else is skipped and counted.
 FORMATS = {
@@ -56,12 +57,6 @@ class Document:
     blocks: list[Block] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     unit: str = "line"  # "page" for PDF, whose text has no stable lines
-
-
-def source_lines(text: str) -> list[str]:
-    """The lines of `text` as editors and `grep -n` count them: broken at line feeds (and CR LF, CR) only,
-    where `str.splitlines` also breaks at form feeds, U+2028 and the like, which would shift every citation."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
 def block_from_lines(lines: list[tuple[int, str]], heading: str, section: int) -> Block:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -56,12 +57,19 @@ def read_records(
     return records
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines of `text` as editors and `grep -n` count them: broken at line feeds (and CR LF, CR) only,
+    where `str.splitlines` also breaks at form feeds, U+2028 and the like, which JSON strings may hold
+    unescaped (and which would shift every citation of a document)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def _rows(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8")
         if suffix == ".csv":
-            return list(csv.DictReader(text.splitlines()))
+            return list(csv.DictReader(io.StringIO(text, newline="")))
         if suffix == ".json":
             data = json.loads(text)
             if isinstance(data, dict):
@@ -69,7 +77,7 @@ def _rows(path: Path) -> list[dict]:
             return [row for row in data if isinstance(row, dict)]
         if suffix == ".jsonl":
             rows = []
-            for number, line in enumerate(text.splitlines(), start=1):
+            for number, line in enumerate(source_lines(text), start=1):
                 if line.strip():
                     try:
                         rows.append(json.loads(line))

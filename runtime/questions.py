@@ -15,6 +15,7 @@ from typing import Any, Protocol, TextIO
 
 from edgeqa.atomic import write_atomic
 from edgeqa.errors import EdgeQAError, InputError
+from edgeqa.records import source_lines
 from edgeqa.runtime.model import QAModel
 from edgeqa.runtime.options import GenerationOptions
 
@@ -213,7 +214,7 @@ def read_questions(path: Path) -> tuple[list[Question], list[str]]:
     if path.suffix.lower() not in (".jsonl", ".txt"):
         raise InputError(f'{path} must be .jsonl (one {{"question": ...}} per line) or .txt (one per line)')
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = source_lines(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {path}: {e}") from e
     questions, problems = [], []
