@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeqa.errors import ArtifactError
+from edgeqa.prompt import MAX_BEAMS, MAX_NO_ANSWER_CHARS, MAX_TOKENS, is_context_template, is_no_answer, is_template
 
 if TYPE_CHECKING:
     from edgeqa.manifest import FileEntry, Manifest
@@ -49,8 +50,6 @@ SHARED_DTYPES = {"float32": 4, "float16": 2, "uint8": 1, "int8": 1}
 #: Upper bounds far above any FLAN-T5 (xxl: 24 layers, 64 heads, d_kv 64, d_model 4096, mT5's 250k vocab).
 DIM_LIMITS = {"num_layers": 256, "num_decoder_layers": 256, "num_heads": 1024, "d_kv": 4096, "d_model": 65_536,
               "vocab_size": 1 << 21}  # fmt: skip
-MAX_TOKENS = 1 << 16  # max_input_tokens, max_answer_tokens, generation max_new_tokens
-MAX_BEAMS = 64
 MAX_FILE_BYTES = 1 << 40
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block the open; it is refused just after
@@ -114,16 +113,19 @@ def check_manifest(manifest: Manifest) -> None:
     _int("tokenizer_vocab_size", manifest.tokenizer_vocab_size, 0, vocab)
     _int("max_input_tokens", manifest.max_input_tokens, 1, MAX_TOKENS)
     _int("max_answer_tokens", manifest.max_answer_tokens, 1, MAX_TOKENS)
-    template = manifest.prompt_template
-    if not isinstance(template, str) or template.count("{question}") != 1:
-        raise _refuse("prompt_template", f"is {shown(template)}, not a text with one {{question}} field")
-    template = manifest.context_template
-    if not isinstance(template, str) or template.count("{question}") != 1 or template.count("{context}") != 1:
+    if not is_template(manifest.prompt_template):
         raise _refuse(
-            "context_template", f"is {shown(template)}, not a text with one {{context}} and one {{question}} field"
+            "prompt_template", f"is {shown(manifest.prompt_template)}, not a text with one {{question}} field"
         )
-    if not isinstance(manifest.no_answer, str) or not manifest.no_answer.strip() or len(manifest.no_answer) > 200:
-        raise _refuse("no_answer", f"is {shown(manifest.no_answer)}, not a text of 1 to 200 characters")
+    if not is_context_template(manifest.context_template):
+        raise _refuse(
+            "context_template",
+            f"is {shown(manifest.context_template)}, not a text with one {{context}} and one {{question}} field",
+        )
+    if not is_no_answer(manifest.no_answer):
+        raise _refuse(
+            "no_answer", f"is {shown(manifest.no_answer)}, not a text of 1 to {MAX_NO_ANSWER_CHARS} characters"
+        )
     _int("generation.max_new_tokens", manifest.generation.max_new_tokens, 1, MAX_TOKENS)
     _int("generation.num_beams", manifest.generation.num_beams, 1, MAX_BEAMS)
     _check_shared_tensors(manifest)

@@ -17,13 +17,27 @@ from edgeqa.prompt import (
     CONTEXT_TEMPLATE,
     DEFAULT_MAX_ANSWER_TOKENS,
     DEFAULT_MAX_INPUT_TOKENS,
+    MAX_BEAMS,
+    MAX_TOKENS,
     NO_ANSWER,
     PROMPT_TEMPLATE,
+    check_context_template,
+    check_count,
+    check_no_answer,
+    check_template,
 )
 from edgeqa.typed_json import read_record
 
 TRAINING_RECORD = "edgeqa_config.json"
 HELDOUT = "edgeqa_heldout.jsonl"
+#: The token counts and beams that training records and the artifact's manifest carries, and their bounds
+#: (the runtime's): `FinetuneConfig` has the same fields and checks them too, before training.
+TOKEN_AND_BEAM_LIMITS = {
+    "max_source_tokens": MAX_TOKENS,
+    "max_target_tokens": MAX_TOKENS,
+    "eval_max_new_tokens": MAX_TOKENS,
+    "eval_num_beams": MAX_BEAMS,
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,14 @@ class TrainingRecord:
     global_step: int = 0
     config: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse what the artifact could not carry (`ConfigError`), before anything is exported."""
+        check_template(self.prompt_template)
+        check_context_template(self.context_template)
+        check_no_answer(self.no_answer)
+        for name, most in TOKEN_AND_BEAM_LIMITS.items():
+            check_count(name, getattr(self, name), most)
+
     def write(self, checkpoint: Path) -> Path:
         path = Path(checkpoint) / TRAINING_RECORD
         path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
@@ -65,7 +87,7 @@ def read_training_record(checkpoint: str | Path) -> TrainingRecord | None:
     """The record saved with a checkpoint by `edgeqa finetune`, or None for other checkpoints.
 
     Raises:
-        ModelError: the file exists but is unreadable or does not fit the record.
+        ModelError: the file exists but is unreadable, does not fit the record, or holds a value out of bounds.
     """
     path = Path(checkpoint) / TRAINING_RECORD
     if not path.is_file():
@@ -74,7 +96,10 @@ def read_training_record(checkpoint: str | Path) -> TrainingRecord | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelError(f"{path} is unreadable ({e}); fix or delete it") from e
-    return read_record(TrainingRecord, data, str(path), ModelError, "fix or delete it")
+    try:
+        return read_record(TrainingRecord, data, str(path), ModelError, "fix or delete it")
+    except ConfigError as e:
+        raise ModelError(f"{path}: {e}; fix or delete it") from None
 
 
 def heldout_path(checkpoint: str | Path) -> Path | None:

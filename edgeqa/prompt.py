@@ -18,9 +18,38 @@ DEFAULT_MAX_INPUT_TOKENS = 128
 DEFAULT_MAX_ANSWER_TOKENS = 512
 
 
+#: Bounds no model needs to exceed. Fine-tuning and export refuse what the runtime would refuse to
+#: read back from an artifact (`edgeqa.artifact_checks`), so every artifact they write loads.
+MAX_TOKENS = 1 << 16  # input, answer and new tokens
+MAX_BEAMS = 64
+MAX_NO_ANSWER_CHARS = 200
+
+
+def is_template(template: object) -> bool:
+    """Whether `template` is a prompt template: a text with exactly one `{question}` field."""
+    return isinstance(template, str) and template.count("{question}") == 1
+
+
+def is_context_template(template: object) -> bool:
+    """Whether `template` is a context template: a text with exactly one `{context}` and one `{question}` field."""
+    return isinstance(template, str) and is_template(template) and template.count("{context}") == 1
+
+
+def is_no_answer(text: object) -> bool:
+    """Whether `text` can be the reader's "no answer": a text of 1 to `MAX_NO_ANSWER_CHARS` characters."""
+    return isinstance(text, str) and bool(text.strip()) and len(text) <= MAX_NO_ANSWER_CHARS
+
+
+def check_count(name: str, value: int, most: int) -> int:
+    """Return `value` if it is from 1 to `most`, else raise `ConfigError` naming `name`."""
+    if not 1 <= value <= most:
+        raise ConfigError(f"{name} must be from 1 to {most}, got {value}")
+    return value
+
+
 def check_template(template: str) -> str:
     """Return `template` if it has exactly one `{question}` field, else raise `ConfigError`."""
-    if not isinstance(template, str) or template.count("{question}") != 1:
+    if not is_template(template):
         raise ConfigError(
             f"prompt template {template!r} must contain the field {{question}} exactly once, e.g. {PROMPT_TEMPLATE!r}"
         )
@@ -29,12 +58,22 @@ def check_template(template: str) -> str:
 
 def check_context_template(template: str) -> str:
     """Return `template` if it has exactly one `{context}` and one `{question}` field, else raise `ConfigError`."""
-    if not isinstance(template, str) or template.count("{question}") != 1 or template.count("{context}") != 1:
+    if not is_context_template(template):
         raise ConfigError(
             f"context template {template!r} must contain the fields {{context}} and {{question}} exactly once each, "
             f"e.g. {CONTEXT_TEMPLATE!r}"
         )
     return template
+
+
+def check_no_answer(text: str) -> str:
+    """Return `text` if it can be the reader's "no answer", else raise `ConfigError`."""
+    if not is_no_answer(text):
+        got = f"{len(text)} characters" if isinstance(text, str) and text.strip() else repr(text)[:40]
+        raise ConfigError(
+            f"no_answer must be a text of 1 to {MAX_NO_ANSWER_CHARS} characters (e.g. {NO_ANSWER}), got {got}"
+        )
+    return text
 
 
 def format_prompt(

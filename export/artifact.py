@@ -31,7 +31,6 @@ from edgeqa.manifest import (
     SpecialTokens,
     file_entry,
 )
-from edgeqa.prompt import check_context_template, check_template
 from edgeqa.records import QARecord
 from edgeqa.tied_weights import tie_problem
 
@@ -65,10 +64,16 @@ def export_artifact(config: ExportConfig) -> ExportResult:
     if problem:
         raise ExportError(f"{problem}; nothing exported")
     load_config(config.checkpoint)  # a missing or non-T5 checkpoint is refused before anything is written
+    read_training_record(config.checkpoint)  # and one whose record the artifact could not carry
     output = Path(config.output)
     check_replaceable(output, config)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
+    except OSError as e:
+        raise ExportError(
+            f"cannot write beside {output}: {e.strerror or e}; pick an OUTPUT in a writable folder"
+        ) from e
     try:
         result = _build(config, staging)
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the artifact from other users and containers
@@ -244,8 +249,8 @@ def _manifest(
         model_name=trained.model,
         special_tokens=special,
         tokenizer_vocab_size=Tokenizer.from_file(str(staging / "tokenizer.json")).get_vocab_size(True),
-        prompt_template=check_template(trained.prompt_template),
-        context_template=check_context_template(trained.context_template),
+        prompt_template=trained.prompt_template,
+        context_template=trained.context_template,
         no_answer=trained.no_answer,
         max_input_tokens=config.max_input_tokens or trained.max_source_tokens,
         max_answer_tokens=trained.max_target_tokens,

@@ -12,6 +12,7 @@ from edgeqa.cpu import detect_preset, this_cpu
 from edgeqa.errors import ConfigError
 from edgeqa.export.nodes import EMBEDDING_NAMES
 from edgeqa.manifest import ActivationGranularity, FallbackMode, Preset, QuantizationRecord, QuantMethod, WeightType
+from edgeqa.prompt import MAX_TOKENS, check_count
 from edgeqa.typed_json import check_types, parse_choice
 
 # int4: one scale per 128 weights along the input dimension; products computed in int8.
@@ -94,9 +95,10 @@ class ExportConfig:
                 f"parity_samples must be at least {MIN_SEARCH_QUESTIONS} for the outlier search, which tunes on "
                 f"half and confirms on the other half; got {self.parity_samples} (or --fallback none)"
             )
-        for name in ("threads", "max_input_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.max_input_tokens is not None:
+            check_count("max_input_tokens", self.max_input_tokens, MAX_TOKENS)
         if self.parity_data is not None and not Path(self.parity_data).is_file():
             raise ConfigError(f"parity_data {self.parity_data} is not a file; pass a JSONL or CSV of questions")
         check_checkpoint_location(self.checkpoint)

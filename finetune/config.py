@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from edgeqa.checkpoint import TOKEN_AND_BEAM_LIMITS
 from edgeqa.errors import ConfigError
 from edgeqa.prompt import (
     CONTEXT_TEMPLATE,
@@ -15,6 +16,8 @@ from edgeqa.prompt import (
     NO_ANSWER,
     PROMPT_TEMPLATE,
     check_context_template,
+    check_count,
+    check_no_answer,
     check_template,
 )
 from edgeqa.typed_json import check_types
@@ -130,8 +133,7 @@ class FinetuneConfig:
         check_types(self, ConfigError)
         check_template(self.prompt_template)
         check_context_template(self.context_template)
-        if not self.no_answer.strip():
-            raise ConfigError("no_answer must not be empty; e.g. unanswerable")
+        check_no_answer(self.no_answer)
         if self.device not in DEVICES:
             raise ConfigError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
@@ -147,17 +149,10 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be between 0 and 1, got {self.validation_fraction}")
-        positive = (
-            "max_source_tokens",
-            "max_target_tokens",
-            "batch_size",
-            "eval_batch_size",
-            "save_total_limit",
-            "eval_max_new_tokens",
-            "eval_num_beams",
-            "logging_steps",
-        )
-        for name in positive:
+        # what the artifact will carry: bounded as the runtime reads it back
+        for name, most in TOKEN_AND_BEAM_LIMITS.items():
+            check_count(name, getattr(self, name), most)
+        for name in ("batch_size", "eval_batch_size", "save_total_limit", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_train_samples", "max_eval_samples", "max_steps", "pad_to_multiple_of", "eval_subset"):

@@ -7,12 +7,11 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgeqa.errors import InputError
-from edgeqa.typed_json import check_types
 
-# Bounds no artifact needs to exceed; an artifact's own limits (max_answer_tokens) and a server's
-# caps are tighter. They keep every accepted value one that numpy and onnxruntime can take.
-MAX_TOKENS = 1 << 16
-MAX_BEAMS = 256
+# The bounds every artifact keeps (its own max_answer_tokens and a server's caps are tighter): every
+# accepted value is one that numpy and onnxruntime can take.
+from edgeqa.prompt import MAX_BEAMS, MAX_TOKENS
+from edgeqa.typed_json import check_types
 
 
 @dataclass(frozen=True)

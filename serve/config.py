@@ -9,7 +9,7 @@ from pathlib import Path
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, check_retrieval_weight
 from edgeqa.documents.query import check_k
 from edgeqa.errors import ConfigError, InputError
-from edgeqa.runtime.options import MAX_BEAMS
+from edgeqa.prompt import MAX_BEAMS
 
 #: A host name or address as a Host header gives it, without the port: IPv6 in brackets, or '*' for any.
 _HOST_NAME = re.compile(r"\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")

@@ -29,6 +29,7 @@ from edgeqa.manifest import (
     WeightType,
     file_entry,
 )
+from edgeqa.prompt import MAX_BEAMS, MAX_NO_ANSWER_CHARS, MAX_TOKENS
 
 DIMS = ModelDims(num_layers=2, num_decoder_layers=2, num_heads=4, d_kv=8, d_model=32, vocab_size=32128)
 PARITY = ParityRecord(
@@ -264,3 +265,38 @@ def test_option_errors_name_the_field_and_value_only():
     assert str(caught.value) == "max_new_tokens must be at least 1, got -3"
     with pytest.raises(InputError, match='top_k should be int, got "5"'):
         GenerationOptions().updated(top_k="5")
+
+
+# A training record's field, where the manifest carries it, the largest value allowed and one past it.
+CARRIED = [
+    ("max_source_tokens", lambda v: {"max_input_tokens": v}, MAX_TOKENS, MAX_TOKENS + 1),
+    ("max_target_tokens", lambda v: {"max_answer_tokens": v}, MAX_TOKENS, MAX_TOKENS + 1),
+    ("eval_max_new_tokens", lambda v: {"generation": GenerationDefaults(max_new_tokens=v)}, MAX_TOKENS, 1 << 17),
+    ("eval_num_beams", lambda v: {"generation": GenerationDefaults(num_beams=v)}, MAX_BEAMS, MAX_BEAMS + 1),
+    ("no_answer", lambda v: {"no_answer": v}, "x" * MAX_NO_ANSWER_CHARS, "x" * (MAX_NO_ANSWER_CHARS + 1)),
+]
+
+
+@pytest.mark.parametrize("name, carried, largest, too_large", CARRIED, ids=[c[0] for c in CARRIED])
+def test_what_finetune_accepts_an_artifact_carries_and_the_rest_is_refused_before_training(
+    folder, tmp_path, name, carried, largest, too_large
+):
+    from edgeqa.finetune.config import FinetuneConfig
+
+    with pytest.raises(ConfigError, match=name):
+        FinetuneConfig(**{name: too_large})
+    FinetuneConfig(**{name: largest})
+    record = TrainingRecord(model="m", **{name: largest})
+    record.write(tmp_path)
+    assert read_training_record(tmp_path) == record
+    manifest = manifest_in(folder, **carried(largest))
+    assert Manifest.from_dict(json.loads(manifest.to_json())) == manifest  # the runtime's checks pass
+    (tmp_path / TRAINING_RECORD).write_text(json.dumps({"model": "m", name: too_large}))
+    with pytest.raises(ModelError, match=f"{TRAINING_RECORD}: {name} must .*; fix or delete it"):
+        read_training_record(tmp_path)  # a record edited by hand is refused before export builds anything
+
+
+def test_export_refuses_an_input_limit_no_artifact_carries(tmp_path):
+    ExportConfig(checkpoint="c", output=tmp_path, max_input_tokens=MAX_TOKENS)
+    with pytest.raises(ConfigError, match=f"max_input_tokens must be from 1 to {MAX_TOKENS}, got {MAX_TOKENS + 1}"):
+        ExportConfig(checkpoint="c", output=tmp_path, max_input_tokens=MAX_TOKENS + 1)
