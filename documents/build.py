@@ -89,8 +89,9 @@ def build_index(
         summary = IndexSummary(output, budget, skipped=skipped)
         try:
             _build_new(output, sources, tok, info, summary, progress)
-        except sqlite3.OperationalError as e:  # disk full, a folder we may not write, ...
-            raise DataError(f"cannot write {output} ({e}); the previous index, if any, is unchanged") from e
+        except (sqlite3.OperationalError, OSError) as e:  # disk full, a folder we may not write, ...
+            problem = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise DataError(f"cannot write {output} ({problem}); the previous index, if any, is unchanged") from e
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from edgeqa.atomic import write_atomic
+from edgeqa.atomic import unwritable, write_atomic
 from edgeqa.errors import EdgeQAError, InputError
 from edgeqa.records import source_lines
 from edgeqa.runtime.model import QAModel
@@ -60,6 +60,9 @@ class Ask:
             raise InputError("give one question or --file, not both (the question would be left unanswered)")
         if self.stream and (self.file is not None or self.as_json):
             raise InputError("--stream prints one answer as it is generated; leave it out with --file or --json")
+        problem = unwritable(self.output) if self.output is not None else None
+        if problem:  # before any question is answered
+            raise InputError(f"cannot write the answers to {self.output}: {problem}; give another --output")
 
 
 class Console(Protocol):
@@ -172,7 +175,10 @@ def answer_file(
     if request.output is None:
         console.write(text)
     else:
-        write_atomic(request.output, text)
+        try:
+            write_atomic(request.output, text)
+        except OSError as e:  # disk full, or the folder changed while answering
+            raise InputError(f"cannot write the answers to {request.output}: {e.strerror or e}") from e
     for problem in problems + skipped:
         console.note(f"warning: {file}: {problem}")
     where = f" -> {request.output}" if request.output else ""
