@@ -8,11 +8,13 @@ size answers exactly as training did.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ConfigError, ModelError
+from edgeqa.errors import ConfigError, EdgeQAError, ModelError
 from edgeqa.prompt import (
     CONTEXT_TEMPLATE,
     DEFAULT_MAX_ANSWER_TOKENS,
@@ -136,3 +138,33 @@ def check_checkpoint_location(checkpoint: str) -> None:
             f"checkpoint {checkpoint!r} is not a folder; pass a checkpoint folder "
             "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base"
         )
+
+
+def first_line(error: BaseException, limit: int = 240) -> str:
+    """An error's first line for a one-line message: no closing full stop, at most `limit` characters
+    (transformers' can list every model type it knows)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+@contextmanager
+def model_load_errors(checkpoint: str | Path, offline_advice: str) -> Iterator[None]:
+    """Turn what loading `checkpoint` with transformers raises into one `ModelError` line: a local folder
+    without config.json is named as such, a missing hub name gets `offline_advice`.
+
+    Raises:
+        ModelError: naming the checkpoint and the problem.
+    """
+    if Path(checkpoint).is_dir() and not (Path(checkpoint) / "config.json").is_file():
+        raise ModelError(
+            f"checkpoint {str(checkpoint)!r} has no config.json; pass the folder that holds the model's "
+            "config.json and weights (e.g. RUN/final from `edgeqa finetune`)"
+        )
+    try:
+        yield
+    except EdgeQAError:
+        raise
+    except OSError as e:
+        raise ModelError(f"cannot load checkpoint {str(checkpoint)!r}: {first_line(e)}. {offline_advice}") from e
+    except Exception as e:  # transformers and safetensors raise ValueError, RuntimeError, ... on bad files
+        raise ModelError(f"cannot load checkpoint {str(checkpoint)!r}: {first_line(e)}") from e

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from edgeqa.errors import ModelError
 
 LM_HEAD, EMBEDDING = "lm_head.weight", "shared.weight"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -27,17 +31,33 @@ def _tensor_files(folder: Path) -> dict[str, Path] | None:
     if (folder / SAFETENSORS).is_file():
         return {name: folder / SAFETENSORS for name in _header(folder / SAFETENSORS)}
     if (folder / SAFETENSORS_INDEX).is_file():
-        weight_map = json.loads((folder / SAFETENSORS_INDEX).read_text(encoding="utf-8"))["weight_map"]
-        return {name: folder / file for name, file in weight_map.items()}
+        with _damaged(folder / SAFETENSORS_INDEX):
+            weight_map = json.loads((folder / SAFETENSORS_INDEX).read_text(encoding="utf-8"))["weight_map"]
+            return {name: folder / file for name, file in weight_map.items()}
     return None
 
 
 def _header(path: Path) -> dict[str, Any]:
-    with path.open("rb") as f:
+    with _damaged(path), path.open("rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
+        if size > path.stat().st_size - 8:
+            raise ValueError(f"its header claims {size} bytes")
         header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return header
+        header.pop("__metadata__", None)
+        if not all(isinstance(entry, dict) and "data_offsets" in entry for entry in header.values()):
+            raise ValueError("its header lists no tensors")
+        return header
+
+
+@contextmanager
+def _damaged(path: Path) -> Iterator[None]:
+    """A weights file that cannot be read as safetensors (truncated, overwritten) as one `ModelError`."""
+    try:
+        yield
+    except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelError(
+            f"{path} is truncated or not a safetensors file ({type(e).__name__}); copy or save the checkpoint again"
+        ) from e
 
 
 def _same_tensor(first: Path, second: Path, name_a: str, name_b: str) -> bool:

@@ -7,13 +7,13 @@ line naming what is wrong with the checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgeqa.checkpoint import check_model_type
+from edgeqa.checkpoint import check_model_type, first_line, model_load_errors
 from edgeqa.errors import ExportError, ModelError
+
+OFFLINE_ADVICE = "Offline, pass a local checkpoint folder (e.g. OUTPUT/final from `edgeqa finetune`)"
 
 
 def load_config(checkpoint: str | Path) -> Any:
@@ -24,7 +24,7 @@ def load_config(checkpoint: str | Path) -> Any:
     """
     from transformers import AutoConfig
 
-    with _model_errors(checkpoint):
+    with model_load_errors(checkpoint, OFFLINE_ADVICE):
         config = AutoConfig.from_pretrained(checkpoint)
     check_model_type(config.model_type, checkpoint)
     return config
@@ -40,7 +40,7 @@ def load_model(checkpoint: str | Path) -> Any:
     from transformers import AutoModelForSeq2SeqLM
 
     config = load_config(checkpoint)
-    with _model_errors(checkpoint):
+    with model_load_errors(checkpoint, OFFLINE_ADVICE):
         model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint, config=config, dtype=torch.float32)
     return model.eval()
 
@@ -55,34 +55,16 @@ def load_tokenizer(checkpoint: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     if not Path(checkpoint).is_dir():  # a hub name: it fails as the checkpoint would (offline: no hub)
-        with _model_errors(checkpoint):
+        with model_load_errors(checkpoint, OFFLINE_ADVICE):
             tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     else:
         try:
             tokenizer = AutoTokenizer.from_pretrained(checkpoint)
         except Exception as e:  # missing files surface as OSError, ValueError or TypeError by version
             raise ModelError(
-                f"cannot load the tokenizer of {str(checkpoint)!r}: {_first_line(e)}. Save the tokenizer beside "
+                f"cannot load the tokenizer of {str(checkpoint)!r}: {first_line(e)}. Save the tokenizer beside "
                 "the weights (tokenizer.save_pretrained(folder); `edgeqa finetune` does)"
             ) from e
     if not tokenizer.is_fast:
         raise ExportError(f"{str(checkpoint)!r} has no fast tokenizer; install `tokenizers` and save it again")
     return tokenizer
-
-
-@contextmanager
-def _model_errors(checkpoint: str | Path) -> Iterator[None]:
-    try:
-        yield
-    except OSError as e:
-        raise ModelError(
-            f"cannot load checkpoint {str(checkpoint)!r}: {_first_line(e)}. Offline, pass a local checkpoint "
-            "folder (e.g. OUTPUT/final from `edgeqa finetune`)"
-        ) from e
-    except Exception as e:  # transformers and safetensors raise ValueError, RuntimeError, ... on bad files
-        raise ModelError(f"cannot load checkpoint {str(checkpoint)!r}: {_first_line(e)}") from e
-
-
-def _first_line(error: Exception) -> str:
-    """The error's first line, without its closing full stop (the message goes on after it)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")

@@ -22,10 +22,11 @@ from transformers import (
     PrinterCallback,
     TrainerCallback,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from edgeqa.checkpoint import HELDOUT, TrainingRecord, check_model_type
-from edgeqa.errors import ConfigError, EdgeQAError, ModelError
+from edgeqa.checkpoint import HELDOUT, TrainingRecord, check_model_type, model_load_errors
+from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import heldout_record, load_raw, prepare_splits, tokenize
 from edgeqa.finetune.portable import make_portable
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 FINAL = "final"
 METRICS = "metrics.json"
 MAX_HELDOUT = 1000
+OFFLINE_ADVICE = "Offline or without a cached copy, pass a local checkpoint folder: --model path/to/flan-t5-base"
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,9 @@ def prepare_output_dir(config: FinetuneConfig) -> str | None:
     out = config.output_dir
     busy = out.is_dir() and any(out.iterdir())
     if config.resume:
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        last = last_complete_checkpoint(out) if out.is_dir() else None
         if last is None:
-            raise ConfigError(f"--resume: {out} holds no checkpoint-* folder to resume from")
+            raise ConfigError(f"--resume: {out} holds no complete checkpoint-* folder to resume from")
         logger.info("resuming from %s", last)
         return last
     if busy:
@@ -86,6 +88,22 @@ def prepare_output_dir(config: FinetuneConfig) -> str | None:
                 f"--overwrite: {out} holds files that are not from an edgeqa run ({', '.join(foreign[:3])}); "
                 "pick another --output"
             )
+    return None
+
+
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint the Trainer finished saving: it writes `trainer_state.json` last, so a folder
+    whose state does not read was cut off mid-save (Ctrl-C, a kill, a full disk) and is passed over."""
+    numbered = (
+        (int(match.group(1)), path) for path in out.iterdir() if (match := re.fullmatch(_CHECKPOINT, path.name))
+    )
+    for _, path in sorted(numbered, reverse=True):
+        try:
+            json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            logger.warning("%s was cut off while it was saved; resuming from an earlier checkpoint", path)
+            continue
+        return str(path)
     return None
 
 
@@ -107,7 +125,7 @@ def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
 
 
 _CHECKPOINT = rf"{PREFIX_CHECKPOINT_DIR}-(\d+)"  # the Trainer's checkpoint folders, by optimizer step
-_RUN_FILE = re.compile(rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|{re.escape(METRICS)}(\.tmp)?|runs|README\.md")
+_RUN_FILE = re.compile(rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.(partial|old)|{re.escape(METRICS)}(\.tmp)?|runs|README\.md")
 
 
 def _is_run_file(name: str) -> bool:
@@ -133,19 +151,12 @@ def load_model(config: FinetuneConfig) -> tuple[Any, Any]:
     problem = tie_problem(config.model) if Path(config.model).is_dir() else None
     if problem:  # trained on, the model would differ between transformers versions
         raise ModelError(f"{problem}; then fine-tune it")
-    try:
+    with model_load_errors(config.model, OFFLINE_ADVICE):
         model_config = AutoConfig.from_pretrained(config.model)
         check_model_type(model_config.model_type, config.model)
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model)
         loader = model_class(model_config) or AutoModelForSeq2SeqLM  # FLAN-T5's own lm_head under transformers 5
         model = loader.from_pretrained(config.model, config=model_config)
-    except EdgeQAError:
-        raise
-    except (OSError, ValueError) as e:  # a missing folder or hub name; a config or files transformers cannot read
-        raise ModelError(
-            f"cannot load model {config.model!r}: {str(e).splitlines()[0]}. Offline or without a cached copy, "
-            "pass a local checkpoint folder: --model path/to/flan-t5-base"
-        ) from e
     one_embedding_module(model)
     return model, tokenizer
 
@@ -265,8 +276,10 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
     Every process calls this: under FSDP, gathering the weights is a collective; the main process writes.
     """
     staging = final_dir.with_name(final_dir.name + ".partial")
-    if trainer.is_world_process_zero():
+    replaced = final_dir.with_name(final_dir.name + ".old")
+    if trainer.is_world_process_zero():  # what an interrupted save left
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(replaced, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_fsdp_enabled:  # Trainer.save_model writes nothing for sharded FSDP state dicts
         state_dict = trainer.accelerator.get_state_dict(trainer.model)
@@ -284,9 +297,12 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
             record = heldout_record(row, config, tokenizer)
             if record is not None:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
-    staging.rename(final_dir)
+    if final_dir.exists():  # set aside, not deleted in place: a kill mid-delete would leave half a model
+        final_dir.rename(replaced)
+        staging.rename(final_dir)
+        shutil.rmtree(replaced)
+    else:
+        staging.rename(final_dir)
     logger.info("saved the best model to %s", final_dir)
 
 

@@ -459,13 +459,23 @@ def test_a_checkpoint_without_its_tokenizer_is_refused_before_any_graph_is_expor
 
 
 @pytest.mark.parametrize(
-    ("broken", "message"), [("missing", "is not a folder"), ("no model_type", "cannot load checkpoint")]
+    ("broken", "message"),
+    [
+        ("missing", "is not a folder"),
+        ("no model_type", "cannot load checkpoint"),
+        ("no config", "has no config.json; pass the folder that holds"),
+        ("empty weights", "model.safetensors is truncated or not a safetensors file"),
+    ],
 )
 def test_a_checkpoint_that_cannot_be_loaded_is_one_line(tmp_path, broken, message):
     checkpoint = tmp_path / "ckpt"
-    if broken == "no model_type":
+    if broken != "missing":
         checkpoint.mkdir()
+    if broken == "no model_type":
         (checkpoint / "config.json").write_text('{"d_model": 8}', encoding="utf-8")
+    if broken == "empty weights":
+        (checkpoint / "config.json").write_text('{"model_type": "t5"}', encoding="utf-8")
+        (checkpoint / "model.safetensors").write_bytes(b"")
     result = runner.invoke(app, ["export", str(checkpoint), str(tmp_path / "out"), "--no-parity"])
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output

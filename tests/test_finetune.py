@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -541,6 +542,10 @@ def test_resume_after_kill_finishes_at_the_same_step(tmp_path, tiny_model, memo_
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert (out / "checkpoint-8").is_dir() and not (out / "final").exists()
+    # the next save cut off as a kill or a full disk leaves it: weights, but no trainer_state.json (written last)
+    shutil.copytree(out / "checkpoint-8", out / "checkpoint-16")
+    (out / "checkpoint-16" / "trainer_state.json").unlink()
+    (out / "checkpoint-16" / "model.safetensors").write_bytes(b"\0" * 8)
 
     resumed = subprocess.run(
         [
@@ -555,11 +560,36 @@ def test_resume_after_kill_finishes_at_the_same_step(tmp_path, tiny_model, memo_
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    own = ("data: ", "resuming from ", "step ", "saved the best model")
+    own = ("data: ", "resuming from ", "step ", "saved the best model", f"{out}/checkpoint-16 was cut off")
     assert all(line.startswith(own) for line in resumed.stderr.splitlines()), resumed.stderr  # edgeqa's log only
+    assert f"resuming from {out}/checkpoint-8" in resumed.stderr
     assert " of 24)" in resumed.stdout  # 3 epochs x 64 records / batch 8, as an uninterrupted run
     assert (out / "final" / "model.safetensors").is_file()
     assert [e["step"] for e in json.loads((out / "metrics.json").read_text())] == [8, 16, 24]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("final")) == ["final"]
+
+
+def test_a_cut_off_checkpoint_is_passed_over_on_resume_and_damaged_weights_are_one_line(tmp_path, tiny_model):
+    from edgeqa.finetune.train import last_complete_checkpoint, load_model
+
+    for step, state in ((8, "{}"), (16, None), (24, '{"global_')):  # 16: no state yet; 24: cut off mid-write
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+    (tmp_path / "checkpoint-8" / "trainer_state.json").unlink()
+    assert last_complete_checkpoint(tmp_path) is None
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_model, damaged)
+    weights = damaged / "model.safetensors"
+    for content in (b"", weights.read_bytes()[:100], b"\xff" * 8 + weights.read_bytes()[8:]):
+        weights.write_bytes(content)
+        with pytest.raises(ModelError, match="model.safetensors is truncated or not a safetensors file"):
+            load_model(FinetuneConfig(model=str(damaged), data="unused"))
+    (damaged / "config.json").unlink()
+    with pytest.raises(ModelError, match="has no config.json; pass the folder that holds the model's config.json"):
+        load_model(FinetuneConfig(model=str(damaged), data="unused"))
 
 
 @pytest.mark.slow
