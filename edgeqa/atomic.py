@@ -1,9 +1,13 @@
-"""Writing a file so that readers see the old content or the new one, never a part (stdlib only)."""
+"""Writing files and folders so that readers see the old content or the new one, never a part (stdlib only)."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import re
 import secrets
+import shutil
 from pathlib import Path
 
 
@@ -42,3 +46,65 @@ def unwritable(path: Path) -> str | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"{folder} is not writable"
     return None
+
+
+def replace_folder(finished: Path, target: Path) -> None:
+    """Move the folder `finished` to `target`, replacing a folder there, then delete the old one.
+
+    On Linux the two are swapped in one step (`renameat2` with `RENAME_EXCHANGE`), so `target` is never
+    missing; elsewhere the old folder is first moved aside to `set_aside(target)`, where a kill between
+    the two moves leaves it (and the next `replace_folder` removes it).
+    """
+    finished, target = Path(finished), Path(target)
+    aside = set_aside(target)
+    shutil.rmtree(aside, ignore_errors=True)
+    if not target.exists():
+        finished.rename(target)
+    elif _swap(finished, target):
+        shutil.rmtree(finished, ignore_errors=True)
+    else:
+        target.rename(aside)
+        finished.rename(target)
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def set_aside(target: Path) -> Path:
+    """Where `replace_folder` moves the folder it replaces, where the platform cannot swap two folders."""
+    return target.with_name(f".{target.name}.old")
+
+
+def _swap(first: Path, second: Path) -> bool:
+    """Exchange two paths in one step; False where the platform or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a libc without it
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EPERM):  # a file system or sandbox without the exchange
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def leftovers(folder: Path, pattern: str) -> list[Path]:
+    """Entries of `folder` whose names match `pattern` with a group `pid` naming a process that has
+    ended: what a killed writer left (the process's own name in the entry keeps a running one's)."""
+    found = []
+    for path in Path(folder).iterdir():
+        match = re.fullmatch(pattern, path.name)
+        if match and not process_alive(int(match.group("pid"))):
+            found.append(path)
+    return found
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

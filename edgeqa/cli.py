@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -581,7 +582,18 @@ def bare_quantize_means_int8(argv: list[str]) -> list[str]:
     return normalized
 
 
+def exit_on_sigterm() -> None:
+    """End on SIGTERM (`docker stop`, systemd, `timeout`) as on Ctrl-C: `finally` blocks run, so an export or an
+    index build removes its temporary files; the exit code is 143, as for a process the signal ended."""
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def main() -> None:
+    exit_on_sigterm()
     app(args=bare_quantize_means_int8(sys.argv[1:]))
 
 

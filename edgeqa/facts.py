@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeqa.atomic import write_atomic
 from edgeqa.errors import ConfigError
 from edgeqa.records import ASSETS
 
@@ -288,8 +289,6 @@ def write_splits(folder: Path, splits: dict[str, list[dict[str, str]]]) -> dict[
         if not rows:
             continue
         path = folder / f"{name}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         paths[name] = path
     return paths

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgeqa.atomic import write_atomic
 from edgeqa.errors import ModelError
 
 LM_HEAD, EMBEDDING = "lm_head.weight", "shared.weight"
@@ -154,7 +155,5 @@ def explicit_tie_setting(folder: str | Path) -> bool | None:
     config = _config(folder)
     config["tie_word_embeddings"] = not own
     path = folder / "config.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(config, indent=2) + "\n")
     return not own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -11,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgeqa import __version__
+from edgeqa.atomic import leftovers, replace_folder
 from edgeqa.checkpoint import TrainingRecord, read_training_record
 from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.config import ExportConfig, QuantizeSettings, settings_for
@@ -36,6 +38,8 @@ from edgeqa.tied_weights import tie_problem
 
 logger = logging.getLogger(__name__)
 
+#: The temporary folders an export writes beside OUTPUT, named with its process id.
+LEFTOVER = r"\.(.+\.partial|edgeqa-export-work)-(?P<pid>\d+)-\w+"
 CONFIG_FILES = {"config": "config.json", "generation_config": "generation_config.json"}
 
 
@@ -69,7 +73,9 @@ def export_artifact(config: ExportConfig) -> ExportResult:
     check_replaceable(output, config)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-"))
+        for leftover in leftovers(output.parent, LEFTOVER):  # of exports killed before they could clean up
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-{os.getpid()}-"))
     except OSError as e:
         raise ExportError(
             f"cannot write beside {output}: {e.strerror or e}; pick an OUTPUT in a writable folder"
@@ -77,13 +83,7 @@ def export_artifact(config: ExportConfig) -> ExportResult:
     try:
         result = _build(config, staging)
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the artifact from other users and containers
-        if output.exists():
-            trash = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
-            output.rename(trash / "old")
-            staging.rename(output)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(output)
+        replace_folder(staging, output)
         return replace(result, output=output)
     finally:
         if staging.exists():
@@ -114,7 +114,8 @@ def check_replaceable(output: Path, config: ExportConfig) -> None:
 def _build(config: ExportConfig, staging: Path) -> ExportResult:
     settings = settings_for(config.preset, config.keep_fp32, config.quantize) if config.quantize else None
     # beside the artifact, on the disk chosen for it: a large model's float graphs may not fit in $TMPDIR
-    with tempfile.TemporaryDirectory(dir=staging.parent, prefix=".edgeqa-export-work-") as work_dir:
+    work_prefix = f".edgeqa-export-work-{os.getpid()}-"
+    with tempfile.TemporaryDirectory(dir=staging.parent, prefix=work_prefix) as work_dir:
         work = Path(work_dir)
         _save_tokenizer(config.checkpoint, work)  # once, for every candidate
         exported: dict[str, tuple[dict[str, Path], Path]] = {}

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgeqa.atomic import write_atomic
 from edgeqa.errors import ModelError
 from edgeqa.tied_weights import explicit_tie_setting, tie_problem
 
@@ -50,6 +51,4 @@ def _update_json(path: Path, change: Any) -> None:
     updated = change(data)
     if updated == data:
         return
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(updated, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(updated, indent=2, ensure_ascii=False) + "\n")

@@ -25,6 +25,7 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from edgeqa.atomic import replace_folder, write_atomic
 from edgeqa.checkpoint import HELDOUT, TrainingRecord, check_model_type, model_load_errors
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
@@ -125,7 +126,10 @@ def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
 
 
 _CHECKPOINT = rf"{PREFIX_CHECKPOINT_DIR}-(\d+)"  # the Trainer's checkpoint folders, by optimizer step
-_RUN_FILE = re.compile(rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.(partial|old)|{re.escape(METRICS)}(\.tmp)?|runs|README\.md")
+# what a run writes, and what an interrupted one leaves: final/'s staging and set-aside copies, metrics' temporary file
+_RUN_FILE = re.compile(
+    rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|\.{FINAL}\.old|{re.escape(METRICS)}|\.{re.escape(METRICS)}\.\w+\.tmp|runs|README\.md"
+)
 
 
 def _is_run_file(name: str) -> bool:
@@ -276,10 +280,8 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
     Every process calls this: under FSDP, gathering the weights is a collective; the main process writes.
     """
     staging = final_dir.with_name(final_dir.name + ".partial")
-    replaced = final_dir.with_name(final_dir.name + ".old")
     if trainer.is_world_process_zero():  # what an interrupted save left
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(replaced, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_fsdp_enabled:  # Trainer.save_model writes nothing for sharded FSDP state dicts
         state_dict = trainer.accelerator.get_state_dict(trainer.model)
@@ -297,12 +299,7 @@ def save_final(trainer: Any, tokenizer: Any, config: FinetuneConfig, eval_split:
             record = heldout_record(row, config, tokenizer)
             if record is not None:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    if final_dir.exists():  # set aside, not deleted in place: a kill mid-delete would leave half a model
-        final_dir.rename(replaced)
-        staging.rename(final_dir)
-        shutil.rmtree(replaced)
-    else:
-        staging.rename(final_dir)
+    replace_folder(staging, final_dir)  # never deleted in place: a kill mid-delete would leave half a model
     logger.info("saved the best model to %s", final_dir)
 
 
@@ -366,9 +363,7 @@ class MetricsHistory(TrainerCallback):
         if self.validation:
             entry["validation"] = self.validation
         entries.append(entry | metrics)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(self.path)
+        write_atomic(self.path, json.dumps(entries, indent=2) + "\n")
 
 
 class ProgressLog(TrainerCallback):

@@ -145,20 +145,14 @@ def test_failed_export_leaves_nothing(trained_model, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_killed_export_leaves_no_output(trained_model, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_stopped_export_leaves_no_output_and_its_leftovers_go(trained_model, tmp_path, monkeypatch, stop):
+    """SIGTERM (docker stop, systemd) cleans up as Ctrl-C does; what SIGKILL leaves, the next export removes."""
+    import edgeqa.export.artifact as artifact
+
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "edgeqa.cli",
-            "export",
-            str(trained_model),
-            str(out),
-            "--quantize",
-            "--parity-samples",
-            "48",
-        ],
+        [sys.executable, "-m", "edgeqa.cli", "export", str(trained_model), str(out), "--quantize"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -167,9 +161,22 @@ def test_killed_export_leaves_no_output(trained_model, tmp_path):
         p.name.startswith(".out.partial-") and any(p.iterdir()) for p in tmp_path.iterdir()
     ):
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(proc.pid, stop)
+    assert proc.wait(timeout=120) == (-9 if stop == signal.SIGKILL else 143)
     assert not out.exists()
+    left = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
+    assert left == ([".edgeqa", ".out.partial"] if stop == signal.SIGKILL else [])
+
+    running = tmp_path / f".other.partial-{os.getpid()}-abc"  # a live export's: kept
+    running.mkdir()
+
+    def build(config, staging):
+        (staging / "manifest.json").write_text("{}")
+        return artifact.ExportResult(staging, None, None, 0)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(artifact, "_build", build)
+    export_artifact(ExportConfig(checkpoint=str(trained_model), output=out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "out"]
 
 
 def test_parity_gate_fails_on_a_damaged_artifact(artifact_fp32, tmp_path):
