@@ -1,10 +1,11 @@
-"""`build_index`: files to passages to an index file, built anew beside the target and renamed over it, or
-updated in place in one transaction (`update=True`)."""
+"""`build_index`: files to passages to an index file, built anew beside the target and then copied into it
+under SQLite's locks (renamed into place where there is no index yet), or updated in place in one
+transaction (`update=True`)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import logging
 import os
 import re
 import sqlite3
@@ -19,8 +20,6 @@ from edgeqa.documents.files import Skip, SourceFile, discover, read_document
 from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, check_passage_tokens, default_overlap, split_document
 from edgeqa.documents.summary import IndexSummary, Progress
 from edgeqa.errors import ConfigError, DataError
-
-logger = logging.getLogger(__name__)
 
 
 def build_index(
@@ -56,8 +55,9 @@ def build_index(
     sha256 = accepted[0]
     name = tokenizer_name or str(tokenizer_path)
     if update and output.exists():
-        connection, info = store.open_checked(output, write=True)
+        connection, _ = store.open_checked(output, write=True)
         try:
+            info = _lock_for_update(connection, output)
             store.check_tokenizer(info, output, accepted, name)
             if passage_tokens is not None and passage_tokens != info.passage_tokens:
                 raise ConfigError(
@@ -71,7 +71,7 @@ def build_index(
             try:
                 _write(connection, sources, tok, new_info, summary, progress, update=True)
             except sqlite3.OperationalError as e:  # locked by another writer past the timeout, disk full, ...
-                raise DataError(f"cannot update {output} ({e}); it is unchanged: try again") from e
+                raise DataError(f"cannot update {output} ({e}); it is unchanged: {_advice(e)}") from e
         finally:
             connection.close()
     else:
@@ -91,9 +91,25 @@ def build_index(
             _build_new(output, sources, tok, info, summary, progress)
         except (sqlite3.OperationalError, OSError) as e:  # disk full, a folder we may not write, ...
             problem = e.strerror if isinstance(e, OSError) and e.strerror else e
-            raise DataError(f"cannot write {output} ({problem}); the previous index, if any, is unchanged") from e
+            advice = f": {_advice(e)}" if _disk_full(e) else ""
+            unchanged = f"the previous index, if any, is unchanged{advice}"
+            raise DataError(f"cannot write {output} ({problem}); {unchanged}") from e
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _lock_for_update(connection: sqlite3.Connection, output: Path) -> store.IndexInfo:
+    """Take the index's write lock, then read what it says about itself: a rebuild cannot come between the
+    two (an update would otherwise write passages, paths and sizes of the index it first saw over it).
+
+    Raises:
+        DataError: another process holds the lock past `store.BUSY_TIMEOUT_MS`, or `read_info` refuses it.
+    """
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as e:
+        raise DataError(f"cannot update {output} ({e}); it is unchanged: {_advice(e)}") from e
+    return store.read_info(connection, output)
 
 
 def _absolute(roots: list[Path]) -> tuple[str, ...]:
@@ -109,31 +125,79 @@ def _build_new(
     summary: IndexSummary,
     progress: Callable[[Progress], None] | None,
 ) -> None:
-    """Write a new index beside `output` and rename it over `output`: a crash leaves the old one whole."""
-    if output.exists():
-        _check_replaceable(output)
+    """Write a new index beside `output`, then put it in place: a crash leaves the old one whole."""
+    readable = _check_replaceable(output) if output.exists() else False
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(output)
     temporary = output.with_name(f".{output.name}.{os.getpid()}.building")
     temporary.unlink(missing_ok=True)
     connection = store.connect(temporary, write=True)
     try:
+        if readable:
+            connection.execute(f"PRAGMA page_size = {_page_size(output)}")  # a backup into WAL needs the same
         connection.execute("PRAGMA journal_mode = OFF")  # the file is thrown away on failure anyway
         connection.execute("PRAGMA synchronous = OFF")
         store.create_schema(connection, info)
         _write(connection, sources, tok, info, summary, progress, update=False)
         connection.execute("INSERT INTO passages_fts(passages_fts) VALUES ('optimize')")
         connection.execute("PRAGMA journal_mode = WAL")
-        connection.close()
-        with open(temporary, "rb") as f:
-            os.fsync(f.fileno())
-        _checkpoint(output)
-        os.replace(temporary, output)
-        _fsync_folder(output.parent)
+        if readable and output.exists():
+            _copy_into(connection, output)
+            connection.close()
+            temporary.unlink()
+        else:
+            connection.close()
+            _rename_into_place(temporary, output)
     except BaseException:
         connection.close()
         temporary.unlink(missing_ok=True)
         raise
+
+
+class _Busy(Exception):
+    """Another connection kept the index locked for longer than `store.BUSY_TIMEOUT_MS`."""
+
+
+def _copy_into(source: sqlite3.Connection, output: Path) -> None:
+    """Copy the new index into the existing one in one write transaction, under SQLite's own locks.
+
+    A reader keeps the snapshot it has and its next one is the new index, never a mix; a writer (an
+    `--update`, another rebuild) is waited for up to `store.BUSY_TIMEOUT_MS`. SQLite sets the file's size to
+    the new index's when its write-ahead log is next emptied (at once if no reader is in the middle of one).
+
+    Raises:
+        DataError: another process kept writing the index past the wait; it is unchanged.
+    """
+    destination = store.connect(output, write=True)
+    try:
+        try:
+            source.backup(destination, pages=-1, progress=_stop_if_busy)  # one step: all pages, one transaction
+        except _Busy:
+            raise DataError(
+                f"{output} is being written by another process (an `edgeqa index` or `--update`); it is "
+                "unchanged: try again when that is done"
+            ) from None
+        destination.execute("PRAGMA busy_timeout = 0")  # empty the log now if no reader needs it, else later
+        destination.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    finally:
+        destination.close()
+
+
+def _stop_if_busy(status: int, remaining: int, total: int) -> None:
+    """A backup's progress: SQLite has already waited the busy timeout when it reports busy, so stop."""
+    if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        raise _Busy
+
+
+def _rename_into_place(temporary: Path, output: Path) -> None:
+    """Rename the new index to `output`, where there is none (or only one SQLite cannot read): a log or
+    shared-memory file of an old one left there would otherwise be read as the new one's."""
+    with open(temporary, "rb") as f:
+        os.fsync(f.fileno())
+    for leftover in ("-wal", "-shm"):
+        output.with_name(output.name + leftover).unlink(missing_ok=True)
+    os.replace(temporary, output)
+    _fsync_folder(output.parent)
 
 
 def _write(
@@ -145,8 +209,10 @@ def _write(
     progress: Callable[[Progress], None] | None,
     update: bool,
 ) -> None:
-    """Index `sources` in one transaction; with `update`, only what changed, dropping files no longer given."""
-    connection.execute("BEGIN IMMEDIATE")
+    """Index `sources` in one transaction (begun here unless an update began it already); with `update`, only
+    what changed, dropping files no longer given."""
+    if not connection.in_transaction:
+        connection.execute("BEGIN IMMEDIATE")
     try:
         known = {
             row[0]: row[1:]
@@ -176,7 +242,8 @@ def _write(
             raise DataError(_empty_message(summary))
         connection.execute("COMMIT")
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # SQLite has rolled back already after some errors (a full disk)
+            connection.execute("ROLLBACK")
         raise
 
 
@@ -262,32 +329,46 @@ def _empty_message(summary: IndexSummary) -> str:
     )
 
 
-def _check_replaceable(output: Path) -> None:
-    """Refuse to overwrite a file that is not an edgeqa index (of any format version)."""
+def _check_replaceable(output: Path) -> bool:
+    """Refuse to overwrite a file that is not an edgeqa index (of any format version); say whether SQLite
+    can read it (True) or it is an index too damaged to open (False: it is replaced by renaming).
+
+    Raises:
+        DataError: `output` is not an edgeqa index, or another process holds it locked.
+    """
     try:
-        connection = sqlite3.connect(store.uri(output, mode="ro"), uri=True)
+        connection = sqlite3.connect(store.uri(output, mode="ro"), uri=True, timeout=store.BUSY_TIMEOUT_MS / 1000)
         try:
             row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         finally:
             connection.close()
-    except sqlite3.Error:
+    except sqlite3.Error as e:
+        if store.error_code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise DataError(f"{output} is being written by another process; try again when that is done") from e
+        if store.is_damaged_index(output, e):
+            return False
         row = None
     if not row or row[0] != store.FORMAT_NAME:
         raise DataError(f"{output} exists and is not an edgeqa index; choose another -o or remove it first")
+    return True
 
 
-def _checkpoint(output: Path) -> None:
-    """Empty the old index's write-ahead log, so that no stale log lies beside the file that replaces it."""
-    if not output.exists():
-        return
-    try:
-        connection = sqlite3.connect(output, timeout=store.BUSY_TIMEOUT_MS / 1000)
-        try:
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            connection.close()
-    except sqlite3.Error as e:
-        logger.warning("could not checkpoint %s before replacing it: %s", output, e)
+def _page_size(output: Path) -> int:
+    with open(output, "rb") as f:
+        return store.page_size(f.read(100))
+
+
+def _disk_full(error: BaseException) -> bool:
+    if isinstance(error, sqlite3.Error):
+        return store.error_code(error) == sqlite3.SQLITE_FULL
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _advice(error: BaseException) -> str:
+    """What to do after a write failed with `error`."""
+    if _disk_full(error):
+        return "free space on its disk (an update needs room for its log, a rebuild for about twice the index)"
+    return "try again"
 
 
 def _remove_stale_builds(output: Path) -> None:

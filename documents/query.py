@@ -173,8 +173,8 @@ class Passage:
 class Index:
     """A read-only view of an index file, safe to share between threads (one connection each).
 
-    An `edgeqa index --update` is seen by the next search; an index rebuilt (replaced) under a running
-    reader is reopened by the next search.
+    An `edgeqa index --update` or a rebuild is seen by the next search, which reopens and checks the index
+    (its tokenizer, `info`) after any change another process made to it, or after the file was replaced.
     """
 
     def __init__(self, path: Path, info: store.IndexInfo, tokenizer_sha256: str | None = None) -> None:
@@ -206,14 +206,19 @@ class Index:
         self._local.connection = connection
         self._local.terms = _Terms(connection)
         self._local.identity = _identity(self.path)
+        self._local.version = _data_version(connection)
         with self._lock:
             self._connections.append(connection)
             self._terms.append(self._local.terms)
 
     def _reader(self) -> tuple[sqlite3.Connection, _Terms]:
-        """This thread's connection, reopened if a rebuild replaced the file."""
+        """This thread's connection, reopened if the file was replaced or another process changed it."""
         connection = getattr(self._local, "connection", None)
-        if connection is not None and self._local.identity == _identity(self.path):
+        if (
+            connection is not None
+            and self._local.identity == _identity(self.path)
+            and self._local.version == _data_version(connection)
+        ):
             return connection, self._local.terms
         if connection is not None:  # forgotten before reopening: a failed reopen leaves none, and the next tries again
             connection.close()
@@ -291,6 +296,11 @@ def _identity(path: Path) -> tuple[int, int]:
     except OSError:
         return (0, 0)
     return (stat.st_dev, stat.st_ino)
+
+
+def _data_version(connection: sqlite3.Connection) -> int:
+    """A number that changes when another connection (any process) commits to the database."""
+    return int(connection.execute("PRAGMA data_version").fetchone()[0])
 
 
 def _open(path: Path, tokenizer_sha256: str | None, tokenizer_name: str) -> tuple[sqlite3.Connection, store.IndexInfo]:

@@ -21,6 +21,13 @@ FORMAT_VERSION = 1
 #: How long a writer waits for another writer before giving up.
 BUSY_TIMEOUT_MS = 10_000
 
+#: Text from edgeqa's schema that SQLite keeps on an index's first page: a file too damaged to open is
+#: known for an edgeqa index by it (and so may be rebuilt over).
+SCHEMA_MARKERS = (
+    b"CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    b"CREATE VIRTUAL TABLE passages_fts USING fts5(",
+)
+
 #: How FTS5 cuts text into terms, for the index and for questions alike.
 TOKENIZE = "porter unicode61 remove_diacritics 2"
 
@@ -192,6 +199,32 @@ def write_meta(connection: sqlite3.Connection, info: IndexInfo) -> None:
     connection.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows.items())
 
 
+def error_code(error: sqlite3.Error) -> int:
+    """SQLite's primary result code for `error` (`sqlite3.SQLITE_BUSY`, `SQLITE_FULL`, ...), or -1."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else -1
+
+
+def page_size(header: bytes) -> int:
+    """The page size given in a SQLite file's first 100 bytes."""
+    size = int.from_bytes(header[16:18], "big")
+    return 65536 if size == 1 else size
+
+
+def is_damaged_index(path: Path, error: sqlite3.Error) -> bool:
+    """Whether `error`, met reading `path`, says it is damaged while its first page still carries edgeqa's
+    schema (`SCHEMA_MARKERS`): an index to rebuild, never another program's file."""
+    if error_code(error) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return False
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+            first_page = header + f.read(page_size(header) - len(header))
+    except OSError:
+        return False
+    return header.startswith(b"SQLite format 3\x00") and all(m in first_page for m in SCHEMA_MARKERS)
+
+
 def read_info(connection: sqlite3.Connection, path: Path) -> IndexInfo:
     """Check that `path` is an edgeqa index of this format and say what it holds.
 
@@ -205,7 +238,12 @@ def read_info(connection: sqlite3.Connection, path: Path) -> IndexInfo:
     except sqlite3.DatabaseError as e:
         if "no such table" in str(e):
             raise DataError(foreign) from e
-        raise DataError(f"{path} is not an edgeqa index or is damaged ({e}); {rebuild}") from e
+        if is_damaged_index(path, e):
+            raise DataError(f"{path} is a damaged edgeqa index ({e}); {rebuild}") from e
+        raise DataError(  # `edgeqa index` will not overwrite what it cannot tell is an index
+            f"{path} is not an edgeqa index or is damaged beyond recognition ({e}); give an index built by "
+            f"`edgeqa index`, or remove it and {rebuild}"
+        ) from e
     if meta.get("format") != FORMAT_NAME:
         raise DataError(foreign)
     try:

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from conftest import another_tokenizer
 from edgeqa.cli import app
-from edgeqa.documents import Index, build_index, fts_query, load_tokenizer, passage_budget
+from edgeqa.documents import Index, build_index, fts_query, load_tokenizer, passage_budget, store
 from edgeqa.documents.files import Skip, SourceFile, read_document
 from edgeqa.documents.formats import FORMATS
 from edgeqa.documents.query import narrow_query
@@ -92,11 +92,14 @@ def make_pdf(pages: list[list[str]], title: str = "") -> bytes:
 
 
 def passages_of(index_path: Path) -> list[tuple[str, str]]:
-    with sqlite3.connect(index_path) as connection:
+    connection = sqlite3.connect(index_path)  # closed at once: an open one would keep the index's log
+    try:
         rows = connection.execute(
             "SELECT f.shown, p.text FROM passages p JOIN files f ON f.id = p.file_id ORDER BY 1, 2"
         )
         return rows.fetchall()
+    finally:
+        connection.close()
 
 
 # ---------------------------------------------------------------- formats
@@ -556,6 +559,134 @@ def test_a_rebuilt_index_is_picked_up_by_an_open_reader(tmp_path):
         assert ix.search("numbat")  # not "list.remove(x): x not in list" for ever after
 
 
+def test_a_rebuild_while_a_reader_holds_a_snapshot_is_whole_and_shrinks_the_file_after(tmp_path):
+    """The reader's snapshot pins an update's log: the rebuild must not be replayed over by it (nor lost)."""
+    docs = corpus(tmp_path / "docs", files=6)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    reader = sqlite3.connect(index, isolation_level=None)
+    reader.execute("BEGIN")
+    before = reader.execute("SELECT count(*) FROM passages").fetchone()
+    write(docs / "doc0.md", "# Document 0\n\nplatypus only now.\n")
+    build_index([docs], index, TOKENIZER, update=True)  # committed to a log the reader keeps from being emptied
+    size = index.stat().st_size
+    other = write(tmp_path / "other" / "numbat.md", "# Numbat\n\nnumbat territory.\n")
+    build_index([other], index, TOKENIZER, passage_tokens=48)
+    build_index([other], tmp_path / "alone.db", TOKENIZER, passage_tokens=48)
+    assert reader.execute("SELECT count(*) FROM passages").fetchone() == before  # its snapshot still
+    assert passages_of(index) == passages_of(tmp_path / "alone.db")  # a new reader: the rebuild, whole
+    reader.execute("COMMIT")
+    reader.close()
+    with Index.open(index) as ix:
+        assert ix.search("numbat")[0].title == "Numbat" and ix.search("platypus") == []
+    connection = sqlite3.connect(index)
+    assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    pages = connection.execute("PRAGMA page_count").fetchone()[0] * connection.execute("PRAGMA page_size").fetchone()[0]
+    connection.close()  # the last connection empties the log into the file and cuts it to size
+    assert index.stat().st_size == pages < size and not index.with_name("index.db-wal").exists()
+
+
+def rebuild_now(paths: list[Path], index: Path) -> str:
+    """Rebuild `index` in another thread and wait for it: "rebuilt", or the error's message."""
+    outcome: list[str] = []
+
+    def rebuild() -> None:
+        try:
+            build_index(paths, index, TOKENIZER, passage_tokens=48)
+            outcome.append("rebuilt")
+        except DataError as e:
+            outcome.append(str(e))
+
+    thread = threading.Thread(target=rebuild)
+    thread.start()
+    thread.join(120)
+    assert not thread.is_alive() and len(outcome) == 1
+    return outcome[0]
+
+
+def test_a_rebuild_while_an_update_writes_is_refused_not_reported_done_and_lost(tmp_path, monkeypatch):
+    docs = corpus(tmp_path / "docs", files=3)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    other = write(tmp_path / "other" / "numbat.md", "# Numbat\n\nnumbat territory.\n")
+    write(docs / "doc0.md", "# Document 0\n\nplatypus only now.\n")
+    monkeypatch.setattr("edgeqa.documents.store.BUSY_TIMEOUT_MS", 200)
+    outcome = []
+
+    def during(progress):  # inside the update's write transaction: the rebuild ends before the update does
+        if progress.files_done == 1:
+            outcome.append(rebuild_now([other], index))
+
+    build_index([docs], index, TOKENIZER, update=True, progress=during)
+    assert re.fullmatch(f"{index} is being written by another process .*try again.*", outcome[0])
+    with Index.open(index) as ix:
+        assert ix.search("platypus") and ix.search("numbat") == []  # the update's, whole
+        build_index([other], index, TOKENIZER, passage_tokens=48)  # once it is done, a rebuild goes through
+        assert ix.search("numbat")[0].title == "Numbat" and ix.search("platypus") == []
+
+
+def test_a_rebuild_as_an_update_starts_is_not_undone_by_that_update(tmp_path, monkeypatch):
+    """An update reads the index's paths and sizes under its write lock: a rebuild cannot come in between."""
+    docs = corpus(tmp_path / "docs", files=3)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    other = write(tmp_path / "other" / "numbat.md", "# Numbat\n\nnumbat territory.\n")
+    monkeypatch.setattr("edgeqa.documents.store.BUSY_TIMEOUT_MS", 200)
+    from edgeqa.documents import build
+
+    discover, outcome = build.discover, []
+
+    def rebuild_first(roots, output):  # the update has opened the index and reads its files next
+        monkeypatch.setattr(build, "discover", discover)
+        outcome.append(rebuild_now([other], index))
+        return discover(roots, output)
+
+    monkeypatch.setattr(build, "discover", rebuild_first)
+    build_index([], index, TOKENIZER, update=True)  # `--update` alone: the paths the index holds
+    assert re.fullmatch(f"{index} is being written by another process .*try again.*", outcome[0])
+    assert rebuild_now([other], index) == "rebuilt"
+    with Index.open(index) as ix:
+        assert ix.search("numbat")[0].title == "Numbat" and ix.search("zebra0") == []
+
+
+def test_an_open_reader_refuses_an_index_rebuilt_for_another_tokenizer(tmp_path):
+    docs = corpus(tmp_path / "docs", files=1)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    from edgeqa.documents import tokenizer_sha256
+
+    with Index.open(index, tokenizer_sha256=tokenizer_sha256(TOKENIZER)) as ix:
+        assert ix.search("zebra0")
+        other = another_tokenizer(TOKENIZER, tmp_path / "other" / "tokenizer.json")
+        build_index([docs], index, other, passage_tokens=48, tokenizer_name="other")
+        with pytest.raises(DataError, match="sized with the tokenizer of other"):
+            ix.search("zebra0")
+
+
+@pytest.mark.parametrize("update", [False, True], ids=["index", "update"])
+def test_a_full_disk_is_named_with_its_fix_and_leaves_the_index_as_it_was(tmp_path, monkeypatch, update):
+    docs = corpus(tmp_path / "docs", files=2)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    before = passages_of(index)
+    write(docs / "big.md", f"# Big\n\n{sentences('overflow', 3000)}\n")
+    connect = store.connect
+
+    def on_a_full_disk(path: Path, write: bool = False) -> sqlite3.Connection:
+        """A writer whose file can grow by a few pages only: SQLite fails as on a full disk (SQLITE_FULL)."""
+        connection = connect(path, write)
+        if write:
+            pages = connection.execute("PRAGMA page_count").fetchone()[0]
+            connection.execute(f"PRAGMA max_page_count = {pages + 30}")
+        return connection
+
+    monkeypatch.setattr(store, "connect", on_a_full_disk)
+    with pytest.raises(DataError, match=r"\(database or disk is full\); .*unchanged: free space on its disk"):
+        build_index([docs], index, TOKENIZER, passage_tokens=None if update else 48, update=update)
+    assert passages_of(index) == before
+    assert list(tmp_path.glob(".index.db.*")) == []
+
+
 # ---------------------------------------------------------------- refusing files
 
 
@@ -633,6 +764,34 @@ def test_corrupt_or_foreign_files_are_refused_naming_them(tmp_path):
             ix.search("zebra0 topic0 report")
     with pytest.raises(DataError, match="no index at"):
         Index.open(tmp_path / "missing.db")
+
+
+def test_a_damaged_index_is_rebuilt_by_the_command_its_error_advises(tmp_path):
+    docs = corpus(tmp_path / "docs", files=3)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    data = index.read_bytes()
+    index.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="is a damaged edgeqa index") as refused:
+        Index.open(index)
+    advised = re.search(r"`edgeqa index PATH\.\.\. -o (\S+)`", str(refused.value))
+    assert advised and advised.group(1) == str(index)
+    result = CliRunner().invoke(app, ["index", str(docs), "-o", advised.group(1), "--passage-tokens", "48"])
+    assert result.exit_code == 0, result.output
+    with Index.open(index) as ix:
+        assert ix.search("zebra2")[0].file.endswith("doc2.md")
+    foreign = tmp_path / "foreign.db"  # another program's database, damaged the same way, is still refused
+    with sqlite3.connect(foreign) as connection:
+        connection.execute("CREATE TABLE t (x)")
+        connection.executemany("INSERT INTO t VALUES (?)", [(os.urandom(1000),) for _ in range(50)])
+    connection.close()
+    foreign.write_bytes(foreign.read_bytes()[: foreign.stat().st_size // 2])
+    before = foreign.read_bytes()
+    with pytest.raises(DataError, match="not an edgeqa index or is damaged beyond recognition"):
+        Index.open(foreign)
+    with pytest.raises(DataError, match=f"{foreign} exists and is not an edgeqa index"):
+        build_index([docs], foreign, TOKENIZER)
+    assert foreign.read_bytes() == before
 
 
 # ---------------------------------------------------------------- kill -9
