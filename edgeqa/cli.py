@@ -22,7 +22,7 @@ import typer
 from edgeqa.cli_fields import fields_as_options
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT
 from edgeqa.errors import EdgeQAError
-from edgeqa.export.config import ExportConfig
+from edgeqa.export.config import PARITY_MAX_NEW_TOKENS, PARITY_SAMPLES, ExportConfig
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.manifest import WeightType
 from edgeqa.runtime.options import GenerationOptions
@@ -290,8 +290,10 @@ def parity_command(
             "else the bundled validation)."
         ),
     ] = None,
-    samples: Annotated[int, typer.Option(help="Questions to answer.")] = 200,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer length.")] = 64,
+    samples: Annotated[int, typer.Option(help="Questions to answer.")] = PARITY_SAMPLES,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Most answer tokens compared (the artifact's own answer length if shorter).")
+    ] = PARITY_MAX_NEW_TOKENS,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
     verbose: VerboseOpt = False,
@@ -302,6 +304,10 @@ def parity_command(
     """
     from edgeqa.checkpoint import check_checkpoint_location
     from edgeqa.cli_display import parity_table
+    from edgeqa.extras import import_extra
+
+    for needed in ("torch", "transformers", "rouge_score"):  # the PyTorch side, imported only once it runs
+        import_extra(needed, "export", "edgeqa parity")
     from edgeqa.export.parity import parity_records, run_parity
 
     _setup_logging(verbose=verbose, libraries=True)

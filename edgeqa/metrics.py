@@ -1,6 +1,8 @@
 """ROUGE as fine-tuning and the parity gate report it (rouge_score, imported on first use).
 
-Scores are deterministic means of per-example F1 (no bootstrap). ROUGE-Lsum needs one sentence
+Scores are deterministic means of per-example F1 (no bootstrap). Words are rouge_score's (lower
+case, Porter-stemmed past three letters), but of every script: its own tokenizer keeps only a-z and
+0-9, so that "Москва" scored 0 against itself and "Zürich" equal to "Zärich". ROUGE-Lsum needs one sentence
 per line: nltk's sentence splitter where its `punkt_tab` data is installed, else a regex
 splitter, so nothing is downloaded at run time.
 """
@@ -11,8 +13,10 @@ import re
 import string
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any
 
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script; rouge_score's words on English text
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -36,7 +40,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     if not predictions:
         return {key: 0.0 for key in ROUGE_KEYS}
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), tokenizer=_words_tokenizer())
     split = sentence_splitter()
     totals = dict.fromkeys(ROUGE_KEYS, 0.0)
     for prediction, reference in zip(predictions, references, strict=True):
@@ -44,6 +48,19 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
         for key in ROUGE_KEYS:
             totals[key] += result[key].fmeasure
     return {key: totals[key] / len(predictions) for key in ROUGE_KEYS}
+
+
+@lru_cache(maxsize=1)
+def _words_tokenizer() -> Any:
+    """rouge_score's default tokenizer with its stemmer, reading words of every script."""
+    from rouge_score import tokenizers
+
+    class Words(tokenizers.DefaultTokenizer):  # type: ignore[misc]
+        def tokenize(self, text: str) -> list[str]:
+            words = _WORD.findall(text.lower())
+            return [self._stemmer.stem(word) if len(word) > 3 else word for word in words]
+
+    return Words(use_stemmer=True)
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")

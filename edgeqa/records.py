@@ -47,7 +47,8 @@ def read_records(
         raise DataError(f"data file {path} holds no records")
     records = []
     for number, row in enumerate(rows, start=1):
-        missing = [key for key in (question_key, answer_key) if not str(row.get(key) or "").strip()]
+        # a number is an answer (0 too), as training reads it
+        missing = [key for key in (question_key, answer_key) if row.get(key) is None or not str(row[key]).strip()]
         if missing:
             available = ", ".join(sorted(row)) or "none"
             raise DataError(f"record {number} of {path} has no {' or '.join(missing)}; fields available: {available}")

@@ -117,7 +117,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
     work_prefix = f".edgeqa-export-work-{os.getpid()}-"
     with tempfile.TemporaryDirectory(dir=staging.parent, prefix=work_prefix) as work_dir:
         work = Path(work_dir)
-        _save_tokenizer(config.checkpoint, work)  # once, for every candidate
+        cleanup = _save_tokenizer(config.checkpoint, work)  # once, for every candidate
         exported: dict[str, tuple[dict[str, Path], Path]] = {}
 
         def build(weights: str, float_modules: frozenset[str]) -> int:
@@ -149,7 +149,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
                 if (raw / name).exists():
                     shutil.copy2(raw / name, staging / name)
             shutil.copy2(work / "tokenizer.json", staging / "tokenizer.json")
-            _manifest(config, staging, settings, shared).write(staging)
+            _manifest(config, staging, settings, shared, cleanup).write(staging)
             return kept_float
 
         report: ParityRecord | None = None
@@ -198,12 +198,15 @@ def _mb(*paths: Path) -> str:
     return f"{sum(p.stat().st_size for p in paths if p.exists()) / 1e6:.1f} MB"
 
 
-def _save_tokenizer(checkpoint: str, work: Path) -> None:
+def _save_tokenizer(checkpoint: str, work: Path) -> bool:
     """The checkpoint's tokenizer as `work/tokenizer.json`: before any graph is exported, so that a
-    checkpoint without one is refused at once."""
+    checkpoint without one is refused at once. Returns whether its decoding cleans up spaces before
+    punctuation, which the runtime's must do alike."""
+    tokenizer = load_tokenizer(checkpoint)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        load_tokenizer(checkpoint).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
         shutil.copy2(Path(tmp) / "tokenizer.json", work / "tokenizer.json")
+    return bool(tokenizer.clean_up_tokenization_spaces)
 
 
 def _parity_records(config: ExportConfig) -> list[QARecord]:
@@ -221,7 +224,7 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(
-    config: ExportConfig, staging: Path, settings: QuantizeSettings | None, shared: list[SharedTensor]
+    config: ExportConfig, staging: Path, settings: QuantizeSettings | None, shared: list[SharedTensor], cleanup: bool
 ) -> Manifest:
     from tokenizers import Tokenizer
 
@@ -259,6 +262,7 @@ def _manifest(
             max_new_tokens=min(trained.eval_max_new_tokens, trained.max_target_tokens),
             num_beams=trained.eval_num_beams,
         ),
+        clean_up_tokenization_spaces=cleanup,
         quantization=settings.record() if settings else None,
         versions=_versions(),
         shared_tensors=shared,

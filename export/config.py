@@ -26,6 +26,9 @@ NODE_PARTS = frozenset(
 _NUMBERED_PART = re.compile(r"(block|layer)\.\d+")
 #: The outlier search tunes on half of the gate's questions and confirms on the other half.
 MIN_SEARCH_QUESTIONS = 2
+#: The gate's questions and the most answer tokens it compares, unless told otherwise.
+PARITY_SAMPLES = 200
+PARITY_MAX_NEW_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,8 @@ class ExportConfig:
     fallback: FallbackMode = FallbackMode.AUTO
     parity: bool = True
     parity_data: Path | None = None
-    parity_samples: int = 200
-    parity_max_new_tokens: int = 64
+    parity_samples: int = PARITY_SAMPLES
+    parity_max_new_tokens: int = PARITY_MAX_NEW_TOKENS
     allow_parity_failure: bool = False
     force: bool = False
     threads: int | None = None

@@ -1,4 +1,5 @@
-"""Parity of an artifact against its PyTorch checkpoint: same questions, same greedy settings."""
+"""Parity of an artifact against its PyTorch checkpoint: the same questions, decoded with the artifact's
+own settings (its beams, its answer length up to the gate's) on both sides."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeqa.checkpoint import heldout_path
-from edgeqa.errors import ConfigError, ExportError
+from edgeqa.errors import ConfigError, ExportError, InputError
+from edgeqa.export.config import PARITY_MAX_NEW_TOKENS
 from edgeqa.export.loading import load_model, load_tokenizer
 from edgeqa.manifest import ParityRecord
 from edgeqa.metrics import exact_match, rouge
@@ -20,6 +22,9 @@ logger = logging.getLogger(__name__)
 
 FP32_MIN_IDENTICAL = 0.99
 QUANTIZED_MAX_ROUGE_L_DELTA = 0.01
+#: A floor on how far a quantized artifact's answers may drift from PyTorch's, token by token, whatever the
+#: references say: where they cannot tell two answers apart (long free text), ROUGE against them cannot either.
+QUANTIZED_MIN_TOKEN_AGREEMENT = 0.5
 #: Where the references are short answers, the artifact's exact match may fall this much below PyTorch's.
 QUANTIZED_MAX_EXACT_MATCH_DROP = 0.01
 SHORT_ANSWER_WORDS = 5
@@ -36,9 +41,17 @@ def reference_answers(
     """Answers of the PyTorch checkpoint with transformers' `generate` (greedy unless options say
     otherwise): token ids, end-of-answer included, and the mean ms per question."""
     import torch
+    from transformers import GenerationConfig
 
     tokenizer, model = load_tokenizer(checkpoint), load_model(checkpoint)
     eos = model.config.eos_token_id
+    # only what is asked for: the checkpoint's generation_config.json (n-gram blocking, penalties, ...) is
+    # not the artifact's, whose runtime applies its own options only
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=model.config.decoder_start_token_id,
+        eos_token_id=eos,
+        pad_token_id=model.config.pad_token_id,
+    )
     answers: list[list[int]] = []
     started = time.perf_counter()
     with torch.inference_mode():
@@ -55,11 +68,17 @@ def reference_answers(
     return answers, (time.perf_counter() - started) * 1000 / max(len(prompts), 1)
 
 
-def check_tokenizer(checkpoint: str | Path, model: QAModel, prompts: list[str], records: list[QARecord]) -> None:
+def check_tokenizer(tokenizer: Any, model: QAModel, prompts: list[str], records: list[QARecord]) -> None:
     """Fail unless the artifact's tokenizer.json gives the checkpoint tokenizer's ids on every prompt."""
-    tokenizer = load_tokenizer(checkpoint)
     expected = tokenizer(prompts, truncation=True, max_length=model.manifest.max_input_tokens)["input_ids"]
-    actual = model.tokenizer.encode([r.question for r in records], [r.context for r in records])
+    try:
+        actual = model.tokenizer.encode([r.question for r in records], [r.context for r in records])
+    except InputError as e:  # a passage over the artifact's input limit: name the record
+        number = next(n for n, r in enumerate(records, 1) if not _fits(model, r))
+        raise ConfigError(
+            f"parity question {number} ({records[number - 1].question[:40]!r}): {e}. Give parity data whose "
+            "passages fit the artifact's input limit"
+        ) from None
     differ = sum(a != b for a, b in zip(actual, expected, strict=True))
     if differ:
         raise ExportError(
@@ -68,13 +87,24 @@ def check_tokenizer(checkpoint: str | Path, model: QAModel, prompts: list[str], 
         )
 
 
+def _fits(model: QAModel, record: QARecord) -> bool:
+    try:
+        model.tokenizer.encode([record.question], [record.context])
+    except InputError:
+        return False
+    return True
+
+
 class ParityCheck:
     """The gate: the checkpoint's answers (computed once) against any number of artifacts'.
+
+    Both sides decode with the artifact's generation defaults (its manifest's beams and answer length),
+    the length capped at `max_new_tokens`; the checkpoint's answers are read with its own tokenizer.
 
     Args:
         checkpoint: The PyTorch checkpoint.
         records: Held-out questions with reference answers.
-        max_new_tokens: Answer length of both sides.
+        max_new_tokens: Most answer tokens compared.
         batch_size: Questions per batch on both sides.
         threads: Runtime threads.
     """
@@ -83,7 +113,7 @@ class ParityCheck:
         self,
         checkpoint: str,
         records: list[QARecord],
-        max_new_tokens: int = 64,
+        max_new_tokens: int = PARITY_MAX_NEW_TOKENS,
         batch_size: int = 16,
         threads: int | None = None,
     ):
@@ -95,7 +125,8 @@ class ParityCheck:
         self.max_new_tokens, self.batch_size, self.threads = max_new_tokens, batch_size, threads
         self.prompts: list[str] = []
         self.expected: list[list[int]] = []
-        self.max_input_tokens = 0
+        self.expected_texts: list[str] = []
+        self.options = GenerationOptions()
         self._reference_ms = 0.0
 
     def run(self, artifact: Path, indices: list[int] | None = None, split: str = "all") -> ParityRecord:
@@ -104,37 +135,51 @@ class ParityCheck:
         questions = [r.question for r in self.records]
         contexts = [r.context for r in self.records]
         if not self.expected:
-            manifest = model.manifest
-            self.prompts = [
-                format_prompt(r.question, manifest.prompt_template, r.context, manifest.context_template)
-                for r in self.records
-            ]
-            self.max_input_tokens = manifest.max_input_tokens
-            check_tokenizer(self.checkpoint, model, self.prompts, self.records)
-            logger.debug("parity: PyTorch answers %d questions", len(questions))
-            self.expected, self._reference_ms = reference_answers(
-                self.checkpoint,
-                self.prompts,
-                model.manifest.max_input_tokens,
-                self.batch_size,
-                max_new_tokens=self.max_new_tokens,
-            )
+            self._answer_with_pytorch(model)
         picked = list(range(len(questions))) if indices is None else indices
         logger.debug("parity: the artifact answers %d questions", len(picked))
         started = time.perf_counter()
-        # GenerationOptions' own defaults are plain greedy search, as `generate` runs above.
         answers = model.answer_batch(
             [questions[i] for i in picked],
-            GenerationOptions(max_new_tokens=self.max_new_tokens),
+            self.options,
             batch_size=self.batch_size,
             contexts=[contexts[i] for i in picked],
         )
         artifact_ms = (time.perf_counter() - started) * 1000 / max(len(picked), 1)
-        expected = [self.expected[i] for i in picked]
-        references = [self.records[i].answer for i in picked]
         return _compare(
-            model, answers, expected, references, self._reference_ms, artifact_ms, self.max_new_tokens, split
+            model,
+            answers,
+            [self.expected[i] for i in picked],
+            [self.expected_texts[i] for i in picked],
+            [self.records[i].answer for i in picked],
+            (self._reference_ms, artifact_ms),
+            self.options.max_new_tokens,
+            split,
         )
+
+    def _answer_with_pytorch(self, model: QAModel) -> None:
+        """The checkpoint's answers to every question, once, as the artifact (`model`) is set to decode."""
+        manifest = model.manifest
+        # plain search with the artifact's beams, as `QAModel` answers by default
+        self.options = GenerationOptions(
+            max_new_tokens=min(self.max_new_tokens, model.defaults.max_new_tokens), num_beams=model.defaults.num_beams
+        )
+        self.prompts = [
+            format_prompt(r.question, manifest.prompt_template, r.context, manifest.context_template)
+            for r in self.records
+        ]
+        tokenizer = load_tokenizer(self.checkpoint)
+        check_tokenizer(tokenizer, model, self.prompts, self.records)
+        logger.debug("parity: PyTorch answers %d questions", len(self.records))
+        self.expected, self._reference_ms = reference_answers(
+            self.checkpoint,
+            self.prompts,
+            manifest.max_input_tokens,
+            self.batch_size,
+            max_new_tokens=self.options.max_new_tokens,
+            num_beams=self.options.num_beams,
+        )
+        self.expected_texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in self.expected]
 
 
 def parity_records(checkpoint: str | Path, data: str | Path | None, samples: int) -> list[QARecord]:
@@ -157,7 +202,7 @@ def run_parity(
     checkpoint: str,
     artifact: Path,
     records: list[QARecord],
-    max_new_tokens: int = 64,
+    max_new_tokens: int = PARITY_MAX_NEW_TOKENS,
     batch_size: int = 16,
     threads: int | None = None,
 ) -> ParityRecord:
@@ -185,15 +230,21 @@ def apply_gate(
     reference_em: float,
     artifact_em: float,
     references: list[str],
+    token_agreement: float = 1.0,
 ) -> tuple[bool, str]:
     """(passed, the rule): float graphs must give identical answers; quantized ones the same ROUGE-L
-    within a point and, where the references are short answers, no more than a point less exact match."""
+    within a point, at least half their answer tokens PyTorch's and, where the references are short
+    answers, no more than a point less exact match."""
     if not references:  # nothing compared, nothing shown
         return False, "no questions answered"
     if weight_type is None:
         return identical >= FP32_MIN_IDENTICAL, f"fp32: identical answers >= {FP32_MIN_IDENTICAL * 100:.0f}%"
-    gate = f"{weight_type}: |ROUGE-L difference| <= {QUANTIZED_MAX_ROUGE_L_DELTA * 100:.1f} points"
+    gate = (
+        f"{weight_type}: |ROUGE-L difference| <= {QUANTIZED_MAX_ROUGE_L_DELTA * 100:.1f} points, "
+        f"token agreement >= {QUANTIZED_MIN_TOKEN_AGREEMENT * 100:.0f}%"
+    )
     passed = within(abs(rouge_l_delta), QUANTIZED_MAX_ROUGE_L_DELTA)
+    passed = passed and token_agreement >= QUANTIZED_MIN_TOKEN_AGREEMENT
     if short_answers(references):
         gate += f", exact match at most {QUANTIZED_MAX_EXACT_MATCH_DROP * 100:.1f} point below PyTorch's"
         passed = passed and within(reference_em - artifact_em, QUANTIZED_MAX_EXACT_MATCH_DROP)
@@ -204,27 +255,31 @@ def _compare(
     model: QAModel,
     answers: list[Answer],
     expected: list[list[int]],
+    reference_texts: list[str],
     references: list[str],
-    reference_ms: float,
-    artifact_ms: float,
+    milliseconds: tuple[float, float],
     max_new_tokens: int,
     split: str,
 ) -> ParityRecord:
-    reference_texts = [model.tokenizer.decode(ids) for ids in expected]
+    """The two sides' answers (`expected`: PyTorch's ids, read as `reference_texts` by the checkpoint's own
+    tokenizer) against each other and against the `references`, with the gate's verdict."""
     artifact_texts = [a.text for a in answers]
     reference_rouge = rouge(reference_texts, references)
     artifact_rouge = rouge(artifact_texts, references)
     reference_em = exact_match(reference_texts, references)
     artifact_em = exact_match(artifact_texts, references)
-    identical = sum(a.tokens == e for a, e in zip(answers, expected, strict=True)) / max(len(answers), 1)
+    # the same tokens, read as the same text (the artifact's tokenizer decodes them as the checkpoint's does)
+    pairs = zip(answers, expected, reference_texts, strict=True)
+    identical = sum(a.tokens == e and a.text == text for a, e, text in pairs) / max(len(answers), 1)
     same = total = 0
     for a, e in zip(answers, expected, strict=True):
         s, t = _token_agreement(a.tokens, e)
         same, total = same + s, total + t
+    agreement = same / max(total, 1)
     delta = artifact_rouge["rougeL"] - reference_rouge["rougeL"]
     quantization = model.manifest.quantization
     weight_type = quantization.weight_type if quantization else None
-    passed, gate = apply_gate(weight_type, delta, identical, reference_em, artifact_em, references)
+    passed, gate = apply_gate(weight_type, delta, identical, reference_em, artifact_em, references, agreement)
     return ParityRecord(
         samples=len(answers),
         quantized=weight_type is not None,
@@ -232,11 +287,11 @@ def _compare(
         artifact_rouge=artifact_rouge,
         rouge_l_delta=delta,
         identical_answers=identical,
-        token_agreement=same / max(total, 1),
+        token_agreement=agreement,
         reference_exact_match=reference_em,
         artifact_exact_match=artifact_em,
-        reference_ms=reference_ms,
-        artifact_ms=artifact_ms,
+        reference_ms=milliseconds[0],
+        artifact_ms=milliseconds[1],
         passed=passed,
         gate=gate,
         max_new_tokens=max_new_tokens,

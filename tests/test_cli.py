@@ -202,20 +202,30 @@ def test_errors_are_one_line_with_exit_code_1(artifact_int8, tmp_path, args, mes
     assert "Traceback" not in result.output
 
 
-def test_serve_without_the_serve_extra_names_the_install_command(tmp_path):
+@pytest.mark.parametrize(
+    "command, missing, message",
+    [
+        ("serve", ("uvicorn", "starlette", "prometheus_client"), "edgeqa serve needs uvicorn, which is not installed: "
+         "pip install 'edgeqa[serve]'"),
+        ("parity", ("torch", "transformers"), "edgeqa parity needs torch, which is not installed: "
+         "pip install 'edgeqa[export]' (install torch==2.13.0 first for the CPU build)"),
+    ],
+)  # fmt: skip
+def test_a_command_without_its_extra_names_the_install_command(tmp_path, command, missing, message):
     code = (
         "import sys\n"
-        "for name in ('uvicorn', 'starlette', 'prometheus_client'):\n"
+        f"for name in {missing!r}:\n"
         "    sys.modules[name] = None  # as on an install without the extra: importing it fails\n"
         "from edgeqa.cli import main\n"
-        "sys.argv = ['edgeqa', 'serve', sys.argv[1]]\n"
+        f"sys.argv = ['edgeqa', {command!r}, sys.argv[1], *sys.argv[2:]]\n"
         "main()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    extra = ["--reference", str(tmp_path)] if command == "parity" else []
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), *extra], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 1, result.stderr
-    assert result.stderr.splitlines() == [
-        "error: edgeqa serve needs uvicorn, which is not installed: pip install 'edgeqa[serve]'"
-    ]
+    assert result.stderr.splitlines() == [f"error: {message}"]
 
 
 def test_debug_env_shows_the_traceback(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -23,7 +25,7 @@ from edgeqa.export import ExportConfig, export_artifact
 from edgeqa.export.config import settings_for
 from edgeqa.export.parity import within
 from edgeqa.export.quantize import count_ops
-from edgeqa.manifest import Manifest, sha256_of
+from edgeqa.manifest import Manifest, file_entry, sha256_of
 from edgeqa.runtime import QAModel
 
 runner = CliRunner()
@@ -205,6 +207,72 @@ def test_parity_command_passes_on_a_healthy_artifact(artifact_fp32, trained_mode
     )
     assert result.exit_code == 0, result.output
     assert "PASS" in result.output and "rougeL" in result.output
+
+
+def test_parity_decodes_both_sides_as_the_artifact_is_deployed(artifact_fp32, trained_model, tmp_path, monkeypatch):
+    """The checkpoint's generation_config.json is not the artifact's (its runtime applies none of it), and both
+    sides run with the artifact's beams and answer length (capped at the gate's)."""
+    import edgeqa.export.parity as parity
+
+    reference = tmp_path / "checkpoint"
+    shutil.copytree(trained_model, reference)
+    generation = json.loads((reference / "generation_config.json").read_text())
+    (reference / "generation_config.json").write_text(json.dumps(generation | {"min_new_tokens": 6}))
+    artifact = tmp_path / "artifact"
+    shutil.copytree(artifact_fp32, artifact)
+    manifest = Manifest.read(artifact)
+    replace_generation = dataclasses.replace(manifest.generation, num_beams=3, max_new_tokens=5)
+    dataclasses.replace(manifest, generation=replace_generation).write(artifact)
+    real, asked = parity.reference_answers, []
+
+    def recorded(*args, **options):
+        asked.append(options)
+        return real(*args, **options)
+
+    monkeypatch.setattr(parity, "reference_answers", recorded)
+    records = parity.parity_records(trained_model, None, 24)
+    report = parity.run_parity(str(reference), artifact, records, max_new_tokens=8)
+    assert asked == [{"max_new_tokens": 5, "num_beams": 3}] and report.max_new_tokens == 5
+    assert report.passed and report.identical_answers == 1.0, report.table()
+
+
+def test_parity_reads_pytorchs_answers_with_the_checkpoints_own_tokenizer(artifact_fp32, trained_model, tmp_path):
+    """An artifact whose tokenizer.json reads one answer token otherwise than the checkpoint's (checksums
+    refreshed, so that it loads) gives the same ids but other text: not identical answers."""
+    import edgeqa.export.parity as parity
+
+    artifact = tmp_path / "artifact"
+    shutil.copytree(artifact_fp32, artifact)
+    records = parity.parity_records(trained_model, None, 24)
+    model = QAModel.load(artifact)
+    prompt_ids = {i for ids in model.tokenizer.encode([r.question for r in records]) for i in ids}
+    answer_ids = [i for a in model.answer_batch([r.question for r in records]) for i in a.tokens]
+    renamed = next(i for i in answer_ids if i not in prompt_ids and i > 2)
+    tokenizer = json.loads((artifact / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"][renamed][0] += "\u00a7"
+    (artifact / "tokenizer.json").write_text(json.dumps(tokenizer))
+    manifest = Manifest.read(artifact)
+    files = manifest.files | {"tokenizer": file_entry(artifact, "tokenizer.json")}
+    dataclasses.replace(manifest, files=files).write(artifact)
+    report = parity.run_parity(str(trained_model), artifact, records, max_new_tokens=8)
+    assert report.identical_answers < 1.0 and not report.passed, report.table()
+    assert report.token_agreement == 1.0  # the ids are the same
+
+
+def test_a_parity_passage_over_the_input_limit_is_named(artifact_fp32, trained_model):
+    from edgeqa.export.loading import load_tokenizer
+    from edgeqa.export.parity import check_tokenizer
+    from edgeqa.prompt import format_prompt
+    from edgeqa.records import QARecord
+
+    records = [QARecord("Capital of Peru?", "Lima", "Lima is the capital."), QARecord("And?", "x", "word " * 999)]
+    with pytest.raises(ConfigError, match=r"parity question 2 \('And\?'\): the question and its passage are"):
+        check_tokenizer(
+            load_tokenizer(trained_model),
+            QAModel.load(artifact_fp32),
+            [format_prompt(r.question, context=r.context) for r in records],
+            records,
+        )
 
 
 def test_export_fails_the_gate_with_exit_1_and_writes_nothing(trained_model, tmp_path, monkeypatch):

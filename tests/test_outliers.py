@@ -263,9 +263,17 @@ def test_the_gate_checks_exact_match_where_answers_are_short() -> None:
     short, long = ["Paris"] * 10, ["a long answer of many words that goes on"] * 10
     assert apply_gate("int8", 0.0, 0.9, 0.80, 0.79, short)[0]
     assert not apply_gate("int8", 0.0, 0.9, 0.80, 0.78, short)[0]
-    assert apply_gate("int8", 0.0, 0.9, 0.80, 0.70, long) == (True, "int8: |ROUGE-L difference| <= 1.0 points")
+    rule = "int8: |ROUGE-L difference| <= 1.0 points, token agreement >= 50%"
+    assert apply_gate("int8", 0.0, 0.9, 0.80, 0.70, long) == (True, rule)
     assert not apply_gate("int8", 0.011, 1.0, 0.8, 0.8, short)[0]
     assert apply_gate(None, 0.0, 0.99, 0.8, 0.0, short)[0]
+
+
+def test_the_gate_fails_answers_that_drift_from_pytorchs_where_the_references_cannot_tell() -> None:
+    """Long free-text references score both sides near 0: ROUGE alike, yet the answers are another model's."""
+    long = ["a long answer of many words that goes on"] * 10
+    assert apply_gate("int8", 0.0, 0.5, 0.0, 0.0, long, token_agreement=0.5)[0]
+    assert not apply_gate("int8", 0.0, 0.03, 0.0, 0.0, long, token_agreement=0.095)[0]
 
 
 def test_int8_from_a_vnni_cpu_warns_on_a_cpu_without(
