@@ -59,7 +59,7 @@ def _ask_file(qa: DocumentsQA, file: Path, request: Ask, options: GenerationOpti
         file,
         request,
         console,
-        lambda texts: [answer.to_dict() for answer in qa.ask_batch(texts, options)],
+        lambda texts: [answer.to_dict() for answer in qa.ask_batch(texts, options, request.batch_size)],
         lambda text: qa.ask(text, options).to_dict(),
         lambda rows: f", {sum(row['found'] for row in rows)} from a passage",
     )

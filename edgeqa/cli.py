@@ -26,7 +26,7 @@ from edgeqa.export.config import PARITY_MAX_NEW_TOKENS, PARITY_SAMPLES, ExportCo
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.manifest import WeightType
 from edgeqa.runtime.options import GenerationOptions
-from edgeqa.serve.config import ServeConfig
+from edgeqa.serve.config import ServeConfig, resolve_api_key
 
 app = typer.Typer(
     name="edgeqa",
@@ -416,17 +416,7 @@ def serve(
     run_server = import_extra("edgeqa.serve.server", "serve", "edgeqa serve").run_server
 
     _setup_logging(quiet)
-    # a blank key from any source (an unset variable in EDGEQA_API_KEY=$KEY) is refused by ServeConfig, which
-    # strips every key, not taken for no key
-    given = fields.get("api_key")
-    api_key = given if given is not None else os.environ.get("EDGEQA_API_KEY")
-    if given is not None and api_key_file:
-        raise EdgeQAError("give --api-key or --api-key-file, not both")
-    if api_key_file is not None:
-        try:
-            api_key = api_key_file.read_text(encoding="utf-8")
-        except OSError as e:
-            raise EdgeQAError(f"cannot read the API key file {api_key_file}: {e}") from e
+    api_key = resolve_api_key(fields.get("api_key"), api_key_file)
     run_server(ServeConfig(artifact=artifact, **{**fields, "api_key": api_key}))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from edgeqa.errors import ConfigError
 from edgeqa.facts import RELATIONS, Fact, _table, load_facts
+from edgeqa.prompt import NO_ANSWER
 
 #: The relations a page states: every relation of `edgeqa.facts`.
 PAGE_RELATIONS = tuple(RELATIONS)
@@ -28,7 +29,7 @@ DEFAULT_SHARE = 0.6
 #: Share of countries kept for testing (by a hash of the name).
 DEFAULT_TEST_SHARE = 0.2
 #: What a reader trained with negatives answers from a page that does not say.
-ABSTAIN = "unanswerable"
+ABSTAIN = NO_ANSWER
 #: The question of a question-writing record (`question_records`): its answer is a question the page answers.
 WRITE_QUESTION = "Write a question about this passage."
 #: Cities of `city_country` named on one page, at most (keeps pages short).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +33,9 @@ class ServeConfig:
         batch_wait_ms: Longest wait for more requests to batch once one is queued (none for a
             lone caller: one request queued after a batch of one).
         max_queue: Most waiting requests; more are refused with 503 and Retry-After.
-        api_key: Key asked of every endpoint but /health and the page (also EDGEQA_API_KEY); spaces
-            around it are dropped, as from a key file and the request's header.
+        api_key: Key asked of every endpoint but /health and the page (`resolve_api_key` reads it as the
+            CLI does: a flag, a key file or EDGEQA_API_KEY); spaces around it are dropped, as from a key
+            file and the request's header.
         cors_origins: Origins allowed by CORS, comma-separated (default: CORS off).
         allowed_hosts: More host names requests may call this server by (comma-separated; '*': any), beside
             localhost and the loopback addresses, the only ones answered by default when it listens on
@@ -128,3 +131,22 @@ def fold_host(name: str) -> str:
 def _flag(name: str) -> str:
     """The `edgeqa serve` option that sets a field (`fields_as_options` names them so)."""
     return "--" + name.replace("_", "-")
+
+
+def resolve_api_key(given: str | None, key_file: Path | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The server's key: `given`, else the content of `key_file`, else EDGEQA_API_KEY, else None (no key).
+
+    A blank key from any source (an unset variable in EDGEQA_API_KEY=$KEY) is refused by `ServeConfig`,
+    which strips every key, not taken for no key.
+
+    Raises:
+        ConfigError: both `given` and `key_file`, or a key file that cannot be read.
+    """
+    if given is not None and key_file is not None:
+        raise ConfigError("give --api-key or --api-key-file, not both")
+    if key_file is None:
+        return given if given is not None else environ.get("EDGEQA_API_KEY")
+    try:
+        return key_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read the API key file {key_file}: {e}") from e

@@ -533,6 +533,22 @@ def test_a_bad_setting_names_its_flag_and_value_and_never_the_api_key(tmp_path):
     assert KEY not in str(refused.value) and "got 70000 (--port)" in str(refused.value)
 
 
+def test_the_api_key_is_read_as_the_cli_reads_it_by_programs_too(tmp_path):
+    from edgeqa.serve.config import resolve_api_key
+
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{KEY}\n")
+    environ = {"EDGEQA_API_KEY": "from-env"}
+    assert resolve_api_key(None, None, environ) == "from-env"
+    assert resolve_api_key("given", None, environ) == "given"
+    assert resolve_api_key(None, key_file, environ) == f"{KEY}\n"
+    assert resolve_api_key(None, None, {}) is None
+    with pytest.raises(ConfigError, match="give --api-key or --api-key-file, not both"):
+        resolve_api_key("given", key_file, environ)
+    with pytest.raises(ConfigError, match="cannot read the API key file"):
+        resolve_api_key(None, tmp_path / "missing", environ)
+
+
 def test_an_api_key_is_stripped_from_every_source_and_a_blank_one_refused(artifact_tiny, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
