@@ -109,8 +109,15 @@ def check_manifest(manifest: Manifest) -> None:
         _int(f"dims.{name}", getattr(manifest.dims, name), 1, high)
     vocab = manifest.dims.vocab_size
     for name in ("pad", "eos", "decoder_start"):
-        _int(f"special_tokens.{name}", getattr(manifest.special_tokens, name), 0, vocab - 1)
-    _int("tokenizer_vocab_size", manifest.tokenizer_vocab_size, 0, vocab)
+        _int(f"special_tokens.{name}", getattr(manifest.special_tokens, name), 0, DIM_LIMITS["vocab_size"] - 1)
+        if getattr(manifest.special_tokens, name) >= vocab:
+            raise _refuse(f"special_tokens.{name}", f"is outside the model's {vocab} outputs (dims.vocab_size)")
+    _int("tokenizer_vocab_size", manifest.tokenizer_vocab_size, 0, DIM_LIMITS["vocab_size"])
+    if manifest.tokenizer_vocab_size > vocab:
+        raise _refuse(
+            "tokenizer_vocab_size",
+            f"is {manifest.tokenizer_vocab_size}, more than the model's {vocab} outputs (dims.vocab_size)",
+        )
     _int("max_input_tokens", manifest.max_input_tokens, 1, MAX_TOKENS)
     _int("max_answer_tokens", manifest.max_answer_tokens, 1, MAX_TOKENS)
     if not is_template(manifest.prompt_template):

@@ -261,6 +261,18 @@ def test_special_tokens_outside_the_vocabulary_are_refused(copy_of):
     write_manifest(copy_of, data)
     with pytest.raises(ArtifactError, match=r"special_tokens\.eos is 1180591620717411303424, not an integer from 0"):
         QAModel.load(copy_of)
+    data["special_tokens"]["eos"] = data["dims"]["vocab_size"]
+    write_manifest(copy_of, data)
+    with pytest.raises(ArtifactError, match=r"special_tokens\.eos is outside the model's \d+ outputs"):
+        QAModel.load(copy_of)
+
+
+def test_a_vocabulary_shrunk_in_the_manifest_is_named_as_such(copy_of):
+    data = read_manifest(copy_of)
+    data["dims"]["vocab_size"] = 1000
+    write_manifest(copy_of, data)
+    with pytest.raises(ArtifactError, match=r"tokenizer_vocab_size is \d+, more than the model's 1000 outputs"):
+        QAModel.load(copy_of)
 
 
 # ------------------------------------------------------------------ pinning and `edgeqa verify`
