@@ -162,11 +162,8 @@ def choose(
     if not candidates:
         return DocumentAnswer(question, NO_PASSAGE, None, [])
     logprobs = retrieval_logprobs([c.passage.score for c in candidates])
-    candidates = [
-        replace(c, retrieval=logprob, joint=None if c.score is None else c.score + retrieval_weight * logprob)
-        for c, logprob in zip(candidates, logprobs, strict=True)
-    ]
-    readable = [c for c in candidates if c.joint is not None and not c.error]
+    candidates = [_joined(c, logprob, retrieval_weight) for c, logprob in zip(candidates, logprobs, strict=True)]
+    readable = [c for c in candidates if c.joint is not None]
     if not readable:
         raise InputError(f"none of the {len(candidates)} passages found could be read: {candidates[0].error}")
     answering = [c for c in readable if c.answer.strip() and c.answer.strip().lower() != no_answer.strip().lower()]
@@ -174,6 +171,16 @@ def choose(
         return DocumentAnswer(question, NOT_ANSWERED, None, candidates)
     best = max(answering, key=lambda c: (c.joint, -c.passage.rank))
     return DocumentAnswer(question, best.answer, best.passage, candidates)
+
+
+def _joined(candidate: Candidate, retrieval: float, retrieval_weight: float) -> Candidate:
+    """The candidate with its retrieval log-probability and joint score; one without a finite reader's
+    score is unread, and says why (NaN is neither above nor below any score: `max` could keep it)."""
+    score = candidate.score
+    if candidate.error or score is None or not math.isfinite(score):
+        error = candidate.error or f"the reader gave its answer no usable score ({score})"
+        return replace(candidate, retrieval=retrieval, joint=None, error=error)
+    return replace(candidate, retrieval=retrieval, joint=score + retrieval_weight * retrieval)
 
 
 def retrieval_logprobs(bm25: Sequence[float]) -> list[float]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from edgeqa.documents import store
 from edgeqa.errors import DataError, InputError
+from edgeqa.runtime.inputs import check_question
 
 #: BM25 weights of the full-text columns: the file's title, the section heading, the passage text.
 COLUMN_WEIGHTS = (2.0, 2.0, 1.0)
@@ -171,7 +172,8 @@ class Passage:
 
 
 class Index:
-    """A read-only view of an index file, safe to share between threads (one connection each).
+    """A read-only view of an index file, safe to share between threads (one connection each, closed
+    once its thread has ended: the next thread to open one closes them).
 
     An `edgeqa index --update` or a rebuild is seen by the next search, which reopens and checks the index
     (its tokenizer, `info`) after any change another process made to it, or after the file was replaced.
@@ -183,8 +185,7 @@ class Index:
         self._tokenizer_sha256 = tokenizer_sha256
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[sqlite3.Connection] = []
-        self._terms: list[_Terms] = []
+        self._held: dict[threading.Thread, tuple[sqlite3.Connection, _Terms]] = {}  # by the thread that searched
 
     @classmethod
     def open(cls, path: Path | str, tokenizer_sha256: str | None = None, tokenizer_name: str = "the reader") -> Index:
@@ -203,13 +204,17 @@ class Index:
         return index
 
     def _adopt(self, connection: sqlite3.Connection) -> None:
+        """Make `connection` this thread's, closing those of threads that have ended (connections are
+        opened with `check_same_thread=False`: another thread may close them once their own is gone)."""
         self._local.connection = connection
         self._local.terms = _Terms(connection)
         self._local.identity = _identity(self.path)
         self._local.version = _data_version(connection)
         with self._lock:
-            self._connections.append(connection)
-            self._terms.append(self._local.terms)
+            ended = [thread for thread in self._held if not thread.is_alive()]
+            for thread in ended:
+                _close(*self._held.pop(thread))
+            self._held[threading.current_thread()] = (connection, self._local.terms)
 
     def _reader(self) -> tuple[sqlite3.Connection, _Terms]:
         """This thread's connection, reopened if the file was replaced or another process changed it."""
@@ -221,11 +226,9 @@ class Index:
         ):
             return connection, self._local.terms
         if connection is not None:  # forgotten before reopening: a failed reopen leaves none, and the next tries again
-            connection.close()
-            self._local.terms.close()
             with self._lock:
-                self._connections.remove(connection)
-                self._terms.remove(self._local.terms)
+                self._held.pop(threading.current_thread(), None)
+            _close(connection, self._local.terms)
             self._local.connection = self._local.terms = None
         connection, info = _open(self.path, self._tokenizer_sha256, "the reader")
         self.info = info
@@ -236,9 +239,10 @@ class Index:
         """The `k` passages that best match the question by BM25, best first; [] when none shares a word with it.
 
         Raises:
-            InputError: `k` is out of range.
+            InputError: a question that is not a string, or `k` out of range.
             DataError: the index cannot be read.
         """
+        check_question(question)
         check_k(k)
         words = question_words(question)
         if not words:
@@ -275,12 +279,9 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
-            for connection in self._connections:
-                connection.close()
-            for terms in self._terms:
-                terms.close()
-            self._connections.clear()
-            self._terms.clear()
+            for held in self._held.values():
+                _close(*held)
+            self._held.clear()
         self._local = threading.local()
 
     def __enter__(self) -> Index:
@@ -288,6 +289,11 @@ class Index:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _close(connection: sqlite3.Connection, terms: _Terms) -> None:
+    connection.close()
+    terms.close()
 
 
 def _identity(path: Path) -> tuple[int, int]:

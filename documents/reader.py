@@ -18,6 +18,7 @@ from edgeqa.documents.query import Index, Passage, check_k
 from edgeqa.documents.store import fingerprints
 from edgeqa.errors import InputError
 from edgeqa.prompt import NO_ANSWER
+from edgeqa.runtime.inputs import check_batch, check_question, whole_number
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime: only `DocumentsQA.open` needs it
     from edgeqa.runtime import Decoder, GenerationOptions, QAModel, Row
@@ -123,11 +124,14 @@ class DocumentsQA:
         """Answer questions `batch_size` at a time, every passage of a batch's questions read together.
 
         Raises:
-            InputError: an empty question, a bad option, or a question none of whose passages can be read.
+            InputError: `questions` that is one string (`ask()` asks one), a question that is not a string
+                or is empty, a bad option or `batch_size`, or a question none of whose passages can be read.
             DataError: the index cannot be read.
         """
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        questions = check_batch(questions, "ask_batch", "questions", "use ask() for one")
+        for question in questions:  # before any is searched or read
+            check_question(question)
+        whole_number(batch_size, "batch_size", 1)
         k = check_k(self.k if k is None else k)
         opts = self.model.options(options)
         answers: list[DocumentAnswer] = []

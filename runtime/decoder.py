@@ -30,6 +30,7 @@ from edgeqa.errors import InputError
 from edgeqa.manifest import SpecialTokens
 from edgeqa.runtime.cohorts import BeamCohort, Cohort, GreedyCohort
 from edgeqa.runtime.graphs import T5Graphs
+from edgeqa.runtime.inputs import check_batch
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.runtime.rows import FinishReason, Row, Update
 from edgeqa.runtime.tokenizer import PromptTokenizer
@@ -77,10 +78,11 @@ class Decoder:
         input limit; with a passage to read (`contexts[i]`), its context template, never cut.
 
         Raises:
-            InputError: a question that is not a string, or empty; an empty passage; a question and
-                passage over the input limit.
+            InputError: `questions` that is one string, not a list; a question that is not a string, or
+                empty; a passage that is not a string, or empty; a question and passage over the input limit.
         """
-        return self.tokenizer.encode_checked(list(questions), contexts)
+        questions = check_batch(questions, "Decoder.prompts", "questions", "give one as a list of one")
+        return self.tokenizer.encode_checked(questions, contexts)
 
     def join(self, rows: Sequence[Row]) -> None:
         """Start generating `rows`: one encoder run for the greedy and sampled rows, one for each set

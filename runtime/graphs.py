@@ -14,6 +14,7 @@ from edgeqa.artifact_checks import open_member, shown
 from edgeqa.cpu import has_vnni, physical_cores
 from edgeqa.errors import ArtifactError, ConfigError
 from edgeqa.manifest import QUESTIONS_DIM, ActivationGranularity, Manifest, WeightType, cache_names
+from edgeqa.runtime.inputs import whole_number
 from edgeqa.runtime.onnx_refs import check_graph_files
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
@@ -157,6 +158,27 @@ class DecoderState:
         self.cross_cache = [cache[cross_rows] for cache in self.cross_cache]
 
 
+#: The most threads a graph takes: more is a typo, and onnxruntime fails to create them in its own words.
+MAX_THREADS = 1024
+
+
+def check_session_config(config: object) -> None:
+    """A `ConfigError` unless `config` is None or a dict of onnxruntime session config entries (str: str)."""
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"session_config must be a dict of str to str, got {type(config).__name__}; "
+            'e.g. {"session.intra_op.allow_spinning": "0"}'
+        )
+    for key, value in config.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(
+                f"session_config entries must be str: str, got {key!r}: {value!r} ({type(value).__name__}); "
+                'give values as strings, e.g. {"session.intra_op.allow_spinning": "0"}'
+            )
+
+
 class T5Graphs:
     """Encoder and decoder sessions; one shared session per graph, safe across threads.
 
@@ -171,8 +193,9 @@ class T5Graphs:
         threads: int | None = None,
         session_config: dict[str, str] | None = None,
     ):
-        if threads is not None and threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {threads}")
+        if threads is not None:
+            whole_number(threads, "threads", 1, MAX_THREADS, ConfigError)
+        check_session_config(session_config)
         _check_runtime_supports(manifest)
         warn_if_saturating(manifest)
         for role in ("decoder", "encoder"):

@@ -6,13 +6,15 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ArtifactError, InputError
+from edgeqa.errors import ArtifactError, ConfigError, InputError
 from edgeqa.manifest import Manifest
 from edgeqa.runtime.decoder import Decoder
 from edgeqa.runtime.graphs import T5Graphs
+from edgeqa.runtime.inputs import check_batch, whole_number
 from edgeqa.runtime.options import GenerationOptions
 from edgeqa.runtime.rows import FinishReason, Row
 from edgeqa.runtime.tokenizer import PromptTokenizer
@@ -109,7 +111,12 @@ class QAModel:
 
         Raises:
             ArtifactError: the folder is not a complete, intact artifact of a supported format.
+            ConfigError: an argument of the wrong type, or `threads` out of range (naming it).
         """
+        if not isinstance(path, str | PathLike):
+            raise ConfigError(f"path must be the artifact folder (a str or Path), got {type(path).__name__}")
+        if expect_sha256 is not None and not isinstance(expect_sha256, str):
+            raise ConfigError(f"expect_sha256 must be a str or None, got {type(expect_sha256).__name__}")
         folder = Path(path)
         manifest = Manifest.read(folder, expect_sha256=expect_sha256)
         manifest.verify_files(folder, checksums=verify)
@@ -119,10 +126,19 @@ class QAModel:
 
     def options(self, options: GenerationOptions | None = None, **overrides: Any) -> GenerationOptions:
         """`options` (default: the artifact's defaults) with `overrides` applied; None keeps a value.
+        Sampling asked of the defaults without `num_beams` samples with 1 beam, whatever their beam count.
 
         Raises:
-            InputError: an unknown option or a value out of range, naming it.
+            InputError: `options` that is not a `GenerationOptions`, an unknown option or a value out of
+                range, naming it.
         """
+        if options is not None and not isinstance(options, GenerationOptions):
+            raise InputError(
+                f"options must be a GenerationOptions, got {type(options).__name__}; pass "
+                "GenerationOptions(num_beams=2) or the fields as keywords (answer(question, num_beams=2))"
+            )
+        if options is None and overrides.get("do_sample") and overrides.get("num_beams") is None:
+            overrides["num_beams"] = 1  # a sample is one answer: the defaults' beam count was not asked for
         return (options or self.defaults).updated(**overrides)
 
     @property
@@ -133,6 +149,8 @@ class QAModel:
 
     @even_rows.setter
     def even_rows(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise InputError(f"even_rows must be True or False, got {type(value).__name__} {value!r}")
         self.graphs.even_rows = value
 
     def decoder(self) -> Decoder:
@@ -164,9 +182,16 @@ class QAModel:
         **overrides: Any,
     ) -> list[Answer]:
         """Answer many questions, `batch_size` at a time (rows leave at their own end-of-answer), each from
-        its passage in `contexts` where one is given."""
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        its passage in `contexts` where one is given.
+
+        Raises:
+            InputError: `questions` that is one string (`answer()` answers one), a `batch_size` that is not
+                a whole number from 1, or what `answer()` refuses.
+        """
+        questions = check_batch(questions, "answer_batch", "questions", "use answer() for one")
+        whole_number(batch_size, "batch_size", 1)
+        if contexts is not None:
+            contexts = check_batch(contexts, "answer_batch", "contexts", "give one per question (None for none)")
         if contexts is not None and len(contexts) != len(questions):
             raise InputError(f"{len(questions)} questions but {len(contexts)} contexts; give one context per question")
         opts = self.options(options, **overrides)
@@ -204,10 +229,12 @@ class QAModel:
         """Answer token ids for already tokenized prompts, as one batch (for benchmarks and tools).
 
         Raises:
-            InputError: a prompt without ids, over the input limit, or with ids outside the vocabulary.
+            InputError: a prompt that is not a list of integers, without ids, over the input limit, or with
+                ids outside the vocabulary.
         """
         opts = self.options(options, **overrides)
-        rows = [Row(list(ids), opts) for ids in prompt_ids]
+        prompts = check_batch(prompt_ids, "generate", "prompts", "give each as a list of token ids")
+        rows = [Row(ids, opts) for ids in prompts]
         if not rows:
             raise InputError("every prompt needs at least one token id")
         _run(self.decoder(), rows)

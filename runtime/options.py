@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -47,6 +48,8 @@ class GenerationOptions:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # numpy's numbers as Python's, whose types the check knows
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
         check_types(self, InputError)
         for name in ("length_penalty", "temperature", "top_p", "repetition_penalty"):
             if not math.isfinite(getattr(self, name)):
@@ -82,3 +85,10 @@ class GenerationOptions:
         if unknown:
             raise InputError(f"unknown generation option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _plain(value: Any) -> Any:
+    """An integer or real number of another type (numpy's `int64`, `float32`) as an int or float; else `value`."""
+    if isinstance(value, bool | int | float) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)

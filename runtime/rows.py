@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from edgeqa.runtime.inputs import stop_strings, token_ids
 from edgeqa.runtime.options import GenerationOptions
 
 
@@ -28,7 +29,7 @@ class Row:
     Attributes:
         ids: Prompt token ids, at most the artifact's input limit (`Decoder.prompts` makes them).
         options: How to generate.
-        stop: Stop strings: the answer ends before the first one (OpenAI's `stop`).
+        stop: Stop strings: the answer ends before the first one (OpenAI's `stop`: any list of strings).
         stream: Report new text at every step (`Update.delta`); otherwise text comes at the end.
         scored: Keep the answer's log-probability (`log_prob`, `score`): a reader choosing among the
             answers of several passages compares them by it.
@@ -57,6 +58,16 @@ class Row:
     encoded_at: float = 0.0
     finished_at: float = 0.0
     cancelled: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Ids as a list of ints and stop strings as a tuple, from any collection of them.
+
+        Raises:
+            InputError: ids that are not integers (a float would be cut silently), or `stop` that is one
+                string or holds something else.
+        """
+        self.ids = token_ids(self.ids)
+        self.stop = stop_strings(self.stop)
 
     @property
     def finished(self) -> bool:

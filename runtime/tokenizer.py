@@ -12,10 +12,11 @@ from edgeqa.artifact_checks import read_member, shown
 from edgeqa.errors import ArtifactError, InputError
 from edgeqa.manifest import Manifest
 from edgeqa.prompt import format_prompt
+from edgeqa.runtime.inputs import check_question
 
 logger = logging.getLogger(__name__)
 
-# transformers' `clean_up_tokenization`, applied when the tokenizer config asks for it.
+# transformers' `clean_up_tokenization`, applied where the checkpoint's tokenizer applied it (the manifest says).
 _CLEANUPS = (
     (" .", "."),
     (" ?", "?"),
@@ -82,8 +83,8 @@ class PromptTokenizer:
         (`contexts[i]` not None) is never cut: the passage could lose what answers it.
 
         Raises:
-            InputError: a question that is not a string or is empty, an empty passage, or a question
-                and passage over the input limit (naming it).
+            InputError: a question or passage that is not a string or is empty, or a question and passage
+                over the input limit (naming it).
         """
         if contexts is None:
             contexts = [None] * len(questions)
@@ -91,11 +92,11 @@ class PromptTokenizer:
             raise InputError(f"{len(questions)} questions but {len(contexts)} contexts; give one context per question")
         prompts = []
         for question, context in zip(questions, contexts, strict=True):
-            if not isinstance(question, str):
-                raise InputError(f"a question must be a string, got {type(question).__name__}")
-            if not question.strip():
+            if not check_question(question).strip():
                 raise InputError('the question is empty; ask something, e.g. "What is the capital of France?"')
-            if context is not None and (not isinstance(context, str) or not context.strip()):
+            if context is not None and not isinstance(context, str):
+                raise InputError(f"a context must be a string (the passage to read), got {type(context).__name__}")
+            if context is not None and not context.strip():
                 raise InputError("the context is empty; give the passage to read, or no context at all")
             for name, text in (("question", question), ("context", context)):
                 if text is not None and not _encodable(text):

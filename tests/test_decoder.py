@@ -157,6 +157,50 @@ def test_bad_prompts_are_refused_and_nothing_joins(model, ids, message):
     assert not decoder.busy
 
 
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([1.9, 2.2], "got float 1.9"),
+        ([True, False], "got bool True"),
+        (["a"], "got str 'a'"),
+        (None, "got NoneType"),
+        ("abc", "got str"),
+    ],
+)
+def test_prompt_ids_that_are_not_integers_are_refused_not_cut(model, ids, message):
+    with pytest.raises(InputError, match=f"prompt token ids must be lists of integers, {message}"):
+        Row(ids, opts())
+    with pytest.raises(InputError, match="prompt token ids must be lists of integers"):
+        model.generate([ids], max_new_tokens=2)
+
+
+def test_generate_takes_a_list_of_prompts_of_integers(model):
+    import numpy as np
+
+    with pytest.raises(InputError, match="generate takes a list of prompts, got str"):
+        model.generate("abc")
+    with pytest.raises(InputError, match="prompt token ids must be lists of integers, got int"):
+        model.generate([5, 1])  # one flat prompt
+    assert model.generate(np.array([[5, 1]]), max_new_tokens=3) == model.generate([[5, 1]], max_new_tokens=3)
+    assert Row(np.array([5, 1]), opts()).ids == [5, 1]
+
+
+def test_stop_strings_come_as_any_list_of_strings_but_not_as_one_string(model):
+    plain = alone(model, PROMPTS[2], opts(max_new_tokens=16))
+    stop = plain.text[4:7]
+    for given in ([stop], (stop,), iter([stop])):
+        row = Row(PROMPTS[2], opts(max_new_tokens=16), stop=given)
+        assert row.stop == (stop,)
+        decoder = model.decoder()
+        decoder.join([row])
+        decoder.run()
+        assert row.text == plain.text[: plain.text.find(stop)] and row.finish_reason == FinishReason.STOP
+    with pytest.raises(InputError, match="stop must be a list of strings, got str; give even one as a list"):
+        Row(PROMPTS[2], opts(), stop="\n")
+    with pytest.raises(InputError, match="stop must be a list of strings, got int 5 in it"):
+        Row(PROMPTS[2], opts(), stop=["\n", 5])
+
+
 def test_prompts_are_cut_to_the_input_limit(model):
     decoder: Decoder = model.decoder()
     [(short, cut_short), (long, cut_long)] = decoder.prompts(["What is AI?", "why " * 5000])

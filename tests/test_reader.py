@@ -115,6 +115,51 @@ def test_a_question_that_matches_nothing_gets_no_passage_found(model, index):
             qa.ask("router", k=0)
 
 
+@pytest.mark.parametrize("question", [None, 123, b"router?"])
+def test_a_question_that_is_not_a_string_is_refused_naming_its_type(model, index, question):
+    message = f"a question must be a string, got {type(question).__name__}"
+    with DocumentsQA(model, Index.open(index)) as qa:
+        with pytest.raises(InputError, match=message):
+            qa.ask(question)
+        with pytest.raises(InputError, match=message):
+            qa.ask_batch(["How do I reset the router?", question])
+        with pytest.raises(InputError, match=message):
+            qa.index.search(question)
+
+
+def test_ask_batch_takes_a_list_of_questions_and_generation_options(model, index):
+    with DocumentsQA(model, Index.open(index)) as qa:
+        with pytest.raises(InputError, match=r"ask_batch takes a list of questions, got str; use ask\(\) for one"):
+            qa.ask_batch("How do I reset the router?")
+        with pytest.raises(InputError, match="options must be a GenerationOptions, got dict"):
+            qa.ask("How do I reset the router?", {"max_new_tokens": 6})
+        with pytest.raises(InputError, match="batch_size must be a whole number, got str"):
+            qa.ask_batch(["How do I reset the router?"], batch_size="8")
+
+
+def test_threads_that_end_leave_no_connection_open(model, index):
+    """A server's worker threads come and go: each one's connection is closed once it has ended."""
+    import os
+    import threading
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    question = "How do I reset the router?"
+    with Index.open(index) as shared:
+        expected = [p.to_dict() for p in shared.search(question)]
+        found: list[list[dict]] = []
+        counts = []
+        for _ in range(50):
+            thread = threading.Thread(target=lambda: found.append([p.to_dict() for p in shared.search(question)]))
+            thread.start()
+            thread.join()
+            counts.append(open_files())
+        assert found == [expected] * 50
+        assert max(counts) - min(counts) <= 4, counts  # one connection's files at most, not fifty
+        assert len(shared._held) <= 2  # this thread's and the last one's, closed by the next to open one
+
+
 def test_passages_too_long_for_the_reader_are_skipped_and_named(model, docs, artifact_tiny, tmp_path):
     tokenizer = artifact_tiny / "tokenizer.json"
     fits = passage_budget(model.manifest.max_input_tokens, load_tokenizer(tokenizer))
@@ -464,6 +509,11 @@ def test_the_choice_passes_over_readings_that_do_not_answer():
     unread = [Candidate(p1, error="too long"), Candidate(p2, error="too long")]
     with pytest.raises(InputError, match="none of the 2 passages found could be read: too long"):
         choose("q", unread)
+    unscored = choose("q", [Candidate(p1, "Paris", float("nan")), Candidate(p2, "Oslo", -3.0)])
+    assert (unscored.text, unscored.candidates[0].joint) == ("Oslo", None)  # NaN is no score, not the best
+    assert "no usable score (nan)" in unscored.candidates[0].error
+    with pytest.raises(InputError, match=r"none of the 1 passages found could be read: .*no usable score \(None\)$"):
+        choose("q", [Candidate(p1, "Paris")])  # the message says why, not nothing after its colon
     mixed = choose("q", [Candidate(p1, error="too long"), Candidate(p2, "B", -2.0)])
     assert mixed.source is p2
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import SMALL, _export, build_t5, hf_generate
-from edgeqa.errors import ArtifactError, InputError
+from edgeqa.errors import ArtifactError, ConfigError, InputError
 from edgeqa.manifest import Manifest, file_entry
 from edgeqa.runtime import GenerationOptions, QAModel
 
@@ -271,6 +271,99 @@ def test_options_default_from_manifest(model):
     assert model.options(GenerationOptions(num_beams=2), max_new_tokens=3) == GenerationOptions(
         num_beams=2, max_new_tokens=3
     )
+
+
+# ------------------------------------------------------------------ wrong arguments (the untrained tiny artifact)
+
+
+@pytest.fixture(scope="module")
+def tiny(artifact_tiny: Path) -> QAModel:
+    return QAModel.load(artifact_tiny, threads=1)
+
+
+@pytest.mark.parametrize(
+    ("load", "message"),
+    [
+        (dict(threads="2"), "threads must be a whole number, got str"),
+        (dict(threads=1.5), "threads must be a whole number, got float"),
+        (dict(threads=True), "threads must be a whole number, got bool"),
+        (dict(threads=10**12), "threads must be at most 1024"),
+        (dict(threads=0), "threads must be at least 1, got 0"),
+        (dict(session_config="x=1"), "session_config must be a dict of str to str, got str"),
+        (dict(session_config={"session.intra_op.allow_spinning": 0}), "session_config entries must be str: str"),
+        (dict(expect_sha256=123), "expect_sha256 must be a str or None, got int"),
+    ],
+)
+def test_load_arguments_of_the_wrong_type_are_config_errors_naming_them(artifact_tiny, load, message):
+    with pytest.raises(ConfigError, match=message):
+        QAModel.load(artifact_tiny, **load)
+
+
+def test_loading_no_path_is_a_config_error():
+    with pytest.raises(ConfigError, match="path must be the artifact folder .*got NoneType"):
+        QAModel.load(None)
+
+
+@pytest.mark.parametrize("batch_size", ["8", None, 2.5, True, 0])
+def test_a_batch_size_that_is_not_a_whole_number_from_1_is_refused(tiny, batch_size):
+    with pytest.raises(InputError, match="batch_size must be"):
+        tiny.answer_batch(["Who?"], batch_size=batch_size)
+
+
+def test_one_question_given_to_answer_batch_is_refused_not_read_letter_by_letter(tiny):
+    with pytest.raises(InputError, match=r"answer_batch takes a list of questions, got str; use answer\(\) for one"):
+        tiny.answer_batch("Who wrote Hamlet?")
+    with pytest.raises(InputError, match="answer_batch takes a list of contexts, got str"):
+        tiny.answer_batch(["Who?"], contexts="Ann")
+    with pytest.raises(InputError, match="Decoder.prompts takes a list of questions, got str"):
+        tiny.decoder().prompts("abc")
+    assert len(tiny.answer_batch(q for q in ["Who?", "Why?"])) == 2  # any collection of questions
+
+
+@pytest.mark.parametrize("options", [{"num_beams": 2}, "greedy", GenerationOptions])
+def test_options_that_are_not_generation_options_are_refused_with_the_fix(tiny, options):
+    with pytest.raises(InputError, match="options must be a GenerationOptions, got .*or the fields as keywords"):
+        tiny.answer("Who?", options)
+    with pytest.raises(InputError, match="options must be a GenerationOptions"):
+        tiny.options(options)
+
+
+def test_a_context_that_is_not_a_string_is_named_as_such(tiny):
+    with pytest.raises(InputError, match="a context must be a string .*got int"):
+        tiny.answer("Who?", context=123)
+
+
+def test_numpy_numbers_are_taken_as_options(tiny):
+    import numpy as np
+
+    assert tiny.options(num_beams=np.int64(2), temperature=np.float32(0.5)) == tiny.options(
+        num_beams=2, temperature=0.5
+    )
+    with pytest.raises(InputError, match="num_beams should be int"):
+        tiny.options(num_beams=np.float64(2.0))
+
+
+def test_even_rows_must_be_a_bool(tiny):
+    with pytest.raises(InputError, match="even_rows must be True or False, got str"):
+        tiny.even_rows = "no"
+    assert tiny.even_rows is False
+
+
+def test_sampling_an_artifact_that_defaults_to_beams_samples_one_beam(artifact_tiny, tmp_path):
+    target = shutil.copytree(artifact_tiny, tmp_path / "beams")
+    manifest = Manifest.read(target)
+    generation = dataclasses.replace(manifest.generation, num_beams=4)
+    Manifest(**{**manifest.__dict__, "generation": generation}).write(target)
+    model = QAModel.load(target, threads=1)
+    assert model.defaults.num_beams == 4
+    sampled = model.options(do_sample=True, seed=3)
+    assert (sampled.do_sample, sampled.num_beams) == (True, 1)
+    answer = model.answer("Who?", do_sample=True, seed=3, max_new_tokens=4)
+    assert answer.tokens == model.answer("Who?", do_sample=True, seed=3, num_beams=1, max_new_tokens=4).tokens
+    with pytest.raises(InputError, match="num_beams must be 1 when sampling"):
+        model.options(do_sample=True, num_beams=4)  # both asked for: still refused
+    with pytest.raises(InputError, match="num_beams must be 1 when sampling"):
+        model.options(GenerationOptions(num_beams=4), do_sample=True)
 
 
 # ------------------------------------------------------------------ damaged artifacts
