@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, Candidate, DocumentAnswer, check_retrieval_weight, choose
 from edgeqa.documents.query import Index, Passage, check_k
+from edgeqa.documents.sizing import reader_passage_tokens
 from edgeqa.documents.store import fingerprints
-from edgeqa.errors import InputError
+from edgeqa.errors import ConfigError, InputError
 from edgeqa.prompt import NO_ANSWER
 from edgeqa.runtime.inputs import check_batch, check_question, whole_number
 
 if TYPE_CHECKING:  # the runtime loads onnxruntime: only `DocumentsQA.open` needs it
+    from edgeqa.manifest import Manifest
     from edgeqa.runtime import Decoder, GenerationOptions, QAModel, Row
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ class DocumentsQA:
     def __init__(self, model: QAModel, index: Index, k: int = DEFAULT_K, retrieval_weight: float = RETRIEVAL_WEIGHT):
         self.model, self.index, self.k = model, index, check_k(k)
         self.retrieval_weight = check_retrieval_weight(retrieval_weight)
-        warn_if_sized_for_another(index, model.folder / model.manifest.files["tokenizer"].path, model.folder)
+        warn_if_sized_for_another(index, model.folder, model.manifest)
 
     @classmethod
     def open(
@@ -168,15 +170,31 @@ class DocumentsQA:
         self.close()
 
 
-def warn_if_sized_for_another(index: Index, reader_tokenizer: Path, artifact: Path) -> bool:
-    """Warn (and say so) when the index's passages were measured with another tokenizer than the reader's."""
-    if index.info.tokenizer_sha256 in fingerprints(reader_tokenizer):
+def warn_if_sized_for_another(index: Index, artifact: Path, manifest: Manifest) -> bool:
+    """Warn (and say so) when the index's passages were measured with another tokenizer than the reader's, or
+    sized for a longer input than the reader's: a passage that does not fit beside a question is skipped."""
+    fix = f"`edgeqa index ... --artifact {artifact}` sizes passages for it"
+    if index.info.tokenizer_sha256 not in fingerprints(Path(artifact) / manifest.files["tokenizer"].path):
+        logger.warning(
+            "%s was sized with the tokenizer of %s, not this reader's: a passage that does not fit the reader's "
+            "input is skipped; %s",
+            index.path,
+            index.info.tokenizer_name,
+            fix,
+        )
+        return True
+    try:
+        readable = reader_passage_tokens(artifact, manifest)
+    except ConfigError:  # the reader's input has no room for any passage: each question says so
+        return False
+    if index.info.passage_tokens <= readable:
         return False
     logger.warning(
-        "%s was sized with the tokenizer of %s, not this reader's: a passage that does not fit the reader's "
-        "input is skipped; `edgeqa index ... --artifact %s` sizes passages for it",
+        "%s holds passages of up to %d tokens, this reader reads %d beside a question: a longer one is skipped "
+        "where the question leaves it no room; %s",
         index.path,
-        index.info.tokenizer_name,
-        artifact,
+        index.info.passage_tokens,
+        readable,
+        fix,
     )
     return True

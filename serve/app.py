@@ -287,7 +287,7 @@ def create_app(config: ServeConfig, load: Callable[[], QAModel] | None = None) -
     index = None
     if config.index is not None:
         index = Index.open(config.index)
-        warn_if_sized_for_another(index, config.artifact / manifest.files["tokenizer"].path, config.artifact)
+        warn_if_sized_for_another(index, config.artifact, manifest)
     service = Service(config, engine, metrics_, manifest, index)
 
     @contextlib.asynccontextmanager

@@ -448,7 +448,7 @@ def test_non_empty_output_is_refused(tmp_path, memo_data, tiny_model):
     (tmp_path / "old.txt").write_text("x")
     with pytest.raises(ConfigError, match="--resume .* or --overwrite"):
         finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path))
-    with pytest.raises(ConfigError, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="holds no complete checkpoint"):
         finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path, resume=True))
     with pytest.raises(ConfigError, match=r"not from an edgeqa run \(old.txt\); pick another --output"):
         finetune(FinetuneConfig(model=str(tiny_model), data=str(memo_data), output_dir=tmp_path, overwrite=True))

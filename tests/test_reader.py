@@ -364,11 +364,22 @@ def test_an_index_sized_with_another_tokenizer_is_named_with_the_fix(model, docs
         with DocumentsQA.open(artifact_tiny, index_of(docs, artifact_tiny, tmp_path)):
             pass
     assert not caplog.records  # sized for this reader: nothing to say
+    too_long = tmp_path / "long.edgeqa-index"  # the bundled tokenizer's sizing (400), not this reader's input
+    build_index([docs], too_long, artifact_tiny / "tokenizer.json", passage_tokens=400)
+    with caplog.at_level("WARNING", logger="edgeqa.documents.reader"):
+        DocumentsQA(model, Index.open(too_long)).close()
+    [record] = caplog.records
+    assert "holds passages of up to 400 tokens, this reader reads" in record.message
+    assert f"--artifact {artifact_tiny}" in record.message
 
 
 def index_of(docs: Path, artifact: Path, tmp_path: Path) -> Path:
+    """An index sized for `artifact`, as `edgeqa index --artifact` sizes it."""
+    from edgeqa.documents.sizing import resolve_sizing
+
     path = tmp_path / "same.edgeqa-index"
-    build_index([docs], path, artifact / "tokenizer.json")
+    sizing = resolve_sizing(artifact)
+    build_index([docs], path, sizing.tokenizer, passage_tokens=sizing.passage_tokens)
     return path
 
 
