@@ -18,6 +18,8 @@ from edgeqa.runtime.inputs import check_question
 COLUMN_WEIGHTS = (2.0, 2.0, 1.0)
 #: Terms kept from a question (the rarest matter; a pasted page should not make a huge query).
 MAX_TERMS = 32
+#: Passages read for each question by default.
+DEFAULT_K = 4
 #: Passages one search may return.
 MAX_K = 100
 #: About how many passages a search scores at most: its rarest words pick the candidates up to this many,
@@ -235,7 +237,7 @@ class Index:
         self._adopt(connection)
         return connection, self._local.terms
 
-    def search(self, question: str, k: int = 4) -> list[Passage]:
+    def search(self, question: str, k: int = DEFAULT_K) -> list[Passage]:
         """The `k` passages that best match the question by BM25, best first; [] when none shares a word with it.
 
         Raises:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, Candidate, DocumentAnswer, check_retrieval_weight, choose
-from edgeqa.documents.query import Index, Passage, check_k
+from edgeqa.documents.query import DEFAULT_K, Index, Passage, check_k
 from edgeqa.documents.sizing import reader_passage_tokens
 from edgeqa.documents.store import fingerprints
 from edgeqa.errors import ConfigError, InputError
@@ -27,8 +27,6 @@ if TYPE_CHECKING:  # the runtime loads onnxruntime: only `DocumentsQA.open` need
 
 logger = logging.getLogger(__name__)
 
-#: Passages read for each question by default.
-DEFAULT_K = 4
 
 
 def reading_rows(

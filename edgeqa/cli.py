@@ -20,7 +20,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from edgeqa.cli_fields import fields_as_options
+from edgeqa.demo import SCHEDULES
+from edgeqa.demo_documents import RECIPE as DOCUMENTS_RECIPE
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT
+from edgeqa.documents.query import DEFAULT_K
 from edgeqa.errors import EdgeQAError
 from edgeqa.export.config import PARITY_MAX_NEW_TOKENS, PARITY_SAMPLES, ExportConfig
 from edgeqa.finetune.config import FinetuneConfig
@@ -99,7 +102,7 @@ def ask(
     index: Annotated[
         Path | None, typer.Option("--index", help="Answer from the top passages of this index (`edgeqa index`).")
     ] = None,
-    k: Annotated[int, typer.Option("-k", help="With --index: passages read per question.")] = 4,
+    k: Annotated[int, typer.Option("-k", help="With --index: passages read per question.")] = DEFAULT_K,
     retrieval_weight: Annotated[
         float,
         typer.Option(
@@ -343,7 +346,11 @@ def demo(
         str | None, typer.Option(help="A real T5 checkpoint to fine-tune instead of the demo model.")
     ] = None,
     max_steps: Annotated[
-        int | None, typer.Option(help="Fine-tuning steps (default: facts 1500, dolly 400, --documents 4000).")
+        int | None,
+        typer.Option(
+            help=f"Fine-tuning steps (default: facts {SCHEDULES['facts'].max_steps}, dolly "
+            f"{SCHEDULES['dolly'].max_steps}, --documents {DOCUMENTS_RECIPE.max_steps})."
+        ),
     ] = None,
     parity_samples: Annotated[int | None, typer.Option(help="Held-out questions for the parity gate.")] = None,
     force: Annotated[bool, typer.Option(help="Reuse a non-empty --output.")] = False,

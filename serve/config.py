@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, check_retrieval_weight
-from edgeqa.documents.query import check_k
+from edgeqa.documents.query import DEFAULT_K, check_k
 from edgeqa.errors import ConfigError, InputError
 from edgeqa.prompt import MAX_BEAMS
 
@@ -70,7 +70,7 @@ class ServeConfig:
     keepalive_s: float = 10.0
     verify: bool = True
     index: Path | None = None
-    k: int = 4
+    k: int = DEFAULT_K
     retrieval_weight: float = RETRIEVAL_WEIGHT
 
     def __post_init__(self) -> None:
