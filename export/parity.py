@@ -138,6 +138,7 @@ class ParityCheck:
         self.prompts: list[str] = []
         self.expected: list[list[int]] = []
         self.expected_texts: list[str] = []
+        self.max_input_tokens = 0  # the artifact's, as the outlier search reads the prompts
         self.options = GenerationOptions()
         self._reference_ms = 0.0
 
@@ -172,6 +173,7 @@ class ParityCheck:
     def _answer_with_pytorch(self, model: QAModel) -> None:
         """The checkpoint's answers to every question, once, as the artifact (`model`) is set to decode."""
         manifest = model.manifest
+        self.max_input_tokens = manifest.max_input_tokens
         # plain search with the artifact's beams, as `QAModel` answers by default
         self.options = GenerationOptions(
             max_new_tokens=min(self.max_new_tokens, model.defaults.max_new_tokens), num_beams=model.defaults.num_beams
@@ -186,7 +188,7 @@ class ParityCheck:
         self.expected, self._reference_ms = reference_answers(
             self.checkpoint,
             self.prompts,
-            manifest.max_input_tokens,
+            self.max_input_tokens,
             self.batch_size,
             self.threads,
             max_new_tokens=self.options.max_new_tokens,

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from edgeqa.bench.outliers import OutlierPlan, plant_outliers, save_with_outliers
 from edgeqa.cli import app
 from edgeqa.errors import ExportError
-from edgeqa.export.parity import apply_gate, within
+from edgeqa.export.parity import ParityCheck, apply_gate, within
 from edgeqa.manifest import CpuRecord, Manifest
 from edgeqa.prompt import format_prompt
-from edgeqa.records import read_records
+from edgeqa.records import QARecord, read_records
 
 torch = pytest.importorskip("torch")
 runner = CliRunner()
@@ -216,10 +216,12 @@ def test_a_failed_search_records_the_candidate_it_leaves_built(
     built: list[str] = []
     deltas = {"plain": -0.05, "smoothed": -0.07}  # smoothing makes it worse: not kept
 
-    class Check:
-        records, prompts, expected, max_input_tokens = [0, 1, 2, 3], ["a"] * 4, [[1]] * 4, 8
+    class Check(ParityCheck):  # the real one's attributes, which the search reads, with made-up answers
+        def __init__(self) -> None:
+            super().__init__("ckpt", [QARecord("q", "a")] * 4)
+            self.prompts, self.expected = ["a"] * 4, [[1]] * 4
 
-        def run(self, staging: Path, indices: list[int], split: str) -> ParityRecord:
+        def run(self, staging: Path, indices: list[int] | None = None, split: str = "all") -> ParityRecord:
             return record(deltas[built[-1]], split)
 
     model = SimpleNamespace(config=SimpleNamespace(decoder_start_token_id=0, pad_token_id=0))
