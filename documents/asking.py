@@ -32,7 +32,7 @@ def ask_index(qa: DocumentsQA, request: Ask, options: GenerationOptions, console
     elif request.question is not None:
         _show(qa.ask(request.question, options), request.as_json, console)
     elif console.interactive:
-        _ask_person(qa, options, console)
+        _ask_person(qa, options, console, request.as_json)
     else:
         raise InputError("no question given: pass one as an argument, use --file, or run in a terminal")
 
@@ -46,11 +46,11 @@ def _show(answer: DocumentAnswer, as_json: bool, console: Console) -> None:
         console.write(f"source: {answer.source.source}\n")
 
 
-def _ask_person(qa: DocumentsQA, options: GenerationOptions, console: Console) -> None:
+def _ask_person(qa: DocumentsQA, options: GenerationOptions, console: Console, as_json: bool) -> None:
     converse(
         console,
         f"Ask about the documents in {qa.index.path} (Ctrl-D to quit).",
-        lambda question: _show(qa.ask(question, options), False, console),
+        lambda question: _show(qa.ask(question, options), as_json, console),
     )
 
 

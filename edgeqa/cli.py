@@ -37,6 +37,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # click's plain help: option names never cut short, switches shown without a value
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -159,14 +160,18 @@ class _Terminal:
             import readline  # noqa: F401  (enables history and editing for input())
         except ImportError:
             pass
-        return input(prompt)
+        if sys.stdout.isatty():
+            return input(prompt)
+        # answers go to a file or a pipe: the prompt is for the person (input() would write it to stdout)
+        typer.echo(prompt, err=True, nl=False)
+        return input()
 
     @contextlib.contextmanager
     def progress(self, total: int) -> Iterator[Callable[[int], None]]:
         if not sys.stderr.isatty():  # a log file gets the summary line, not a bar's label
             yield lambda advanced: None
             return
-        with typer.progressbar(length=total, label="answering", file=sys.stderr) as bar:
+        with typer.progressbar(length=total, label="answering", file=sys.stderr, width=0) as bar:
             yield bar.update
 
 
@@ -470,7 +475,7 @@ def index_command(
                 return
             if not bars:
                 label = f"indexing {progress.files_total} files, {progress.bytes_total / 1e6:.1f} MB"
-                bar = typer.progressbar(length=max(1, progress.bytes_total), label=label, file=sys.stderr)
+                bar = typer.progressbar(length=max(1, progress.bytes_total), label=label, file=sys.stderr, width=0)
                 bars.append(open_bar.enter_context(bar))
             bars[0].update(progress.bytes_done - bars[0].pos)
 

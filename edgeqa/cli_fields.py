@@ -93,7 +93,7 @@ def _parameter(
         base = str
     default = f.default if f.default is not dataclasses.MISSING else None
     if show_default and default not in (None, (), ""):
-        doc += f" \\[default: {default}]"  # escaped: Rich, which renders the help, reads [...] as markup
+        doc += f"  [default: {default}]"  # as click shows the defaults of the other options
     flag = f.name.replace("_", "-")
     names = names or ((f"--{flag}/--no-{flag}",) if base is bool else (f"--{flag}",))
     option = typer.Option(*names, help=doc, show_default=False)

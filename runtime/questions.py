@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -97,7 +97,7 @@ def ask(model: QAModel, request: Ask, options: GenerationOptions, console: Conso
     elif request.question is not None:
         _ask_one(model, request, options, console)
     elif console.interactive:
-        _ask_person(model, options, console, request.context)
+        _ask_person(model, options, console, request)
     else:
         raise InputError("no question given: pass one as an argument, use --file, or run in a terminal")
 
@@ -116,21 +116,20 @@ def _ask_one(model: QAModel, request: Ask, options: GenerationOptions, console: 
         console.write(result.text + "\n")
 
 
-def _ask_person(model: QAModel, options: GenerationOptions, console: Console, context: str | None = None) -> None:
-    """Stream the answer to each question typed until end of input."""
+def _ask_person(model: QAModel, options: GenerationOptions, console: Console, request: Ask) -> None:
+    """Answer each question typed until end of input: streamed, or as a JSON object with `as_json`."""
 
     def answer(question: str) -> None:
-        for piece in model.stream(question, options, context):
-            console.write(piece)
-        console.write("\n")
+        _ask_one(model, replace(request, question=question, stream=not request.as_json), options, console)
 
-    greeting = "Ask a question" if context is None else "Ask about the passage"
+    greeting = "Ask a question" if request.context is None else "Ask about the passage"
     converse(console, f"{greeting} (Ctrl-D to quit).", answer)
 
 
 def converse(console: Console, greeting: str, answer: Callable[[str], None]) -> None:
-    """Answer each question a person types until end of input (Ctrl-D) or Ctrl-C; a bad question only
-    costs itself (its error is shown, the next one is asked)."""
+    """Answer each question a person types until end of input (Ctrl-D) or Ctrl-C at the prompt; a bad
+    question only costs itself (its error is shown, the next one is asked), and Ctrl-C while an answer is
+    generated only that answer."""
     console.note(greeting)
     while True:
         try:
@@ -144,6 +143,9 @@ def converse(console: Console, greeting: str, answer: Callable[[str], None]) -> 
             answer(question)
         except EdgeQAError as e:
             console.note(f"error: {e}")
+        except KeyboardInterrupt:
+            console.write("\n")
+            console.note("(stopped)")
 
 
 def _ask_file(model: QAModel, file: Path, request: Ask, options: GenerationOptions, console: Console) -> None:
@@ -192,7 +194,10 @@ def read_context(source: str, stdin: TextIO | None = None) -> str:
         InputError: the file is missing or unreadable, or the passage is empty.
     """
     if source == "-":
-        text = (stdin or sys.stdin).read()
+        stream = stdin or sys.stdin
+        if stream.isatty():
+            print("Type or paste the passage, then Ctrl-D on a line of its own.", file=sys.stderr)
+        text = stream.read()
         where = "standard input"
     else:
         path = Path(source)

@@ -30,14 +30,32 @@ def test_help_lists_commands_and_imports_no_torch():
         assert command in result.stdout
 
 
+def option_help(text: str, option: str) -> str:
+    """An option's entry in click's help, its wrapped lines joined."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(f"{option} "))
+    entry = [lines[start]]
+    for line in lines[start + 1 :]:
+        if line[:4].strip().startswith("-") or not line.strip():  # the next option, or the end of the list
+            break
+        entry.append(line)
+    return " ".join(" ".join(entry).split())
+
+
 def test_help_shows_the_defaults_of_options_drawn_from_config_fields():
-    """Options made from `ServeConfig`'s and `ExportConfig`'s fields show their defaults (Rich renders the help)."""
-    wide = {"COLUMNS": "300", "TERMINAL_WIDTH": "300"}
-    serve = runner.invoke(app, ["serve", "--help"], env=wide).output
+    """Options made from `ServeConfig`'s and `ExportConfig`'s fields show their defaults."""
+    serve = runner.invoke(app, ["serve", "--help"]).output
     for option, default in (("--max-queue", "64"), ("--port", "8080"), ("--retrieval-weight", "1.0")):
-        [line] = [line for line in serve.splitlines() if line.lstrip("│ ").startswith(f"{option} ")]
-        assert f"[default: {default}]" in line, line
-    assert "[default: 200]" in runner.invoke(app, ["export", "--help"], env=wide).output  # --parity-samples
+        assert option_help(serve, option).endswith(f"[default: {default}]"), option_help(serve, option)
+    assert option_help(runner.invoke(app, ["export", "--help"]).output, "--parity-samples").endswith("[default: 200]")
+
+
+def test_help_at_80_columns_shows_every_option_whole_and_switches_without_a_value():
+    for command in ("ask", "export", "finetune", "serve", "index", "parity", "demo"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}).output
+        assert max(len(line) for line in text.splitlines()) <= 80, command
+        assert "…" not in text and "<bool>" not in text and "\\[" not in text, command
+    assert "--allow-parity-failure" in runner.invoke(app, ["export", "--help"], env={"COLUMNS": "80"}).output
 
 
 def test_ask_prints_the_answer(artifact_int8):
@@ -345,6 +363,61 @@ def test_interactive_prompt_answers_until_ctrl_d(artifact_int8):
     answer = text.split("Who wrote Hamlet?\n", 1)[1].split("\n? ", 1)[0]
     assert answer.strip(), text
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_interactive_answers_to_a_file_are_json_without_the_prompt(artifact_int8, tmp_path):
+    """stdout to a file, the person at the terminal: the prompt goes to the terminal, --json is honoured."""
+    import os
+    import pty
+    import select
+    import time
+
+    out = tmp_path / "answers.jsonl"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: stdout to the file, stdin and stderr the terminal
+        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT), 1)
+        os.execv(sys.executable, [sys.executable, "-m", "edgeqa.cli", "ask", str(artifact_int8), "--json"])
+    seen, deadline = b"", time.time() + 60
+    for question in (b"What is the capital of Peru?\n", b"\x04"):
+        while seen.count(b"? ") < 1 + (question == b"\x04") and time.time() < deadline:
+            if select.select([fd], [], [], 1)[0]:
+                seen += os.read(fd, 4096)
+        os.write(fd, question)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, seen
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["question"] == "What is the capital of Peru?" and row["answer"], row
+
+
+def test_ctrl_c_while_answering_stops_that_answer_and_asks_the_next_question():
+    from edgeqa.runtime.questions import converse
+
+    class Person:
+        interactive = True
+
+        def __init__(self) -> None:
+            self.typed, self.shown = ["first?", "second?"], []
+
+        def read(self, prompt: str) -> str:
+            if not self.typed:
+                raise EOFError
+            return self.typed.pop(0)
+
+        def write(self, text: str) -> None:
+            self.shown.append(text)
+
+        def note(self, text: str) -> None:
+            self.shown.append(text)
+
+    def answer(question: str) -> None:
+        if question == "first?":
+            raise KeyboardInterrupt  # Ctrl-C mid-answer
+        person.write(f"answer to {question}")
+
+    person = Person()
+    converse(person, "Ask.", answer)
+    assert person.shown == ["Ask.", "\n", "(stopped)", "answer to second?", ""]
 
 
 # ------------------------------------------------------------------ options derived from the configs
