@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 from pathlib import Path
 
 
@@ -49,28 +50,37 @@ def unwritable(path: Path) -> str | None:
 
 
 def replace_folder(finished: Path, target: Path) -> None:
-    """Move the folder `finished` to `target`, replacing a folder there, then delete the old one.
+    """Move the folder `finished` to `target`, replacing what is there (a folder, or a link to one), then
+    delete the old one.
 
     On Linux the two are swapped in one step (`renameat2` with `RENAME_EXCHANGE`), so `target` is never
-    missing; elsewhere the old folder is first moved aside to `set_aside(target)`, where a kill between
+    missing; elsewhere the old one is first moved aside to `set_aside(target)`, where a kill between
     the two moves leaves it (and the next `replace_folder` removes it).
     """
     finished, target = Path(finished), Path(target)
     aside = set_aside(target)
-    shutil.rmtree(aside, ignore_errors=True)
-    if not target.exists():
+    remove(aside)
+    if not (target.exists() or target.is_symlink()):
         finished.rename(target)
     elif _swap(finished, target):
-        shutil.rmtree(finished, ignore_errors=True)
+        remove(finished)
     else:
         target.rename(aside)
         finished.rename(target)
-        shutil.rmtree(aside, ignore_errors=True)
+        remove(aside)
 
 
 def set_aside(target: Path) -> Path:
     """Where `replace_folder` moves the folder it replaces, where the platform cannot swap two folders."""
     return target.with_name(f".{target.name}.old")
+
+
+def remove(path: Path) -> None:
+    """Delete a folder with what it holds, or a file or link (never what a link points to); nothing there is fine."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _swap(first: Path, second: Path) -> bool:
@@ -88,22 +98,33 @@ def _swap(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(second))
 
 
-def leftovers(folder: Path, pattern: str) -> list[Path]:
-    """Entries of `folder` whose names match `pattern` with a group `pid` naming a process that has
-    ended: what a killed writer left (the process's own name in the entry keeps a running one's)."""
+def owned_prefix(stem: str) -> str:
+    """The start of a temporary name that says whose it is, for `leftovers`: `{stem}-{pid}@{host}-`."""
+    return f"{stem}-{os.getpid()}@{_host()}-"
+
+
+def leftovers(folder: Path, stem: str) -> list[Path]:
+    """What killed writers left in `folder`: entries named by `owned_prefix(stem)` whose process, on this
+    machine, has ended (another machine's or container's, on a shared disk, are left alone)."""
+    pattern = re.compile(re.escape(stem) + r"-(?P<pid>\d+)@(?P<host>[\w.]+)-\w+")
     found = []
     for path in Path(folder).iterdir():
-        match = re.fullmatch(pattern, path.name)
-        if match and not process_alive(int(match.group("pid"))):
+        match = pattern.fullmatch(path.name)
+        if match and match["host"] == _host() and not process_alive(int(match["pid"])):
             found.append(path)
     return found
+
+
+def _host() -> str:
+    """This machine's name as a temporary name carries it (letters, digits, '_' and '.')."""
+    return re.sub(r"[^\w.]", "_", socket.gethostname()) or "localhost"
 
 
 def process_alive(pid: int) -> bool:
     """Whether a process with this id runs on this machine."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):  # none, or no process could have that id
         return False
     except PermissionError:  # another user's
         return True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -12,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edgeqa import __version__
-from edgeqa.atomic import leftovers, replace_folder
+from edgeqa.atomic import leftovers, owned_prefix, remove, replace_folder
 from edgeqa.checkpoint import TrainingRecord, read_training_record
 from edgeqa.errors import ConfigError, ExportError
 from edgeqa.export.config import ExportConfig, QuantizeSettings, settings_for
@@ -38,8 +37,8 @@ from edgeqa.tied_weights import tie_problem
 
 logger = logging.getLogger(__name__)
 
-#: The temporary folders an export writes beside OUTPUT, named with its process id.
-LEFTOVER = r"\.(.+\.partial|edgeqa-export-work)-(?P<pid>\d+)-\w+"
+#: The temporary folders an export writes beside OUTPUT (named with its process and machine: `owned_prefix`).
+WORK_STEM = ".edgeqa-export-work"
 CONFIG_FILES = {"config": "config.json", "generation_config": "generation_config.json"}
 
 
@@ -73,9 +72,10 @@ def export_artifact(config: ExportConfig) -> ExportResult:
     check_replaceable(output, config)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        for leftover in leftovers(output.parent, LEFTOVER):  # of exports killed before they could clean up
-            shutil.rmtree(leftover, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.partial-{os.getpid()}-"))
+        staging_stem = f".{output.name}.partial"
+        for leftover in leftovers(output.parent, staging_stem) + leftovers(output.parent, WORK_STEM):
+            remove(leftover)  # of exports killed before they could clean up
+        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=owned_prefix(staging_stem)))
     except OSError as e:
         raise ExportError(
             f"cannot write beside {output}: {e.strerror or e}; pick an OUTPUT in a writable folder"
@@ -86,8 +86,7 @@ def export_artifact(config: ExportConfig) -> ExportResult:
         replace_folder(staging, output)
         return replace(result, output=output)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        remove(staging)
 
 
 def check_replaceable(output: Path, config: ExportConfig) -> None:
@@ -114,8 +113,7 @@ def check_replaceable(output: Path, config: ExportConfig) -> None:
 def _build(config: ExportConfig, staging: Path) -> ExportResult:
     settings = settings_for(config.preset, config.keep_fp32, config.quantize) if config.quantize else None
     # beside the artifact, on the disk chosen for it: a large model's float graphs may not fit in $TMPDIR
-    work_prefix = f".edgeqa-export-work-{os.getpid()}-"
-    with tempfile.TemporaryDirectory(dir=staging.parent, prefix=work_prefix) as work_dir:
+    with tempfile.TemporaryDirectory(dir=staging.parent, prefix=owned_prefix(WORK_STEM)) as work_dir:
         work = Path(work_dir)
         cleanup = _save_tokenizer(config.checkpoint, work)  # once, for every candidate
         exported: dict[str, tuple[dict[str, Path], Path]] = {}

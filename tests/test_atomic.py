@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import edgeqa.atomic as atomic
-from edgeqa.atomic import leftovers, replace_folder, set_aside
+from edgeqa.atomic import replace_folder, set_aside
 
 
 def folder_with(path, text):
@@ -38,10 +38,40 @@ def test_on_linux_the_two_folders_are_swapped(tmp_path):
     assert (first / "file.txt").read_text() == "b" and (second / "file.txt").read_text() == "a"
 
 
-def test_leftovers_are_only_those_of_processes_that_ended(tmp_path):
+def ended_pid() -> int:
+    """The id of a process that has ended (and, on a machine this quiet, not yet been given to another)."""
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead = int(ended.stdout)
-    for name in (f".out.partial-{dead}-x1", f".out.partial-{os.getpid()}-x2", ".out.partial-x3", "out"):
+    return int(ended.stdout)
+
+
+def test_leftovers_are_only_those_of_processes_on_this_machine_that_ended(tmp_path):
+    dead, host = ended_pid(), atomic._host()
+    names = {
+        f".out.partial-{dead}@{host}-x1": True,  # a killed export's
+        f".out.partial-{os.getpid()}@{host}-x2": False,  # a running one's
+        f".out.partial-{dead}@another.machine-x3": False,  # another container's, on a shared disk
+        f".notes.partial-{dead}@{host}-x4": False,  # another output's
+        f".out.partial-99999999999999999999@{host}-x5": True,  # no process can have that id
+        ".out.partial-2024-01": False,  # a user's
+        "out": False,
+    }
+    for name in names:
         (tmp_path / name).mkdir()
-    found = leftovers(tmp_path, r"\.out\.partial-(?P<pid>\d+)-\w+")
-    assert [p.name for p in found] == [f".out.partial-{dead}-x1"]
+    assert atomic.owned_prefix(".out.partial").startswith(f".out.partial-{os.getpid()}@{host}-")
+    found = sorted(p.name for p in atomic.leftovers(tmp_path, ".out.partial"))
+    assert found == sorted(name for name, left in names.items() if left)
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["one step", "moved aside first"])
+def test_a_link_to_a_folder_is_replaced_by_the_folder_and_what_it_pointed_to_is_kept(tmp_path, monkeypatch, swap):
+    if not swap:
+        monkeypatch.setattr(atomic, "_swap", lambda first, second: False)
+    pointed = folder_with(tmp_path / "model-v3", "v3")
+    current = tmp_path / "current"
+    for version in ("v4", "v5"):  # twice: nothing left over from the first stands in the second's way
+        current.symlink_to(pointed)
+        replace_folder(folder_with(tmp_path / "new", version), current)
+        assert not current.is_symlink() and (current / "file.txt").read_text() == version
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "model-v3"]
+        atomic.remove(current)
+    assert (pointed / "file.txt").read_text() == "v3"

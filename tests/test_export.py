@@ -150,6 +150,7 @@ def test_failed_export_leaves_nothing(trained_model, tmp_path, monkeypatch):
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_stopped_export_leaves_no_output_and_its_leftovers_go(trained_model, tmp_path, monkeypatch, stop):
     """SIGTERM (docker stop, systemd) cleans up as Ctrl-C does; what SIGKILL leaves, the next export removes."""
+    import edgeqa.atomic as atomic
     import edgeqa.export.artifact as artifact
 
     out = tmp_path / "out"
@@ -158,10 +159,15 @@ def test_a_stopped_export_leaves_no_output_and_its_leftovers_go(trained_model, t
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    def staged() -> bool:
+        """Whether the export has begun to fill its staging folder."""
+        try:
+            return any(p.name.startswith(".out.partial-") and any(p.iterdir()) for p in tmp_path.iterdir())
+        except FileNotFoundError:  # a folder gone between the listing and the look inside
+            return False
+
     deadline = time.time() + 120
-    while time.time() < deadline and not any(
-        p.name.startswith(".out.partial-") and any(p.iterdir()) for p in tmp_path.iterdir()
-    ):
+    while time.time() < deadline and not staged():
         time.sleep(0.05)
     os.kill(proc.pid, stop)
     assert proc.wait(timeout=120) == (-9 if stop == signal.SIGKILL else 143)
@@ -169,7 +175,7 @@ def test_a_stopped_export_leaves_no_output_and_its_leftovers_go(trained_model, t
     left = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
     assert left == ([".edgeqa", ".out.partial"] if stop == signal.SIGKILL else [])
 
-    running = tmp_path / f".other.partial-{os.getpid()}-abc"  # a live export's: kept
+    running = tmp_path / f"{atomic.owned_prefix('.out.partial')}abc"  # a live export's: kept
     running.mkdir()
 
     def build(config, staging):
