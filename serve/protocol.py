@@ -295,8 +295,10 @@ def _over_cap(field: str, value: int, cap: int, model: QAModel) -> ApiError:
 
 
 def _options(model: QAModel, overrides: dict[str, Any]) -> GenerationOptions:
+    """The artifact's defaults with the request's `overrides`, as `QAModel.options` applies them (so that
+    sampling asked of a beam-search artifact samples with one beam, as the runtime's callers get)."""
     try:
-        return model.defaults.updated(**overrides)
+        return model.options(None, **overrides)
     except InputError as e:
         field = next((name for name in overrides if str(e).startswith(name)), None)
         raise bad(str(e), param=field) from None

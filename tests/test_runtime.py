@@ -364,6 +364,11 @@ def test_sampling_an_artifact_that_defaults_to_beams_samples_one_beam(artifact_t
         model.options(do_sample=True, num_beams=4)  # both asked for: still refused
     with pytest.raises(InputError, match="num_beams must be 1 when sampling"):
         model.options(GenerationOptions(num_beams=4), do_sample=True)
+    from edgeqa.serve.protocol import parse_native  # the server's native API follows the same rule
+
+    served = parse_native({"question": "Who?", "do_sample": True, "seed": 3}, model).options
+    assert (served.do_sample, served.num_beams) == (True, 1)
+    assert parse_native({"question": "Who?"}, model).options.num_beams == 4
 
 
 # ------------------------------------------------------------------ damaged artifacts
