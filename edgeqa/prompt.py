@@ -21,7 +21,7 @@ DEFAULT_MAX_ANSWER_TOKENS = 512
 #: Bounds no model needs to exceed. Fine-tuning and export refuse what the runtime would refuse to
 #: read back from an artifact (`edgeqa.artifact_checks`), so every artifact they write loads.
 MAX_TOKENS = 1 << 16  # input, answer and new tokens
-MAX_BEAMS = 64
+MAX_BEAMS = 256
 MAX_NO_ANSWER_CHARS = 200
 
 
