@@ -592,7 +592,11 @@ def bare_quantize_means_int8(argv: list[str]) -> list[str]:
 
 def exit_on_sigterm() -> None:
     """End on SIGTERM (`docker stop`, systemd, `timeout`) as on Ctrl-C: `finally` blocks run, so an export or an
-    index build removes its temporary files; the exit code is 143, as for a process the signal ended."""
+    index build removes its temporary files (`main` then ends by the signal, as its sender expects). Not in a
+    process a launcher started (torchrun, accelerate): it stops its workers itself, and one waiting in a
+    collective could not clean up anyway."""
+    if "LOCAL_RANK" in os.environ:
+        return
 
     def terminate(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
@@ -602,7 +606,13 @@ def exit_on_sigterm() -> None:
 
 def main() -> None:
     exit_on_sigterm()
-    app(args=bare_quantize_means_int8(sys.argv[1:]))
+    try:
+        app(args=bare_quantize_means_int8(sys.argv[1:]))
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # cleaned up: now end as the signal ends a process
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ def _damaged(path: Path) -> Iterator[None]:
     """A weights file that cannot be read as safetensors (truncated, overwritten) as one `ModelError`."""
     try:
         yield
-    except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
+    except OSError as e:  # a file missing or not readable: not a damaged one
+        raise ModelError(f"cannot read {e.filename or path}: {e.strerror or e}") from e
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelError(
             f"{path} is truncated or not a safetensors file ({type(e).__name__}); copy or save the checkpoint again"
         ) from e

@@ -94,7 +94,9 @@ def prepare_output_dir(config: FinetuneConfig) -> str | None:
 
 def last_complete_checkpoint(out: Path) -> str | None:
     """The newest checkpoint the Trainer finished saving: it writes `trainer_state.json` last, so a folder
-    whose state does not read was cut off mid-save (Ctrl-C, a kill, a full disk) and is passed over."""
+    whose state does not read was cut off mid-save (Ctrl-C, a kill, a full disk). Such newer folders are
+    deleted (the resumed run saves those steps again), so that the Trainer's rotation, which keeps the
+    newest, cannot keep a broken one over whole ones."""
     numbered = (
         (int(match.group(1)), path) for path in out.iterdir() if (match := re.fullmatch(_CHECKPOINT, path.name))
     )
@@ -102,7 +104,8 @@ def last_complete_checkpoint(out: Path) -> str | None:
         try:
             json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            logger.warning("%s was cut off while it was saved; resuming from an earlier checkpoint", path)
+            logger.warning("%s was cut off while it was saved: removed, resuming from an earlier checkpoint", path)
+            shutil.rmtree(path, ignore_errors=True)  # every process may get here: whoever is first removes it
             continue
         return str(path)
     return None
@@ -126,9 +129,11 @@ def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
 
 
 _CHECKPOINT = rf"{PREFIX_CHECKPOINT_DIR}-(\d+)"  # the Trainer's checkpoint folders, by optimizer step
-# what a run writes, and what an interrupted one leaves: final/'s staging and set-aside copies, metrics' temporary file
+# what a run writes, and what an interrupted one leaves: final/'s staging and set-aside copies, metrics' temporary
+# file (an older edgeqa's name for it too)
 _RUN_FILE = re.compile(
-    rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|\.{FINAL}\.old|{re.escape(METRICS)}|\.{re.escape(METRICS)}\.\w+\.tmp|runs|README\.md"
+    rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|\.{FINAL}\.old|{re.escape(METRICS)}(\.tmp)?|\.{re.escape(METRICS)}\.\w+\.tmp"
+    r"|runs|README\.md"
 )
 
 

@@ -170,7 +170,7 @@ def test_a_stopped_export_leaves_no_output_and_its_leftovers_go(trained_model, t
     while time.time() < deadline and not staged():
         time.sleep(0.05)
     os.kill(proc.pid, stop)
-    assert proc.wait(timeout=120) == (-9 if stop == signal.SIGKILL else 143)
+    assert proc.wait(timeout=120) == -stop  # SIGTERM too: it cleans up, then ends by the signal
     assert not out.exists()
     left = sorted(p.name.split("-")[0] for p in tmp_path.iterdir())
     assert left == ([".edgeqa", ".out.partial"] if stop == signal.SIGKILL else [])

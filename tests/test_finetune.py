@@ -472,6 +472,7 @@ def test_overwrite_deletes_only_a_previous_run_and_only_once_the_run_can_start(t
     assert sorted(p.name for p in mixed.iterdir())[:2] == ["checkpoint-900", "final_report.docx"]
 
     run = previous_run(tmp_path / "run")
+    (run / "metrics.json.tmp").write_text("[]")  # what an older edgeqa, killed, left
     with pytest.raises(DataError, match="does not exist"):
         finetune(FinetuneConfig(model=str(tiny_model), data=f"{tmp_path}/a.jsonl", output_dir=run, overwrite=True))
     with pytest.raises(ModelError):
@@ -577,6 +578,7 @@ def test_a_cut_off_checkpoint_is_passed_over_on_resume_and_damaged_weights_are_o
         if state is not None:
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-8"]  # the cut-off ones are gone
     (tmp_path / "checkpoint-8" / "trainer_state.json").unlink()
     assert last_complete_checkpoint(tmp_path) is None
 
