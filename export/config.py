@@ -13,6 +13,7 @@ from edgeqa.errors import ConfigError
 from edgeqa.export.nodes import EMBEDDING_NAMES
 from edgeqa.manifest import ActivationGranularity, FallbackMode, Preset, QuantizationRecord, QuantMethod, WeightType
 from edgeqa.prompt import MAX_TOKENS, check_count
+from edgeqa.runtime.inputs import check_threads
 from edgeqa.typed_json import check_types, parse_choice
 
 # int4: one scale per 128 weights along the input dimension; products computed in int8.
@@ -98,8 +99,8 @@ class ExportConfig:
                 f"parity_samples must be at least {MIN_SEARCH_QUESTIONS} for the outlier search, which tunes on "
                 f"half and confirms on the other half; got {self.parity_samples} (or --fallback none)"
             )
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.threads is not None:
+            check_threads(self.threads)  # as the gate's runtime takes them, before anything is built
         if self.max_input_tokens is not None:
             check_count("max_input_tokens", self.max_input_tokens, MAX_TOKENS)
         if self.parity_data is not None and not Path(self.parity_data).is_file():

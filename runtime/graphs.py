@@ -14,7 +14,7 @@ from edgeqa.artifact_checks import open_member, shown
 from edgeqa.cpu import has_vnni, physical_cores
 from edgeqa.errors import ArtifactError, ConfigError
 from edgeqa.manifest import QUESTIONS_DIM, ActivationGranularity, Manifest, WeightType, cache_names
-from edgeqa.runtime.inputs import whole_number
+from edgeqa.runtime.inputs import check_threads
 from edgeqa.runtime.onnx_refs import check_graph_files
 
 INT4_MIN_ONNXRUNTIME = (1, 20)
@@ -158,8 +158,6 @@ class DecoderState:
         self.cross_cache = [cache[cross_rows] for cache in self.cross_cache]
 
 
-#: The most threads a graph takes: more is a typo, and onnxruntime fails to create them in its own words.
-MAX_THREADS = 1024
 
 
 def check_session_config(config: object) -> None:
@@ -194,7 +192,7 @@ class T5Graphs:
         session_config: dict[str, str] | None = None,
     ):
         if threads is not None:
-            whole_number(threads, "threads", 1, MAX_THREADS, ConfigError)
+            check_threads(threads)
         check_session_config(session_config)
         _check_runtime_supports(manifest)
         warn_if_saturating(manifest)

@@ -7,7 +7,10 @@ import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
 
-from edgeqa.errors import EdgeQAError, InputError
+from edgeqa.errors import ConfigError, EdgeQAError, InputError
+
+#: The most threads a graph takes: more is a typo, and onnxruntime fails to create them in its own words.
+MAX_THREADS = 1024
 
 
 def check_question(question: object) -> str:
@@ -59,6 +62,11 @@ def whole_number(
     if high is not None and number > high:
         raise error(f"{name} must be at most {high}, got {number}")
     return number
+
+
+def check_threads(threads: object) -> int:
+    """`threads` if it is a thread count a graph can run on (1 to `MAX_THREADS`), else a `ConfigError`."""
+    return whole_number(threads, "threads", 1, MAX_THREADS, ConfigError)
 
 
 def _is_list(value: object) -> TypeGuard[Iterable[Any]]:

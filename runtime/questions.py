@@ -16,6 +16,7 @@ from typing import Any, Protocol, TextIO
 from edgeqa.atomic import unwritable, write_atomic
 from edgeqa.errors import EdgeQAError, InputError
 from edgeqa.records import source_lines
+from edgeqa.runtime.inputs import whole_number
 from edgeqa.runtime.model import QAModel
 from edgeqa.runtime.options import GenerationOptions
 
@@ -52,8 +53,7 @@ class Ask:
     context: str | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        whole_number(self.batch_size, "batch_size", 1)
         if self.output is not None and self.file is None:
             raise InputError("--output writes the answers of --file; give --file too, or leave --output out")
         if self.file is not None and self.question is not None:

@@ -12,6 +12,7 @@ from edgeqa.documents.answers import RETRIEVAL_WEIGHT, check_retrieval_weight
 from edgeqa.documents.query import DEFAULT_K, check_k
 from edgeqa.errors import ConfigError, InputError
 from edgeqa.prompt import MAX_BEAMS
+from edgeqa.runtime.inputs import MAX_THREADS
 
 #: A host name or address as a Host header gives it, without the port: IPv6 in brackets, or '*' for any.
 _HOST_NAME = re.compile(r"\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+")
@@ -79,7 +80,7 @@ class ServeConfig:
             object.__setattr__(self, "api_key", self.api_key.strip())
         checks = [
             ("port", 0 <= self.port <= 65535, "must be between 0 and 65535"),
-            ("threads", self.threads is None or self.threads >= 1, "must be at least 1"),
+            ("threads", self.threads is None or 1 <= self.threads <= MAX_THREADS, f"must be 1 to {MAX_THREADS}"),
             ("max_batch_size", self.max_batch_size >= 1, "must be at least 1"),
             ("max_beams", 1 <= self.max_beams <= MAX_BEAMS, f"must be between 1 and {MAX_BEAMS}"),
             ("max_new_tokens", self.max_new_tokens is None or self.max_new_tokens >= 1, "must be at least 1"),

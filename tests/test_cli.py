@@ -198,6 +198,7 @@ def test_info_shows_the_manifest(artifact_int8):
         (["parity", "{art}", "--reference", "{tmp}/nope"], "error: checkpoint '{tmp}/nope' is not a folder"),
         (["parity", "{art}", "--reference", "google/flan-t5-base"], "Offline, pass a local checkpoint folder"),
         (["serve", "{art}", "--api-key", ""], "error: api_key must not be empty"),
+        (["serve", "{art}", "--threads", "5000"], "error: threads must be 1 to 1024, got 5000 (--threads)"),
         (["serve", "{art}", "--api-key-file", "{tmp}/empty.txt"], "error: api_key must not be empty"),
         (["parity", "{art}", "--reference", "{tmp}", "--samples", "0"], "error: the parity gate needs at least 1"),
         (["parity", "{art}", "--reference", "{tmp}", "--max-new-tokens", "0"], "need at least 1 new token, got 0"),

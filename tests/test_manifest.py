@@ -244,6 +244,8 @@ def test_export_config_refuses_bad_options_by_name(tmp_path):
         ExportConfig(checkpoint="c", output=tmp_path, quantize="int8", keep_fp32=("lm_haed",))
     with pytest.raises(ConfigError, match="parity_samples must be at least 1, got 0"):
         ExportConfig(checkpoint="c", output=tmp_path, parity_samples=0)
+    with pytest.raises(ConfigError, match="threads must be at most 1024, got 5000"):  # as the runtime's bound
+        ExportConfig(checkpoint="c", output=tmp_path, threads=5000)
     with pytest.raises(ConfigError, match="parity_data .* is not a file"):
         ExportConfig(checkpoint="c", output=tmp_path, parity_data=tmp_path / "none.jsonl")
     assert ExportConfig(checkpoint="c", output=tmp_path, quantize="int8", keep_fp32=("block.3", "wo")).keep_fp32
