@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from edgeqa.atomic import process_alive
 from edgeqa.documents import store
 from edgeqa.documents.files import Skip, SourceFile, discover, read_document
 from edgeqa.documents.split import DEFAULT_PASSAGE_TOKENS, check_passage_tokens, default_overlap, split_document
@@ -141,7 +142,8 @@ def _build_new(
         _write(connection, sources, tok, info, summary, progress, update=False)
         connection.execute("INSERT INTO passages_fts(passages_fts) VALUES ('optimize')")
         connection.execute("PRAGMA journal_mode = WAL")
-        if readable and output.exists():
+        # copied into a readable index; renamed over where there is none, or one this user may not write
+        if readable and output.exists() and os.access(output, os.W_OK):
             _copy_into(connection, output)
             connection.close()
             temporary.unlink()
@@ -376,18 +378,8 @@ def _remove_stale_builds(output: Path) -> None:
     pattern = re.compile(re.escape(f".{output.name}.") + r"(\d+)\.building(-wal|-shm|-journal)?")
     for leftover in output.parent.glob(f".{output.name}.*.building*"):
         match = pattern.fullmatch(leftover.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             leftover.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_folder(folder: Path) -> None:

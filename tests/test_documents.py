@@ -488,6 +488,25 @@ def test_an_index_whose_name_holds_uri_characters_is_rebuilt(tmp_path):
         assert again.files == 1
 
 
+def test_an_index_this_user_may_not_write_is_replaced_in_a_folder_it_may(tmp_path, monkeypatch):
+    """The copy into an index needs its file writable; where only the folder is (an index built by root or
+    another container), the rebuild renames the new one over it, as a rebuild always did."""
+    import edgeqa.documents.build as build
+
+    old, new = corpus(tmp_path / "old", files=1), corpus(tmp_path / "new", files=2)
+    index = tmp_path / "index.db"
+    build_index([old], index, TOKENIZER, passage_tokens=48)
+    real_access = os.access  # as for a user other than the file's owner (root may write anything)
+    monkeypatch.setattr(build.os, "access", lambda path, mode: Path(path) != index and real_access(path, mode))
+
+    def read_only(source, output):
+        raise sqlite3.OperationalError("attempt to write a readonly database")  # what the copy would meet
+
+    monkeypatch.setattr(build, "_copy_into", read_only)
+    assert build_index([new], index, TOKENIZER, passage_tokens=48).files == 2
+    assert len({shown for shown, _ in passages_of(index)}) == 2
+
+
 def test_update_refuses_another_tokenizer_or_passage_size(tmp_path):
     docs = corpus(tmp_path / "docs", files=1)
     index = tmp_path / "index.db"
