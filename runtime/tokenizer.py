@@ -12,7 +12,7 @@ from edgeqa.artifact_checks import read_member, shown
 from edgeqa.errors import ArtifactError, InputError
 from edgeqa.manifest import Manifest
 from edgeqa.prompt import format_prompt
-from edgeqa.runtime.inputs import check_question
+from edgeqa.runtime.inputs import check_batch, check_question
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class PromptTokenizer:
         """
         if contexts is None:
             contexts = [None] * len(questions)
+        contexts = check_batch(contexts, "encoding", "contexts", "give one per question (None for none)")
         if len(contexts) != len(questions):
             raise InputError(f"{len(questions)} questions but {len(contexts)} contexts; give one context per question")
         prompts = []

@@ -317,6 +317,8 @@ def test_one_question_given_to_answer_batch_is_refused_not_read_letter_by_letter
         tiny.answer_batch(["Who?"], contexts="Ann")
     with pytest.raises(InputError, match="Decoder.prompts takes a list of questions, got str"):
         tiny.decoder().prompts("abc")
+    with pytest.raises(InputError, match="encoding takes a list of contexts, got str"):
+        tiny.decoder().prompts(["Who?", "Why?", "How?"], "abc")  # not a passage a letter
     assert len(tiny.answer_batch(q for q in ["Who?", "Why?"])) == 2  # any collection of questions
 
 
