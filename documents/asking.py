@@ -13,7 +13,7 @@ from edgeqa.documents.answers import DocumentAnswer
 from edgeqa.documents.reader import DocumentsQA
 from edgeqa.errors import InputError
 from edgeqa.runtime.options import GenerationOptions
-from edgeqa.runtime.questions import Ask, Console, answer_file, converse
+from edgeqa.runtime.questions import NO_QUESTION, Ask, Console, answer_file, converse
 
 
 def ask_index(qa: DocumentsQA, request: Ask, options: GenerationOptions, console: Console) -> None:
@@ -34,7 +34,7 @@ def ask_index(qa: DocumentsQA, request: Ask, options: GenerationOptions, console
     elif console.interactive:
         _ask_person(qa, options, console, request.as_json)
     else:
-        raise InputError("no question given: pass one as an argument, use --file, or run in a terminal")
+        raise InputError(NO_QUESTION)
 
 
 def _show(answer: DocumentAnswer, as_json: bool, console: Console) -> None:

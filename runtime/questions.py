@@ -86,6 +86,11 @@ class Console(Protocol):
         ...
 
 
+NO_QUESTION = (
+    "no question given: pass one as an argument, use --file (--file - reads standard input), or run in a terminal"
+)
+
+
 def ask(model: QAModel, request: Ask, options: GenerationOptions, console: Console) -> None:
     """Answer `request.file`, else `request.question`, else the person at an interactive console.
 
@@ -99,7 +104,7 @@ def ask(model: QAModel, request: Ask, options: GenerationOptions, console: Conso
     elif console.interactive:
         _ask_person(model, options, console, request)
     else:
-        raise InputError("no question given: pass one as an argument, use --file, or run in a terminal")
+        raise InputError(NO_QUESTION)
 
 
 def _ask_one(model: QAModel, request: Ask, options: GenerationOptions, console: Console) -> None:
@@ -213,27 +218,33 @@ def read_context(source: str, stdin: TextIO | None = None) -> str:
     return text
 
 
-def read_questions(path: Path) -> tuple[list[Question], list[str]]:
-    """Questions from a .jsonl file (`{"question": ...}` per line) or a .txt file (one per line).
+def read_questions(path: Path, stdin: TextIO | None = None) -> tuple[list[Question], list[str]]:
+    """Questions from a .jsonl file (`{"question": ...}` per line), a .txt file (one per line), or standard
+    input for "-" (one per line).
 
     Returns:
         The questions, and one message per bad line (which is skipped, never dropped silently).
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"question file {path} {_not_a_file(path)}; give a .jsonl or .txt file")
-    if path.suffix.lower() not in (".jsonl", ".txt"):
-        raise InputError(f'{path} must be .jsonl (one {{"question": ...}} per line) or .txt (one per line)')
-    try:
-        lines = source_lines(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read {path}: {e}") from e
+    where, jsonl = f"question file {path}", path.suffix.lower() == ".jsonl"
+    if str(path) == "-":  # standard input: one question a line, as a .txt file
+        where, content = "standard input", (stdin or sys.stdin).read()
+    else:
+        if not path.is_file():
+            raise InputError(f"{where} {_not_a_file(path)}; give a .jsonl or .txt file, or - for standard input")
+        if path.suffix.lower() not in (".jsonl", ".txt"):
+            raise InputError(f'{path} must be .jsonl (one {{"question": ...}} per line) or .txt (one per line)')
+        try:
+            content = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read {path}: {e}") from e
+    lines = source_lines(content)
     questions, problems = [], []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         text: Any = line
-        if path.suffix.lower() == ".jsonl":
+        if jsonl:
             try:
                 text = json.loads(line).get("question")
             except (json.JSONDecodeError, AttributeError):
@@ -245,12 +256,14 @@ def read_questions(path: Path) -> tuple[list[Question], list[str]]:
         questions.append(Question(number, text))
     if not questions:
         bad = f": {len(problems)} bad lines, the first: {problems[0]}" if problems else ""
-        raise InputError(f"question file {path} holds no questions{bad}")
+        raise InputError(f"{where} holds no questions{bad}")
     return questions, problems
 
 
 def _not_a_file(path: Path) -> str:
-    return "is a folder" if path.is_dir() else "does not exist"
+    if path.is_dir():
+        return "is a folder"
+    return "is not a regular file (a pipe or a device)" if path.exists() else "does not exist"
 
 
 def answer_questions(

@@ -158,6 +158,15 @@ def test_ask_text_file_to_stdout(artifact_int8, tmp_path):
     assert [json.loads(line)["line"] for line in result.stdout.splitlines()] == [1, 3]
 
 
+def test_ask_file_dash_reads_questions_piped_on_standard_input(artifact_int8):
+    questions = "Who wrote Hamlet?\n\nWhat is AI?\n"
+    result = runner.invoke(app, ["ask", str(artifact_int8), "--file", "-", "--max-new-tokens", "4"], input=questions)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["line"] for line in result.stdout.splitlines()] == [1, 3]
+    empty = runner.invoke(app, ["ask", str(artifact_int8), "--file", "-"], input="\n")
+    assert empty.exit_code == 1 and "error: standard input holds no questions" in empty.stderr
+
+
 def test_info_shows_the_manifest(artifact_int8):
     result = runner.invoke(app, ["info", str(artifact_int8)])
     assert result.exit_code == 0
@@ -192,7 +201,8 @@ def test_info_shows_the_manifest(artifact_int8):
         (["ask", "{art}", "-f", "{tmp}/bad.jsonl", "-o", "{tmp}"], "cannot write the answers to {tmp}: {tmp} is a"),
         (["ask", "{art}", "-f", "{tmp}/bad.jsonl", "-o", "{tmp}/bad.jsonl/a"], "{tmp}/bad.jsonl is not a folder; give"),
         (["index", "{tmp}/empty.txt", "-o", "{tmp}/bad.jsonl/x.idx"], "error: cannot write {tmp}/bad.jsonl/x.idx"),
-        (["ask", "{art}"], "error: no question given: pass one as an argument, use --file, or run in a terminal"),
+        (["ask", "{art}"], "error: no question given: pass one as an argument, use --file (--file - reads"),
+        (["ask", "{art}", "--file", "/dev/null"], "error: question file /dev/null is not a regular file (a pipe"),
         (["info", "{tmp}"], "error: {tmp} has no manifest.json"),
         (["export", "{tmp}/no-checkpoint", "{tmp}/out"], "error: checkpoint '{tmp}/no-checkpoint' is not a folder"),
         (["parity", "{art}", "--reference", "{tmp}/nope"], "error: checkpoint '{tmp}/nope' is not a folder"),
