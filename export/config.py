@@ -39,8 +39,8 @@ class ExportConfig:
     Attributes:
         checkpoint: A T5 checkpoint folder (e.g. `finetune`'s `final/`) or hub name.
         output: The artifact folder to create.
-        quantize: None for float graphs, int8 for dynamic int8 weights (about 4x smaller),
-            int4 for weight-only int4 (about 6x smaller, faster at batch 1, slower in batches;
+        quantize: Unset for float graphs; int8 (a bare --quantize too) for dynamic int8 weights (about 4x
+            smaller), int4 for weight-only int4 (about 6x smaller, faster at batch 1, slower in batches;
             needs onnxruntime 1.20+ where it runs).
         preset: CPU family the quantization targets; auto reads this CPU's flags.
         keep_fp32: Node-name parts to keep in float when quantizing, e.g. lm_head,wo.

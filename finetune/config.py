@@ -47,7 +47,7 @@ class FinetuneConfig:
         tokenizer: Tokenizer name or folder; default: the model's.
         question_column: Column holding the question.
         answer_column: Column holding the answer.
-        context_column: Column holding a passage each answer is read from (None: questions alone).
+        context_column: Column holding a passage each answer is read from (unset: questions alone).
             Records with an empty passage are trained as questions alone.
         prompt_template: Prompt with one `{question}` field; saved for export and runtime.
         context_template: Prompt with one `{context}` and one `{question}` field, for records with a
@@ -66,7 +66,7 @@ class FinetuneConfig:
         eval_batch_size: Evaluation batch size per device.
         weight_decay: AdamW weight decay.
         epochs: Training epochs.
-        max_steps: Stop after this many optimizer steps (None: run all epochs).
+        max_steps: Stop after this many optimizer steps (unset: run all epochs).
         save_total_limit: Checkpoints kept (the best one is always kept).
         eval_max_new_tokens: Answer length when generating for ROUGE at each evaluation.
         eval_num_beams: Beams when generating for ROUGE.
@@ -74,8 +74,8 @@ class FinetuneConfig:
         precision: auto (bf16 on CUDA devices that support it, else fp32), fp32 or bf16.
             Never fp16: T5's feed-forward outputs overflow it.
         logging_steps: Steps between loss logs.
-        resume: Continue from the last checkpoint in output_dir.
-        overwrite: Delete a non-empty output_dir first.
+        resume: Continue from the last complete checkpoint in the output folder.
+        overwrite: Delete a previous run in the output folder first.
         recipe: edgeqa (bf16 where supported, TF32, batches grouped by prompt length, no per-step
             loss check) or tutorial (the original tutorial's fp32 run: no TF32, plain batches,
             transformers' per-step NaN/inf loss check). It decides what precision auto and
@@ -84,12 +84,12 @@ class FinetuneConfig:
             (transformers' group_by_length, prompt tokens) or answer (answer tokens, where most
             padding is: answers run to max_target_tokens, prompts to max_source_tokens).
         pad_to_multiple_of: Pad prompts and answers to a multiple of this many tokens, so that a
-            compiled model sees a bounded set of shapes (None: pad to the longest in the batch).
-        torch_compile: Compile the model with torch.compile (pair with pad_to_multiple_of).
+            compiled model sees a bounded set of shapes (unset: pad to the longest in the batch).
+        torch_compile: Compile the model with torch.compile (pair with a padding multiple).
         lr_scaling: Scale learning_rate from a global batch of 8 (the tutorial's) to the run's
             (batch_size x processes): none, sqrt or linear.
         eval_subset: Validation records generated for ROUGE at each epoch: a fixed, seeded subset;
-            the full validation set is evaluated once at the end (None: the full set each epoch).
+            the full validation set is evaluated once at the end (unset: the full set each epoch).
     """
 
     model: str = "google/flan-t5-base"

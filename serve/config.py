@@ -34,9 +34,9 @@ class ServeConfig:
         batch_wait_ms: Longest wait for more requests to batch once one is queued (none for a
             lone caller: one request queued after a batch of one).
         max_queue: Most waiting requests; more are refused with 503 and Retry-After.
-        api_key: Key asked of every endpoint but /health and the page (`resolve_api_key` reads it as the
-            CLI does: a flag, a key file or EDGEQA_API_KEY); spaces around it are dropped, as from a key
-            file and the request's header.
+        api_key: Key asked of every endpoint but /health and the page (also from --api-key-file or
+            EDGEQA_API_KEY); spaces around it are dropped, as from a key file and
+            the request's header.
         cors_origins: Origins allowed by CORS, comma-separated (default: CORS off).
         allowed_hosts: More host names requests may call this server by (comma-separated; '*': any), beside
             localhost and the loopback addresses, the only ones answered by default when it listens on
