@@ -125,14 +125,16 @@ def check_model_type(model_type: str | None, checkpoint: str | Path) -> None:
 
 
 def check_checkpoint_location(checkpoint: str) -> None:
-    """Refuse a name that looks like a local path (it exists, starts with `.`, `/` or `~`, or has more than
-    one `/`) but is not a folder, before transformers mistakes it for a hub name and tries the network.
+    """Refuse a name that looks like a local path (it exists, starts with `.`, `/` or `~`, has more than one
+    `/`, or starts with a folder that is here) but is not a folder, before transformers mistakes it for a
+    hub name and tries the network (retrying for half a minute when there is none).
 
     Raises:
         ConfigError: naming the path.
     """
     path = Path(checkpoint)
     looks_local = path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
+    looks_local = looks_local or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())  # runs/final, runs here
     if looks_local and not path.is_dir():
         raise ConfigError(
             f"checkpoint {checkpoint!r} is not a folder; pass a checkpoint folder "

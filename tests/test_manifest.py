@@ -302,3 +302,13 @@ def test_export_refuses_an_input_limit_no_artifact_carries(tmp_path):
     ExportConfig(checkpoint="c", output=tmp_path, max_input_tokens=MAX_TOKENS)
     with pytest.raises(ConfigError, match=f"max_input_tokens must be from 1 to {MAX_TOKENS}, got {MAX_TOKENS + 1}"):
         ExportConfig(checkpoint="c", output=tmp_path, max_input_tokens=MAX_TOKENS + 1)
+
+
+def test_a_relative_path_under_a_folder_here_is_a_path_not_a_hub_name(tmp_path, monkeypatch):
+    from edgeqa.checkpoint import check_checkpoint_location
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match="checkpoint 'runs/final' is not a folder"):
+        check_checkpoint_location("runs/final")  # a typo: not sent to the hub, to retry offline for 30 s
+    check_checkpoint_location("google/flan-t5-base")  # no folder google here: a hub name
