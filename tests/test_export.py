@@ -332,20 +332,15 @@ def test_encoder_returns_the_cross_attention_cache_and_graphs_stand_alone(artifa
 
 @pytest.mark.slow
 def test_small_shaped_int8_is_at_most_35_percent_of_fp32(tmp_path):
+    """The quantizer's size, on random weights: their answers are noise that int8 changes (under half the
+    tokens agree), so the gate, which the facts model's tests check, would keep layers in float here."""
     checkpoint = build_t5(tmp_path / "small", seed=2, **SMALL)
     fp32 = export_artifact(ExportConfig(checkpoint=str(checkpoint), output=tmp_path / "fp32", parity=False))
     int8 = export_artifact(
-        ExportConfig(
-            checkpoint=str(checkpoint),
-            output=tmp_path / "int8",
-            quantize="int8",
-            parity_samples=32,
-            parity_max_new_tokens=8,
-        )
+        ExportConfig(checkpoint=str(checkpoint), output=tmp_path / "int8", quantize="int8", parity=False)
     )
     size = {name: sum(e.size for e in r.manifest.files.values()) for name, r in (("fp32", fp32), ("int8", int8))}
     assert size["int8"] <= 0.35 * size["fp32"], size
-    assert int8.parity.passed, int8.parity.table()
 
 
 def test_int4_export_is_opt_in_weight_only_with_its_parity_record(trained_model, tmp_path):
