@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT, Candidate, DocumentAnswer, check_retrieval_weight, choose
 from edgeqa.documents.query import DEFAULT_K, Index, Passage, check_k
 from edgeqa.documents.sizing import reader_passage_tokens
-from edgeqa.documents.store import fingerprints
+from edgeqa.documents.store import fingerprints, load_tokenizer
 from edgeqa.errors import ConfigError, InputError
 from edgeqa.prompt import NO_ANSWER
 from edgeqa.runtime.inputs import check_batch, check_question, whole_number
@@ -26,7 +26,6 @@ if TYPE_CHECKING:  # the runtime loads onnxruntime: only `DocumentsQA.open` need
     from edgeqa.runtime import Decoder, GenerationOptions, QAModel, Row
 
 logger = logging.getLogger(__name__)
-
 
 
 def reading_rows(
@@ -172,7 +171,9 @@ def warn_if_sized_for_another(index: Index, artifact: Path, manifest: Manifest) 
     """Warn (and say so) when the index's passages were measured with another tokenizer than the reader's, or
     sized for a longer input than the reader's: a passage that does not fit beside a question is skipped."""
     fix = f"`edgeqa index ... --artifact {artifact}` sizes passages for it"
-    if index.info.tokenizer_sha256 not in fingerprints(Path(artifact) / manifest.files["tokenizer"].path):
+    path = Path(artifact) / manifest.files["tokenizer"].path
+    tokenizer = load_tokenizer(path)  # once, for the fingerprint and the size
+    if index.info.tokenizer_sha256 not in fingerprints(path, tokenizer):
         logger.warning(
             "%s was sized with the tokenizer of %s, not this reader's: a passage that does not fit the reader's "
             "input is skipped; %s",
@@ -182,7 +183,7 @@ def warn_if_sized_for_another(index: Index, artifact: Path, manifest: Manifest) 
         )
         return True
     try:
-        readable = reader_passage_tokens(artifact, manifest)
+        readable = reader_passage_tokens(manifest, tokenizer)
     except ConfigError:  # the reader's input has no room for any passage: each question says so
         return False
     if index.info.passage_tokens <= readable:

@@ -12,6 +12,8 @@ from edgeqa.documents.store import load_tokenizer
 from edgeqa.errors import ConfigError
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
     from edgeqa.manifest import Manifest
 
 
@@ -56,23 +58,21 @@ def resolve_sizing(
         from edgeqa.manifest import Manifest
 
         manifest = Manifest.read(artifact)
+        path = Path(artifact) / manifest.files["tokenizer"].path
         if passage_tokens is None and not update:
-            passage_tokens = reader_passage_tokens(artifact, manifest)
-        return Sizing(
-            Path(artifact) / manifest.files["tokenizer"].path, f"artifact {Path(artifact).name}", passage_tokens
-        )
+            passage_tokens = reader_passage_tokens(manifest, load_tokenizer(path))
+        return Sizing(path, f"artifact {Path(artifact).name}", passage_tokens)
     if tokenizer is not None:
         return Sizing(Path(tokenizer), str(tokenizer), passage_tokens)
     size = passage_tokens if passage_tokens is not None or update else DEFAULT_PASSAGE_TOKENS
     return Sizing(bundled_tokenizer(), "flan-t5 (bundled)", size)
 
 
-def reader_passage_tokens(artifact: Path, manifest: Manifest) -> int:
-    """The longest passage the artifact reads beside a question: its input limit less the prompt and room
-    for a question, in its own tokens.
+def reader_passage_tokens(manifest: Manifest, tokenizer: Tokenizer) -> int:
+    """The longest passage an artifact (its `manifest`, its `tokenizer`) reads beside a question: its input
+    limit less the prompt and room for a question, in its own tokens.
 
     Raises:
         ConfigError: the limit leaves no room for a passage.
     """
-    tokenizer = load_tokenizer(Path(artifact) / manifest.files["tokenizer"].path)
     return passage_budget(manifest.max_input_tokens, tokenizer, manifest.context_template)

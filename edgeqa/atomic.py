@@ -12,6 +12,11 @@ import socket
 from pathlib import Path
 
 
+def temporary_pattern(name: str) -> str:
+    """A regular expression for the temporary file names `write_atomic` gives a file called `name`."""
+    return rf"\.{re.escape(name)}\.[0-9a-f]+\.tmp"
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file through a temporary file in the same folder and a rename.
 

@@ -25,7 +25,7 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from edgeqa.atomic import replace_folder, write_atomic
+from edgeqa.atomic import replace_folder, temporary_pattern, write_atomic
 from edgeqa.checkpoint import HELDOUT, TrainingRecord, check_model_type, model_load_errors
 from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
@@ -132,7 +132,7 @@ _CHECKPOINT = rf"{PREFIX_CHECKPOINT_DIR}-(\d+)"  # the Trainer's checkpoint fold
 # what a run writes, and what an interrupted one leaves: final/'s staging and set-aside copies, metrics' temporary
 # file (an older edgeqa's name for it too)
 _RUN_FILE = re.compile(
-    rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|\.{FINAL}\.old|{re.escape(METRICS)}(\.tmp)?|\.{re.escape(METRICS)}\.\w+\.tmp"
+    rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|\.{FINAL}\.old|{re.escape(METRICS)}(\.tmp)?|{temporary_pattern(METRICS)}"
     r"|runs|README\.md"
 )
 

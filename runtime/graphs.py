@@ -158,8 +158,6 @@ class DecoderState:
         self.cross_cache = [cache[cross_rows] for cache in self.cross_cache]
 
 
-
-
 def check_session_config(config: object) -> None:
     """A `ConfigError` unless `config` is None or a dict of onnxruntime session config entries (str: str)."""
     if config is None:
