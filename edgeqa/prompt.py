@@ -6,6 +6,7 @@ through the checkpoint to the artifact's manifest, and the runtime formats from 
 """
 
 from edgeqa.errors import ConfigError
+from edgeqa.typed_json import whole_number
 
 PROMPT_TEMPLATE = "Please answer this question: {question}"
 #: FLAN's reading-comprehension template: the default for checkpoints fine-tuned without passages,
@@ -40,11 +41,9 @@ def is_no_answer(text: object) -> bool:
     return isinstance(text, str) and bool(text.strip()) and len(text) <= MAX_NO_ANSWER_CHARS
 
 
-def check_count(name: str, value: int, most: int) -> int:
-    """Return `value` if it is from 1 to `most`, else raise `ConfigError` naming `name`."""
-    if not 1 <= value <= most:
-        raise ConfigError(f"{name} must be from 1 to {most}, got {value}")
-    return value
+def check_count(name: str, value: object, most: int) -> int:
+    """`value` if it is a whole number from 1 to `most`, else a `ConfigError` naming `name`."""
+    return whole_number(value, name, 1, most, ConfigError)
 
 
 def check_template(template: str) -> str:

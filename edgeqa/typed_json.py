@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import numbers
 import types
 import typing
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgeqa.errors import EdgeQAError
+from edgeqa.errors import EdgeQAError, InputError
 
 R = TypeVar("R")
 E = TypeVar("E", bound=enum.Enum)
@@ -146,3 +147,17 @@ def check_types(record: object, error: type[EdgeQAError]) -> None:
         except _Mismatch as e:
             raise error(str(e)) from None
         object.__setattr__(record, f.name, value)
+
+
+def whole_number(
+    value: object, name: str, low: int, high: int | None = None, error: type[EdgeQAError] = InputError
+) -> int:
+    """`value` as an int if it is a whole number (not a bool) from `low` to `high`, else `error` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise error(f"{name} must be a whole number, got {type(value).__name__} {value!r}")
+    number = int(value)
+    if number < low:
+        raise error(f"{name} must be at least {low}, got {number}")
+    if high is not None and number > high:
+        raise error(f"{name} must be at most {high}, got {number}")
+    return number

@@ -14,7 +14,7 @@ from edgeqa.export.nodes import EMBEDDING_NAMES
 from edgeqa.manifest import ActivationGranularity, FallbackMode, Preset, QuantizationRecord, QuantMethod, WeightType
 from edgeqa.prompt import MAX_TOKENS, check_count
 from edgeqa.runtime.inputs import check_threads
-from edgeqa.typed_json import check_types, parse_choice
+from edgeqa.typed_json import check_types, parse_choice, whole_number
 
 # int4: one scale per 128 weights along the input dimension; products computed in int8.
 INT4_BLOCK_SIZE = 128
@@ -92,8 +92,7 @@ class ExportConfig:
                 "lm_head, wo, wi_0, wi_1, q, k, v, o, EncDecAttention or block.3"
             )
         for name in ("parity_samples", "parity_max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+            whole_number(getattr(self, name), name, 1, error=ConfigError)
         if self.searches and self.parity_samples < MIN_SEARCH_QUESTIONS:
             raise ConfigError(
                 f"parity_samples must be at least {MIN_SEARCH_QUESTIONS} for the outlier search, which tunes on "

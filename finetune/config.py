@@ -20,7 +20,7 @@ from edgeqa.prompt import (
     check_no_answer,
     check_template,
 )
-from edgeqa.typed_json import check_types
+from edgeqa.typed_json import check_types, whole_number
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -153,8 +153,7 @@ class FinetuneConfig:
         for name, most in TOKEN_AND_BEAM_LIMITS.items():
             check_count(name, getattr(self, name), most)
         for name in ("batch_size", "eval_batch_size", "save_total_limit", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+            whole_number(getattr(self, name), name, 1, error=ConfigError)
         for name in ("max_train_samples", "max_eval_samples", "max_steps", "pad_to_multiple_of", "eval_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:

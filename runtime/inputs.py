@@ -7,7 +7,8 @@ import numbers
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeGuard
 
-from edgeqa.errors import ConfigError, EdgeQAError, InputError
+from edgeqa.errors import ConfigError, InputError
+from edgeqa.typed_json import whole_number
 
 #: The most threads a graph takes: more is a typo, and onnxruntime fails to create them in its own words.
 MAX_THREADS = 1024
@@ -48,20 +49,6 @@ def stop_strings(stop: object) -> tuple[str, ...]:
     if wrong:
         raise InputError(f"stop must be a list of strings, got {type(wrong[0]).__name__} {wrong[0]!r} in it")
     return stops
-
-
-def whole_number(
-    value: object, name: str, low: int, high: int | None = None, error: type[EdgeQAError] = InputError
-) -> int:
-    """`value` as an int if it is a whole number (not a bool) from `low` to `high`, else `error` naming it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise error(f"{name} must be a whole number, got {type(value).__name__} {value!r}")
-    number = int(value)
-    if number < low:
-        raise error(f"{name} must be at least {low}, got {number}")
-    if high is not None and number > high:
-        raise error(f"{name} must be at most {high}, got {number}")
-    return number
 
 
 def check_threads(threads: object) -> int:

@@ -300,7 +300,7 @@ def test_what_finetune_accepts_an_artifact_carries_and_the_rest_is_refused_befor
 
 def test_export_refuses_an_input_limit_no_artifact_carries(tmp_path):
     ExportConfig(checkpoint="c", output=tmp_path, max_input_tokens=MAX_TOKENS)
-    with pytest.raises(ConfigError, match=f"max_input_tokens must be from 1 to {MAX_TOKENS}, got {MAX_TOKENS + 1}"):
+    with pytest.raises(ConfigError, match=f"max_input_tokens must be at most {MAX_TOKENS}, got {MAX_TOKENS + 1}"):
         ExportConfig(checkpoint="c", output=tmp_path, max_input_tokens=MAX_TOKENS + 1)
 
 
