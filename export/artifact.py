@@ -67,7 +67,8 @@ def export_artifact(config: ExportConfig) -> ExportResult:
     if problem:
         raise ExportError(f"{problem}; nothing exported")
     load_config(config.checkpoint)  # a missing or non-T5 checkpoint is refused before anything is written
-    read_training_record(config.checkpoint)  # and one whose record the artifact could not carry
+    # and one whose record the artifact could not carry; checkpoints not from `edgeqa finetune` get the defaults
+    trained = read_training_record(config.checkpoint) or TrainingRecord(model=config.checkpoint)
     output = Path(config.output)
     check_replaceable(output, config)
     try:
@@ -81,7 +82,7 @@ def export_artifact(config: ExportConfig) -> ExportResult:
             f"cannot write beside {output}: {e.strerror or e}; pick an OUTPUT in a writable folder"
         ) from e
     try:
-        result = _build(config, staging)
+        result = _build(config, trained, staging)
         staging.chmod(0o755)  # mkdtemp's 0700 would hide the artifact from other users and containers
         replace_folder(staging, output)
         return replace(result, output=output)
@@ -110,7 +111,7 @@ def check_replaceable(output: Path, config: ExportConfig) -> None:
         raise ExportError(f"{output} holds the checkpoint being exported ({config.checkpoint}); pick another OUTPUT")
 
 
-def _build(config: ExportConfig, staging: Path) -> ExportResult:
+def _build(config: ExportConfig, trained: TrainingRecord, staging: Path) -> ExportResult:
     settings = settings_for(config.preset, config.keep_fp32, config.quantize) if config.quantize else None
     # beside the artifact, on the disk chosen for it: a large model's float graphs may not fit in $TMPDIR
     with tempfile.TemporaryDirectory(dir=staging.parent, prefix=owned_prefix(WORK_STEM)) as work_dir:
@@ -122,7 +123,8 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
             """The artifact from these float weights, with these modules left in float, in `staging`."""
             if weights not in exported:
                 raw = work / f"onnx-{len(exported)}"
-                exported[weights] = export_graphs(weights, raw), raw
+                name = None if weights == config.checkpoint else "the smoothed weights"  # the search's, in `work`
+                exported[weights] = export_graphs(weights, raw, name), raw
             graphs, raw = exported[weights]
             for stale in staging.iterdir():
                 stale.unlink()
@@ -147,7 +149,7 @@ def _build(config: ExportConfig, staging: Path) -> ExportResult:
                 if (raw / name).exists():
                     shutil.copy2(raw / name, staging / name)
             shutil.copy2(work / "tokenizer.json", staging / "tokenizer.json")
-            _manifest(config, staging, settings, shared, cleanup).write(staging)
+            _manifest(config, trained, staging, settings, shared, cleanup).write(staging)
             return kept_float
 
         report: ParityRecord | None = None
@@ -222,13 +224,16 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(
-    config: ExportConfig, staging: Path, settings: QuantizeSettings | None, shared: list[SharedTensor], cleanup: bool
+    config: ExportConfig,
+    trained: TrainingRecord,
+    staging: Path,
+    settings: QuantizeSettings | None,
+    shared: list[SharedTensor],
+    cleanup: bool,
 ) -> Manifest:
     from tokenizers import Tokenizer
 
     model_config = json.loads((staging / "config.json").read_text(encoding="utf-8"))
-    # Checkpoints not from `edgeqa finetune` get the defaults: the standard prompt and limits.
-    trained = read_training_record(config.checkpoint) or TrainingRecord(model=config.checkpoint)
     dims = ModelDims(
         num_layers=model_config["num_layers"],
         num_decoder_layers=model_config.get("num_decoder_layers") or model_config["num_layers"],
