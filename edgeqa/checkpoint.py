@@ -8,13 +8,14 @@ size answers exactly as training did.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ConfigError, EdgeQAError, ModelError
+from edgeqa.errors import ConfigError, EdgeQAError, ModelError, first_line
 from edgeqa.prompt import (
     CONTEXT_TEMPLATE,
     DEFAULT_MAX_ANSWER_TOKENS,
@@ -124,15 +125,17 @@ def check_model_type(model_type: str | None, checkpoint: str | Path) -> None:
         )
 
 
-def check_checkpoint_location(checkpoint: str) -> None:
-    """Refuse a name that looks like a local path (it exists, starts with `.`, `/` or `~`, has more than one
-    `/`, or starts with a folder that is here) but is not a folder, before transformers mistakes it for a
-    hub name and tries the network (retrying for half a minute when there is none).
+def checkpoint_location(checkpoint: str) -> str:
+    """`checkpoint` as transformers is to load it: a leading `~` is the home folder (hub names never start
+    with one), and a name that looks like a local path (it exists, starts with `.`, `/` or `~`, has more than
+    one `/`, or starts with a folder that is here) must be a folder, refused before transformers mistakes it
+    for a hub name and tries the network (retrying for half a minute when there is none).
 
     Raises:
         ConfigError: naming the path.
     """
-    path = Path(checkpoint)
+    expanded = os.path.expanduser(checkpoint)
+    path = Path(expanded)
     looks_local = path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") > 1
     looks_local = looks_local or (len(path.parts) > 1 and Path(path.parts[0]).is_dir())  # runs/final, runs here
     if looks_local and not path.is_dir():
@@ -140,13 +143,7 @@ def check_checkpoint_location(checkpoint: str) -> None:
             f"checkpoint {checkpoint!r} is not a folder; pass a checkpoint folder "
             "(e.g. RUN/final from `edgeqa finetune`) or a hub name such as google/flan-t5-base"
         )
-
-
-def first_line(error: BaseException, limit: int = 240) -> str:
-    """An error's first line for a one-line message: no closing full stop, at most `limit` characters
-    (transformers' can list every model type it knows)."""
-    line = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return expanded
 
 
 @contextmanager

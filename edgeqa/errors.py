@@ -1,4 +1,5 @@
-"""The one exception hierarchy of edgeqa: the CLI catches `EdgeQAError` and nothing else."""
+"""The one exception hierarchy of edgeqa (the CLI catches `EdgeQAError` and nothing else), and the one
+way a library's error becomes a line of ours (`first_line`)."""
 
 
 class EdgeQAError(Exception):
@@ -31,3 +32,10 @@ class InputError(EdgeQAError):
 
 class MissingExtraError(EdgeQAError, ImportError):
     """A command needs an optional dependency group (`edgeqa[train]`, `edgeqa[export]`) that is not installed."""
+
+
+def first_line(error: BaseException, limit: int = 240) -> str:
+    """An error's first line for a one-line message: no closing full stop, at most `limit` characters
+    (transformers' can list every model type it knows)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(". ")
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -2,7 +2,8 @@
 
 Every caller gets the same model (T5 only, float32 whatever dtype the weights were saved in: under
 transformers 5 a bf16 checkpoint would otherwise load as bf16) and the same fast tokenizer, or one
-line naming what is wrong with the checkpoint.
+line naming what is wrong with the checkpoint; and prompts become the model's input one way
+(`encode_prompts`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeqa.checkpoint import check_model_type, first_line, model_load_errors
-from edgeqa.errors import ExportError, ModelError
+from edgeqa.checkpoint import check_model_type, model_load_errors
+from edgeqa.errors import ExportError, ModelError, first_line
 
 OFFLINE_ADVICE = "Offline, pass a local checkpoint folder (e.g. OUTPUT/final from `edgeqa finetune`)"
 
@@ -68,3 +69,9 @@ def load_tokenizer(checkpoint: str | Path) -> Any:
     if not tokenizer.is_fast:
         raise ExportError(f"{str(checkpoint)!r} has no fast tokenizer; install `tokenizers` and save it again")
     return tokenizer
+
+
+def encode_prompts(tokenizer: Any, prompts: list[str], max_input_tokens: int) -> Any:
+    """`prompts` as the PyTorch model reads them: padded to the longest, cut at `max_input_tokens` as the
+    runtime cuts them, as torch tensors."""
+    return tokenizer(prompts, padding=True, truncation=True, max_length=max_input_tokens, return_tensors="pt")

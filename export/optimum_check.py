@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import PackageNotFoundError, requires, version
 
-from edgeqa.errors import MissingExtraError
+from edgeqa.errors import MissingExtraError, first_line
 
 EXPORT_ENV = (
     "export from an environment with Optimum's stack: python3 -m venv .venv-export && "
@@ -75,8 +75,7 @@ def check_exporter() -> None:
     try:
         importlib.import_module("optimum.exporters.onnx")
     except Exception as e:  # an Optimum that refuses this transformers fails with ImportError, AttributeError, ...
-        first_line = (str(e).splitlines() or [type(e).__name__])[0]
         raise MissingExtraError(
-            f"Optimum cannot be imported next to transformers {transformers} ({type(e).__name__}: {first_line}); "
+            f"Optimum cannot be imported next to transformers {transformers} ({type(e).__name__}: {first_line(e)}); "
             f"{EXPORT_ENV}"
         ) from e

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import DataError
+from edgeqa.errors import DataError, first_line
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.prompt import format_prompt
 
@@ -86,9 +86,8 @@ def _load_yahoo_answers(datasets: Any) -> Any:
     try:
         return datasets.load_dataset("json", data_files={"train": source})
     except Exception as e:  # offline, unreachable mirror, missing local copy, truncated download
-        first_line = (str(e).splitlines() or [type(e).__name__])[0]
         raise DataError(
-            f"cannot load {YAHOO_ANSWERS} from {source} ({type(e).__name__}: {first_line}); it needs the network, "
+            f"cannot load {YAHOO_ANSWERS} from {source} ({type(e).__name__}: {first_line(e)}); it needs the network, "
             f"or a local copy of nfL6.json.gz: set {YAHOO_ANSWERS_URL_ENV}=/path/to/nfL6.json.gz (or a mirror's URL) "
             "or pass --data nfL6.json"
         ) from e
@@ -96,16 +95,15 @@ def _load_yahoo_answers(datasets: Any) -> Any:
 
 def _explain_load_failure(name: str, error: Exception) -> str:
     message = str(error)
-    first_line = message.splitlines()[0] if message else type(error).__name__
     if "script" in message.lower():
         return (
             f"{name} is a loading-script dataset, which datasets 4+ refuses to run. Download its data file "
             "and pass it instead: --data data.jsonl (JSONL, JSON, CSV or Parquet)"
         )
     if Path(name).exists():
-        return f"cannot read {name}: {first_line}"
+        return f"cannot read {name}: {first_line(error)}"
     return (
-        f"cannot load dataset {name!r} from the hub ({type(error).__name__}: {first_line}). "
+        f"cannot load dataset {name!r} from the hub ({type(error).__name__}: {first_line(error)}). "
         "Offline, pass a local file or folder: --data train.jsonl (JSONL, JSON, CSV or Parquet with "
         "question and answer columns)"
     )
