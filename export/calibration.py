@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from edgeqa.export.loading import encode_prompts
+
 CALIBRATION_BATCH = 16
 
 
@@ -45,13 +47,7 @@ def teacher_forced(
     """Batches of prompts with their answers (token ids, end-of-answer included) as decoder inputs."""
     batches, masks = [], []
     for first in range(0, len(prompts), batch_size):
-        encoded = tokenizer(
-            prompts[first : first + batch_size],
-            padding=True,
-            truncation=True,
-            max_length=max_input_tokens,
-            return_tensors="pt",
-        )
+        encoded = encode_prompts(tokenizer, prompts[first : first + batch_size], max_input_tokens)
         rows = answers[first : first + batch_size]
         length = max(len(row) for row in rows)
         decoder = torch.full((len(rows), length), pad, dtype=torch.long)

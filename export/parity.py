@@ -11,7 +11,7 @@ from typing import Any
 from edgeqa.checkpoint import heldout_path
 from edgeqa.errors import ConfigError, ExportError, InputError
 from edgeqa.export.config import PARITY_MAX_NEW_TOKENS
-from edgeqa.export.loading import load_model, load_tokenizer
+from edgeqa.export.loading import encode_prompts, load_model, load_tokenizer
 from edgeqa.manifest import ParityRecord
 from edgeqa.metrics import exact_match, rouge
 from edgeqa.prompt import format_prompt
@@ -41,15 +41,17 @@ def reference_answers(
     max_input_tokens: int,
     batch_size: int,
     threads: int | None = None,
+    tokenizer: Any = None,
     **generate_options: Any,
 ) -> tuple[list[list[int]], float]:
     """Answers of the PyTorch checkpoint with transformers' `generate` (greedy unless options say
     otherwise): token ids, end-of-answer included, and the mean ms per question, on `threads` CPU
-    threads where given (as the artifact's side runs, so that the two times compare)."""
+    threads where given (as the artifact's side runs, so that the two times compare). `tokenizer` is the
+    checkpoint's, loaded here unless given."""
     import torch
     from transformers import GenerationConfig
 
-    tokenizer, model = load_tokenizer(checkpoint), load_model(checkpoint)
+    tokenizer, model = tokenizer or load_tokenizer(checkpoint), load_model(checkpoint)
     eos = model.config.eos_token_id
     # only what is asked for: the checkpoint's generation_config.json (n-gram blocking, penalties, ...) is
     # not the artifact's, whose runtime applies its own options only
@@ -65,13 +67,7 @@ def reference_answers(
     try:
         with torch.inference_mode():
             for first in range(0, len(prompts), batch_size):
-                batch = tokenizer(
-                    prompts[first : first + batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_input_tokens,
-                    return_tensors="pt",
-                )
+                batch = encode_prompts(tokenizer, prompts[first : first + batch_size], max_input_tokens)
                 output = model.generate(**batch, **({"num_beams": 1, "do_sample": False} | generate_options))
                 answers += [until_eos(row, eos) for row in output[:, 1:].tolist()]
     finally:
@@ -191,6 +187,7 @@ class ParityCheck:
             self.max_input_tokens,
             self.batch_size,
             self.threads,
+            tokenizer,
             max_new_tokens=self.options.max_new_tokens,
             num_beams=self.options.num_beams,
         )
