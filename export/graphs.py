@@ -42,16 +42,17 @@ logger = logging.getLogger(__name__)
 ENCODER, DECODER = "encoder_model", "decoder_with_past_model"  # Optimum's names for the two parts
 
 
-def export_graphs(checkpoint: str, raw: Path) -> dict[str, Path]:
+def export_graphs(checkpoint: str, raw: Path, name: str | None = None) -> dict[str, Path]:
     """Export `checkpoint` into `raw`: {"encoder": encoder + cross-attention cache, "decoder": decoder
     step}, weights in external-data files, plus the model's config.json and generation_config.json.
+    The log calls the weights `name` where given (the export's own temporary folders mean nothing to a user).
 
     Raises:
         ModelError: the checkpoint cannot be loaded, or is not a T5 model.
         ExportError: the exporter failed.
     """
     raw.mkdir(parents=True, exist_ok=True)
-    logger.info("export: %s -> ONNX (encoder + cross-attention cache, decoder step with cache)", checkpoint)
+    logger.info("export: %s -> ONNX (encoder + cross-attention cache, decoder step with cache)", name or checkpoint)
     encoder, cross = _export_encoder(checkpoint, raw)
     release_memory()  # the model is freed once its reference cycles are collected, after the call
     target = raw / "encoder_with_cross_cache.onnx"

@@ -141,6 +141,7 @@ def test_export_passes_the_gate_by_itself_on_an_outlier_model(
     result = runner.invoke(app, ["export", str(outlier_model), str(out), "--quantize", "int8"] + GATE)
     assert result.exit_code == 0, result.output
     assert "to pass the gate (auto): " in result.output and "activations smoothed" in result.output
+    assert "export: the smoothed weights -> ONNX" in result.output and ".edgeqa-export-work" not in result.output
     manifest = Manifest.read(out)
     parity, quantization = manifest.parity, manifest.quantization
     assert parity and parity.passed and parity.split == "confirmation" and parity.samples == 100
