@@ -206,13 +206,7 @@ def read_context(source: str, stdin: TextIO | None = None) -> str:
         where = "standard input"
     else:
         path = Path(source)
-        if not path.is_file():
-            raise InputError(f"context file {path} {_not_a_file(path)}; give a text file, or - to read standard input")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"cannot read the context file {path}: {e}; give a UTF-8 text file") from e
-        where = str(path)
+        text, where = _read_text(path, "context file", "give a text file, or - to read standard input"), str(path)
     if not text.strip():
         raise InputError(f"the context from {where} is empty; give the passage to read")
     return text
@@ -230,14 +224,9 @@ def read_questions(path: Path, stdin: TextIO | None = None) -> tuple[list[Questi
     if str(path) == "-":  # standard input: one question a line, as a .txt file
         where, content = "standard input", (stdin or sys.stdin).read()
     else:
-        if not path.is_file():
-            raise InputError(f"{where} {_not_a_file(path)}; give a .jsonl or .txt file, or - for standard input")
-        if path.suffix.lower() not in (".jsonl", ".txt"):
+        if path.suffix.lower() not in (".jsonl", ".txt") and not path.is_dir():
             raise InputError(f'{path} must be .jsonl (one {{"question": ...}} per line) or .txt (one per line)')
-        try:
-            content = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"cannot read {path}: {e}") from e
+        content = _read_text(path, "question file", "give a .jsonl or .txt file, or - for standard input")
     lines = source_lines(content)
     questions, problems = [], []
     for number, line in enumerate(lines, start=1):
@@ -260,10 +249,15 @@ def read_questions(path: Path, stdin: TextIO | None = None) -> tuple[list[Questi
     return questions, problems
 
 
-def _not_a_file(path: Path) -> str:
-    if path.is_dir():
-        return "is a folder"
-    return "is not a regular file (a pipe or a device)" if path.exists() else "does not exist"
+def _read_text(path: Path, what: str, advice: str) -> str:
+    """The UTF-8 text of the file at `path`, else an `InputError` naming it as `what` with `advice`."""
+    if not path.is_file():
+        kind = "is not a regular file (a pipe or a device)" if path.exists() else "does not exist"
+        raise InputError(f"{what} {path} {'is a folder' if path.is_dir() else kind}; {advice}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read the {what} {path}: {e}; give a UTF-8 text file") from e
 
 
 def answer_questions(
