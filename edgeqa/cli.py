@@ -19,7 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from edgeqa.cli_fields import fields_as_options
+from edgeqa.cli_fields import PATH, fields_as_options
 from edgeqa.demo import SCHEDULES
 from edgeqa.demo_documents import RECIPE as DOCUMENTS_RECIPE
 from edgeqa.documents.answers import RETRIEVAL_WEIGHT
@@ -43,7 +43,7 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-ArtifactArg = Annotated[Path, typer.Argument(help="Artifact folder written by `edgeqa export`.")]
+ArtifactArg = Annotated[Path, typer.Argument(help="Artifact folder written by `edgeqa export`.", **PATH)]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
@@ -86,9 +86,11 @@ def ask(
     artifact: ArtifactArg,
     question: Annotated[str | None, typer.Argument(help="The question; omit it for an interactive prompt.")] = None,
     file: Annotated[
-        Path | None, typer.Option("--file", "-f", help='Questions: .jsonl ({"question": ...}) or .txt.')
+        Path | None, typer.Option("--file", "-f", help='Questions: .jsonl ({"question": ...}) or .txt.', **PATH)
     ] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write --file answers here (JSONL).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write --file answers here (JSONL).", **PATH)
+    ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it is generated.")] = False,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
@@ -101,7 +103,8 @@ def ask(
         str | None, typer.Option("--context", help="Read the answer from this passage: a text file, or - for stdin.")
     ] = None,
     index: Annotated[
-        Path | None, typer.Option("--index", help="Answer from the top passages of this index (`edgeqa index`).")
+        Path | None,
+        typer.Option("--index", help="Answer from the top passages of this index (`edgeqa index`).", **PATH),
     ] = None,
     k: Annotated[int, typer.Option("-k", help="With --index: passages read per question.")] = DEFAULT_K,
     retrieval_weight: Annotated[
@@ -226,7 +229,7 @@ def verify(
 )
 def finetune(
     config: Annotated[
-        Path | None, typer.Option(help="TOML file with FinetuneConfig fields; flags override it.")
+        Path | None, typer.Option(help="TOML file with FinetuneConfig fields; flags override it.", **PATH)
     ] = None,
     verbose: VerboseOpt = False,
     *,
@@ -260,7 +263,7 @@ def finetune(
 @fields_as_options(ExportConfig, skip=("checkpoint", "output"))
 def export(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint folder (e.g. RUN/final) or hub name.")],
-    output: Annotated[Path, typer.Argument(help="Artifact folder to create.")],
+    output: Annotated[Path, typer.Argument(help="Artifact folder to create.", **PATH)],
     verbose: VerboseOpt = False,
     *,
     fields: dict[str, Any],
@@ -295,7 +298,8 @@ def parity_command(
         Path | None,
         typer.Option(
             help="Questions with answers, JSONL or CSV (default: the checkpoint's held-out split, as export uses, "
-            "else the bundled validation)."
+            "else the bundled validation).",
+            **PATH,
         ),
     ] = None,
     samples: Annotated[int, typer.Option(help="Questions to answer.")] = PARITY_SAMPLES,
@@ -310,7 +314,7 @@ def parity_command(
 
     Example: edgeqa parity model-int8 --reference runs/qa/final --data heldout.jsonl
     """
-    from edgeqa.checkpoint import check_checkpoint_location
+    from edgeqa.checkpoint import checkpoint_location
     from edgeqa.cli_display import parity_table
     from edgeqa.extras import import_extra
 
@@ -319,7 +323,7 @@ def parity_command(
     from edgeqa.export.parity import parity_records, run_parity
 
     _setup_logging(verbose=verbose, libraries=True)
-    check_checkpoint_location(reference)
+    reference = checkpoint_location(reference)
     records = parity_records(reference, data, samples)
     report = run_parity(reference, artifact, records, max_new_tokens=max_new_tokens, threads=threads)
     typer.echo(json.dumps(dataclasses.asdict(report), indent=2) if as_json else parity_table(report))
@@ -340,9 +344,9 @@ class DemoData(StrEnum):
 @app.command()
 @handle_errors
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for everything the demo writes.")] = Path(
-        "edgeqa-demo"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for everything the demo writes.", **PATH)
+    ] = Path("edgeqa-demo"),
     data: Annotated[
         DemoData,
         typer.Option(help="facts: countries and cities, exact short answers; dolly: open QA, long answers (ROUGE)."),
@@ -413,7 +417,7 @@ def demo(
 def serve(
     artifact: ArtifactArg,
     fields: dict[str, Any],
-    api_key_file: Annotated[Path | None, typer.Option(help="Read the API key from this file.")] = None,
+    api_key_file: Annotated[Path | None, typer.Option(help="Read the API key from this file.", **PATH)] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve an artifact over HTTP: OpenAI-compatible API, /v1/answer, a web page; batches callers.
@@ -438,18 +442,20 @@ def serve(
 @app.command("index")
 @handle_errors
 def index_command(
-    output: Annotated[Path, typer.Option("--output", "-o", help="The index file (SQLite) to write.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The index file (SQLite) to write.", **PATH)],
     paths: Annotated[
-        list[Path] | None, typer.Argument(help="Files and folders: .txt .md .html .jsonl, .pdf with the pdf extra.")
+        list[Path] | None,
+        typer.Argument(help="Files and folders: .txt .md .html .jsonl, .pdf with the pdf extra.", **PATH),
     ] = None,
     update: Annotated[
         bool, typer.Option("--update", help="Re-index changed files only and drop deleted ones (no PATH: the same).")
     ] = False,
     artifact: Annotated[
-        Path | None, typer.Option(help="Size passages for this artifact's tokenizer and input limit.")
+        Path | None, typer.Option(help="Size passages for this artifact's tokenizer and input limit.", **PATH)
     ] = None,
     tokenizer: Annotated[
-        Path | None, typer.Option(help="Size passages with this tokenizer.json (default: the bundled FLAN-T5 one).")
+        Path | None,
+        typer.Option(help="Size passages with this tokenizer.json (default: the bundled FLAN-T5 one).", **PATH),
     ] = None,
     passage_tokens: Annotated[
         int | None, typer.Option(help="Most tokens per passage (default: from --artifact, else 400).")
@@ -505,12 +511,12 @@ def bench(
     beam_shapes: Annotated[
         str, typer.Option(help="Shapes on which beam search (4 beams, batch 1 and 8) is measured too (slower).")
     ] = "small",
-    artifact: Annotated[Path | None, typer.Option(help="Also measure this edgeqa artifact.")] = None,
+    artifact: Annotated[Path | None, typer.Option(help="Also measure this edgeqa artifact.", **PATH)] = None,
     new_tokens: Annotated[int, typer.Option(help="Forced answer length.")] = 32,
     inputs: Annotated[int, typer.Option(help="Prompts per measurement.")] = 32,
     rounds: Annotated[int, typer.Option(help="Rounds per engine.")] = 2,
     threads: Annotated[int, typer.Option(help="Threads for every engine.")] = 2,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results folder.")] = Path("bench-results"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results folder.", **PATH)] = Path("bench-results"),
     max_batch_size: Annotated[int, typer.Option(help="With --serve: the server's --max-batch-size.")] = 8,
     soak: Annotated[
         bool,

@@ -20,6 +20,16 @@ _ATTRIBUTE = re.compile(r"^    (\w+): (.*)$")
 FIELDS_PARAMETER = "fields"
 
 
+def user_path(value: str | Path) -> Path:
+    """A path as the user typed it, `~` meaning their home folder also where the shell leaves it as it is
+    (`--output=~/qa`, quotes): no folder named `~` is ever created."""
+    return Path(value).expanduser()
+
+
+#: What every path parameter of the CLI takes (`typer.Option(..., **PATH)`): `user_path`, shown as PATH.
+PATH: dict[str, Any] = {"parser": user_path}
+
+
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's description from the class's Google-style `Attributes:` section."""
     doc = inspect.getdoc(cls) or ""
@@ -106,5 +116,5 @@ def _converter(kind: Any) -> Callable[[Any], Any]:
     if typing.get_origin(_base(kind)) is tuple:
         return lambda value: tuple(part.strip() for part in str(value).split(",") if part.strip())
     if _base(kind) is Path:
-        return Path
+        return user_path
     return lambda value: value

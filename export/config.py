@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeqa.checkpoint import check_checkpoint_location
+from edgeqa.checkpoint import checkpoint_location
 from edgeqa.cpu import detect_preset, this_cpu
 from edgeqa.errors import ConfigError
 from edgeqa.export.nodes import EMBEDDING_NAMES
@@ -104,7 +104,7 @@ class ExportConfig:
             check_count("max_input_tokens", self.max_input_tokens, MAX_TOKENS)
         if self.parity_data is not None and not Path(self.parity_data).is_file():
             raise ConfigError(f"parity_data {self.parity_data} is not a file; pass a JSONL or CSV of questions")
-        check_checkpoint_location(self.checkpoint)
+        object.__setattr__(self, "checkpoint", checkpoint_location(self.checkpoint))
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from edgeqa.checkpoint import TOKEN_AND_BEAM_LIMITS
+from edgeqa.checkpoint import TOKEN_AND_BEAM_LIMITS, checkpoint_location
 from edgeqa.errors import ConfigError
 from edgeqa.prompt import (
     CONTEXT_TEMPLATE,
@@ -163,6 +164,8 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be greater than 0, got {getattr(self, name)}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
+        object.__setattr__(self, "model", checkpoint_location(self.model))
+        object.__setattr__(self, "data", os.path.expanduser(self.data))  # a hub data set's name has no `~`
 
     @property
     def grouping(self) -> str:

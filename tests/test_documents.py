@@ -1039,6 +1039,16 @@ def test_cli_index_prints_the_summary_and_errors_exit_1(tmp_path):
     assert result.exit_code == 1 and "cannot load the tokenizer" in result.stderr
 
 
+def test_cli_paths_with_a_tilde_the_shell_left_are_under_home(tmp_path, monkeypatch):
+    home, here = tmp_path / "home", tmp_path / "here"
+    corpus(home / "docs", files=1), here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    result = CliRunner().invoke(app, ["index", "~/docs", "--output=~/i.db", "--passage-tokens", "48"])
+    assert result.exit_code == 0, result.output
+    assert (home / "i.db").is_file() and list(here.iterdir()) == []  # no folder named ~
+
+
 def test_the_retrieval_benchmark_measures_a_small_corpus(tmp_path):
     from edgeqa.bench.retrieval import measure, table
 

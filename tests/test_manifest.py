@@ -13,6 +13,7 @@ from edgeqa.checkpoint import TRAINING_RECORD, TrainingRecord, read_training_rec
 from edgeqa.cli_display import describe, parity_table
 from edgeqa.errors import ArtifactError, ConfigError, ModelError
 from edgeqa.export.config import ExportConfig, settings_for
+from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -283,7 +284,6 @@ CARRIED = [
 def test_what_finetune_accepts_an_artifact_carries_and_the_rest_is_refused_before_training(
     folder, tmp_path, name, carried, largest, too_large
 ):
-    from edgeqa.finetune.config import FinetuneConfig
 
     with pytest.raises(ConfigError, match=name):
         FinetuneConfig(**{name: too_large})
@@ -305,10 +305,26 @@ def test_export_refuses_an_input_limit_no_artifact_carries(tmp_path):
 
 
 def test_a_relative_path_under_a_folder_here_is_a_path_not_a_hub_name(tmp_path, monkeypatch):
-    from edgeqa.checkpoint import check_checkpoint_location
+    from edgeqa.checkpoint import checkpoint_location
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     with pytest.raises(ConfigError, match="checkpoint 'runs/final' is not a folder"):
-        check_checkpoint_location("runs/final")  # a typo: not sent to the hub, to retry offline for 30 s
-    check_checkpoint_location("google/flan-t5-base")  # no folder google here: a hub name
+        checkpoint_location("runs/final")  # a typo: not sent to the hub, to retry offline for 30 s
+    checkpoint_location("google/flan-t5-base")  # no folder google here: a hub name
+    with pytest.raises(ConfigError, match="checkpoint 'runs/final' is not a folder"):
+        FinetuneConfig(model="runs/final")  # fine-tuning refuses it as export does
+
+
+def test_a_checkpoint_under_the_home_folder_is_found_where_the_shell_left_the_tilde(tmp_path, monkeypatch):
+    from edgeqa.checkpoint import checkpoint_location
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "final").mkdir(parents=True)
+    assert checkpoint_location("~/runs/final") == str(tmp_path / "runs" / "final")  # `--reference=~/runs/final`
+    assert ExportConfig(checkpoint="~/runs/final", output=tmp_path / "a").checkpoint == str(tmp_path / "runs/final")
+    config = FinetuneConfig(model="~/runs/final", data="~/qa.jsonl")
+    assert (config.model, config.data) == (str(tmp_path / "runs/final"), str(tmp_path / "qa.jsonl"))
+    with pytest.raises(ConfigError, match="checkpoint '~/runs/typo' is not a folder"):
+        checkpoint_location("~/runs/typo")
