@@ -178,7 +178,7 @@ def test_a_stopped_export_leaves_no_output_and_its_leftovers_go(trained_model, t
     running = tmp_path / f"{atomic.owned_prefix('.out.partial')}abc"  # a live export's: kept
     running.mkdir()
 
-    def build(config, staging):
+    def build(config, trained, staging):
         (staging / "manifest.json").write_text("{}")
         return artifact.ExportResult(staging, None, None, 0)  # type: ignore[arg-type]
 
