@@ -259,7 +259,7 @@ class Index:
             rows = connection.execute(_SEARCH, (narrow, k)).fetchall() if narrow else []
             if len(rows) < k:
                 rows = connection.execute(_SEARCH, (query, k)).fetchall()
-        except sqlite3.DatabaseError as e:
+        except store.UNREADABLE as e:
             raise DataError(
                 f"cannot search {self.path} ({e}); rebuild it with `edgeqa index PATH... -o {self.path}`"
             ) from e

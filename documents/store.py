@@ -145,7 +145,7 @@ def connect(path: Path, write: bool = False) -> sqlite3.Connection:
     connection.execute("PRAGMA query_only = 1")
     try:
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the file and its WAL index
-    except sqlite3.DatabaseError:
+    except UNREADABLE:
         folder = Path(path).parent
         if os.access(folder, os.W_OK):
             return connection  # not a database, or damaged: `read_info` says which
@@ -199,8 +199,16 @@ def write_meta(connection: sqlite3.Connection, info: IndexInfo) -> None:
     connection.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows.items())
 
 
-def error_code(error: sqlite3.Error) -> int:
-    """SQLite's primary result code for `error` (`sqlite3.SQLITE_BUSY`, `SQLITE_FULL`, ...), or -1."""
+#: What reading a damaged index raises: SQLite's errors, and a `UnicodeDecodeError` where the damage reaches
+#: the text of SQLite's own message (a schema line whose bytes are no longer UTF-8).
+UNREADABLE = (sqlite3.DatabaseError, UnicodeDecodeError)
+
+
+def error_code(error: Exception) -> int:
+    """SQLite's primary result code for `error` (`sqlite3.SQLITE_BUSY`, `SQLITE_FULL`, ...), or -1; a message
+    that cannot be decoded is SQLite's report of a damaged file, `SQLITE_CORRUPT`."""
+    if isinstance(error, UnicodeDecodeError):
+        return sqlite3.SQLITE_CORRUPT
     code = getattr(error, "sqlite_errorcode", None)
     return code & 0xFF if isinstance(code, int) else -1
 
@@ -211,7 +219,7 @@ def page_size(header: bytes) -> int:
     return 65536 if size == 1 else size
 
 
-def is_damaged_index(path: Path, error: sqlite3.Error) -> bool:
+def is_damaged_index(path: Path, error: Exception) -> bool:
     """Whether `error`, met reading `path`, says it is damaged while its first page still carries edgeqa's
     schema (`SCHEMA_MARKERS`): an index to rebuild, never another program's file."""
     if error_code(error) not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
@@ -235,7 +243,7 @@ def read_info(connection: sqlite3.Connection, path: Path) -> IndexInfo:
     foreign = f"{path} is a SQLite database but not an edgeqa index; give an index built by `edgeqa index`"
     try:
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.DatabaseError as e:
+    except UNREADABLE as e:
         if "no such table" in str(e):
             raise DataError(foreign) from e
         if is_damaged_index(path, e):
@@ -268,7 +276,7 @@ def read_info(connection: sqlite3.Connection, path: Path) -> IndexInfo:
     try:
         files = connection.execute("SELECT count(*) FROM files").fetchone()[0]
         passages = connection.execute("SELECT count(*) FROM passages").fetchone()[0]
-    except sqlite3.DatabaseError as e:
+    except UNREADABLE as e:
         raise DataError(f"{path} is damaged ({e}); {rebuild}") from e
     return IndexInfo(**{**info.__dict__, "files": files, "passages": passages})
 

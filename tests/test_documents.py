@@ -785,6 +785,51 @@ def test_corrupt_or_foreign_files_are_refused_naming_them(tmp_path):
         Index.open(tmp_path / "missing.db")
 
 
+@pytest.mark.parametrize("damage, offset", [(b"tablefilesfiles", 5), (b"CREATE TABLE files (", 7)])
+def test_a_schema_that_is_not_utf8_is_a_damaged_index_not_a_traceback(tmp_path, damage, offset):
+    """SQLite's message then quotes the bytes, which Python cannot decode: a UnicodeDecodeError, not its error."""
+    docs = corpus(tmp_path / "docs", files=3)
+    index = tmp_path / "index.db"
+    build_index([docs], index, TOKENIZER, passage_tokens=48)
+    data = bytearray(index.read_bytes())
+    at = data.find(damage)
+    assert at >= 0
+    data[at + offset] = 0xA9  # the table's name, the statement's keyword
+    index.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"is a damaged edgeqa index .*rebuild it with"):
+        with Index.open(index) as ix:
+            ix.search("zebra0 topic0 report")
+    result = CliRunner().invoke(app, ["index", str(docs), "-o", str(index), "--passage-tokens", "48"])
+    assert result.exit_code == 0, result.output  # the command the error advises replaces it
+    with Index.open(index) as ix:
+        assert ix.search("zebra0 lives")[0].file.endswith("doc0.md")
+
+
+@pytest.fixture(scope="module")
+def flip_index(tmp_path_factory) -> bytes:
+    folder = tmp_path_factory.mktemp("flip")
+    build_index([corpus(folder / "docs", files=3)], folder / "index.db", TOKENIZER, passage_tokens=48)
+    return (folder / "index.db").read_bytes()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flips=st.lists(st.tuples(st.integers(0, 10**9), st.integers(1, 255)), min_size=1, max_size=6))
+def test_byte_flips_in_an_index_are_refused_or_read(flip_index, tmp_path, flips):
+    data = bytearray(flip_index)
+    for position, mask in flips:
+        data[position % len(data)] ^= mask
+    index = tmp_path / "flipped.db"
+    for stale in tmp_path.glob("flipped.db*"):
+        stale.unlink()
+    index.write_bytes(bytes(data))
+    try:
+        with Index.open(index) as ix:
+            passages = ix.search("zebra1 topic1 report", k=3)
+        assert all(isinstance(p.text, str) for p in passages)
+    except DataError as e:  # refused with its message; anything else escapes and fails the test
+        assert str(index) in str(e)
+
+
 def test_a_damaged_index_is_rebuilt_by_the_command_its_error_advises(tmp_path):
     docs = corpus(tmp_path / "docs", files=3)
     index = tmp_path / "index.db"
