@@ -66,25 +66,41 @@ def source_lines(text: str) -> list[str]:
 
 
 def _rows(path: Path) -> list[dict]:
+    """The file's records as dicts; anything that is not one record a line, a row or a list item is refused."""
     suffix = path.suffix.lower()
     try:
         text = path.read_text(encoding="utf-8")
         if suffix == ".csv":
-            return list(csv.DictReader(io.StringIO(text, newline="")))
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            rows = list(reader)
+            extra = next((number for number, row in enumerate(rows, start=1) if None in row), None)
+            if extra is not None:
+                raise DataError(f"record {extra} of {path} has more fields than the header names; quote commas")
+            return rows
         if suffix == ".json":
             data = json.loads(text)
             if isinstance(data, dict):
                 data = next((v for v in data.values() if isinstance(v, list)), [data])
-            return [row for row in data if isinstance(row, dict)]
+            if not isinstance(data, list):
+                raise DataError(f"{path} holds a JSON {type(data).__name__}; give a list of records (objects)")
+            return [_record(row, f"record {number} of {path}") for number, row in enumerate(data, start=1)]
         if suffix == ".jsonl":
             rows = []
             for number, line in enumerate(source_lines(text), start=1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append(_record(json.loads(line), f"line {number} of {path}"))
                     except json.JSONDecodeError as e:
                         raise DataError(f"line {number} of {path} is not valid JSON: {e.msg}") from e
             return rows
+    except RecursionError as e:
+        raise DataError(f"cannot read {path}: a record is nested too deeply; give flat records") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
         raise DataError(f"cannot read {path}: {e}") from e
     raise DataError(f"{path} has an unsupported type {suffix or '(none)'}; use .jsonl, .json or .csv")
+
+
+def _record(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise DataError(f'{where} is not a record: a JSON object such as {{"question": ..., "answer": ...}}')
+    return value

@@ -236,7 +236,7 @@ def read_questions(path: Path, stdin: TextIO | None = None) -> tuple[list[Questi
         if jsonl:
             try:
                 text = json.loads(line).get("question")
-            except (json.JSONDecodeError, AttributeError):
+            except (json.JSONDecodeError, AttributeError, RecursionError):  # RecursionError: [[[[... nested
                 problems.append(f'line {number}: not a JSON object with a "question" field; skipped')
                 continue
         if not isinstance(text, str) or not text.strip():
