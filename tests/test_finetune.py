@@ -289,6 +289,24 @@ def test_recipes_and_speed_settings_reach_the_trainer(tmp_path):
         FinetuneConfig(pad_to_multiple_of=0)
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", float("nan"), "epochs must be a finite number, got nan"),
+        ("epochs", float("inf"), "epochs must be a finite number, got inf"),
+        ("learning_rate", float("nan"), "learning_rate must be a finite number"),
+        ("weight_decay", float("nan"), "weight_decay must be a finite number"),
+        ("weight_decay", -1.0, "weight_decay must be 0 or more, got -1.0"),
+        ("seed", -1, r"seed must be from 0 to 2\*\*32 - 1, got -1"),
+        ("seed", 2**32, r"seed must be from 0 to 2\*\*32 - 1, got 4294967296"),
+    ],
+)
+def test_numbers_the_trainer_cannot_use_are_refused_before_anything_loads(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        FinetuneConfig(**{field: value})
+    FinetuneConfig(**{field: {"epochs": 0.5, "learning_rate": 1e-3, "weight_decay": 0.0, "seed": 2**32 - 1}[field]})
+
+
 def test_a_context_column_is_read_with_the_context_template_and_never_cut(tmp_path, tiny_model, caplog):
     from transformers import AutoTokenizer
 
