@@ -224,7 +224,7 @@ def read_questions(path: Path, stdin: TextIO | None = None) -> tuple[list[Questi
     if str(path) == "-":  # standard input: one question a line, as a .txt file
         where, content = "standard input", (stdin or sys.stdin).read()
     else:
-        if path.suffix.lower() not in (".jsonl", ".txt") and not path.is_dir():
+        if path.is_file() and path.suffix.lower() not in (".jsonl", ".txt"):
             raise InputError(f'{path} must be .jsonl (one {{"question": ...}} per line) or .txt (one per line)')
         content = _read_text(path, "question file", "give a .jsonl or .txt file, or - for standard input")
     lines = source_lines(content)

@@ -277,6 +277,7 @@ def test_the_gate_fails_answers_that_drift_from_pytorchs_where_the_references_ca
     long = ["a long answer of many words that goes on"] * 10
     assert apply_gate("int8", 0.0, 0.5, 0.0, 0.0, long, token_agreement=0.5)[0]
     assert not apply_gate("int8", 0.0, 0.03, 0.0, 0.0, long, token_agreement=0.095)[0]
+    assert not apply_gate("int8", 0.0, 0.5, 0.0, 0.0, long, token_agreement=0.49)[0]  # just under the floor
 
 
 def test_int8_from_a_vnni_cpu_warns_on_a_cpu_without(

@@ -197,18 +197,19 @@ def test_concurrent_answers_match_sequential(model, questions):
 
 
 @pytest.mark.parametrize(
-    "bad",
+    "bad, message",
     [
-        dict(num_beams=0),
-        dict(max_new_tokens=0),
-        dict(temperature=0.0),
-        dict(top_p=1.5),
-        dict(do_sample=True, num_beams=2),
-        dict(min_new_tokens=-1),
+        (dict(num_beams=0), "num_beams must be at least 1, got 0"),
+        (dict(max_new_tokens=0), "max_new_tokens must be at least 1, got 0"),
+        (dict(temperature=0.0), "temperature must be greater than 0"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(do_sample=True, num_beams=2), "num_beams must be 1 when sampling"),
+        (dict(min_new_tokens=-1), "min_new_tokens must be 0 or more"),
+        (dict(min_new_tokens=5, max_new_tokens=3), "min_new_tokens must not exceed max_new_tokens, got 5"),
     ],
 )
-def test_bad_options_are_input_errors(model, bad):
-    with pytest.raises(InputError):
+def test_bad_options_are_input_errors(model, bad, message):
+    with pytest.raises(InputError, match=message):
         model.answer("What is AI?", **bad)
 
 
@@ -250,7 +251,17 @@ def test_very_long_question_is_truncated_with_warning(model, caplog):
     ],
 )
 def test_any_unicode_gets_an_answer(model, question):
-    assert isinstance(model.answer(question, max_new_tokens=4).text, str)
+    answer = model.answer(question, max_new_tokens=4)
+    assert_an_answer(model, answer, 4)
+    assert answer.prompt_tokens > 1  # the prompt's words and the question's own tokens
+
+
+def assert_an_answer(model, answer, most: int) -> None:
+    """A real answer: 1 to `most` ids of the vocabulary, the text they decode to, and a reason to end."""
+    assert 1 <= len(answer.tokens) <= most and all(0 <= t < model.manifest.dims.vocab_size for t in answer.tokens)
+    assert answer.text == model.tokenizer.decode(answer.tokens)
+    eos = model.manifest.special_tokens.eos
+    assert answer.finish_reason == ("length" if len(answer.tokens) == most and answer.tokens[-1] != eos else "stop")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -261,7 +272,7 @@ def test_random_strings_answer_or_raise_input_error(model, text):
     except InputError:
         assert not text.strip()
     else:
-        assert isinstance(result.text, str)
+        assert_an_answer(model, result, 3)
 
 
 def test_options_default_from_manifest(model):

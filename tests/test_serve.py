@@ -131,6 +131,35 @@ def test_max_tokens_over_the_cap_is_refused_naming_it(model):
     assert parse_openai(chat(temperature=0), model, chat=True).options.do_sample is False
 
 
+def test_request_bounds_are_refused_at_their_edge_naming_the_field(model):
+    from edgeqa.serve.protocol import MAX_DEPTH, MAX_LIST, MAX_STOP, ApiError, Caps, parse_body, parse_native
+
+    def refused(call, *args, **kwargs) -> ApiError:
+        with pytest.raises(ApiError) as caught:
+            call(*args, **kwargs)
+        return caught.value
+
+    nested = lambda depth: ("[" * (depth - 1) + "]" * (depth - 1)).join(['{"question": "a", "x": ', "}"])  # noqa: E731
+    assert parse_body(nested(MAX_DEPTH).encode())["question"] == "a"
+    assert refused(parse_body, nested(MAX_DEPTH + 1).encode()).code == "too_deep"
+    brackets = json.dumps({"question": "[" * 50 + "{" * 50 + "?"}).encode()  # in a string: text, not nesting
+    assert parse_body(brackets)["question"].startswith("[[[")
+    assert refused(parse_native, {"questions": ["a", "b"], "stream": True}, model).param == "stream"
+    assert parse_native({"questions": ["a"], "stream": True}, model).stream
+    limit = model.manifest.max_answer_tokens
+    generous = Caps.of(model, max_new_tokens=limit * 8)  # a --max-new-tokens above the artifact's limit
+    assert generous.max_new_tokens == limit
+    over = refused(parse_openai, chat(max_tokens=limit + 1), model, chat=True, caps=generous)
+    assert (over.code, over.param) == ("over_cap", "max_tokens")
+    messages = [{"role": "user", "content": "a"}] * (MAX_LIST + 1)
+    assert refused(parse_openai, {"messages": messages}, model, chat=True).param == "messages"
+    assert parse_openai({"messages": messages[:MAX_LIST]}, model, chat=True).question == "a"
+    parts = [{"role": "user", "content": [{"type": "text", "text": "a"}] * (MAX_LIST + 1)}]
+    assert refused(parse_openai, {"messages": parts}, model, chat=True).param == "messages[0]"
+    assert refused(parse_openai, chat(stop=["x"] * (MAX_STOP + 1)), model, chat=True).param == "stop"
+    assert parse_openai(chat(stop=["x"] * MAX_STOP), model, chat=True).stop == ("x",) * MAX_STOP
+
+
 # ------------------------------------------------------------------ bad input: 4xx JSON, never 500
 
 
@@ -168,18 +197,19 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(artifact
         long = (await http.post("/v1/chat/completions", json=chat("word " * 20_000))).json()["error"]
         assert long["code"] == "context_length_exceeded" and str(model.manifest.max_input_tokens) in long["message"]
         native_bad = [
-            {"question": ""},
-            {"question": 5},
-            {"questions": []},
-            {"question": "a", "questions": ["b"]},
-            {"question": "a", "num_beams": "two"},
-            {"question": "a", "temperature": -1, "do_sample": True},
-            {"question": "a", "colour": "red"},
-            {"question": "a\u0000b"},
+            ({"question": ""}, "question"),
+            ({"question": 5}, "question"),
+            ({"questions": []}, "questions"),
+            ({"question": "a", "questions": ["b"]}, "question"),
+            ({"question": "a", "num_beams": "two"}, "num_beams"),
+            ({"question": "a", "temperature": -1, "do_sample": True}, "temperature"),
+            ({"question": "a", "colour": "red"}, "colour"),
+            ({"question": "a\u0000b"}, "question"),
         ]
-        for request in native_bad:
+        for request, param in native_bad:
             reply = await http.post("/v1/answer", json=request)
             assert reply.status_code == 400 and reply.json()["error"]["message"], (request, reply.text)
+            assert reply.json()["error"]["param"] == param, (request, reply.text)
         too_big = await http.post("/v1/answer", content=b'{"question": "' + b"a" * (1 << 20) + b'"}')
         assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
         missing = await http.get("/v2/nothing")
@@ -229,6 +259,9 @@ def test_api_key_is_checked_everywhere_but_health(artifact_fp32, model):
             assert missing.json()["error"]["type"] == "authentication_error"
         wrong = await http.get("/v1/models", headers={"Authorization": "Bearer sk-wrong"})
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        for near in ("", KEY[:-1], KEY[:1], KEY + "x"):  # empty, a prefix, a longer key: all refused
+            for header in ({"Authorization": f"Bearer {near}"}, {"x-api-key": near}):
+                assert (await http.get("/v1/models", headers=header)).status_code == 401, (near, header)
         assert (await http.post("/v1/answer", json={"question": QUESTION})).status_code == 401
         assert (await http.get("/health")).status_code == 200
         assert (await http.get("/v1/models", headers={"Authorization": f"Bearer {KEY}"})).status_code == 200
