@@ -34,6 +34,12 @@ HARMLESS = (
 )
 #: T5 ties these to `shared`; a checkpoint saved by `save_pretrained` does not store them again.
 TIED_KEYS = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
+#: huggingface_hub's retries of an unreachable hub (two lines a try, for about 40 s): said once, in our words.
+_HUB_RETRY = re.compile(r"thrown while requesting \w+ https?://|^Retrying in \d+s \[Retry \d+/\d+\]")
+HUB_RETRY_LINE = (
+    "warning: the Hugging Face hub does not answer; huggingface_hub retries for about a minute "
+    "(HF_HUB_OFFLINE=1 stops at once)"
+)
 _MISSING_KEYS = re.compile(r"There were missing keys in the checkpoint model loaded: (\[.*?\])")
 _WARNING_LINE = re.compile(r"^(?:.*?:\d+: )?(\w+Warning): (.*)")
 
@@ -56,9 +62,11 @@ def third_party_line(record: logging.LogRecord) -> str | None:
     if record.name == "py.warnings":
         found = _WARNING_LINE.match(message)
         category, text = (found.group(1), found.group(2)) if found else ("Warning", message)
-        if category in QUIET_CATEGORIES:
+        if category in QUIET_CATEGORIES or any(p.search(text) for p in HARMLESS):
             return None
         return f"warning: {category}: {text.splitlines()[0] if text else ''}"
+    if _HUB_RETRY.search(message):
+        return HUB_RETRY_LINE
     missing = _MISSING_KEYS.search(message)
     if missing:
         try:
@@ -85,14 +93,20 @@ class _Formatter(logging.Formatter):
 class _QuietFilter(logging.Filter):
     """edgeqa's records pass; others only as the one line `third_party_line` makes of them."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._said_once: set[str] = set()
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name == "edgeqa" or record.name.startswith("edgeqa."):
             return True
         if record.name == "root" and record.levelno < logging.ERROR:
             return False  # onnxruntime's quantizer logs its advice on the root logger
         line = third_party_line(record)
-        if line is None:
+        if line is None or line in self._said_once:
             return False
+        if line == HUB_RETRY_LINE:
+            self._said_once.add(line)
         record.edgeqa_line = line
         return True
 

@@ -32,6 +32,12 @@ def record(name: str, message: str, level: int = logging.WARNING) -> logging.Log
         ("py.warnings", "/x/y.py:3: FutureWarning: `foo` will be removed\n  foo()\n"),
         # transformers 5, when checkpoints are saved within a second (it broke the cross-version test's log)
         ("transformers.trainer", "mtime may not be reliable on this filesystem, falling back to numerical ordering"),
+        # transformers 4.57 says it as a Python warning
+        (
+            "py.warnings",
+            "/x/trainer.py:9: UserWarning: mtime may not be reliable on this filesystem, falling back "
+            "to numerical ordering\n  warnings.warn(\n",
+        ),
     ],
 )
 def test_known_noise_is_dropped(name, message):
@@ -78,6 +84,23 @@ def _emit(capsys, verbose: bool) -> str:
 def test_setup_keeps_edgeqa_lines_and_reduces_the_rest(capsys):
     err = _emit(capsys, verbose=False)
     assert err.splitlines() == ["demo 1/4: building", "warning: optimum: odd"], err
+
+
+def test_an_unreachable_hub_is_one_line_not_two_a_retry(capsys):
+    setup_logging(libraries=True)
+    hub = logging.getLogger("huggingface_hub.utils._http")
+    for attempt in range(1, 6):
+        hub.warning(
+            "'(MaxRetryError(\"HTTPSConnectionPool(host='huggingface.co', port=443): Max retries exceeded\"), "
+            "'(Request ID: 1)')' thrown while requesting HEAD https://huggingface.co/google/flan-t5-base/config.json"
+        )
+        hub.warning(f"Retrying in {2**attempt}s [Retry {attempt}/5].")
+    hub.warning("something else")
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: the Hugging Face hub does not answer; huggingface_hub retries for about a minute "
+        "(HF_HUB_OFFLINE=1 stops at once)",
+        "warning: huggingface_hub: something else",
+    ]
 
 
 def test_verbose_shows_everything(capsys):
