@@ -204,8 +204,8 @@ def test_missing_model_says_how_to_pass_a_folder(tmp_path, rows):
 
     with pytest.raises(ModelError, match="local checkpoint folder"):
         load_model(FinetuneConfig(model="google/flan-t5-base", data=str(tmp_path)))
-    with pytest.raises(ModelError, match="local checkpoint folder"):  # a path, not a hub name
-        load_model(FinetuneConfig(model=str(tmp_path / "no-model"), data=str(tmp_path)))
+    with pytest.raises(ConfigError, match="no-model' is not a folder"):  # a path, not a hub name: at once
+        FinetuneConfig(model=str(tmp_path / "no-model"), data=str(tmp_path))
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "mt5"])
@@ -493,8 +493,10 @@ def test_overwrite_deletes_only_a_previous_run_and_only_once_the_run_can_start(t
     (run / "metrics.json.tmp").write_text("[]")  # what an older edgeqa, killed, left
     with pytest.raises(DataError, match="does not exist"):
         finetune(FinetuneConfig(model=str(tiny_model), data=f"{tmp_path}/a.jsonl", output_dir=run, overwrite=True))
+    empty = tmp_path / "not-a-model"  # a folder without config.json: refused when the model loads
+    empty.mkdir()
     with pytest.raises(ModelError):
-        finetune(FinetuneConfig(model=str(tmp_path / "typo"), data=str(memo_data), output_dir=run, overwrite=True))
+        finetune(FinetuneConfig(model=str(empty), data=str(memo_data), output_dir=run, overwrite=True))
     assert (run / "checkpoint-900" / "model.safetensors").read_text() == "old"  # a run that cannot start keeps it
 
     short = dict(max_steps=2, max_eval_samples=4, eval_max_new_tokens=4, device="cpu", overwrite=True)
