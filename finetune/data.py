@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import json
 import logging
 import os
 from pathlib import Path
@@ -42,13 +44,59 @@ def _local_files(path: Path) -> dict[str, str]:
             if child.stem.lower() in names and child.suffix.lower() in FORMATS:
                 if child.stat().st_size == 0:
                     raise DataError(f"data file {child} is empty")
-                found.setdefault(split, str(child))
+                if split in found:
+                    raise DataError(
+                        f"folder {path} has two {split} files, {Path(found[split]).name} and {child.name}; "
+                        "keep one of them there"
+                    )
+                found[split] = str(child)
     if "train" not in found:
         raise DataError(
-            f"folder {path} has no train file; expected train.jsonl / train.csv / train.parquet "
+            f"folder {path} has no train file; expected train.jsonl / train.csv / train.parquet, not compressed "
             "(and optionally validation.* and test.*)"
         )
     return found
+
+
+def _check_file(path: Path) -> None:
+    """Refuse a JSON or CSV file that is not UTF-8, or a JSON Lines line that is not a JSON object, naming the
+    line: datasets would fail later, with a traceback when a record is read or a message without the line."""
+    _check_utf8(path)
+    with open(path, encoding="utf-8-sig") as f:
+        array = f.read(4096).lstrip().startswith("[")  # a JSON array, as datasets also reads a .jsonl
+    if path.suffix.lower() == ".jsonl" and not array:
+        _check_json_lines(path)
+
+
+def _check_utf8(path: Path) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:  # e.object: the bytes decoded, a character cut by the last read first
+                line += e.object[: e.start].count(b"\n")
+                raise DataError(
+                    f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} on line {line}); save it as UTF-8"
+                ) from None
+            line += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text (it ends inside a character); save it as UTF-8") from None
+
+
+def _check_json_lines(path: Path) -> None:
+    with open(path, encoding="utf-8-sig") as lines:
+        for number, text in enumerate(lines, start=1):
+            try:
+                record = json.loads(text) if text.strip() else {}
+            except (json.JSONDecodeError, RecursionError) as e:
+                reason = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                raise DataError(f"line {number} of {path} is not valid JSON ({reason}); fix or remove it") from None
+            if not isinstance(record, dict):
+                raise DataError(f"line {number} of {path} is not a JSON object with question and answer fields")
 
 
 def load_raw(config: FinetuneConfig) -> Any:
@@ -62,7 +110,13 @@ def load_raw(config: FinetuneConfig) -> Any:
             kinds = {FORMATS[Path(f).suffix.lower()] for f in files.values()}
             if len(kinds) > 1:
                 raise DataError(f"files in {path} mix formats ({', '.join(sorted(kinds))}); use one format")
-            raw = datasets.load_dataset(kinds.pop(), data_files=files)
+            kind = kinds.pop()
+            for file in files.values():
+                if kind != "parquet":
+                    _check_file(Path(file))
+            # a CSV's None, NA or N/A is an answer (pandas would read them as missing)
+            options = {"keep_default_na": False} if kind == "csv" else {}
+            raw = datasets.load_dataset(kind, data_files=files, **options)
         elif config.data == YAHOO_ANSWERS:
             raw = _load_yahoo_answers(datasets)
         elif path.suffix.lower() in FORMATS:
@@ -93,6 +147,14 @@ def _load_yahoo_answers(datasets: Any) -> Any:
         ) from e
 
 
+def _root_cause(error: BaseException) -> BaseException:
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        error = inner
+        seen.add(id(error))
+    return error
+
+
 def _explain_load_failure(name: str, error: Exception) -> str:
     message = str(error)
     if "script" in message.lower():
@@ -101,7 +163,13 @@ def _explain_load_failure(name: str, error: Exception) -> str:
             "and pass it instead: --data data.jsonl (JSONL, JSON, CSV or Parquet)"
         )
     if Path(name).exists():
-        return f"cannot read {name}: {first_line(error)}"
+        cause = _root_cause(error)  # datasets wraps the reader's error in "An error occurred while generating..."
+        if "corresponds to no data" in str(cause):
+            return f"{name} holds no records (a header or blank lines only); give question and answer records"
+        return (
+            f"cannot read {name}: {first_line(cause)}; check that every file is JSON Lines, JSON, CSV or Parquet, "
+            "with the same columns in each"
+        )
     return (
         f"cannot load dataset {name!r} from the hub ({type(error).__name__}: {first_line(error)}). "
         "Offline, pass a local file or folder: --data train.jsonl (JSONL, JSON, CSV or Parquet with "
@@ -157,17 +225,34 @@ def _usable(split: Any, config: FinetuneConfig) -> Any:
     Numbers in the answer column (years, counts) are answers, as text."""
     from datasets import Value
 
-    answers = split.features[config.answer_column]
-    if isinstance(answers, Value) and answers.dtype not in ("string", "large_string"):
-        split = split.cast_column(config.answer_column, Value("string"))
+    for column in (config.question_column, config.answer_column):
+        kind = split.features[column]
+        if isinstance(kind, Value) and kind.dtype not in ("string", "large_string"):
+            split = split.cast_column(column, Value("string"))
+        elif not isinstance(kind, Value):  # a column of mixed types (datasets' Json): its numbers as text
+            features = split.features.copy()
+            features[column] = Value("string")
+            split = split.map(_numbers_as_text, fn_kwargs={"column": column}, features=features, desc="answers")
     if config.context_column is not None:
         split = split.map(_unanswerable, fn_kwargs={"config": config}, desc="unanswerable records")
     required = [config.question_column, config.answer_column]
     kept = split.filter(_complete, fn_kwargs={"keep": required}, desc="complete records")
     if 0 < len(kept) < len(split):
         dropped = len(split) - len(kept)
-        logger.warning("data: left out %d of %d records without a question or an answer", dropped, len(split))
+        logger.warning(
+            "data: left out %d of %d records whose question or answer is missing, empty or not text (a list, "
+            "an object)",
+            dropped,
+            len(split),
+        )
     return kept
+
+
+def _numbers_as_text(row: dict, column: str) -> dict:
+    value = row[column]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return {column: str(value)}
+    return {column: value if isinstance(value, str) else None}
 
 
 def _unanswerable(row: dict, config: FinetuneConfig) -> dict:

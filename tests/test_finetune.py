@@ -108,6 +108,47 @@ def test_empty_and_missing_files(tmp_path):
         load_raw(config(tmp_path / "qa.txt"))
 
 
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"qa.jsonl": b'{"question": "Q?", "answer": "A"}\n{"question": "Q2?", "answer": "caf\xe9"}\n'},
+         r"qa.jsonl is not UTF-8 text \(byte 0xe9 on line 2\); save it as UTF-8"),
+        ({"qa.csv": b"question,answer\nQ?,\xff\n"}, r"qa.csv is not UTF-8 text \(byte 0xff on line 2\)"),
+        ({"qa.jsonl": b'{"question": "Q?", "answer": "A"}\n{"question": "Q2?", "answer": \n'},
+         r"line 2 of .*qa.jsonl is not valid JSON \(Expecting value\); fix or remove it"),
+        ({"qa.jsonl": b'{"question": "Q?", "answer": "A"}\n[1, 2]\n'}, r"line 2 of .*qa.jsonl is not a JSON object"),
+        ({"d/train.csv": b"question,answer\n"}, r"holds no records \(a header or blank lines only\)"),
+        ({"d/train.csv": b"question,answer\nQ,A\n", "d/train.jsonl": b'{"question": "Q", "answer": "A"}\n'},
+         r"has two train files, train.csv and train.jsonl; keep one"),
+        ({"d/train.jsonl": b'{"question": "Q", "answer": "A"}\n' * 4, "d/validation.jsonl": b'{"q": "Q", "a": "A"}\n'},
+         r"cannot read .*d: .*; check that every file is JSON Lines, JSON, CSV or Parquet, with the same columns"),
+    ],
+)
+def test_unreadable_data_is_one_line_naming_the_file_and_the_line(tmp_path, files, message):
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    target = tmp_path / next(iter(files)).split("/")[0]
+    with pytest.raises(DataError, match=message):
+        cfg = config(target)
+        prepare_splits(load_raw(cfg), cfg)
+
+
+def test_na_words_and_numbers_among_texts_are_answers(tmp_path, caplog):
+    csv = tmp_path / "qa.csv"  # pandas reads None, NA, N/A as missing by default
+    csv.write_text("question,answer\nQ1?,None\nQ2?,NA\nQ3?,Paris\nQ4?,N/A\n")
+    cfg = config(csv, validation_fraction=0.5)
+    assert sorted(a for split in prepare_splits(load_raw(cfg), cfg) for a in split["answer"]) == sorted(
+        ["None", "NA", "Paris", "N/A"]
+    )
+    rows = [{"question": f"Q{i}?", "answer": i if i % 2 else f"A{i}"} for i in range(6)]  # datasets: a Json column
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    mixed_cfg = config(mixed, validation_fraction=0.5)
+    with caplog.at_level("WARNING"):
+        answers = [a for split in prepare_splits(load_raw(mixed_cfg), mixed_cfg) for a in split["answer"]]
+    assert sorted(answers) == ["1", "3", "5", "A0", "A2", "A4"] and "left out" not in caplog.text
+
+
 def test_hub_dataset_offline_says_how_to_pass_a_file():
     with pytest.raises(DataError, match="--data train.jsonl"):
         load_raw(config("some-user/some-qa-dataset"))
@@ -372,7 +413,7 @@ def test_a_passage_without_an_answer_trains_no_answer_and_incomplete_records_are
         train, validation = prepare_splits(load_raw(cfg), cfg)
     assert [r["answer"] for r in train] == ["Ann", "no answer here"]
     assert [r["answer"] for r in validation] == ["Ann", "no answer here"]
-    assert "left out 2 of 4 records without a question or an answer" in caplog.text
+    assert "left out 2 of 4 records whose question or answer is missing, empty or not text" in caplog.text
     plain = config(tmp_path)  # without passages an empty answer is just incomplete
     assert [r["answer"] for r in prepare_splits(load_raw(plain), plain)[0]] == ["Ann"]
     (numbers := tmp_path / "numbers").mkdir()  # a column of numbers (years, counts) holds answers, not missing ones
