@@ -7,13 +7,14 @@ same pipeline on the Dolly open-QA sample instead (long answers, scored with ROU
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeqa.errors import ConfigError
+from edgeqa.errors import ConfigError, MissingExtraError
 from edgeqa.export.config import MIN_SEARCH_QUESTIONS
 from edgeqa.manifest import WeightType
 from edgeqa.records import read_records, sample_data
@@ -135,6 +136,25 @@ SCHEDULES = {
 }
 
 
+#: What a demo runs on: fine-tuning and export, the `all` extra.
+PIPELINE_MODULES = ("torch", "transformers", "datasets", "accelerate", "optimum", "onnx")
+
+
+def require_pipeline() -> None:
+    """Refuse, before anything is written, an environment without the `all` extra the demos fine-tune and
+    export with (naming one missing extra would only lead to the other).
+
+    Raises:
+        MissingExtraError: naming the first missing module and the install that brings them all.
+    """
+    missing = next((m for m in PIPELINE_MODULES if importlib.util.find_spec(m) is None), None)
+    if missing:
+        raise MissingExtraError(
+            f"edgeqa demo fine-tunes and exports: it needs {missing}, which is not installed: "
+            "pip install 'edgeqa[all]' (install torch==2.13.0 first for the CPU build)"
+        )
+
+
 def prepare_output(output: Path, force: bool, **counts: tuple[int | None, int]) -> Path:
     """Check a demo's settings before anything is written, then create its `output` folder.
 
@@ -175,6 +195,7 @@ def run_demo(
     Raises:
         ConfigError: an unknown `data`, or a setting `prepare_output` refuses.
     """
+    require_pipeline()
     from edgeqa.export import ExportConfig, export_artifact
     from edgeqa.finetune import FinetuneConfig, finetune
     from edgeqa.runtime import QAModel

@@ -217,7 +217,9 @@ def run_documents_demo(
         ConfigError: a setting `edgeqa.demo.prepare_output` refuses.
     """
     from edgeqa.counterfactual import page_body
-    from edgeqa.demo import every_steps, prepare_output
+    from edgeqa.demo import every_steps, prepare_output, require_pipeline
+
+    require_pipeline()
     from edgeqa.documents import DocumentsQA, Index, build_index, choose
     from edgeqa.documents.sizing import resolve_sizing
     from edgeqa.export import ExportConfig, export_artifact

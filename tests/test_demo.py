@@ -63,6 +63,20 @@ def test_bad_demo_settings_are_refused_before_anything_is_written(tmp_path, args
     assert (tmp_path / "a-file").read_text() == "mine"
 
 
+@pytest.mark.parametrize("documents", [[], ["--documents"]])
+def test_a_demo_without_the_all_extra_names_the_install_that_brings_everything(tmp_path, monkeypatch, documents):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else find_spec(name, *a))
+    result = CliRunner().invoke(app, ["demo", "-o", str(tmp_path / "demo"), *documents])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        "error: edgeqa demo fine-tunes and exports: it needs onnx, which is not installed: pip install 'edgeqa[all]' "
+        "(install torch==2.13.0 first for the CPU build)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_phrasings_below_one_is_refused_before_anything_is_written(tmp_path):
     from edgeqa.demo import run_demo
 
