@@ -239,8 +239,9 @@ def finetune(
 
     Example: edgeqa finetune --model google/flan-t5-base --data qa.jsonl -o runs/qa
     """
-    base = FinetuneConfig.from_toml(config) if config else FinetuneConfig()
-    settings = dataclasses.replace(base, **fields)  # validated here, before torch is imported
+    from edgeqa.finetune.resume import command_config
+
+    settings = command_config(config, fields)  # validated here, before torch is imported
 
     from edgeqa.finetune import finetune as run
     from edgeqa.finetune import metrics_table

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -31,6 +32,7 @@ from edgeqa.errors import ConfigError, ModelError
 from edgeqa.finetune.config import FinetuneConfig
 from edgeqa.finetune.data import heldout_record, load_raw, prepare_splits, tokenize
 from edgeqa.finetune.portable import make_portable
+from edgeqa.finetune.resume import RUN_CONFIG, check_unchanged, repoint_best_checkpoint, save_run_config
 from edgeqa.finetune.t5_heads import model_class, one_embedding_module
 from edgeqa.finetune.trainer import EdgeQATrainer, accelerate_environment_kept, training_arguments
 from edgeqa.metrics import exact_match, rouge
@@ -73,11 +75,20 @@ def prepare_output_dir(config: FinetuneConfig) -> str | None:
     the rest of the set-up has succeeded.
     """
     out = config.output_dir
-    busy = out.is_dir() and any(out.iterdir())
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file; pass a folder for the run")
+    try:  # here, before any data or model loads: a folder this user cannot write is refused at once
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run folder {out}: {e.strerror or e}; pick another --output") from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write in the run folder {out}; pick another --output")
+    busy = any(out.iterdir())
     if config.resume:
         last = last_complete_checkpoint(out) if out.is_dir() else None
         if last is None:
             raise ConfigError(f"--resume: {out} holds no complete checkpoint-* folder to resume from")
+        check_unchanged(config)
         logger.info("resuming from %s", last)
         return last
     if busy:
@@ -111,6 +122,16 @@ def last_complete_checkpoint(out: Path) -> str | None:
     return None
 
 
+def start_run(config: FinetuneConfig, args: Any, resume_from: str | None) -> None:
+    """Save the run's settings for `--resume`; when resuming, find the best checkpoint in the output folder
+    as it is now (the main process writes both before any process reads them)."""
+    with args.main_process_first(local=False, desc="saving the run's settings"):
+        if args.process_index == 0:
+            if resume_from is not None:
+                repoint_best_checkpoint(Path(resume_from) / TRAINER_STATE_NAME, config.output_dir)
+            save_run_config(config)
+
+
 def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
     """Delete the previous run that `overwrite` replaces (`prepare_output_dir` checked it holds nothing else).
 
@@ -129,11 +150,11 @@ def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
 
 
 _CHECKPOINT = rf"{PREFIX_CHECKPOINT_DIR}-(\d+)"  # the Trainer's checkpoint folders, by optimizer step
-# what a run writes, and what an interrupted one leaves: final/'s staging and set-aside copies, metrics' temporary
-# file (an older edgeqa's name for it too)
+# what a run writes, and what an interrupted one leaves: final/'s staging and set-aside copies, metrics' and the
+# run's settings' temporary files (an older edgeqa's name for the first too)
 _RUN_FILE = re.compile(
     rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|\.{FINAL}\.old|{re.escape(METRICS)}(\.tmp)?|{temporary_pattern(METRICS)}"
-    r"|runs|README\.md"
+    rf"|{re.escape(RUN_CONFIG)}|{temporary_pattern(RUN_CONFIG)}|runs|README\.md"
 )
 
 
@@ -222,6 +243,7 @@ def _finetune(
     train_set = tokenize(train_split, tokenizer, config)
     eval_set = tokenize(eval_split, tokenizer, config)
     clear_previous_run(config, args)
+    start_run(config, args, resume_from)
     args.generation_config = evaluation_generation(model, config)
     epoch_eval_set = eval_set
     if config.eval_subset and config.eval_subset < len(eval_set):

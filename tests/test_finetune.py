@@ -514,6 +514,20 @@ def test_non_empty_output_is_refused(tmp_path, memo_data, tiny_model):
     assert (tmp_path / "old.txt").exists()
 
 
+def test_an_output_that_is_a_file_or_unwritable_is_refused_before_anything_loads(tmp_path, tiny_model, monkeypatch):
+    from edgeqa.finetune import finetune, train
+
+    monkeypatch.setattr(train, "load_raw", lambda config: pytest.fail("data loaded before the output was checked"))
+    (tmp_path / "a-file").write_text("mine")
+    for output, message in [
+        (tmp_path / "a-file", r"--output .*a-file is a file; pass a folder for the run"),
+        (tmp_path / "a-file" / "run", r"cannot create the run folder .*a-file/run: Not a directory; pick another"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            finetune(FinetuneConfig(model=str(tiny_model), data="unused.jsonl", output_dir=output))
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
 def test_overwrite_deletes_only_a_previous_run_and_only_once_the_run_can_start(tmp_path, memo_data, tiny_model):
     from edgeqa.finetune import finetune
 
