@@ -119,14 +119,19 @@ def check_text(text: Any, param: str) -> str:
         raise bad(f"'{param}' must be a string", param=param)
     if "\x00" in text:
         raise bad(f"'{param}' contains a NUL character; remove it", param=param)
+    if not _utf8(text):
+        at = next(i for i, char in enumerate(text) if not _utf8(char))
+        raise bad(f"'{param}' contains an unpaired surrogate ({text[at]!r} at {at}); send valid Unicode", param=param)
+    return text
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` can be sent as UTF-8: JSON's \\ud800 escapes decode to lone surrogates, which cannot."""
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise bad(
-            f"'{param}' contains an unpaired surrogate ({text[e.start]!r} at {e.start}); send valid Unicode",
-            param=param,
-        ) from None
-    return text
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_question(text: Any, param: str) -> str:
@@ -314,7 +319,9 @@ def parse_native(data: dict[str, Any], model: QAModel, caps: Caps | None = None)
     unknown = sorted(set(data) - set(known) - {"question", "questions", "stream", "context"})
     if unknown:
         shown = ", ".join(json.dumps(name) for name in unknown)  # escaped: a key may be any string
-        raise bad(f"unknown field(s) {shown}; valid options: {', '.join(known)}", param=json.dumps(unknown[0]))
+        # the field's name as sent; escaped only where it holds a lone surrogate, which UTF-8 cannot carry
+        param = unknown[0] if _utf8(unknown[0]) else json.dumps(unknown[0])
+        raise bad(f"unknown field(s) {shown}; valid options: {', '.join(known)}", param=param)
     if ("question" in data) == ("questions" in data):
         raise bad("give either 'question' (a string) or 'questions' (a list of strings)", param="question")
     if "question" in data:
