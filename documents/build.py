@@ -344,7 +344,7 @@ def _check_replaceable(output: Path) -> bool:
             row = connection.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         finally:
             connection.close()
-    except (sqlite3.Error, UnicodeDecodeError) as e:  # UnicodeDecodeError: see store.UNREADABLE
+    except (sqlite3.Error, *store.UNREADABLE) as e:
         if store.error_code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             raise DataError(f"{output} is being written by another process; try again when that is done") from e
         if store.is_damaged_index(output, e):

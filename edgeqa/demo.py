@@ -16,6 +16,7 @@ from typing import Any
 
 from edgeqa.errors import ConfigError, MissingExtraError
 from edgeqa.export.config import MIN_SEARCH_QUESTIONS
+from edgeqa.extras import EXTRA_MODULES, TORCH_FIRST
 from edgeqa.manifest import WeightType
 from edgeqa.records import read_records, sample_data
 
@@ -137,7 +138,7 @@ SCHEDULES = {
 
 
 #: What a demo runs on: fine-tuning and export, the `all` extra.
-PIPELINE_MODULES = ("torch", "transformers", "datasets", "accelerate", "optimum", "onnx")
+PIPELINE_MODULES = tuple(dict.fromkeys(EXTRA_MODULES["train"] + EXTRA_MODULES["export"]))
 
 
 def require_pipeline() -> None:
@@ -151,7 +152,7 @@ def require_pipeline() -> None:
     if missing:
         raise MissingExtraError(
             f"edgeqa demo fine-tunes and exports: it needs {missing}, which is not installed: "
-            "pip install 'edgeqa[all]' (install torch==2.13.0 first for the CPU build)"
+            f"pip install 'edgeqa[all]' ({TORCH_FIRST})"
         )
 
 

@@ -14,6 +14,9 @@ EXTRA_MODULES = {
     "serve": ("starlette", "uvicorn", "prometheus_client", "anyio"),
 }
 
+#: What an install of an extra with torch says first, so that pip takes torch's CPU build, not a CUDA one.
+TORCH_FIRST = "install torch==2.13.0 first for the CPU build"
+
 
 def import_extra(module: str, extra: str, purpose: str) -> ModuleType:
     """Import `module`; if a module of `extra` is missing, raise `MissingExtraError` naming it.
@@ -25,7 +28,7 @@ def import_extra(module: str, extra: str, purpose: str) -> ModuleType:
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] not in EXTRA_MODULES[extra]:
             raise
-        hint = " (install torch==2.13.0 first for the CPU build)" if extra in ("train", "export") else ""
+        hint = f" ({TORCH_FIRST})" if extra in ("train", "export") else ""
         raise MissingExtraError(
             f"{purpose} needs {e.name}, which is not installed: pip install 'edgeqa[{extra}]'{hint}"
         ) from e

@@ -34,7 +34,7 @@ HARMLESS = (
 )
 #: T5 ties these to `shared`; a checkpoint saved by `save_pretrained` does not store them again.
 TIED_KEYS = {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"}
-#: huggingface_hub's retries of an unreachable hub (two lines a try, for about 40 s): said once, in our words.
+#: huggingface_hub's retries of an unreachable hub (two lines a try, for 40 s to a minute): said once, in our words.
 _HUB_RETRY = re.compile(r"thrown while requesting \w+ https?://|^Retrying in \d+s \[Retry \d+/\d+\]")
 HUB_RETRY_LINE = (
     "warning: the Hugging Face hub does not answer; huggingface_hub retries for about a minute "

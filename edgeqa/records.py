@@ -47,15 +47,22 @@ def read_records(
         raise DataError(f"data file {path} holds no records")
     records = []
     for number, row in enumerate(rows, start=1):
-        # a number is an answer (0 too), as training reads it
-        missing = [key for key in (question_key, answer_key) if row.get(key) is None or not str(row[key]).strip()]
-        if missing:
+        question, answer = _text(row.get(question_key)), _text(row.get(answer_key))
+        if question is None or answer is None:
+            missing = " or ".join(key for key, text in ((question_key, question), (answer_key, answer)) if text is None)
             available = ", ".join(sorted(row)) or "none"
-            raise DataError(f"record {number} of {path} has no {' or '.join(missing)}; fields available: {available}")
+            raise DataError(f"record {number} of {path} has no {missing}; fields available: {available}")
         context = row.get(context_key)
         context = context.strip() if isinstance(context, str) and context.strip() else None
-        records.append(QARecord(str(row[question_key]).strip(), str(row[answer_key]).strip(), context))
+        records.append(QARecord(question, answer, context))
     return records
+
+
+def _text(value: object) -> str | None:
+    """A field's text: a string, or a number (0 too) as training reads one; None for anything else or blank."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value).strip() or None
 
 
 def source_lines(text: str) -> list[str]:

@@ -51,7 +51,7 @@ def reference_answers(
     import torch
     from transformers import GenerationConfig
 
-    tokenizer, model = tokenizer or load_tokenizer(checkpoint), load_model(checkpoint)
+    tokenizer, model = load_tokenizer(checkpoint) if tokenizer is None else tokenizer, load_model(checkpoint)
     eos = model.config.eos_token_id
     # only what is asked for: the checkpoint's generation_config.json (n-gram blocking, penalties, ...) is
     # not the artifact's, whose runtime applies its own options only

@@ -172,8 +172,12 @@ class FinetuneConfig:
             raise ConfigError(f"seed must be from 0 to 2**32 - 1, got {self.seed}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")
+        # `~` is the home folder wherever the shell left it (a TOML file, quotes); hub names never start with one
         object.__setattr__(self, "model", checkpoint_location(self.model))
-        object.__setattr__(self, "data", os.path.expanduser(self.data))  # a hub data set's name has no `~`
+        if self.tokenizer is not None:
+            object.__setattr__(self, "tokenizer", checkpoint_location(self.tokenizer))
+        object.__setattr__(self, "data", os.path.expanduser(self.data))
+        object.__setattr__(self, "output_dir", Path(self.output_dir).expanduser())
 
     @property
     def grouping(self) -> str:

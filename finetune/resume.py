@@ -158,7 +158,8 @@ def repoint_best_checkpoint(state_file: Path, output_dir: Path) -> None:
     found = here if os.path.isdir(here) else None
     if found == best:
         return
-    if found is None:
-        logger.warning("the best checkpoint %s is gone from %s: final/ keeps the resumed run's best", best, output_dir)
+    if found is None:  # forgotten with its metric: the resumed run's own evaluations choose the best again
+        logger.warning("the best checkpoint %s is gone from %s: the best is chosen again from here", best, output_dir)
+        state["best_metric"] = state["best_global_step"] = None
     state["best_model_checkpoint"] = found
     write_atomic(Path(state_file), json.dumps(state, indent=2, sort_keys=True) + "\n")

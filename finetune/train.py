@@ -77,13 +77,6 @@ def prepare_output_dir(config: FinetuneConfig) -> str | None:
     out = config.output_dir
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output {out} is a file; pass a folder for the run")
-    try:  # here, before any data or model loads: a folder this user cannot write is refused at once
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the run folder {out}: {e.strerror or e}; pick another --output") from e
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write in the run folder {out}; pick another --output")
-    busy = any(out.iterdir())
     if config.resume:
         last = last_complete_checkpoint(out) if out.is_dir() else None
         if last is None:
@@ -91,7 +84,14 @@ def prepare_output_dir(config: FinetuneConfig) -> str | None:
         check_unchanged(config)
         logger.info("resuming from %s", last)
         return last
-    if busy:
+    try:  # here, before any data or model loads: a folder this user cannot write is refused at once
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run folder {out}: {e.strerror or e}; pick another --output") from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write in the run folder {out}; pick another --output")
+    # a run that ended before its first checkpoint left only its settings: it can simply start again
+    if any(not _SETTINGS.fullmatch(p.name) for p in out.iterdir()):
         if not config.overwrite:
             raise ConfigError(f"output folder {out} is not empty; pass --resume to continue it or --overwrite")
         foreign = sorted(p.name for p in out.iterdir() if not _is_run_file(p.name))
@@ -150,11 +150,13 @@ def clear_previous_run(config: FinetuneConfig, args: Any) -> None:
 
 
 _CHECKPOINT = rf"{PREFIX_CHECKPOINT_DIR}-(\d+)"  # the Trainer's checkpoint folders, by optimizer step
-# what a run writes, and what an interrupted one leaves: final/'s staging and set-aside copies, metrics' and the
-# run's settings' temporary files (an older edgeqa's name for the first too)
+# the run's settings, written as it starts (`save_run_config`), and their temporary file
+_SETTINGS = re.compile(rf"{re.escape(RUN_CONFIG)}|{temporary_pattern(RUN_CONFIG)}")
+# what a run writes, and what an interrupted one leaves: final/'s staging and set-aside copies, metrics' temporary
+# file (an older edgeqa's name for it too), the settings
 _RUN_FILE = re.compile(
     rf"{_CHECKPOINT}|{FINAL}|{FINAL}\.partial|\.{FINAL}\.old|{re.escape(METRICS)}(\.tmp)?|{temporary_pattern(METRICS)}"
-    rf"|{re.escape(RUN_CONFIG)}|{temporary_pattern(RUN_CONFIG)}|runs|README\.md"
+    rf"|{_SETTINGS.pattern}|runs|README\.md"
 )
 
 

@@ -205,7 +205,7 @@ def read_context(source: str, stdin: TextIO | None = None) -> str:
         text = stream.read()
         where = "standard input"
     else:
-        path = Path(source)
+        path = Path(source).expanduser()
         text, where = _read_text(path, "context file", "give a text file, or - to read standard input"), str(path)
     if not text.strip():
         raise InputError(f"the context from {where} is empty; give the passage to read")

@@ -514,7 +514,7 @@ def test_non_empty_output_is_refused(tmp_path, memo_data, tiny_model):
     assert (tmp_path / "old.txt").exists()
 
 
-def test_an_output_that_is_a_file_or_unwritable_is_refused_before_anything_loads(tmp_path, tiny_model, monkeypatch):
+def test_an_output_that_is_a_file_or_cannot_be_made_is_refused_before_anything_loads(tmp_path, tiny_model, monkeypatch):
     from edgeqa.finetune import finetune, train
 
     monkeypatch.setattr(train, "load_raw", lambda config: pytest.fail("data loaded before the output was checked"))
@@ -526,6 +526,10 @@ def test_an_output_that_is_a_file_or_unwritable_is_refused_before_anything_loads
         with pytest.raises(ConfigError, match=message):
             finetune(FinetuneConfig(model=str(tiny_model), data="unused.jsonl", output_dir=output))
     assert (tmp_path / "a-file").read_text() == "mine"
+    started = tmp_path / "started"  # a run that ended before its first checkpoint left only its settings
+    started.mkdir()
+    (started / "edgeqa_run.json").write_text("{}")
+    assert train.prepare_output_dir(FinetuneConfig(model=str(tiny_model), output_dir=started)) is None
 
 
 def test_overwrite_deletes_only_a_previous_run_and_only_once_the_run_can_start(tmp_path, memo_data, tiny_model):

@@ -324,7 +324,8 @@ def test_a_checkpoint_under_the_home_folder_is_found_where_the_shell_left_the_ti
     (tmp_path / "runs" / "final").mkdir(parents=True)
     assert checkpoint_location("~/runs/final") == str(tmp_path / "runs" / "final")  # `--reference=~/runs/final`
     assert ExportConfig(checkpoint="~/runs/final", output=tmp_path / "a").checkpoint == str(tmp_path / "runs/final")
-    config = FinetuneConfig(model="~/runs/final", data="~/qa.jsonl")
+    config = FinetuneConfig(model="~/runs/final", data="~/qa.jsonl", tokenizer="~/runs/final", output_dir="~/r")
     assert (config.model, config.data) == (str(tmp_path / "runs/final"), str(tmp_path / "qa.jsonl"))
+    assert (config.tokenizer, config.output_dir) == (str(tmp_path / "runs/final"), tmp_path / "r")  # as TOML gives
     with pytest.raises(ConfigError, match="checkpoint '~/runs/typo' is not a folder"):
         checkpoint_location("~/runs/typo")
