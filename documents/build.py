@@ -65,7 +65,7 @@ def build_index(
                     f"{output} holds passages of {info.passage_tokens} tokens, not {passage_tokens}; "
                     "rebuild it without --update to change the size"
                 )
-            roots = roots or [Path(r) for r in info.roots]  # `--update` alone refreshes the paths it was built from
+            roots = roots or [_from_here(Path(r)) for r in info.roots]  # `--update` alone: the paths it was built from
             sources, skipped = discover(roots, output)
             summary = IndexSummary(output, info.passage_tokens, skipped=skipped)
             new_info = store.IndexInfo(**{**info.__dict__, "roots": _absolute(roots)})
@@ -111,6 +111,15 @@ def _lock_for_update(connection: sqlite3.Connection, output: Path) -> store.Inde
     except sqlite3.OperationalError as e:
         raise DataError(f"cannot update {output} ({e}); it is unchanged: {_advice(e)}") from e
     return store.read_info(connection, output)
+
+
+def _from_here(root: Path) -> Path:
+    """A stored root relative to this folder where it lies below it: the files found under it are then named
+    as a build from here named them (`docs/a.md`, not `/home/me/docs/a.md`)."""
+    try:
+        return root.relative_to(Path.cwd())
+    except ValueError:
+        return root
 
 
 def _absolute(roots: list[Path]) -> tuple[str, ...]:

@@ -448,6 +448,11 @@ def test_update_alone_refreshes_the_same_folders_from_any_working_folder(tmp_pat
     write(docs / "doc0.md", "# Document 0\n\nquokka facts replaced everything.\n")
     summary = build_index([], tmp_path / "index.db", TOKENIZER, update=True)
     assert summary.unchanged == 2 and not summary.removed and summary.indexed == [str(docs / "doc0.md")]
+    monkeypatch.chdir(tmp_path)  # from where it was built, files are named as that build named them
+    write(docs / "doc1.md", "# Document 1\n\nwombat facts replaced everything.\n")
+    assert build_index([], Path("index.db"), TOKENIZER, update=True).indexed == [os.path.join("docs", "doc1.md")]
+    with Index.open(Path("index.db")) as ix:
+        assert ix.search("wombat facts")[0].file == os.path.join("docs", "doc1.md")
 
 
 def test_an_update_that_creates_the_index_sizes_it_for_the_artifact(tmp_path, monkeypatch):
