@@ -78,8 +78,7 @@ def _rows(path: Path) -> list[dict]:
     try:
         text = path.read_text(encoding="utf-8")
         if suffix == ".csv":
-            reader = csv.DictReader(io.StringIO(text, newline=""))
-            rows = list(reader)
+            rows = list(csv.DictReader(io.StringIO(text, newline="")))
             extra = next((number for number, row in enumerate(rows, start=1) if None in row), None)
             if extra is not None:
                 raise DataError(f"record {extra} of {path} has more fields than the header names; quote commas")

@@ -111,9 +111,8 @@ def load_raw(config: FinetuneConfig) -> Any:
             if len(kinds) > 1:
                 raise DataError(f"files in {path} mix formats ({', '.join(sorted(kinds))}); use one format")
             kind = kinds.pop()
-            for file in files.values():
-                if kind != "parquet":
-                    _check_file(Path(file))
+            for file in files.values() if kind != "parquet" else ():  # Parquet is binary, checked by its reader
+                _check_file(Path(file))
             # a CSV's None, NA or N/A is an answer (pandas would read them as missing)
             options = {"keep_default_na": False} if kind == "csv" else {}
             raw = datasets.load_dataset(kind, data_files=files, **options)
